@@ -1,0 +1,99 @@
+-- The hot-path decision: rate limits, prepaid balance and spend cap, atomically, in one call.
+--
+-- KEYS: 1 cfg  2 wallet  3 held  4 holds  5 hold_exp  6 spend(period)  7 request(idem)
+--       8 rate_requests(key)  9 rate_tokens(key)            -- all carry the customer hash tag
+-- ARGV: 1 hold_id  2 requests  3 tokens  4 estimated cost (micros)  5 hold ttl (ms)
+--       6 idempotency ttl (ms)
+-- Reply: {allowed 1|0, reason, hold_id, retry_after_ms, remaining_requests, remaining_tokens,
+--         available_balance (micros), remaining_cap (micros, -1 = no cap), tier,
+--         limit_requests, limit_tokens, reset_ms, replayed 1|0}
+-- Rate limits are GCRA (a token bucket with no window edges): the key stores the theoretical
+-- arrival time (TAT, ms); a burst of up to the per-minute limit is allowed, then one unit per
+-- 60000/limit ms. On DENY nothing is written.
+
+local WINDOW = 60000
+
+local replay = redis.call('GET', KEYS[7])
+if replay then
+  local r = cjson.decode(replay)
+  r[13] = 1
+  return r
+end
+
+local cfg = redis.call('HGETALL', KEYS[1])
+if #cfg == 0 then
+  return {0, 'not_provisioned', '', 0, 0, 0, 0, -1, '', 0, 0, 0, 0}
+end
+local c = {}
+for i = 1, #cfg, 2 do c[cfg[i]] = cfg[i + 1] end
+local tier = c['tier']
+local rpm = tonumber(c['rpm.' .. tier]) or 0
+local tpm = tonumber(c['tpm.' .. tier]) or 0
+local cap = tonumber(c['cap.' .. tier]) or -1
+local mode = c['mode']
+
+local hold_id = ARGV[1]
+local n_req = tonumber(ARGV[2])
+local n_tok = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- GCRA for a cost of n against a limit per minute. Returns: allowed, new_tat, retry_ms, remaining, reset_ms
+local function gcra(key, limit, n)
+  if limit <= 0 then return false, now, -1, 0, 0 end
+  local interval = WINDOW / limit
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + n * interval
+  local over = new_tat - now - WINDOW
+  if over > 0 then
+    local remaining = math.floor((WINDOW - (tat - now)) / interval)
+    if n > limit then return false, tat, -1, remaining, tat - now end  -- waiting cannot help
+    return false, tat, math.ceil(over), remaining, tat - now
+  end
+  return true, new_tat, 0, math.floor((WINDOW - (new_tat - now)) / interval), new_tat - now
+end
+
+local ok_r, tat_r, retry_r, rem_r, reset_r = gcra(KEYS[8], rpm, n_req)
+local ok_t, tat_t, retry_t, rem_t = gcra(KEYS[9], tpm, n_tok)
+
+local balance = tonumber(redis.call('GET', KEYS[2]) or '0')
+local held = tonumber(redis.call('GET', KEYS[3]) or '0')
+local spend = tonumber(redis.call('GET', KEYS[6]) or '0')
+local available = balance - held
+local cap_left = -1
+if cap >= 0 then cap_left = cap - spend - held end
+
+local reason = 'ok'
+local retry = 0
+if not ok_r then
+  reason, retry = 'rate_limited_requests', retry_r
+elseif not ok_t then
+  reason, retry = 'rate_limited_tokens', retry_t
+elseif (mode == 'prepaid' or mode == 'hybrid') and available < cost then
+  reason = 'insufficient_balance'
+elseif cap >= 0 and cap_left < cost then
+  reason = 'spend_cap'
+end
+
+if reason ~= 'ok' then
+  -- report what is left now, not what would have been left had this request been allowed
+  if ok_r then rem_r = rem_r + n_req end
+  if ok_t then rem_t = rem_t + n_tok end
+  return {0, reason, '', retry, rem_r, rem_t, available, cap_left, tier, rpm, tpm, reset_r, 0}
+end
+
+-- ALLOW: consume the budgets and place the hold.
+if n_req > 0 then redis.call('SET', KEYS[8], tostring(tat_r), 'PX', math.ceil(tat_r - now) + 1) end
+if n_tok > 0 then redis.call('SET', KEYS[9], tostring(tat_t), 'PX', math.ceil(tat_t - now) + 1) end
+local ttl = tonumber(ARGV[5])
+redis.call('HSET', KEYS[4], hold_id, cost)
+redis.call('INCRBY', KEYS[3], cost)
+redis.call('ZADD', KEYS[5], now + ttl, hold_id)
+available = available - cost
+if cap_left >= 0 then cap_left = cap_left - cost end
+local reply = {1, 'ok', hold_id, 0, rem_r, rem_t, available, cap_left, tier, rpm, tpm, reset_r, 0}
+redis.call('SET', KEYS[7], cjson.encode(reply), 'PX', tonumber(ARGV[6]))
+return reply

@@ -1,0 +1,76 @@
+"""Redis key names: the one place they are spelt.
+
+Every key of a customer carries the customer id as hash tag, `tg:{cust_42}:wallet`, so all keys a
+script touches live in one Redis Cluster slot and the scripts run unchanged on a cluster.
+API-key and plan records are looked up before the customer is known: they are untagged and read
+only on an in-process cache miss, never in the same script as customer keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+PREFIX = "tg"
+INVALIDATION_CHANNEL = "tg:invalidate"  # pub/sub: "key:<hash>", "plan:<id>", "customer:<id>"
+EVENTS_STREAM = "tg:events"  # the Redis Streams bus
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def api_key_hash(api_key: str) -> str:
+    """Only this hash is ever stored (PostgreSQL and Redis); the key is shown once."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def api_key_record(key_hash: str) -> str:
+    return f"{PREFIX}:key:{key_hash}"  # hash: customer_id, key_id, plan_id, status
+
+
+def plan_record(plan_id: str) -> str:
+    return f"{PREFIX}:plan:{plan_id}"  # string: the validated plan document as JSON
+
+
+class CustomerKeys:
+    """All keys of one customer; `period` is the billing period id, e.g. '202611'."""
+
+    __slots__ = ("tag",)
+
+    def __init__(self, customer_id: str):
+        self.tag = f"{PREFIX}:{{{customer_id}}}"
+
+    @property
+    def cfg(self) -> str:  # hash: mode, tier, tiers(json), rpm.<tier>, tpm.<tier>, cap.<tier>, plan
+        return f"{self.tag}:cfg"
+
+    @property
+    def wallet(self) -> str:  # int micros: prepaid balance
+        return f"{self.tag}:wallet"
+
+    @property
+    def held(self) -> str:  # int micros: sum of open holds
+        return f"{self.tag}:held"
+
+    @property
+    def holds(self) -> str:  # hash hold_id -> amount micros
+        return f"{self.tag}:holds"
+
+    @property
+    def hold_expiry(self) -> str:  # zset hold_id -> expiry (ms since epoch), read by the sweeper
+        return f"{self.tag}:hold_exp"
+
+    def spend(self, period: str) -> str:  # int micros: period-to-date spend
+        return f"{self.tag}:spend:{period}"
+
+    def rate_requests(self, key_id: str) -> str:  # GCRA theoretical arrival time (ms)
+        return f"{self.tag}:rl:{key_id}:r"
+
+    def rate_tokens(self, key_id: str) -> str:
+        return f"{self.tag}:rl:{key_id}:t"
+
+    def request(self, request_id: str) -> str:  # idempotency: the first ALLOW reply
+        return f"{self.tag}:req:{request_id}"
+
+    def settled(self, event_id: str) -> str:  # idempotency of settle.lua
+        return f"{self.tag}:evt:{event_id}"
+
+    def topup(self, topup_id: str) -> str:  # idempotency of wallet top-ups
+        return f"{self.tag}:topup:{topup_id}"

@@ -1,0 +1,346 @@
+"""Rate plans as validated documents (JSON or YAML).
+
+A plan says how usage is limited (rate limits, spend cap, spend tiers) and priced (charges). The
+control plane validates it here once; the enforcer uses `Plan.estimate_micros` to size holds; the
+rater's pricing engine prices the same `Charge` objects. A bad plan raises PlanError naming the
+field, e.g. `charges[1].tiers[0].unit_price: must be >= 0`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from tollgate.keys import ID_PATTERN
+from tollgate.money import MoneyError, parse_decimal, to_micros, to_micros_ceil
+
+BILLING_MODES = ("prepaid", "postpaid", "hybrid")
+CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "flat", "percentage", "composite")
+# Estimate fields of /v1/check and the metric each one sizes.
+ESTIMATE_METRICS = ("requests", "input_tokens", "output_tokens")
+
+
+class PlanError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PriceTier:
+    up_to: int | None  # inclusive upper bound of cumulative units; None = infinity
+    unit_price: Decimal
+    flat_fee: Decimal = Decimal(0)  # added once when usage enters this tier
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The price-bearing part of a charge; overrides replace it for matching dimensions."""
+
+    unit_price: Decimal | None = None
+    tiers: tuple[PriceTier, ...] = ()
+    included_units: int = 0
+
+    def max_unit_price(self) -> Decimal:
+        prices = [t.unit_price for t in self.tiers]
+        if self.unit_price is not None:
+            prices.append(self.unit_price)
+        return max(prices, default=Decimal(0))
+
+
+@dataclass(frozen=True)
+class Override:
+    match: dict[str, str]
+    pricing: Pricing
+
+    def matches(self, dimensions: dict[str, Any]) -> bool:
+        return all(str(dimensions.get(k)) == v for k, v in self.match.items())
+
+
+@dataclass(frozen=True)
+class Charge:
+    id: str
+    model: str
+    metric: str | None  # None for flat and percentage
+    pricing: Pricing = Pricing()
+    overrides: tuple[Override, ...] = ()
+    amount: Decimal = Decimal(0)  # flat: fee per period
+    percent: Decimal = Decimal(0)  # percentage: of the base charges' amounts
+    minimum: Decimal = Decimal(0)  # percentage: minimum per period
+    base_charges: tuple[str, ...] = ()  # percentage: ids of the charges it is a percentage of
+    metered: tuple[str, ...] = ()  # composite: metrics metered for cost/margin, not billed
+
+    def pricing_for(self, dimensions: dict[str, Any]) -> Pricing:
+        for o in self.overrides:
+            if o.matches(dimensions):
+                return o.pricing
+        return self.pricing
+
+    def dimension_key(self, dimensions: dict[str, Any]) -> str:
+        """Which override applies: usage is accumulated per (charge, dimension key)."""
+        for i, o in enumerate(self.overrides):
+            if o.matches(dimensions):
+                return f"override{i}"
+        return "default"
+
+
+@dataclass(frozen=True)
+class SpendTier:
+    name: str
+    threshold_micros: int  # period spend at which the customer is promoted to this tier
+    multiplier: Decimal  # applied to requests/min, tokens/min and spend cap
+
+
+@dataclass(frozen=True)
+class Discount:
+    kind: str  # "percent" | "amount"
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    name: str
+    currency: str
+    billing_mode: str
+    requests_per_minute: int
+    tokens_per_minute: int
+    spend_cap_micros: int | None
+    hold_ttl_seconds: int
+    tiers: tuple[SpendTier, ...]
+    charges: tuple[Charge, ...]
+    minimum_commit_micros: int = 0
+    discounts: tuple[Discount, ...] = ()
+    tax_percent: Decimal = Decimal(0)
+    document: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def tier(self, name: str) -> SpendTier:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        return self.tiers[0]
+
+    def limits_for_tier(self, tier: SpendTier) -> tuple[int, int, int]:
+        """(requests/min, tokens/min, spend cap micros or -1) scaled by the tier multiplier."""
+        m = tier.multiplier
+        cap = -1 if self.spend_cap_micros is None else int(self.spend_cap_micros * m)
+        return int(self.requests_per_minute * m), int(self.tokens_per_minute * m), cap
+
+    def estimate_micros(self, dimensions: dict[str, Any], estimate: dict[str, int]) -> int:
+        """Hold size: the estimate at each charge's highest unit price, rounded up.
+
+        Conservative on purpose (tiers and included units are ignored): a hold too large is
+        released at settlement; one too small would let a prepaid wallet go negative.
+        """
+        total = Decimal(0)
+        for c in self.charges:
+            if c.metric in estimate and c.model in ("per_unit", "graduated", "volume", "included"):
+                total += c.pricing_for(dimensions).max_unit_price() * estimate[c.metric]
+        return to_micros_ceil(total)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def load_plan_text(text: str) -> Plan:
+    """YAML is a superset of JSON: one loader takes both."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PlanError("document", f"not valid YAML/JSON: {e}") from None
+    return parse_plan(doc)
+
+
+def parse_plan(doc: Any) -> Plan:
+    if not isinstance(doc, dict):
+        raise PlanError("document", "must be a mapping")
+    limits = _mapping(doc.get("limits", {}), "limits")
+    tiers = _parse_tiers(doc.get("tiers"))
+    charges = _parse_charges(doc.get("charges"))
+    cap = limits.get("monthly_spend_cap")
+    return Plan(
+        id=_ident(doc.get("id"), "id"),
+        name=str(doc.get("name") or doc.get("id")),
+        currency=_currency(doc.get("currency", "USD")),
+        billing_mode=_choice(doc.get("billing_mode", "prepaid"), BILLING_MODES, "billing_mode"),
+        requests_per_minute=_int(limits.get("requests_per_minute"), "limits.requests_per_minute", 1),
+        tokens_per_minute=_int(limits.get("tokens_per_minute"), "limits.tokens_per_minute", 1),
+        spend_cap_micros=None if cap is None else _money(cap, "limits.monthly_spend_cap"),
+        hold_ttl_seconds=_int(limits.get("hold_ttl_seconds", 300), "limits.hold_ttl_seconds", 1),
+        tiers=tiers,
+        charges=charges,
+        minimum_commit_micros=_money(doc.get("minimum_commit", 0), "minimum_commit"),
+        discounts=_parse_discounts(doc.get("discounts", [])),
+        tax_percent=_dec(_mapping(doc.get("tax", {}), "tax").get("percent", 0), "tax.percent", 0, 100),
+        document=doc,
+    )
+
+
+def _parse_tiers(raw: Any) -> tuple[SpendTier, ...]:
+    if raw is None:
+        return (SpendTier("default", 0, Decimal(1)),)
+    items = _list(raw, "tiers", non_empty=True)
+    out: list[SpendTier] = []
+    for i, t in enumerate(items):
+        f = f"tiers[{i}]"
+        t = _mapping(t, f)
+        tier = SpendTier(
+            name=_ident(t.get("name"), f"{f}.name"),
+            threshold_micros=_money(t.get("threshold", 0), f"{f}.threshold"),
+            multiplier=_dec(t.get("multiplier", 1), f"{f}.multiplier", 0),
+        )
+        if out and tier.threshold_micros <= out[-1].threshold_micros:
+            raise PlanError(f"{f}.threshold", "thresholds must increase")
+        if any(o.name == tier.name for o in out):
+            raise PlanError(f"{f}.name", f"duplicate tier {tier.name!r}")
+        out.append(tier)
+    if out[0].threshold_micros != 0:
+        raise PlanError("tiers[0].threshold", "the first tier starts at 0")
+    return tuple(out)
+
+
+def _parse_charges(raw: Any) -> tuple[Charge, ...]:
+    items = _list(raw, "charges", non_empty=True)
+    out: list[Charge] = []
+    for i, c in enumerate(items):
+        f = f"charges[{i}]"
+        c = _mapping(c, f)
+        model = _choice(c.get("model"), CHARGE_MODELS, f"{f}.model")
+        metric = c.get("metric")
+        if model in ("flat", "percentage"):
+            metric = None
+        elif model == "composite":
+            metric = _ident(c.get("outcome", metric), f"{f}.outcome")
+        else:
+            metric = _ident(metric, f"{f}.metric")
+        cid = _ident(c.get("id", metric or model), f"{f}.id")
+        if any(o.id == cid for o in out):
+            raise PlanError(f"{f}.id", f"duplicate charge id {cid!r}")
+        kw: dict[str, Any] = {}
+        if model in ("per_unit", "graduated", "volume", "included", "composite"):
+            kw["pricing"] = _parse_pricing(c, model, f)
+            kw["overrides"] = tuple(
+                Override(
+                    match={str(k): str(v) for k, v in _mapping(o.get("match"), f"{f}.overrides[{j}].match", True).items()},
+                    pricing=_parse_pricing({**_pricing_defaults(c), **o}, model, f"{f}.overrides[{j}]"),
+                )
+                for j, o in enumerate(_mapping(x, f"{f}.overrides[{k}]") for k, x in enumerate(_list(c.get("overrides", []), f"{f}.overrides")))
+            )
+        if model == "flat":
+            kw["amount"] = _dec(c.get("amount"), f"{f}.amount", 0)
+        if model == "percentage":
+            kw["percent"] = _dec(c.get("percent"), f"{f}.percent", 0, 100)
+            kw["minimum"] = _dec(c.get("minimum", 0), f"{f}.minimum", 0)
+            bases = tuple(_ident(b, f"{f}.base_charges[{j}]") for j, b in enumerate(_list(c.get("base_charges"), f"{f}.base_charges", True)))
+            for j, b in enumerate(bases):
+                if b not in {o.id for o in out}:
+                    raise PlanError(f"{f}.base_charges[{j}]", f"no earlier charge {b!r}")
+            kw["base_charges"] = bases
+        if model == "composite":
+            kw["metered"] = tuple(_ident(m, f"{f}.metered[{j}]") for j, m in enumerate(_list(c.get("metered", []), f"{f}.metered")))
+        out.append(Charge(id=cid, model=model, metric=metric, **kw))
+    return tuple(out)
+
+
+def _pricing_defaults(c: dict) -> dict:
+    return {k: c[k] for k in ("included_units",) if k in c}
+
+
+def _parse_pricing(c: dict, model: str, f: str) -> Pricing:
+    if model in ("graduated", "volume"):
+        tiers = []
+        for j, t in enumerate(_list(c.get("tiers"), f"{f}.tiers", True)):
+            tf = f"{f}.tiers[{j}]"
+            t = _mapping(t, tf)
+            up_to = t.get("up_to")
+            tier = PriceTier(
+                up_to=None if up_to is None else _int(up_to, f"{tf}.up_to", 1),
+                unit_price=_dec(t.get("unit_price"), f"{tf}.unit_price", 0),
+                flat_fee=_dec(t.get("flat_fee", 0), f"{tf}.flat_fee", 0),
+            )
+            if tiers and (tiers[-1].up_to is None or (tier.up_to is not None and tier.up_to <= tiers[-1].up_to)):
+                raise PlanError(f"{tf}.up_to", "tier bounds must increase and only the last may be open")
+            tiers.append(tier)
+        if tiers[-1].up_to is not None:
+            raise PlanError(f"{f}.tiers[{len(tiers) - 1}].up_to", "the last tier must be open (up_to: null)")
+        return Pricing(tiers=tuple(tiers))
+    included = _int(c.get("included_units", 0), f"{f}.included_units", 0) if model == "included" else 0
+    return Pricing(unit_price=_dec(c.get("unit_price"), f"{f}.unit_price", 0), included_units=included)
+
+
+def _parse_discounts(raw: Any) -> tuple[Discount, ...]:
+    out = []
+    for i, d in enumerate(_list(raw, "discounts")):
+        d = _mapping(d, f"discounts[{i}]")
+        kind = _choice(d.get("type"), ("percent", "amount"), f"discounts[{i}].type")
+        hi = 100 if kind == "percent" else None
+        out.append(Discount(kind, _dec(d.get("value"), f"discounts[{i}].value", 0, hi)))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- field helpers
+
+
+def _mapping(v: Any, f: str, required: bool = False) -> dict:
+    if v is None and not required:
+        return {}
+    if not isinstance(v, dict):
+        raise PlanError(f, "must be a mapping")
+    return v
+
+
+def _list(v: Any, f: str, non_empty: bool = False) -> list:
+    if v is None:
+        v = []
+    if not isinstance(v, list):
+        raise PlanError(f, "must be a list")
+    if non_empty and not v:
+        raise PlanError(f, "must not be empty")
+    return v
+
+
+def _ident(v: Any, f: str) -> str:
+    if not isinstance(v, str) or not ID_PATTERN.match(v):
+        raise PlanError(f, "required: 1-64 characters of letters, digits, '_', '-', '.'")
+    return v
+
+
+def _choice(v: Any, options: tuple[str, ...], f: str) -> str:
+    if v not in options:
+        raise PlanError(f, f"must be one of {', '.join(options)}")
+    return v
+
+
+def _currency(v: Any) -> str:
+    if not isinstance(v, str) or len(v) != 3 or not v.isalpha():
+        raise PlanError("currency", "must be a 3-letter ISO 4217 code")
+    return v.upper()
+
+
+def _int(v: Any, f: str, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PlanError(f, "required: a whole number")
+    if v < lo:
+        raise PlanError(f, f"must be >= {lo}")
+    return v
+
+
+def _dec(v: Any, f: str, lo: int | None = None, hi: int | None = None) -> Decimal:
+    if v is None:
+        raise PlanError(f, "required")
+    try:
+        d = parse_decimal(v, f)
+    except MoneyError as e:
+        raise PlanError(f, str(e).split(": ", 1)[1]) from None
+    if lo is not None and d < lo:
+        raise PlanError(f, f"must be >= {lo}")
+    if hi is not None and d > hi:
+        raise PlanError(f, f"must be <= {hi}")
+    return d
+
+
+def _money(v: Any, f: str) -> int:
+    return to_micros(_dec(v, f, 0))
