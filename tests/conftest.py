@@ -78,3 +78,7 @@ def _with_database(dsn: str, name: str) -> str:
 
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+# The Kafka broker fixtures, for tests that need them.
+from tests.kafka_broker import kafka_bootstrap, kafka_idempotence  # noqa: E402,F401
