@@ -3,7 +3,9 @@
 -- KEYS: 1 cfg  2 wallet  3 held  4 holds  5 hold_exp  6 spend(period)  7 request(idem)
 --       8 rate_requests(key)  9 rate_tokens(key)            -- all carry the customer hash tag
 -- ARGV: 1 hold_id  2 requests  3 tokens  4 estimated cost (micros)  5 hold ttl (ms)
---       6 idempotency ttl (ms)
+--       6 idempotency ttl (ms)  7 key id
+-- A hold is stored as "amount:estimated tokens:key id": settlement releases the amount and
+-- corrects the key's tokens/min budget by (actual - estimated) tokens.
 -- Reply: {allowed 1|0, reason, hold_id, retry_after_ms, remaining_requests, remaining_tokens,
 --         available_balance (micros), remaining_cap (micros, -1 = no cap), tier,
 --         limit_requests, limit_tokens, reset_ms, replayed 1|0}
@@ -89,7 +91,7 @@ end
 if n_req > 0 then redis.call('SET', KEYS[8], tostring(tat_r), 'PX', math.ceil(tat_r - now) + 1) end
 if n_tok > 0 then redis.call('SET', KEYS[9], tostring(tat_t), 'PX', math.ceil(tat_t - now) + 1) end
 local ttl = tonumber(ARGV[5])
-redis.call('HSET', KEYS[4], hold_id, cost)
+redis.call('HSET', KEYS[4], hold_id, cost .. ':' .. n_tok .. ':' .. ARGV[7])
 redis.call('INCRBY', KEYS[3], cost)
 redis.call('ZADD', KEYS[5], now + ttl, hold_id)
 available = available - cost
