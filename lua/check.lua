@@ -91,8 +91,8 @@ end
 if n_req > 0 then redis.call('SET', KEYS[8], tostring(tat_r), 'PX', math.ceil(tat_r - now) + 1) end
 if n_tok > 0 then redis.call('SET', KEYS[9], tostring(tat_t), 'PX', math.ceil(tat_t - now) + 1) end
 local ttl = tonumber(ARGV[5])
-redis.call('HSET', KEYS[4], hold_id, cost .. ':' .. n_tok .. ':' .. ARGV[7])
-redis.call('INCRBY', KEYS[3], cost)
+redis.call('HSET', KEYS[4], hold_id, ARGV[4] .. ':' .. ARGV[3] .. ':' .. ARGV[7])
+redis.call('INCRBY', KEYS[3], ARGV[4])
 redis.call('ZADD', KEYS[5], now + ttl, hold_id)
 available = available - cost
 if cap_left >= 0 then cap_left = cap_left - cost end
