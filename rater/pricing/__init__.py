@@ -1,0 +1,43 @@
+"""Pricing engine: one module per charge model, `engine` combines them for a plan.
+
+Public API (see engine): rate_event, rate_period, close_period, charge_amounts, period_subtotal;
+types ChargeLine, TierLine, RatedEvent; errors RatingError (UnknownMetricError,
+InvalidMeasurementError, StateError) for the dead-letter table.
+"""
+from rater.pricing.base import (
+    ChargeLine,
+    InvalidMeasurementError,
+    RatingError,
+    StateError,
+    TierLine,
+    UnknownMetricError,
+    UsageKey,
+)
+from rater.pricing.engine import (
+    RatedEvent,
+    charge_amounts,
+    close_period,
+    known_metrics,
+    period_subtotal,
+    rate_event,
+    rate_period,
+    usage_key,
+)
+
+__all__ = [
+    "ChargeLine",
+    "InvalidMeasurementError",
+    "RatedEvent",
+    "RatingError",
+    "StateError",
+    "TierLine",
+    "UnknownMetricError",
+    "UsageKey",
+    "charge_amounts",
+    "close_period",
+    "known_metrics",
+    "period_subtotal",
+    "rate_event",
+    "rate_period",
+    "usage_key",
+]

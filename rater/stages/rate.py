@@ -1,0 +1,33 @@
+"""Stage 2, rate: price the step with the engine and place it in the period's running subtotal.
+
+subtotal_after = subtotal_before + this step's lines exactly, because the lines telescope.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from rater.pricing import engine
+from rater.stages.context import RatingContext
+
+
+def run(ctx: RatingContext) -> RatingContext:
+    if ctx.mode == "event":
+        ev = engine.rate_event(ctx.plan, ctx.dimensions, ctx.measurements, ctx.cumulative)
+        before = ev.subtotal_before_micros
+        lines, after, updates = ev.lines, ev.cumulative, ev.updates
+    elif ctx.mode == "close":
+        before = engine.period_subtotal(ctx.plan, ctx.cumulative)
+        lines, after, updates = tuple(engine.close_period(ctx.plan, ctx.cumulative)), dict(ctx.cumulative), {}
+    elif ctx.mode == "batch":
+        before = 0
+        lines, after, updates = tuple(engine.rate_period(ctx.plan, ctx.cumulative)), dict(ctx.cumulative), {}
+    else:
+        raise ValueError(f"unknown mode {ctx.mode!r}")
+    return replace(
+        ctx,
+        lines=lines,
+        cumulative_after=after,
+        updates=updates,
+        subtotal_before_micros=before,
+        subtotal_after_micros=before + sum(line.amount_micros for line in lines),
+    )
