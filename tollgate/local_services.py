@@ -79,10 +79,12 @@ def start_redis(port: int | None = None) -> LocalRedis:
     return LocalRedis(port or free_port()).start()
 
 
-def start_postgres(data_dir: str | os.PathLike) -> str:
-    """Start (or reuse) an embedded PostgreSQL in data_dir; returns a DSN over TCP loopback."""
+def start_postgres(data_dir: str | os.PathLike, stop_at_exit: bool = True) -> str:
+    """Start (or reuse) an embedded PostgreSQL in data_dir; returns its DSN (a unix socket).
+
+    With stop_at_exit the server stops when this process exits (pgserver's own cleanup).
+    """
     import pgserver  # noqa: PLC0415  (optional: the `embedded` extra)
 
-    server = pgserver.get_server(str(data_dir), cleanup_mode=None)
-    uri = server.get_uri()  # unix-socket URI; asyncpg takes it as is
-    return uri
+    server = pgserver.get_server(str(data_dir), cleanup_mode="stop" if stop_at_exit else None)
+    return server.get_uri()

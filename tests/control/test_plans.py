@@ -1,0 +1,121 @@
+import asyncio
+
+import orjson
+import pytest
+import yaml
+
+from rater.control import customers, plans
+from rater.control.errors import InvalidInput, NotFound
+from tests.control.conftest import SAMPLE_PLAN, plan_text, uid
+from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, plan_record
+from tollgate.plans import load_plan_text
+
+
+def test_sample_plan_loads_and_uses_every_feature():
+    plan = load_plan_text(SAMPLE_PLAN.read_text())
+    assert {c.model for c in plan.charges} == {"per_unit", "graduated", "volume", "included", "flat", "percentage", "composite"}
+    assert [(t.name, t.threshold_micros, int(t.multiplier)) for t in plan.tiers] == [
+        ("free", 0, 1), ("build", 5_000_000, 2), ("scale", 50_000_000, 10)]
+    assert plan.charges[0].overrides and plan.spend_cap_micros and plan.minimum_commit_micros and plan.discounts
+    assert plan.tax_percent == 0
+
+
+async def test_apply_round_trip_and_versions(pg, redis):
+    pid = uid("plan")
+    text = plan_text(pid)
+    first = await plans.apply_plan(pg, redis, text)
+    assert first == {"id": pid, "name": "LLM Standard", "version": 1, "changed": True, "customers_reprojected": 0}
+
+    got = await plans.get_plan(pg, pid)
+    assert got["document"] == yaml.safe_load(text)
+    assert got["tiers"] == ["free", "build", "scale"]
+    assert orjson.loads(await redis.get(plan_record(pid))) == yaml.safe_load(text)
+
+    again = await plans.apply_plan(pg, redis, text)  # same document: no new version
+    assert (again["version"], again["changed"]) == (1, False)
+
+    changed = await plans.apply_plan(pg, redis, plan_text(pid, {"requests_per_minute: 60": "requests_per_minute: 30"}))
+    assert (changed["version"], changed["changed"]) == (2, True)
+    assert await pg.fetchval("SELECT version FROM plans WHERE id = $1", pid) == 2
+    stored = orjson.loads(await redis.get(plan_record(pid)))
+    assert stored["limits"]["requests_per_minute"] == 30
+
+    listed = {p["id"]: p for p in await plans.list_plans(pg)}
+    assert listed[pid]["version"] == 2 and listed[pid]["customers"] == 0
+
+
+async def test_customer_cfg_has_the_limits_of_every_tier(pg, redis, plan_id):
+    c = await customers.create_customer(pg, redis, name="Acme", plan_id=plan_id)
+    cfg = {k.decode(): v.decode() for k, v in (await redis.hgetall(CustomerKeys(c["id"]).cfg)).items()}
+    assert cfg == {
+        "plan": plan_id, "mode": "prepaid", "tier": "free",
+        "tiers": '[["free",0],["build",5000000],["scale",50000000]]',
+        "rpm.free": "60", "tpm.free": "100000", "cap.free": "200000000",
+        "rpm.build": "120", "tpm.build": "200000", "cap.build": "400000000",
+        "rpm.scale": "600", "tpm.scale": "1000000", "cap.scale": "2000000000",
+    }
+
+
+async def test_apply_reprojects_customers_and_keeps_a_live_promotion(pg, redis, plan_id):
+    a = (await customers.create_customer(pg, redis, name="A", plan_id=plan_id))["id"]
+    b = (await customers.create_customer(pg, redis, name="B", plan_id=plan_id))["id"]
+    await redis.hset(CustomerKeys(b).cfg, "tier", "build")  # settle.lua promoted b
+
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(INVALIDATION_CHANNEL)
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    result = await plans.apply_plan(pg, redis, plan_text(plan_id, {"requests_per_minute: 60": "requests_per_minute: 30"}))
+    assert result["customers_reprojected"] == 2
+
+    assert await redis.hget(CustomerKeys(a).cfg, "rpm.free") == b"30"
+    assert await redis.hget(CustomerKeys(b).cfg, "rpm.build") == b"60"
+    assert await redis.hget(CustomerKeys(a).cfg, "tier") == b"free"
+    assert await redis.hget(CustomerKeys(b).cfg, "tier") == b"build"
+
+    seen = set()
+    for _ in range(3):
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        if msg:
+            seen.add(msg["data"].decode())
+    await pubsub.aclose()
+    assert seen == {f"plan:{plan_id}", f"customer:{a}", f"customer:{b}"}
+
+
+async def test_concurrent_applies_all_count(pg, redis):
+    pid = uid("plan")
+    texts = [plan_text(pid, {"requests_per_minute: 60": f"requests_per_minute: {n}"}) for n in range(10, 15)]
+    await asyncio.gather(*(plans.apply_plan(pg, redis, t) for t in texts))
+    assert await pg.fetchval("SELECT version FROM plans WHERE id = $1", pid) == 5
+
+
+@pytest.mark.parametrize(("replace", "field"), [
+    ({'unit_price: "0.000003"': "unit_price: 0.000003"}, "charges[0].unit_price"),
+    ({"requests_per_minute: 60": "requests_per_minute: -1"}, "limits.requests_per_minute"),
+    ({'threshold: "5.00"': 'threshold: "0"'}, "tiers[1].threshold"),
+    ({"base_charges: [input_tokens,": "base_charges: [nope,"}, "charges[5].base_charges[0]"),
+    ({"model: graduated": "model: banded"}, "charges[1].model"),
+    ({"billing_mode: prepaid ": "billing_mode: monthly "}, "billing_mode"),
+    ({"\ntiers:": "\ntiers: &t", "\ncharges:": "\nagain: *t\ncharges:"}, "document"),
+    ({"id: plan": "id: [plan"}, "document"),
+])
+async def test_bad_plans_name_the_field_and_store_nothing(pg, redis, replace, field):
+    pid = uid("plan")
+    with pytest.raises(InvalidInput) as err:
+        await plans.apply_plan(pg, redis, plan_text(pid, replace))
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}: ")
+    assert await pg.fetchval("SELECT count(*) FROM plans WHERE id = $1", pid) == 0
+    assert await redis.exists(plan_record(pid)) == 0
+
+
+async def test_plan_document_must_be_a_mapping(pg, redis):
+    for doc in ("- a\n- b\n", "42", {"id": "x"}):
+        with pytest.raises(InvalidInput) as err:
+            await plans.apply_plan(pg, redis, doc)
+        assert err.value.field in ("document", "tiers", "charges", "limits.requests_per_minute")
+
+
+async def test_get_unknown_plan_is_not_found(pg):
+    with pytest.raises(NotFound) as err:
+        await plans.get_plan(pg, "no_such_plan")
+    assert err.value.field == "plan_id" and err.value.status == 404
