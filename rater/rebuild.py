@@ -1,0 +1,218 @@
+"""`tollgate redis rebuild`: reconstruct the Redis projection from PostgreSQL after a Redis loss.
+
+Redis keeps nothing on disk; PostgreSQL has everything needed to put back what check.lua and
+settle.lua read:
+- plans, customers (cfg with every tier's limits; the tier is customers.tier, or the higher one
+  this period's spend has reached) and API keys, through rater.projection;
+- wallet = sum(wallet_transactions) - sum(processed_events.wallet_micros);
+- spend of every period a spend key would still live for (SPEND_TTL_MS back from now)
+  = sum(processed_events.spend_micros);
+- open holds (holds: status open, not yet expired) and `held`, their sum;
+- settled-event markers of the events processed within settlement.MARKER_TTL_MS, so an event the
+  bus redelivers after the rebuild is not settled a second time (its debit is already in the
+  rebuilt wallet). A processed event whose hold PostgreSQL still shows open (a crash between
+  settle and mark_settled) gets a marker saying it released that hold, and the hold is not put
+  back: exactly the state a completed settlement would have left.
+Not rebuilt, on purpose: rate-limit buckets (every key starts with a full minute's budget) and
+gateway-retry records (a retry after the loss is decided again).
+
+Every value is written absolutely (DEL then SET), so running it twice gives the same Redis. Run it
+with the rater stopped: events settled while it runs could be overwritten by older figures.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+import orjson
+
+from rater.projection import project_api_key, project_customer, project_plan
+from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS
+from tollgate.keys import CustomerKeys
+from tollgate.periods import period_bounds, period_of
+from tollgate.plans import Plan, parse_plan
+
+BATCH = 500  # customers per Redis pipeline
+
+
+async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]:
+    """Rebuild everything; returns counts of what was written."""
+    now = now or datetime.now(timezone.utc)
+    periods = _periods(now - timedelta(milliseconds=SPEND_TTL_MS), now)
+    has_events = await conn.fetchval("SELECT to_regclass('processed_events') IS NOT NULL")
+
+    plans = {}
+    for r in await conn.fetch("SELECT id, document FROM plans ORDER BY id"):
+        doc = r["document"]
+        plans[r["id"]] = parse_plan(orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc)
+        await project_plan(redis, plans[r["id"]])
+
+    wallets = await _wallets(conn, has_events)
+    spend = await _spend(conn, has_events, periods)
+    holds = await _open_holds(conn, has_events, now)
+    markers = await _markers(conn, has_events, now, wallets, spend)
+
+    customers = await conn.fetch("SELECT id, plan_id, billing_mode, tier, spend_cap_micros FROM customers ORDER BY id")
+    for c in customers:
+        plan = plans[c["plan_id"]]
+        tier = _tier(plan, c["tier"], spend.get(c["id"], {}).get(period_of(now), 0))
+        await project_customer(redis, c["id"], plan, c["billing_mode"], tier, c["spend_cap_micros"])
+
+    keys = await conn.fetch(
+        "SELECT k.id, k.key_hash, k.customer_id, c.plan_id, k.status FROM api_keys k"
+        " JOIN customers c ON c.id = k.customer_id ORDER BY k.id"
+    )
+    for k in keys:
+        await project_api_key(redis, k["key_hash"], k["id"], k["customer_id"], k["plan_id"], k["status"])
+
+    counts = {"plans": len(plans), "customers": len(customers), "api_keys": len(keys), "wallets": 0,
+              "spend_keys": 0, "holds": 0, "markers": 0}
+    ids = [c["id"] for c in customers]
+    for start in range(0, len(ids), BATCH):
+        async with redis.pipeline(transaction=False) as p:
+            for cid in ids[start:start + BATCH]:
+                k = CustomerKeys(cid)
+                p.delete(k.wallet, k.held, k.holds, k.hold_expiry, *(k.spend(x) for x in periods))
+                if cid in wallets:
+                    p.set(k.wallet, wallets[cid])
+                    counts["wallets"] += 1
+                for period, amount in spend.get(cid, {}).items():
+                    p.set(k.spend(period), amount, px=SPEND_TTL_MS)
+                    counts["spend_keys"] += 1
+                if cid in holds:
+                    p.hset(k.holds, mapping={h: v for h, v, _, _ in holds[cid]})
+                    p.zadd(k.hold_expiry, {h: exp for h, _, exp, _ in holds[cid]})
+                    p.set(k.held, sum(a for _, _, _, a in holds[cid]))
+                    counts["holds"] += len(holds[cid])
+            await p.execute()
+    for start in range(0, len(markers), BATCH * 10):
+        async with redis.pipeline(transaction=False) as p:
+            for key, value, ttl in markers[start:start + BATCH * 10]:
+                p.set(key, value, px=ttl)
+            await p.execute()
+    counts["markers"] = len(markers)
+    return counts
+
+
+def _tier(plan: Plan, recorded: str, period_spend: int) -> str:
+    """customers.tier, or higher if this period's spend already reached a higher threshold (a
+    promotion settle.lua made whose record was lost with a crash): never lower, as in settle.lua."""
+    names = [t.name for t in plan.tiers]
+    reached = max((i for i, t in enumerate(plan.tiers) if t.threshold_micros <= period_spend), default=0)
+    return names[max(reached, names.index(recorded) if recorded in names else 0)]
+
+
+def _periods(start: datetime, end: datetime) -> list[str]:
+    """Every period id from start's to end's, inclusive."""
+    out, p = [], period_of(start)
+    while p <= period_of(end):
+        out.append(p)
+        p = period_of(period_bounds(p)[1])
+    return out
+
+
+async def _wallets(conn, has_events: bool) -> dict[str, int]:
+    """Only customers with wallet activity get a wallet key (postpaid ones keep none)."""
+    out: dict[str, int] = defaultdict(int)
+    for r in await conn.fetch("SELECT customer_id, sum(amount_micros)::bigint AS s FROM wallet_transactions GROUP BY 1"):
+        out[r["customer_id"]] += r["s"]
+    if has_events:
+        for r in await conn.fetch(
+            "SELECT customer_id, sum(wallet_micros)::bigint AS s FROM processed_events"
+            " GROUP BY 1 HAVING sum(wallet_micros) <> 0"
+        ):
+            out[r["customer_id"]] -= r["s"]
+    return dict(out)
+
+
+async def _spend(conn, has_events: bool, periods: list[str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    if has_events:
+        for r in await conn.fetch(
+            "SELECT customer_id, period, sum(spend_micros)::bigint AS s FROM processed_events"
+            " WHERE period = ANY($1::text[]) GROUP BY 1, 2", periods,
+        ):
+            out[r["customer_id"]][r["period"]] = r["s"]
+    return out
+
+
+async def _open_holds(conn, has_events: bool, now: datetime) -> dict[str, list[tuple[str, str, int, int]]]:
+    """customer -> [(hold id, "amount:tokens:key id", expiry ms, amount)] of still-open holds."""
+    settled_by_event = (
+        " AND NOT EXISTS (SELECT 1 FROM processed_events pe"
+        " WHERE pe.hold_id = h.hold_id AND pe.customer_id = h.customer_id)" if has_events else ""
+    )
+    rows = await conn.fetch(
+        "SELECT h.hold_id, h.customer_id, h.key_id, h.amount_micros, h.estimated_tokens, h.expires_at"
+        " FROM holds h WHERE h.status = 'open' AND h.expires_at > $1 AND h.customer_id IS NOT NULL"
+        " AND h.amount_micros IS NOT NULL" + settled_by_event, now,
+    )
+    out: dict[str, list] = defaultdict(list)
+    for r in rows:
+        value = f"{r['amount_micros']}:{r['estimated_tokens']}:{r['key_id'] or ''}"
+        out[r["customer_id"]].append((r["hold_id"], value, int(r["expires_at"].timestamp() * 1000), r["amount_micros"]))
+    return out
+
+
+async def _markers(conn, has_events: bool, now: datetime, wallets: dict[str, int],
+                   spend: dict[str, dict[str, int]]) -> list[tuple[str, bytes, int]]:
+    """(key, stored result, ttl ms) for settle.lua's idempotency markers of recent events.
+
+    The stored result is what a replay returns: the hold released by that event (recorded, or
+    the still-open hold it names), the promotion it made (tier_transitions), and as
+    wallet/spend "after" the figures as rebuilt (the historical ones are not kept anywhere).
+    """
+    if not has_events:
+        return []
+    since = now - timedelta(milliseconds=MARKER_TTL_MS)
+    rows = await conn.fetch(
+        """SELECT pe.event_id, pe.customer_id, pe.period, pe.processed_at,
+                  CASE WHEN h.event_id = pe.event_id THEN h.released_micros
+                       WHEN h.status = 'open' THEN h.amount_micros ELSE 0 END AS released,
+                  t.old_tier, t.new_tier
+             FROM processed_events pe
+             LEFT JOIN holds h ON h.hold_id = pe.hold_id AND h.customer_id = pe.customer_id
+             LEFT JOIN tier_transitions t ON t.event_id = pe.event_id
+            WHERE pe.processed_at > $1""",
+        since,
+    )
+    out = []
+    now_ms = now.timestamp() * 1000
+    for r in rows:
+        ttl = int(r["processed_at"].timestamp() * 1000 + MARKER_TTL_MS - now_ms)
+        if ttl <= 0:
+            continue
+        cid = r["customer_id"]
+        result = [0, str(r["released"] or 0), str(wallets.get(cid, 0)), str(spend.get(cid, {}).get(r["period"], 0)),
+                  r["old_tier"] or "", r["new_tier"] or ""]
+        out.append((CustomerKeys(cid).settled(r["event_id"]), orjson.dumps(result), ttl))
+    return out
+
+
+# --------------------------------------------------------------------------------------- CLI
+
+
+def register(sub) -> None:
+    from tollgate.cli import command, group  # noqa: PLC0415  (the CLI imports this module)
+
+    redis_cmds = group(sub, "redis", "the Redis projection")
+    command(redis_cmds, "rebuild", _cli_rebuild,
+            "reconstruct balances, spend, tiers, holds and keys in Redis from PostgreSQL (run with the rater stopped)")
+
+
+async def _cli_rebuild(ctx) -> int:
+    import asyncpg  # noqa: PLC0415
+    import redis.asyncio as aioredis  # noqa: PLC0415
+
+    started = time.monotonic()
+    conn = await asyncpg.connect(ctx.settings.database_url)
+    redis = aioredis.Redis.from_url(ctx.settings.redis_url)
+    try:
+        counts = await rebuild(redis, conn)
+    finally:
+        await redis.aclose()
+        await conn.close()
+    counts["seconds"] = round(time.monotonic() - started, 3)
+    ctx.emit(counts, "rebuilt: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0

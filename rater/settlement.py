@@ -1,0 +1,131 @@
+"""Settlement of rated events on Redis: lua/settle.lua, one script run per event.
+
+The rating pipeline calls `settle` with one item per event, after its ledger transaction, then
+`record_promotions` and `rater.holds.mark_settled` with the results, then acks. Each step is
+idempotent by event id, so a crash anywhere and the redelivery that follows change nothing twice:
+- Redis: `tg:{c}:evt:<event id>` stores the first result; a replay returns it (replayed=True)
+  and touches nothing. It lives MARKER_TTL_MS, longer than any redelivery window (the bus
+  retention plus a consumer that stayed down for weeks); each costs ~100 bytes of Redis memory.
+- PostgreSQL: tier_transitions.event_id and holds/hold_events are unique, writes are upserts.
+
+The items of one call go out as one pipeline (one round trip); the scripts still run one by one,
+each atomic, each touching one customer's keys only, so this works unchanged on Redis Cluster.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.exceptions import NoScriptError
+
+import lua
+from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
+from tollgate.keys import CustomerKeys
+from tollgate.periods import period_of
+
+DAY_MS = 24 * 3600 * 1000
+MARKER_TTL_MS = 35 * DAY_MS  # settled-event markers: longer than any redelivery
+SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for late events
+_PERIOD = re.compile(r"^\d{4}(0[1-9]|1[0-2])$")
+
+
+@dataclass(frozen=True)
+class SettleItem:
+    customer_id: str
+    event_id: str
+    period: str  # 'YYYYMM' of the event
+    wallet_debit_micros: int  # the part routed to the prepaid wallet (0 for postpaid)
+    spend_micros: int  # total charge added to period spend (wallet + invoice parts)
+    hold_id: str | None  # the hold to release, if any
+    actual_tokens: int  # tokens actually used (for the tokens/min correction)
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    event_id: str
+    replayed: bool  # already settled before: nothing changed now
+    hold_released_micros: int
+    wallet_after_micros: int
+    spend_after_micros: int
+    promoted_from: str | None
+    promoted_to: str | None
+
+
+async def settle(redis, items: Sequence[SettleItem], *, now: float | None = None) -> list[SettleResult]:
+    """Settle each item atomically, in order; results in the same order.
+
+    `now` (epoch seconds) only decides which period is current: an event of an earlier period
+    adds to that period's spend but never promotes the current tier. On an error the call
+    raises after the pipeline ran: some items may be settled, and retrying the whole batch is
+    safe because settled ones replay.
+    """
+    for item in items:
+        _validate(item)
+    if not items:
+        return []
+    current = period_of(time.time() if now is None else now)
+    calls = [_call(item, current) for item in items]
+    replies = await eval_many(redis, lua.load("settle"), calls)
+    return [_result(item, reply) for item, reply in zip(items, replies)]
+
+
+def _call(item: SettleItem, current_period: str) -> tuple[list[str], list[str | int]]:
+    k = CustomerKeys(item.customer_id)
+    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(item.period), k.settled(item.event_id)]
+    args = [item.hold_id or "", item.wallet_debit_micros, item.spend_micros, item.actual_tokens,
+            MARKER_TTL_MS, SPEND_TTL_MS, 1 if item.period >= current_period else 0]
+    return keys, args
+
+
+def _validate(item: SettleItem) -> None:
+    for name in ("wallet_debit_micros", "spend_micros", "actual_tokens"):
+        v = getattr(item, name)
+        # bool is an int and float is money gone wrong: both refused before anything is written
+        if type(v) is not int or v < 0:
+            raise ValueError(f"{item.event_id}: {name} must be a non-negative int, got {v!r}")
+    if not _PERIOD.match(item.period):
+        raise ValueError(f"{item.event_id}: period must be 'YYYYMM', got {item.period!r}")
+    if not item.customer_id or not item.event_id:
+        raise ValueError("customer_id and event_id are required")
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _result(item: SettleItem, reply: list) -> SettleResult:
+    replayed, released, wallet, spend, frm, to = reply
+    return SettleResult(
+        event_id=item.event_id,
+        replayed=bool(int(replayed)),
+        hold_released_micros=int(_s(released)),
+        wallet_after_micros=int(_s(wallet)),
+        spend_after_micros=int(_s(spend)),
+        promoted_from=_s(frm) or None,
+        promoted_to=_s(to) or None,
+    )
+
+
+async def eval_many(redis, script: lua.Script, calls: Sequence[tuple[list, list]]) -> list:
+    """EVALSHA each (keys, args) in one pipeline; NOSCRIPT (a restarted or new Redis) loads the
+    script and re-runs only the calls that failed with it, which never ran."""
+    replies = await _pipeline(redis, script.sha, calls)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        await redis.script_load(script.source)
+        again = await _pipeline(redis, script.sha, [calls[i] for i in missing])
+        for i, r in zip(missing, again):
+            replies[i] = r
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies
+
+
+async def _pipeline(redis, sha: str, calls: Sequence[tuple[list, list]]) -> list:
+    async with redis.pipeline(transaction=False) as p:
+        for keys, args in calls:
+            p.evalsha(sha, len(keys), *keys, *args)
+        return await p.execute(raise_on_error=False)
