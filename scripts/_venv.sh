@@ -8,15 +8,56 @@ ensure_venv() {
     | grep -v "WARNING: Location" || true
 }
 
-# Debian packages of the gateway tests (nginx with lua-nginx-module, LuaJIT), when apt is here.
+# Debian packages of the gateway tests, when apt is here (Debian 12 names; each "a|b" takes the
+# first one apt can install, an installed one of them satisfies it):
+#   nginx                  the nginx binary (the tests run their own, as the current user, on loopback)
+#   libnginx-mod-http-lua  lua-nginx-module (OpenResty's; pulls ndk, lua-resty-core, libluajit2)
+#   lua-cjson              cjson for LuaJIT: the Kong plugin's JSON inside nginx, and in busted
+#   luajit2|luajit         the LuaJIT command busted runs the plugin's unit tests with (--lua=luajit)
+#   lua-busted             busted; Debian installs its modules for Lua 5.1 too, so LuaJIT can run it
+# Service start-up is suppressed (policy-rc.d) so no system nginx starts on port 80.
 ensure_system_packages() {
-  local pkgs="nginx-light libnginx-mod-http-lua luajit"
+  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted"
   command -v apt-get >/dev/null 2>&1 || return 0
-  local missing=""
-  for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-  [ -z "$missing" ] && return 0
-  if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing) >/dev/null 2>&1 \
-      || echo "warning: could not install$missing; gateway tests that need them will fail" >&2
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi
   fi
+  installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+  local missing="" group alt ok
+  for group in $wanted; do
+    ok=""
+    for alt in ${group//|/ }; do installed "$alt" && ok=1; done
+    [ -n "$ok" ] || missing="$missing $group"
+  done
+  [ -z "$missing" ] && return 0
+  if [ "$sudo" = none ]; then
+    echo "warning: not root and no sudo: install the Debian packages${missing//|/ or } for the gateway tests" >&2
+    return 0
+  fi
+  local log
+  log=$(mktemp)
+  if ! $sudo apt-get update -qq >"$log" 2>&1; then
+    echo "warning: apt-get update failed; gateway tests that need${missing//|/ or } will fail:" >&2
+    tail -5 "$log" >&2; rm -f "$log"; return 0
+  fi
+  local pkgs="" cand
+  for group in $missing; do
+    for alt in ${group//|/ }; do
+      cand=$(apt-cache policy "$alt" 2>/dev/null | awk '/Candidate:/ {print $2}')
+      if [ -n "$cand" ] && [ "$cand" != "(none)" ]; then pkgs="$pkgs $alt"; break; fi
+    done
+  done
+  local policy_rc="" status=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy_rc=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy_rc" >/dev/null && $sudo chmod +x "$policy_rc"
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $pkgs >"$log" 2>&1 || status=$?
+  [ -n "$policy_rc" ] && $sudo rm -f "$policy_rc"
+  if [ "$status" != 0 ] || [ -z "$pkgs" ]; then
+    echo "warning: could not install$pkgs (wanted${missing//|/ or }); gateway tests that need them will fail:" >&2
+    tail -5 "$log" >&2
+  fi
+  rm -f "$log"
 }

@@ -1,0 +1,196 @@
+-- tollgate: pre-flight quota check and usage reporting for usage-priced LLM APIs.
+--
+-- access:        POST <sidecar>/v1/check with the consumer's API key, the request id, the model
+--                and a token estimate. ALLOW: forward (hold id to the upstream), DENY: 429/401
+--                with Retry-After and the reason. Sidecar down, slower than timeout_ms, or
+--                answering garbage: fail open (fault_tolerant) or 500.
+-- header_filter: the rate-limit headers of the check reach the client (as Kong's rate-limiting
+--                plugin sets them: computed in access, set here).
+-- body_filter:   keeps a bounded copy of the response body (or a stream's tail) for its usage.
+-- log:           POST <sidecar>/v1/usage from a timer (never delays the client), with the hold id
+--                and the request id as correlation id; tokens from the response's usage block.
+local core = require "kong.plugins.tollgate.core"
+local http = require "kong.plugins.tollgate.http"
+
+local kong = kong
+local ngx = ngx
+local timer_at = ngx.timer.at
+local setmetatable = setmetatable
+local tonumber = tonumber
+
+local TollgateHandler = {
+  -- after authentication plugins (key-auth is 1250), next to rate-limiting (910)
+  PRIORITY = 905,
+  VERSION = "0.1.0",
+}
+
+local UPSTREAM_HEADERS = { "X-Tollgate-Hold-Id", "X-Tollgate-Request-Id", "X-Tollgate-Degraded" }
+
+-- parsed sidecar URL per plugin configuration (Kong hands the same conf table per instance)
+local targets = setmetatable({}, { __mode = "k" })
+
+local function target_of(conf)
+  local t = targets[conf]
+  if not t then
+    local err
+    t, err = core.parse_url(conf.sidecar_url)
+    if not t then
+      return nil, err
+    end
+    targets[conf] = t
+  end
+  return t
+end
+
+local function client_opts(conf, timeout_ms)
+  return {
+    timeout_ms = timeout_ms,
+    keepalive_ms = conf.keepalive_ms,
+    pool_size = conf.keepalive_pool_size,
+    ssl_verify = conf.ssl_verify,
+  }
+end
+
+local function read_request_body(conf)
+  local length = tonumber(kong.request.get_header("Content-Length"))
+  if length and length > conf.max_body_bytes then
+    return nil, length
+  end
+  if kong.request.get_method() == "GET" or kong.request.get_method() == "HEAD" then
+    return nil, length
+  end
+  local raw = kong.request.get_raw_body()
+  if raw and #raw > conf.max_body_bytes then
+    return nil, #raw
+  end
+  return raw, length
+end
+
+local function check(conf, api_key, request_id, dimensions, estimate)
+  local target, err = target_of(conf)
+  if not target then
+    return nil, nil, err
+  end
+  local res
+  res, err = http.request(target, "POST", "/v1/check",
+                          core.check_body(api_key, request_id, dimensions, estimate),
+                          client_opts(conf, conf.timeout_ms))
+  if not res then
+    return nil, nil, err
+  end
+  local decision
+  decision, err = core.parse_check(res.status, res.body, res.headers)
+  return decision, res, err
+end
+
+function TollgateHandler:access(conf)
+  local ctx = kong.ctx.plugin
+  for _, name in ipairs(UPSTREAM_HEADERS) do
+    kong.service.request.clear_header(name)  -- never trust a client's copy
+  end
+
+  local api_key = core.extract_api_key(kong.request.get_header(conf.api_key_header))
+  if not api_key then
+    return kong.response.exit(401, { message = "No API key found in request", reason = "missing_api_key" })
+  end
+
+  local raw, length = read_request_body(conf)
+  local dimensions, estimate = core.estimate(raw, length, conf)
+  local request_id = conf.request_id_prefix .. ngx.var.request_id
+
+  local decision, res, err = check(conf, api_key, request_id, dimensions, estimate)
+  local report = {
+    api_key = api_key, request_id = request_id, dimensions = dimensions, estimate = estimate,
+  }
+  kong.service.request.set_header("X-Tollgate-Request-Id", request_id)
+
+  if not decision then
+    if not conf.fault_tolerant then
+      kong.log.err("tollgate sidecar failed, denying (fault_tolerant is off): ", err)
+      return kong.response.exit(500, { message = "An unexpected error occurred" })
+    end
+    kong.log.warn("tollgate sidecar failed, letting the request through: ", err)
+    report.fail_open = true
+    ctx.report = report
+    ctx.headers = { ["X-Tollgate-Degraded"] = "fail-open" }
+    kong.service.request.set_header("X-Tollgate-Degraded", "fail-open")
+    return
+  end
+
+  local headers = core.client_headers(res.headers)
+  if not decision.allow then
+    if conf.hide_client_headers then
+      headers = {}
+    end
+    if decision.status == 429 and decision.retry_after then
+      headers["Retry-After"] = decision.retry_after
+    end
+    return kong.response.exit(decision.status, core.deny_body(decision, conf), headers)
+  end
+
+  report.hold_id = decision.hold_id
+  report.fail_open = decision.reason == "fail_open" or nil
+  ctx.report = report
+  if not conf.hide_client_headers then
+    ctx.headers = headers
+  end
+  if decision.hold_id then
+    kong.service.request.set_header("X-Tollgate-Hold-Id", decision.hold_id)
+  end
+  if report.fail_open then
+    kong.service.request.set_header("X-Tollgate-Degraded", "fail-open")
+  end
+end
+
+function TollgateHandler:header_filter(conf)
+  local ctx = kong.ctx.plugin
+  if ctx.headers then
+    kong.response.set_headers(ctx.headers)
+  end
+  if ctx.report then
+    local ct = kong.response.get_header("Content-Type")
+    ctx.report.stream = ct ~= nil and ct:lower():find("text/event-stream", 1, true) ~= nil
+    ctx.capture = { stream = ctx.report.stream }
+  end
+end
+
+function TollgateHandler:body_filter(conf)
+  local capture = kong.ctx.plugin.capture
+  if capture then
+    core.capture(capture, ngx.arg[1], conf.max_body_bytes)
+  end
+end
+
+local function send_usage(premature, target, opts, body, request_id)
+  if premature then
+    return
+  end
+  local res, err = http.request(target, "POST", "/v1/usage", body, opts)
+  if not res then
+    ngx.log(ngx.ERR, "[tollgate] usage report of ", request_id, " failed: ", err)
+  elseif res.status ~= 202 and res.status ~= 200 then
+    ngx.log(ngx.ERR, "[tollgate] usage report of ", request_id, " refused: HTTP ", res.status, " ", res.body)
+  end
+end
+
+function TollgateHandler:log(conf)
+  local ctx = kong.ctx.plugin
+  local report = ctx.report
+  if not report then
+    return
+  end
+  local target, err = target_of(conf)
+  if not target then
+    kong.log.err("tollgate usage report: ", err)
+    return
+  end
+  local usage = ctx.capture and core.parse_usage(core.captured(ctx.capture), report.stream)
+  local body = core.usage_body(report, kong.response.get_status(), usage, core.iso8601(ngx.utctime()), conf)
+  local ok
+  ok, err = timer_at(0, send_usage, target, client_opts(conf, conf.usage_timeout_ms), body, report.request_id)
+  if not ok then
+    kong.log.err("tollgate usage report of ", report.request_id, " not scheduled: ", err)
+  end
+end
+
+return TollgateHandler

@@ -1,0 +1,82 @@
+local typedefs = require "kong.db.schema.typedefs"
+
+-- Configuration of the tollgate plugin (Kong 3.x schema format, as the bundled rate-limiting
+-- plugin's). Every field has a default except default_model.
+return {
+  name = "tollgate",
+  fields = {
+    { protocols = typedefs.protocols_http },
+    { config = {
+        type = "record",
+        fields = {
+          { sidecar_url = typedefs.url {
+              required = true, default = "http://127.0.0.1:8080",
+              description = "Base URL of the tollgate enforcer (the sidecar): /v1/check and /v1/usage are appended.",
+          } },
+          { timeout_ms = {
+              description = "Budget of the whole pre-flight check (connect, send, reply), in milliseconds. Past it the request fails open (or closed, see fault_tolerant).",
+              type = "integer", required = true, default = 50, between = { 1, 60000 },
+          } },
+          { usage_timeout_ms = {
+              description = "Budget of the usage report, sent after the response from a timer, in milliseconds.",
+              type = "integer", required = true, default = 2000, between = { 1, 60000 },
+          } },
+          { fault_tolerant = {
+              description = "Let requests through when the sidecar is down, slow or answers garbage (fail open). When false such requests get a 500.",
+              type = "boolean", required = true, default = true,
+          } },
+          { api_key_header = typedefs.header_name {
+              required = true, default = "x-api-key",
+              description = "Request header carrying the consumer's tollgate API key. `Authorization: Bearer <key>` is unwrapped.",
+          } },
+          { hide_client_headers = {
+              description = "Do not add the RateLimit-* / X-RateLimit-* / X-Tollgate-* headers to the client's response.",
+              type = "boolean", required = true, default = false,
+          } },
+          { error_message = {
+              description = "Message of a 429 whose reason the plugin has no message for.",
+              type = "string", required = true, default = "API rate limit exceeded",
+          } },
+          { default_model = {
+              description = "Model dimension sent when the request body names none.",
+              type = "string", required = false,
+          } },
+          { default_max_tokens = {
+              description = "Output-token estimate when the request sets no max_tokens / max_completion_tokens / max_output_tokens.",
+              type = "integer", required = true, default = 1024, between = { 0, 100000000 },
+          } },
+          { bytes_per_token = {
+              description = "Input-token estimate: request body bytes divided by this.",
+              type = "number", required = true, default = 4, gt = 0,
+          } },
+          { max_body_bytes = {
+              description = "Largest request body read for the estimate, and largest response body (or stream tail) kept to read the usage block from.",
+              type = "integer", required = true, default = 1048576, between = { 1024, 67108864 },
+          } },
+          { bill_estimate_without_usage = {
+              description = "A successful response without a usage block is reported at the estimate (else with zero tokens, which only releases the hold).",
+              type = "boolean", required = true, default = false,
+          } },
+          { event_type = {
+              description = "event_type of the usage events.",
+              type = "string", required = true, default = "llm.completion",
+          } },
+          { request_id_prefix = {
+              description = "Prefix of the request id sent as request_id / correlation_id (the rest is nginx's $request_id, never the client's).",
+              type = "string", required = true, default = "kong_", match = "^[A-Za-z0-9_.%-]*$", len_max = 24,
+          } },
+          { keepalive_ms = {
+              description = "Idle time of pooled sidecar connections; keep it below the sidecar's own keep-alive timeout. 0 closes every connection.",
+              type = "integer", required = true, default = 4000, between = { 0, 3600000 },
+          } },
+          { keepalive_pool_size = {
+              type = "integer", required = true, default = 64, between = { 1, 10000 },
+          } },
+          { ssl_verify = {
+              description = "Verify the sidecar's TLS certificate (https sidecar_url).",
+              type = "boolean", required = true, default = false,
+          } },
+        },
+    } },
+  },
+}

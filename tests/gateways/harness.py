@@ -1,0 +1,322 @@
+"""Real processes and servers for the gateway tests, all on loopback.
+
+- `Nginx`: Debian's nginx (with lua-nginx-module when asked) under a temporary prefix, as the
+  current user, on a free port; its error log is printed when a test fails.
+- `Upstream`: a tiny threaded HTTP server answering like an LLM API (OpenAI or Anthropic JSON with a
+  usage block, or an Anthropic event stream), recording the requests it got.
+- `HungServer` accepts connections and never answers; `GarbageServer` answers 200 with nonsense.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tollgate.local_services import free_port, port_open
+
+ROOT = Path(__file__).resolve().parents[2]
+KONG_PLUGIN_DIR = ROOT / "gateway_plugins" / "kong"
+KONG_SHIM_DIR = ROOT / "tests" / "gateways" / "kong_shim"
+MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules", "/usr/lib64/nginx/modules")
+
+
+class MissingTool(RuntimeError):
+    pass
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if not found:
+        raise MissingTool("nginx is not installed: run scripts/test (it installs the Debian packages) or "
+                          "apt-get install nginx libnginx-mod-http-lua lua-cjson")
+    return found
+
+
+def lua_module_lines() -> str:
+    """load_module lines for ndk and lua-nginx-module (libnginx-mod-http-ndk / -lua)."""
+    for d in MODULE_DIRS:
+        ndk, lua = Path(d) / "ndk_http_module.so", Path(d) / "ngx_http_lua_module.so"
+        if ndk.exists() and lua.exists():
+            return f"load_module {ndk};\nload_module {lua};\n"
+    raise MissingTool("lua-nginx-module not found: apt-get install libnginx-mod-http-lua")
+
+
+def busted_binary() -> str:
+    found = shutil.which("busted")
+    if not found:
+        raise MissingTool("busted is not installed: apt-get install lua-busted")
+    if not shutil.which("luajit"):
+        raise MissingTool("luajit is not installed: apt-get install luajit2 (or luajit)")
+    return found
+
+
+class Nginx:
+    """nginx -p <prefix> -c nginx.conf -g 'daemon off;' with the given http{} body."""
+
+    def __init__(self, prefix: Path, http_body: str, *, lua: bool = False, main: str = ""):
+        self.prefix = Path(prefix)
+        self.port = free_port()
+        self.lua = lua
+        (self.prefix / "logs").mkdir(parents=True, exist_ok=True)
+        (self.prefix / "tmp").mkdir(exist_ok=True)
+        self.error_log = self.prefix / "logs" / "error.log"
+        user = ""
+        if os.geteuid() == 0:  # the master is root: keep the worker as root too, it reads our temp files
+            user = f"user {pwd.getpwuid(0).pw_name};\n"
+        tmp = self.prefix / "tmp"
+        self.conf = (
+            (lua_module_lines() if lua else "")
+            + user
+            + "worker_processes 1;\n"
+            + f"error_log {self.error_log} info;\n"
+            + f"pid {self.prefix / 'logs' / 'nginx.pid'};\n"
+            + main
+            + "events { worker_connections 256; }\n"
+            + "http {\n"
+            + "  access_log off;\n"
+            + "".join(f"  {k}_temp_path {tmp / k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + http_body.replace("$PORT", str(self.port))
+            + "\n}\n"
+        )
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Nginx":
+        conf_path = self.prefix / "nginx.conf"
+        conf_path.write_text(self.conf)
+        test = subprocess.run([nginx_binary(), "-t", "-p", str(self.prefix), "-c", str(conf_path)],
+                              capture_output=True, text=True)
+        if test.returncode != 0:
+            raise RuntimeError(f"nginx -t failed:\n{test.stderr}\n--- nginx.conf ---\n{self.conf}")
+        self.proc = subprocess.Popen(
+            [nginx_binary(), "-p", str(self.prefix), "-c", str(conf_path), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode() if self.proc.poll() is not None else ""
+                self.stop()
+                raise RuntimeError(f"nginx did not start: {err}\n{self.log()}")
+            time.sleep(0.02)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.error_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # fast shutdown
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+
+# ------------------------------------------------------------------------------ upstream servers
+
+
+OPENAI_USAGE = {"prompt_tokens": 42, "completion_tokens": 17, "total_tokens": 59,
+                "prompt_tokens_details": {"cached_tokens": 10}}
+ANTHROPIC_USAGE = {"input_tokens": 31, "output_tokens": 12, "cache_read_input_tokens": 4}
+
+
+class _Threaded(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class Upstream:
+    """An LLM-like API: POST /v1/chat/completions (OpenAI), /v1/messages (Anthropic; stream=true
+    gives an event stream), anything else: 200 {"ok": true} without usage."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _record(self) -> bytes:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                with outer.lock:
+                    outer.requests.append({"method": self.command, "path": self.path,
+                                           "headers": {k.lower(): v for k, v in self.headers.items()},
+                                           "body": body})
+                return body
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._record()
+                self._send(200, b'{"ok": true}')
+
+            def do_POST(self):
+                raw = self._record()
+                try:
+                    req = json.loads(raw or b"{}")
+                except ValueError:
+                    req = {}
+                path = self.path.split("?")[0]
+                if path.endswith("/v1/chat/completions"):
+                    doc = {"id": "chatcmpl-1", "object": "chat.completion", "model": req.get("model"),
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                        "finish_reason": "stop"}],
+                           "usage": OPENAI_USAGE}
+                    self._send(200, json.dumps(doc).encode())
+                elif path.endswith("/v1/messages") and req.get("stream"):
+                    events = [
+                        ("message_start", {"type": "message_start", "message": {
+                            "id": "msg_1", "usage": {"input_tokens": ANTHROPIC_USAGE["input_tokens"], "output_tokens": 1}}}),
+                        ("content_block_delta", {"type": "content_block_delta", "delta": {"text": "x" * 2000}}),
+                        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]}}),
+                        ("message_stop", {"type": "message_stop"}),
+                    ]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for name, data in events:
+                        chunk = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                elif path.endswith("/v1/messages"):
+                    doc = {"id": "msg_1", "type": "message", "role": "assistant", "model": req.get("model"),
+                           "content": [{"type": "text", "text": "hi"}], "usage": ANTHROPIC_USAGE}
+                    self._send(200, json.dumps(doc).encode())
+                elif path.endswith("/fail"):
+                    self._send(503, b'{"error": "overloaded"}')
+                else:
+                    self._send(200, b'{"ok": true}')
+
+        self.server = _Threaded(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Upstream":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def received(self, path_suffix: str = "") -> list[dict]:
+        with self.lock:
+            return [r for r in self.requests if r["path"].endswith(path_suffix)]
+
+
+class HungServer:
+    """Accepts TCP connections and reads, but never answers: a sidecar stuck past any timeout."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.accepted = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.accepted += 1
+            self.conns.append(conn)  # held open, never answered
+
+    def start(self) -> "HungServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+class GarbageServer:
+    """A sidecar answering 200 with a body that is not the contract's JSON."""
+
+    def __init__(self, body: bytes = b"<html>502 Bad Gateway</html>", status: int = 200):
+        payload = body
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = _Threaded(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "GarbageServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}"

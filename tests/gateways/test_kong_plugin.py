@@ -1,0 +1,343 @@
+"""The Kong plugin, run in real nginx + lua-nginx-module through the PDK shim, in front of a real
+upstream and the real enforcer (and, for the failure cases, sidecars that are down, hung, or
+answer garbage)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+
+import httpx
+import pytest
+
+from tests.gateways.conftest import failed, provision, wait_usage
+from tests.gateways.harness import (
+    ANTHROPIC_USAGE,
+    KONG_PLUGIN_DIR,
+    KONG_SHIM_DIR,
+    OPENAI_USAGE,
+    GarbageServer,
+    HungServer,
+    Nginx,
+    _Threaded,
+    dead_url,
+)
+
+PHASES = ("access", "header_filter", "body_filter", "log")
+HUNG_TIMEOUT_MS = 50
+USAGE_DELAY_S = 1.5
+
+
+class SlowUsageSidecar:
+    """Forwards to the real enforcer, but holds every /v1/usage for USAGE_DELAY_S first: proves
+    the report does not delay the client."""
+
+    def __init__(self, target: str):
+        outer = self
+        self.usage_done = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.endswith("/v1/usage"):
+                    time.sleep(USAGE_DELAY_S)
+                r = httpx.post(target + self.path, content=body, headers={"Content-Type": "application/json"})
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+                if self.path.endswith("/v1/usage"):
+                    outer.usage_done.set()
+
+        self.server = _Threaded(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def location(name: str, upstream_url: str) -> str:
+    phases = "".join(
+        f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in PHASES
+    )
+    return (f"  location /{name}/ {{\n{phases}"
+            f"    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
+            f"    proxy_pass {upstream_url}/;\n  }}\n")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, enforcer, upstream):
+    prefix = tmp_path_factory.mktemp("kong")
+    hung, garbage = HungServer().start(), GarbageServer().start()
+    slow = SlowUsageSidecar(enforcer.url)
+    configs = {
+        "ok": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "default_model": "claude-sonnet-4-6"},
+        "bearer": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_header": "Authorization"},
+        "hidden": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "hide_client_headers": True},
+        "down": {"sidecar_url": dead_url()},
+        "hung": {"sidecar_url": hung.url, "timeout_ms": HUNG_TIMEOUT_MS},
+        "garbage": {"sidecar_url": garbage.url},
+        "strict": {"sidecar_url": dead_url(), "fault_tolerant": False},
+        "slowusage": {"sidecar_url": slow.url, "timeout_ms": 2000, "usage_timeout_ms": 5000},
+    }
+    (prefix / "configs.json").write_text(json.dumps(configs))
+    http_body = (
+        f'  lua_package_path "{KONG_PLUGIN_DIR}/?.lua;{KONG_SHIM_DIR}/?.lua;;";\n'
+        f'  init_by_lua_block {{ require("kong_shim").init("tollgate", "{prefix / "configs.json"}") }}\n'
+        "  client_body_buffer_size 1m;\n"
+        "  client_max_body_size 8m;\n"
+        "  server {\n    listen 127.0.0.1:$PORT;\n"
+        + "".join(location(name, upstream.url) for name in configs)
+        + "  }\n"
+    )
+    nginx = Nginx(prefix, http_body, lua=True).start()
+    yield nginx
+    nginx.stop()
+    for s in (hung, garbage, slow):
+        s.stop()
+
+
+@pytest.fixture
+def kong(gateway, request):
+    yield gateway
+    if failed(request):
+        print(f"--- nginx error.log ---\n{gateway.log()[-20000:]}")
+
+
+def chat(t_or_key, max_tokens: int = 50, **extra) -> dict:
+    key = t_or_key if isinstance(t_or_key, str) else t_or_key.api_key
+    return {"headers": {"x-api-key": key, **extra.pop("headers", {})},
+            "json": {"model": "gpt-4o", "max_tokens": max_tokens,
+                     "messages": [{"role": "user", "content": "Say hi"}], **extra}}
+
+
+def last_upstream(upstream, suffix: str) -> dict:
+    got = upstream.received(suffix)
+    assert got, f"the upstream never got {suffix}"
+    return got[-1]
+
+
+async def test_allow_forwards_with_rate_limit_headers_and_reports_usage(kong, upstream, redis):
+    t = await provision(redis)
+    before = len(upstream.received())
+    r = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t, 50))
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == OPENAI_USAGE  # the upstream's answer, untouched
+    # the check's rate-limit headers reached the client, Kong style too
+    assert r.headers["X-RateLimit-Limit"] == "100000"
+    assert 99_990 <= int(r.headers["X-RateLimit-Remaining"]) < 100_000
+    assert r.headers["RateLimit-Limit"] == "100000"
+    assert r.headers["RateLimit-Remaining"] == r.headers["X-RateLimit-Remaining"]
+    assert "requests" in r.headers["RateLimit-Policy"]
+    assert r.headers["X-Tollgate-Reason"] == "ok"
+    assert "X-Tollgate-Degraded" not in r.headers
+
+    assert len(upstream.received()) == before + 1
+    seen = last_upstream(upstream, "/v1/chat/completions")
+    hold_id, request_id = seen["headers"]["x-tollgate-hold-id"], seen["headers"]["x-tollgate-request-id"]
+    assert hold_id.startswith("hold_") and request_id.startswith("kong_")
+    assert await redis.hget(t.keys.holds, hold_id) is not None  # the check placed that hold
+
+    usage = await wait_usage(redis, request_id)
+    assert usage["hold_id"] == hold_id
+    assert usage["id"] == f"evt_{request_id}"
+    assert usage["customer_id"] == t.customer_id and usage["key_id"] == t.key_id
+    assert usage["event_type"] == "llm.completion"
+    assert usage["properties"]["model"] == "gpt-4o"
+    assert usage["properties"]["usage_source"] == "response"
+    cached = OPENAI_USAGE["prompt_tokens_details"]["cached_tokens"]
+    assert usage["measurements"] == [
+        {"metric": "input_tokens", "value": OPENAI_USAGE["prompt_tokens"] - cached},
+        {"metric": "output_tokens", "value": OPENAI_USAGE["completion_tokens"]},
+        {"metric": "cache_read_tokens", "value": cached},
+    ]
+
+
+async def test_the_estimate_sent_is_taken_from_the_request(kong, upstream, redis):
+    # tpm 200: a request of ~85 bytes (~22 input tokens) and max_tokens 100 passes, a second
+    # one does not fit, one with max_tokens 1 still does
+    t = await provision(redis, tokens_per_minute=200)
+    ok = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t, 100))
+    assert ok.status_code == 200, ok.text
+    denied = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t, 100))
+    assert denied.status_code == 429
+    assert denied.json()["reason"] == "rate_limited_tokens"
+    small = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t, 1))
+    assert small.status_code == 200, small.text
+
+
+async def test_deny_rate_limited_answers_429_with_retry_after(kong, upstream, redis):
+    t = await provision(redis, requests_per_minute=1)
+    first = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t))
+    assert first.status_code == 200, first.text
+    n = len(upstream.received())
+    r = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t))
+    assert r.status_code == 429, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert body["reason"] == "rate_limited_requests"
+    assert body["message"] == "API rate limit exceeded"
+    assert body["retry_after"] == int(r.headers["Retry-After"])
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+    assert r.headers["RateLimit-Remaining"] == "0"
+    assert len(upstream.received()) == n  # never reached the upstream
+
+
+async def test_deny_insufficient_balance(kong, upstream, redis):
+    t = await provision(redis, wallet=0)
+    n = len(upstream.received())
+    r = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t))
+    assert r.status_code == 429
+    assert r.json()["reason"] == "insufficient_balance"
+    assert r.json()["message"] == "Insufficient balance"
+    # waiting does not refill a wallet: the enforcer gives no Retry-After, nor does the plugin invent one
+    assert "Retry-After" not in r.headers
+    assert len(upstream.received()) == n
+
+
+async def test_unknown_and_missing_keys_get_401(kong, upstream, redis):
+    n = len(upstream.received())
+    r = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat("tg_live_nobody"))
+    assert r.status_code == 401
+    assert r.json()["reason"] == "invalid_api_key"
+    r = httpx.post(f"{kong.url}/ok/v1/chat/completions", json={"model": "m"})
+    assert r.status_code == 401
+    assert r.json()["reason"] == "missing_api_key"
+    assert len(upstream.received()) == n
+
+
+async def test_authorization_bearer_key_and_forged_headers_are_stripped(kong, upstream, redis):
+    t = await provision(redis)
+    r = httpx.post(f"{kong.url}/bearer/v1/messages",
+                   headers={"Authorization": f"Bearer {t.api_key}", "X-Tollgate-Hold-Id": "forged",
+                            "X-Tollgate-Degraded": "fail-open"},
+                   json={"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": []})
+    assert r.status_code == 200, r.text
+    seen = last_upstream(upstream, "/v1/messages")
+    assert seen["headers"]["x-tollgate-hold-id"].startswith("hold_")
+    assert "x-tollgate-degraded" not in seen["headers"]
+    usage = await wait_usage(redis, seen["headers"]["x-tollgate-request-id"])
+    assert {m["metric"]: m["value"] for m in usage["measurements"]} == {
+        "input_tokens": ANTHROPIC_USAGE["input_tokens"], "output_tokens": ANTHROPIC_USAGE["output_tokens"],
+        "cache_read_tokens": ANTHROPIC_USAGE["cache_read_input_tokens"]}
+
+
+async def test_usage_of_a_stream_comes_from_its_events(kong, upstream, redis):
+    t = await provision(redis)
+    with httpx.stream("POST", f"{kong.url}/ok/v1/messages", headers={"x-api-key": t.api_key},
+                      json={"model": "claude-sonnet-4-6", "max_tokens": 64, "stream": True, "messages": []}) as r:
+        assert r.status_code == 200
+        text = r.read().decode()
+    assert "message_stop" in text
+    seen = last_upstream(upstream, "/v1/messages")
+    usage = await wait_usage(redis, seen["headers"]["x-tollgate-request-id"])
+    assert usage["properties"]["request_type"] == "stream"
+    assert {m["metric"]: m["value"] for m in usage["measurements"]} == {
+        "input_tokens": ANTHROPIC_USAGE["input_tokens"], "output_tokens": ANTHROPIC_USAGE["output_tokens"]}
+
+
+async def test_response_without_usage_releases_the_hold_with_zero_tokens(kong, upstream, redis):
+    t = await provision(redis)
+    r = httpx.post(f"{kong.url}/ok/fail", **chat(t))
+    assert r.status_code == 503  # the upstream's own error reaches the client
+    seen = last_upstream(upstream, "/fail")
+    usage = await wait_usage(redis, seen["headers"]["x-tollgate-request-id"])
+    assert usage["hold_id"] == seen["headers"]["x-tollgate-hold-id"]
+    assert usage["properties"]["status"] == "503"
+    assert usage["properties"]["usage_source"] == "none"
+    assert all(m["value"] == 0 for m in usage["measurements"])
+
+
+async def test_hide_client_headers(kong, redis):
+    t = await provision(redis)
+    r = httpx.post(f"{kong.url}/hidden/v1/chat/completions", **chat(t))
+    assert r.status_code == 200
+    assert not [h for h in r.headers if "ratelimit" in h.lower() or h.lower().startswith("x-tollgate")]
+
+
+async def test_usage_report_does_not_delay_the_client(kong, upstream, redis):
+    t = await provision(redis)
+    t0 = time.monotonic()
+    r = httpx.post(f"{kong.url}/slowusage/v1/chat/completions", **chat(t))
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 200, r.text
+    assert elapsed < USAGE_DELAY_S / 2, f"the client waited {elapsed:.3f} s for the usage report"
+    seen = last_upstream(upstream, "/v1/chat/completions")
+    usage = await wait_usage(redis, seen["headers"]["x-tollgate-request-id"], timeout=USAGE_DELAY_S + 5)
+    assert usage["hold_id"] == seen["headers"]["x-tollgate-hold-id"]
+
+
+def _assert_failed_open(r, upstream, suffix="/v1/chat/completions"):
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == OPENAI_USAGE
+    assert r.headers["X-Tollgate-Degraded"] == "fail-open"
+    seen = last_upstream(upstream, suffix)
+    assert seen["headers"]["x-tollgate-degraded"] == "fail-open"
+    assert "x-tollgate-hold-id" not in seen["headers"]
+
+
+async def test_sidecar_down_fails_open(kong, upstream, redis):
+    t = await provision(redis)
+    t0 = time.monotonic()
+    r = httpx.post(f"{kong.url}/down/v1/chat/completions", **chat(t))
+    elapsed = time.monotonic() - t0
+    _assert_failed_open(r, upstream)
+    assert elapsed < 1.0
+    assert "tollgate sidecar failed, letting the request through: connect" in kong.log()
+
+
+async def test_sidecar_hung_fails_open_within_the_timeout(kong, upstream, redis):
+    t = await provision(redis)
+    for _ in range(3):
+        t0 = time.monotonic()
+        r = httpx.post(f"{kong.url}/hung/v1/chat/completions", **chat(t))
+        elapsed = time.monotonic() - t0
+        _assert_failed_open(r, upstream)
+        # waited for the check (>= timeout_ms), then gave up on it: not the sidecar's pace
+        assert HUNG_TIMEOUT_MS / 1000 <= elapsed < HUNG_TIMEOUT_MS / 1000 + 0.5, elapsed
+    assert "letting the request through: receive: timeout" in kong.log()
+
+
+async def test_sidecar_garbage_fails_open(kong, upstream, redis):
+    t = await provision(redis)
+    r = httpx.post(f"{kong.url}/garbage/v1/chat/completions", **chat(t))
+    _assert_failed_open(r, upstream)
+    assert "invalid ALLOW reply from the sidecar" in kong.log()
+
+
+async def test_fault_tolerant_off_fails_closed(kong, upstream, redis):
+    t = await provision(redis)
+    n = len(upstream.received())
+    r = httpx.post(f"{kong.url}/strict/v1/chat/completions", **chat(t))
+    assert r.status_code == 500
+    assert r.json() == {"message": "An unexpected error occurred"}
+    assert len(upstream.received()) == n
+
+
+async def test_an_enforcer_fail_open_is_forwarded_flagged_and_reported(kong, upstream, redis):
+    """The enforcer itself fails open (the key resolves, its customer has no cfg in Redis): the
+    plugin forwards, flags it, and the usage report says so (it is billed from that report)."""
+    t = await provision(redis)
+    await redis.delete(t.keys.cfg)
+    r = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t))
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Tollgate-Degraded"] == "fail-open"
+    assert r.headers["X-Tollgate-Reason"] == "fail_open"
+    seen = last_upstream(upstream, "/v1/chat/completions")
+    assert seen["headers"]["x-tollgate-degraded"] == "fail-open"
+    assert "x-tollgate-hold-id" not in seen["headers"]
+    usage = await wait_usage(redis, seen["headers"]["x-tollgate-request-id"])
+    assert usage["properties"]["fail_open"] == "true"
+    assert usage.get("hold_id") is None

@@ -1,0 +1,135 @@
+"""The nginx auth_request example (gateway_plugins/nginx/tollgate-auth-request.conf), as shipped
+except for its three addresses, in real nginx in front of a real upstream and the real enforcer."""
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+
+from tests.gateways.conftest import failed, provision, wait_event
+from tests.gateways.harness import ROOT, HungServer, Nginx, dead_url
+
+EXAMPLE = ROOT / "gateway_plugins" / "nginx" / "tollgate-auth-request.conf"
+
+
+def example_with(enforcer_url: str, upstream_url: str) -> str:
+    text = EXAMPLE.read_text()
+    for old, new in (("server 127.0.0.1:8080;", f"server {enforcer_url.removeprefix('http://')};"),
+                     ("server 127.0.0.1:9000;", f"server {upstream_url.removeprefix('http://')};"),
+                     ("listen 8000;", "listen 127.0.0.1:$PORT;")):
+        assert text.count(old) == 1, f"the example no longer has {old!r}"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture(scope="module")
+def nginx_factory(tmp_path_factory, upstream):
+    started = []
+
+    def start(enforcer_url: str) -> Nginx:
+        n = Nginx(tmp_path_factory.mktemp("authreq"), example_with(enforcer_url, upstream.url)).start()
+        started.append(n)
+        return n
+
+    yield start
+    for n in started:
+        n.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(nginx_factory, enforcer):
+    return nginx_factory(enforcer.url)
+
+
+@pytest.fixture
+def logs_on_failure(request):
+    shown = []
+    yield shown
+    if failed(request):
+        for n in shown:
+            print(f"--- nginx error.log ---\n{n.log()[-10000:]}")
+
+
+def post(nginx: Nginx, key: str | None, path: str = "/v1/chat/completions") -> httpx.Response:
+    headers = {"x-api-key": key} if key is not None else {}
+    return httpx.post(nginx.url + path, headers=headers, json={"model": "m", "messages": []}, timeout=10)
+
+
+async def test_allow_passes_with_rate_limit_headers(proxy, upstream, redis, logs_on_failure):
+    logs_on_failure.append(proxy)
+    t = await provision(redis, requests_per_minute=5)
+    r = post(proxy, t.api_key)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == 42  # the upstream's reply
+    assert r.headers["X-RateLimit-Limit"] == "5"
+    assert r.headers["X-RateLimit-Remaining"] == "4"
+    assert "requests" in r.headers["RateLimit-Policy"]
+    assert r.headers["X-Tollgate-Reason"] == "ok"
+    assert "X-Tollgate-Degraded" not in r.headers
+    request_id = upstream.received("/v1/chat/completions")[-1]["headers"]["x-tollgate-request-id"]
+    assert re.fullmatch(r"ngx_[0-9a-f]{32}", request_id)
+    decision = await wait_event(redis, "decision", "request_id", request_id)  # the check of this very request
+    assert decision["decision"] == "ALLOW" and decision["customer_id"] == t.customer_id
+
+
+async def test_deny_is_429_with_retry_after_and_never_reaches_the_upstream(proxy, upstream, redis, logs_on_failure):
+    logs_on_failure.append(proxy)
+    t = await provision(redis, requests_per_minute=1)
+    assert post(proxy, t.api_key).status_code == 200
+    n = len(upstream.received())
+    r = post(proxy, t.api_key)
+    assert r.status_code == 429, r.text
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.headers["X-RateLimit-Remaining"] == "0"
+    assert r.json() == {"message": "Request denied by quota", "reason": "rate_limited_requests"}
+    assert len(upstream.received()) == n
+
+
+async def test_out_of_balance_is_429(proxy, upstream, redis, logs_on_failure):
+    logs_on_failure.append(proxy)
+    # auth_request sends no body: the estimate is one request, so only a per-request price costs
+    t = await provision(redis, wallet=0, request_price="0.01")
+    r = post(proxy, t.api_key)
+    assert r.status_code == 429
+    assert r.json()["reason"] == "insufficient_balance"
+
+
+async def test_unknown_missing_and_malformed_keys_are_401(proxy, upstream, redis, logs_on_failure):
+    logs_on_failure.append(proxy)
+    n = len(upstream.received())
+    for key, reason in (("tg_live_nobody", "invalid_api_key"), (None, "missing_api_key"),
+                        ('x","api_key":"other', "missing_api_key")):
+        r = post(proxy, key)
+        assert r.status_code == 401, (key, r.text)
+        assert r.json()["reason"] == reason
+    assert len(upstream.received()) == n
+
+
+async def test_sidecar_down_fails_open(nginx_factory, upstream, logs_on_failure):
+    n = nginx_factory(dead_url())
+    logs_on_failure.append(n)
+    r = post(n, "tg_any")
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Tollgate-Degraded"] == "fail-open"
+    seen = upstream.received("/v1/chat/completions")[-1]["headers"]
+    assert seen["x-tollgate-degraded"] == "fail-open"
+    assert seen["x-tollgate-request-id"].startswith("ngx_")
+
+
+async def test_sidecar_hung_fails_open_within_the_timeout(nginx_factory, upstream, logs_on_failure):
+    hung = HungServer().start()
+    try:
+        n = nginx_factory(hung.url)
+        logs_on_failure.append(n)
+        t0 = time.monotonic()
+        r = post(n, "tg_any")
+        elapsed = time.monotonic() - t0
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Tollgate-Degraded"] == "fail-open"
+        assert hung.accepted >= 1
+        assert 0.05 <= elapsed < 0.5, elapsed  # proxy_read_timeout 50ms, then the backend
+        assert "upstream timed out" in n.log()
+    finally:
+        hung.stop()
