@@ -1,0 +1,98 @@
+"""The enforcer application: `create_app(settings)` wires the parts, the lifespan runs the tasks."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import lua
+from enforcer import metrics
+from enforcer.checks import CheckEndpoint
+from enforcer.config import EnforcerConfig
+from enforcer.events import Clock, EventQueue, Ids
+from enforcer.failopen import Breaker, Guard
+from enforcer.health import healthz, metrics_endpoint, readyz
+from enforcer.keycache import KeyCache
+from enforcer.rediswire import RedisWire
+from enforcer.usage import UsageEndpoint
+from tollgate.bus import make_bus
+from tollgate.bus.spool import Spool, SpooledPublisher
+from tollgate.config import Settings
+
+log = logging.getLogger("tollgate.enforcer")
+
+
+class Enforcer:
+    """Everything the endpoints share, for one process."""
+
+    def __init__(self, settings: Settings, config: EnforcerConfig):
+        self.settings, self.config = settings, config
+        self.script = lua.load("check")
+        self.wire = RedisWire(settings.redis_url, connect_timeout=config.redis_connect_timeout_s,
+                              hang_timeout=config.redis_hang_timeout_s, prelude=(("SCRIPT", "LOAD", self.script.source),))
+        self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
+        self.guard = Guard(self.wire, self.breaker, settings.check_deadline_ms / 1000)
+        self.keys = KeyCache(self.guard, settings.key_cache_ttl_s, config.negative_cache_ttl_s)
+        self.idempotency_ttl_ms = settings.idempotency_ttl_s * 1000
+        self.ids = Ids()
+        self.clock = Clock()
+        self.bus = make_bus(settings)
+        if config.stream_maxlen and hasattr(self.bus, "maxlen"):
+            self.bus.maxlen = config.stream_maxlen
+        # Opened at start-up, in the serving process (each worker claims its own spool file).
+        self.publisher: SpooledPublisher | None = None
+        self.events: EventQueue | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette):
+        spool = Spool(self.settings.spool_path)
+        self.publisher = SpooledPublisher(self.bus, spool, on_depth=metrics.SPOOL_DEPTH.set)
+        metrics.SPOOL_DEPTH.set(spool.depth)
+        self.events = EventQueue(self.publisher, linger=self.config.event_linger_ms / 1000)
+        await self.bus.start()
+        tasks = [asyncio.create_task(t) for t in
+                 (self.keys.listen(self.settings.redis_url), self.publisher.run_replay(), self.events.run())]
+        await self.wire.call(("PING",), 0.5)  # connect (and load check.lua) before the first request
+        if self.config.gc_tuning:
+            gc.collect()
+            gc.freeze()  # start-up objects are never garbage: keep them out of every collection
+            gc.set_threshold(50_000, 50, 100)
+        log.info("enforcer ready: redis %s, bus %s, spool %s (%d waiting)",
+                 self.settings.redis_url, self.settings.bus, spool.path, spool.depth)
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.events.flush()  # what is still queued goes to the bus or the spool
+            await self.bus.close()
+            spool.close()
+            self.wire.close()
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse({"error": codes.get(exc.status_code, "http_error"), "message": exc.detail},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings | None = None, config: EnforcerConfig | None = None) -> Starlette:
+    enforcer = Enforcer(settings or Settings(), config or EnforcerConfig())
+    routes = [
+        Route("/v1/check", CheckEndpoint(enforcer)),  # first: the hot path matches on the first try
+        Route("/v1/usage", UsageEndpoint(enforcer)),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz(enforcer)),
+        Route("/metrics", metrics_endpoint),
+    ]
+    app = Starlette(routes=routes, lifespan=enforcer.lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.enforcer = enforcer
+    return app

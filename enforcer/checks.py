@@ -1,0 +1,182 @@
+"""POST /v1/check: the pre-flight decision, one EVALSHA of lua/check.lua per request.
+
+A raw ASGI endpoint (Starlette only routes to it): no Request/Response objects on the hot path.
+Status codes per the contract: 200 ALLOW, 429 DENY, 401 unknown or revoked key, 400/413/415 bad
+input. Whenever Redis gave no decision (down, too slow, breaker open, script error, customer not
+projected) the answer is ALLOW `fail_open`, flagged `X-Tollgate-Degraded: fail-open`, and a
+`fail_open` event lets the rater bill the request from its usage report.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from enforcer import metrics
+from enforcer import validation as v
+from enforcer.keycache import UNKNOWN, KeyInfo
+from enforcer.rediswire import Failure, ReplyError
+from enforcer.responses import send_error, send_json
+from tollgate.keys import api_key_hash
+from tollgate.money import format_micros
+from tollgate.periods import period_bounds, period_of
+
+if TYPE_CHECKING:
+    from enforcer.app import Enforcer
+
+log = logging.getLogger("tollgate.enforcer.check")
+
+_JSON = (b"content-type", b"application/json")
+_DEGRADED = (b"x-tollgate-degraded", b"fail-open")
+_ALLOW = {r: metrics.decision_counter("ALLOW", r) for r in ("ok", "fail_open")}
+_DENY = {r: metrics.decision_counter("DENY", r) for r in metrics.REASONS[1:-1]}
+_FAIL_OPEN_REMAINING = {"requests": None, "tokens": None, "balance": None, "spend_cap": None}
+
+
+class _Period:
+    """The current billing period id, recomputed only when the month turns."""
+
+    def __init__(self):
+        self.id, self.end = "", 0.0
+
+    def now(self) -> str:
+        t = time.time()
+        if t >= self.end:
+            self.id = period_of(t)
+            self.end = period_bounds(self.id)[1].timestamp()
+        return self.id
+
+
+class CheckEndpoint:
+    def __init__(self, enforcer: Enforcer):
+        self.e = enforcer
+        self.period = _Period()
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["method"] != "POST":
+            return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST"), ((b"allow", b"POST"),))
+        t0 = time.perf_counter()
+        try:
+            doc = await v.read_json(scope, receive)
+            key = v.api_key(doc)
+            request_id = v.req_str(doc, "request_id")
+            dims = v.dimensions(doc)
+            est = v.estimate(doc)
+        except v.BadRequest as e:
+            metrics.BAD_REQUESTS.labels(str(e.status)).inc()
+            return await send_error(send, e)
+        try:
+            status, headers, body = await self.decide(key, request_id, dims, est)
+        except Exception:  # a bug here must not block traffic: fail open, loudly
+            log.exception("check failed")
+            status, headers, body = self.fail_open("internal", api_key_hash(key), None, request_id, dims, est)
+        await send_json(send, status, body, headers)
+        metrics.CHECK_LATENCY.observe(time.perf_counter() - t0)
+
+    async def decide(self, key: str, request_id: str, dims: dict, est: dict[str, int]):
+        e = self.e
+        key_hash = api_key_hash(key)
+        info = await e.keys.resolve(key_hash)
+        if info is UNKNOWN:
+            return unauthorized("unknown")
+        if type(info) is Failure:
+            return self.fail_open(info.cause, key_hash, None, request_id, dims, est)
+        if info.revoked:
+            return unauthorized("revoked")
+        plan = info.plan
+        if plan is None:
+            return self.fail_open("not_provisioned", key_hash, info, request_id, dims, est)
+        cost = plan.estimate_micros(dims, est)
+        tokens = est.get("input_tokens", 0) + est.get("output_tokens", 0)
+        hold_id = "hold_" + e.ids.next()
+        keys = (*info.fixed_keys, info.spend_prefix + self.period.now(), info.req_prefix + request_id, *info.rate_keys)
+        argv = (hold_id, est["requests"], tokens, cost, plan.hold_ttl_seconds * 1000, e.idempotency_ttl_ms, info.key_id)
+        r = await e.guard.evalsha(e.script.sha, e.script.source, keys, argv)
+        if type(r) is Failure:
+            return self.fail_open(r.cause, key_hash, info, request_id, dims, est)
+        if type(r) is ReplyError:
+            metrics.SCRIPT_ERRORS.inc()
+            log.error("check.lua failed for %s: %s", info.customer_id, r)
+            return self.fail_open("script_error", key_hash, info, request_id, dims, est)
+        allowed, reason, hold, retry_ms, rem_r, rem_t, balance, cap_left, tier, rpm, tpm, reset_ms, replayed = r
+        if reason == "not_provisioned":  # the key exists but its customer was never projected
+            log.error("customer %s has no cfg in Redis: failing open", info.customer_id)
+            return self.fail_open("not_provisioned", key_hash, info, request_id, dims, est)
+        info.limits = (rpm, tpm)
+        body = orjson.dumps({
+            "decision": "ALLOW" if allowed else "DENY", "reason": reason, "hold_id": hold or None,
+            "retry_after_ms": max(retry_ms, 0),
+            "remaining": {"requests": rem_r, "tokens": rem_t, "balance": format_micros(balance),
+                          "spend_cap": None if cap_left == -1 else format_micros(cap_left)},
+            "tier": tier,
+        })
+        headers = rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
+        headers.append((b"x-tollgate-reason", reason.encode()))
+        event_id = f"dec_{request_id}"
+        if allowed:
+            _ALLOW["ok"].inc()
+            status = 200
+        else:
+            _DENY[reason].inc()
+            status = 429
+            event_id = f"{event_id}_{e.ids.next()}"  # a retry may be decided differently: its own id
+            if retry_ms > 0:  # waiting helps (rate limits); a wallet or a cap needs money, not time
+                headers.append((b"retry-after", b"%d" % max(1, -(-retry_ms // 1000))))
+        e.events.put({
+            "kind": "decision", "id": event_id, "customer_id": info.customer_id, "key_id": info.key_id,
+            "request_id": request_id, "hold_id": hold or None, "decision": "ALLOW" if allowed else "DENY",
+            "reason": reason, "estimate_micros": cost, "dimensions": dims, "estimate": est,
+            "timestamp": e.clock.now_iso(), **({"replayed": True} if replayed else {}),
+        })
+        return status, headers, body
+
+    def fail_open(self, cause: str, key_hash: str, info: KeyInfo | None, request_id: str, dims: dict, est: dict):
+        metrics.FAIL_OPEN.labels(cause).inc()
+        _ALLOW["fail_open"].inc()
+        event: dict[str, Any] = {"kind": "fail_open", "id": f"fo_{request_id}", "api_key_hash": key_hash}
+        if info is not None:
+            event["customer_id"], event["key_id"] = info.customer_id, info.key_id
+        event.update(request_id=request_id, dimensions=dims, estimate=est, cause=cause, timestamp=self.e.clock.now_iso())
+        self.e.events.put(event)
+        rpm, tpm = _known_limits(info)
+        headers = rate_headers(rpm, rpm, 0, tpm, tpm)
+        headers += [(b"x-tollgate-reason", b"fail_open"), _DEGRADED]
+        body = orjson.dumps({"decision": "ALLOW", "reason": "fail_open", "hold_id": None, "retry_after_ms": 0,
+                             "remaining": _FAIL_OPEN_REMAINING, "tier": None})
+        return 200, headers, body
+
+
+def _known_limits(info: KeyInfo | None) -> tuple[int, int]:
+    """Limits for the headers of an answer Redis did not give: last seen, else the plan's base tier."""
+    if info is None:
+        return 0, 0
+    if info.limits is not None:
+        return info.limits
+    if info.plan is not None:
+        rpm, tpm, _ = info.plan.limits_for_tier(info.plan.tiers[0])
+        return rpm, tpm
+    return 0, 0
+
+
+def rate_headers(rpm: int, rem_r: int, reset_ms: int, tpm: int, rem_t: int) -> list[tuple[bytes, bytes]]:
+    """X-RateLimit-* (requests) and the IETF draft's RateLimit-Policy/RateLimit (requests and tokens).
+
+    Resets are seconds until the bucket is full again; for tokens it follows from what is left.
+    """
+    reset_r = -(-reset_ms // 1000)
+    reset_t = -(-(tpm - rem_t) * 60 // tpm) if tpm > 0 and rem_t < tpm else 0
+    return [
+        (b"x-ratelimit-limit", b"%d" % rpm),
+        (b"x-ratelimit-remaining", b"%d" % rem_r),
+        (b"x-ratelimit-reset", b"%d" % reset_r),
+        (b"ratelimit-policy", b'"requests";q=%d;w=60, "tokens";q=%d;w=60' % (rpm, tpm)),
+        (b"ratelimit", b'"requests";r=%d;t=%d, "tokens";r=%d;t=%d' % (rem_r, reset_r, rem_t, reset_t)),
+    ]
+
+
+def unauthorized(why: str):
+    metrics.UNAUTHORIZED.labels(why).inc()
+    body = orjson.dumps({"error": "invalid_api_key", "message": f"{why} API key"})
+    return 401, [(b"x-tollgate-reason", b"invalid_api_key"), (b"www-authenticate", b'Bearer realm="tollgate"')], body

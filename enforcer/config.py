@@ -1,0 +1,27 @@
+"""Enforcer-only knobs (TOLLGATE_*), beside the shared tollgate.config.Settings."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"TOLLGATE_{name}", default)
+
+
+@dataclass(frozen=True)
+class EnforcerConfig:
+    # Consecutive Redis failures that open the circuit breaker, and how long it stays open.
+    breaker_failures: int = field(default_factory=lambda: int(_env("BREAKER_FAILURES", "5")))
+    breaker_cooldown_s: float = field(default_factory=lambda: float(_env("BREAKER_COOLDOWN_S", "1.0")))
+    # How long "this API key does not exist" is believed without asking Redis again.
+    negative_cache_ttl_s: float = field(default_factory=lambda: float(_env("NEGATIVE_CACHE_TTL_S", "5")))
+    # A connection with no reply for this long is dropped and reopened.
+    redis_hang_timeout_s: float = field(default_factory=lambda: float(_env("REDIS_HANG_TIMEOUT_S", "0.5")))
+    redis_connect_timeout_s: float = field(default_factory=lambda: float(_env("REDIS_CONNECT_TIMEOUT_S", "0.25")))
+    # Decision events wait this long in memory so they go to the bus in batches.
+    event_linger_ms: float = field(default_factory=lambda: float(_env("EVENT_LINGER_MS", "5")))
+    # Redis Streams bus: approximate MAXLEN of tg:events (0 = never trim; consumers trim).
+    stream_maxlen: int = field(default_factory=lambda: int(_env("STREAM_MAXLEN", "0")))
+    # The collector was most of the p99 tail: freeze start-up objects, collect young objects rarely.
+    gc_tuning: bool = field(default_factory=lambda: _env("GC_TUNING", "1") == "1")

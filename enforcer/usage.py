@@ -1,0 +1,104 @@
+"""POST /v1/usage: what a call actually consumed, as one compound event, onto the bus.
+
+202 only once the event is durable: acknowledged by the bus, or, when the bus is unreachable,
+fsync'd to the local spool (then `"spooled": true` and `X-Tollgate-Degraded: spooled`) and replayed
+in order later. A revoked key still reports usage (the call was allowed before the revocation);
+an unknown key is 401. When Redis cannot resolve the key, the event carries `api_key_hash` instead
+of `customer_id` and the rater resolves it from PostgreSQL.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+
+from enforcer import metrics
+from enforcer import validation as v
+from enforcer.checks import unauthorized
+from enforcer.keycache import UNKNOWN
+from enforcer.rediswire import Failure
+from enforcer.responses import send_error, send_json
+from tollgate.keys import ID_PATTERN, api_key_hash
+
+if TYPE_CHECKING:
+    from enforcer.app import Enforcer
+
+log = logging.getLogger("tollgate.enforcer.usage")
+MAX_MEASUREMENTS = 256
+
+
+def parse_usage(doc: dict) -> dict:
+    """The validated fields of a usage report (BadRequest naming the field otherwise)."""
+    out = {
+        "event_id": v.req_str(doc, "event_id"),
+        "api_key": v.api_key(doc),
+        "correlation_id": v.req_str(doc, "correlation_id", required=False),
+        "hold_id": v.req_str(doc, "hold_id", required=False),
+        "event_type": v.req_str(doc, "event_type", required=False),
+        "timestamp": v.timestamp(doc),
+    }
+    props = doc.get("properties")
+    if props is not None and not isinstance(props, dict):
+        raise v.invalid("properties", "must be an object")
+    out["properties"] = props or {}
+    ms = doc.get("measurements")
+    if ms is None:
+        raise v.invalid("measurements", "required")
+    if not isinstance(ms, list) or not ms:
+        raise v.invalid("measurements", "must be a non-empty list")
+    if len(ms) > MAX_MEASUREMENTS:
+        raise v.invalid("measurements", f"at most {MAX_MEASUREMENTS} entries")
+    seen = set()
+    measurements = []
+    for i, m in enumerate(ms):
+        f = f"measurements[{i}]"
+        if not isinstance(m, dict):
+            raise v.invalid(f, "must be an object {metric, value}")
+        metric = m.get("metric")
+        if not isinstance(metric, str) or not ID_PATTERN.match(metric):
+            raise v.invalid(f"{f}.metric", "required: 1-64 letters, digits, '_', '-', '.'")
+        if metric in seen:
+            raise v.invalid(f"{f}.metric", f"{metric!r} appears twice")
+        seen.add(metric)
+        if "value" not in m:
+            raise v.invalid(f"{f}.value", "required")
+        measurements.append({"metric": metric, "value": v.count(m["value"], f"{f}.value")})
+    out["measurements"] = measurements
+    return out
+
+
+class UsageEndpoint:
+    def __init__(self, enforcer: Enforcer):
+        self.e = enforcer
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["method"] != "POST":
+            return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST"), ((b"allow", b"POST"),))
+        try:
+            u = parse_usage(await v.read_json(scope, receive))
+        except v.BadRequest as e:
+            metrics.BAD_REQUESTS.labels(str(e.status)).inc()
+            return await send_error(send, e)
+        e = self.e
+        key_hash = api_key_hash(u.pop("api_key"))
+        info = await e.keys.resolve(key_hash)
+        if info is UNKNOWN:
+            status, headers, body = unauthorized("unknown")
+            return await send_json(send, status, body, headers)
+        received = e.clock.now_iso()
+        event = {"kind": "usage", "id": u.pop("event_id")}
+        if type(info) is Failure:
+            event["api_key_hash"] = key_hash
+        else:
+            event.update(customer_id=info.customer_id, key_id=info.key_id, plan_id=info.plan_id)
+        event.update(u, timestamp=u["timestamp"] or received, received_at=received)
+        try:
+            to_bus = await e.publisher.publish([event])
+        except Exception:  # neither the bus nor the disk: the gateway must retry (idempotent by id)
+            log.exception("usage event %s could not be stored", event["id"])
+            return await send_error(send, v.BadRequest(503, "unavailable", "the event could not be stored; retry"),
+                                    ((b"retry-after", b"1"),))
+        metrics.USAGE_ACCEPTED.labels("bus" if to_bus else "spool").inc()
+        body = orjson.dumps({"status": "accepted", "event_id": event["id"], "spooled": not to_bus})
+        await send_json(send, 202, body, () if to_bus else ((b"x-tollgate-degraded", b"spooled"),))

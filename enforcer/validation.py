@@ -1,0 +1,149 @@
+"""Request bodies: read them within the size limit, parse them, and refuse bad input with a 4xx
+naming the problem. Nothing here touches Redis, so a bad request never consumes quota."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from tollgate.keys import ID_PATTERN
+
+MAX_BODY = 64 * 1024
+MAX_COUNT = 2**40  # far above any real estimate, far below where Lua's doubles stop being exact
+_PRINTABLE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # gateway request ids: printable ASCII, no spaces
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, error: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.error, self.message, self.field = status, error, message, field
+
+    def body(self) -> bytes:
+        doc = {"error": self.error, "message": self.message}
+        if self.field:
+            doc["field"] = self.field
+        return orjson.dumps(doc)
+
+
+def _header(scope: dict, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+async def read_json(scope: dict, receive) -> dict[str, Any]:
+    """The JSON object of the body, or BadRequest (415 not JSON, 413 over 64 KiB, 400 malformed)."""
+    ctype = _header(scope, b"content-type")
+    if ctype is None or ctype.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise BadRequest(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    length = _header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        raise BadRequest(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+    body = b""
+    more = True
+    while more:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise BadRequest(400, "client_disconnected", "the client went away")
+        body += msg.get("body", b"")
+        if len(body) > MAX_BODY:
+            raise BadRequest(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
+        more = msg.get("more_body", False)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(400, "invalid_json", "the body must be a JSON object")
+    return doc
+
+
+def invalid(field: str, message: str) -> BadRequest:
+    return BadRequest(400, "invalid_field", f"{field}: {message}", field)
+
+
+def req_str(doc: dict, field: str, pattern: re.Pattern = _PRINTABLE_ID, required: bool = True) -> str | None:
+    v = doc.get(field)
+    if v is None:
+        if required:
+            raise invalid(field, "required")
+        return None
+    if not isinstance(v, str):
+        raise invalid(field, "must be a string")
+    if not pattern.match(v):
+        raise invalid(field, "1-128 printable characters without spaces" if pattern is _PRINTABLE_ID else "bad format")
+    return v
+
+
+def api_key(doc: dict) -> str:
+    v = doc.get("api_key")
+    if v is None:
+        raise invalid("api_key", "required")
+    if not isinstance(v, str) or not 0 < len(v) <= 256:
+        raise invalid("api_key", "must be a non-empty string")
+    return v
+
+
+def count(v: Any, field: str) -> int:
+    """A whole, non-negative number of units (JSON 3.0 is refused: counts are integers)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise invalid(field, "must be a whole number")
+    if v < 0:
+        raise invalid(field, "must not be negative")
+    if v > MAX_COUNT:
+        raise invalid(field, f"must be at most {MAX_COUNT}")
+    return v
+
+
+def dimensions(doc: dict) -> dict[str, Any]:
+    v = doc.get("dimensions")
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise invalid("dimensions", "must be an object")
+    if len(v) > 64:
+        raise invalid("dimensions", "at most 64 entries")
+    for k, x in v.items():
+        if not isinstance(x, (str, int, float, bool)):
+            raise invalid(f"dimensions.{k}", "must be a string, number or boolean")
+    return v
+
+
+def estimate(doc: dict) -> dict[str, int]:
+    """Units the request is expected to use, by metric; `requests` defaults to 1."""
+    v = doc.get("estimate")
+    if v is None:
+        return {"requests": 1}
+    if not isinstance(v, dict):
+        raise invalid("estimate", "must be an object")
+    out = {}
+    for k, x in v.items():
+        if not ID_PATTERN.match(k):
+            raise invalid("estimate", f"bad metric name {k[:64]!r}")
+        out[k] = count(x, f"estimate.{k}")
+    out.setdefault("requests", 1)
+    return out
+
+
+def timestamp(doc: dict, field: str = "timestamp") -> str | None:
+    """RFC 3339 with an offset, normalised to UTC ('...Z'); None when absent."""
+    v = doc.get(field)
+    if v is None:
+        return None
+    if not isinstance(v, str) or len(v) < 20 or v[10] not in "Tt":
+        raise invalid(field, "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z")
+    try:
+        dt = datetime.fromisoformat(v[:-1] + "+00:00" if v[-1] in "Zz" else v)
+    except ValueError:
+        raise invalid(field, "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z") from None
+    if dt.tzinfo is None:
+        raise invalid(field, "needs a UTC offset, e.g. 'Z' or '+02:00'")
+    return iso_utc(dt)
+
+
+def iso_utc(dt: datetime) -> str:
+    dt = dt.astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{dt.microsecond:06d}Z" if dt.microsecond else "Z")

@@ -1,0 +1,349 @@
+"""Benchmark of the hot path: the raw Redis ceiling against /v1/check through HTTP.
+
+    .venv/bin/python -m loadtest.bench_check [--workers 2] [--rates 1000,2000,4000,6000,8000] [--duration 4]
+
+(a) raw ceiling: check.lua by EVALSHA straight from Python on the same Redis, at saturation
+    (redis-py with 50 concurrent callers, and the enforcer's own pipelined connection).
+(b) /v1/check through HTTP on a real enforcer process, open loop: requests are sent on a fixed
+    schedule whatever the answers do, and latency is timed from the *scheduled* send (or from
+    the actual send when the generator's 1 ms tick sent it early), so a stall shows up as latency
+    instead of hiding as a lower rate (no coordinated omission).
+Prints throughput and p50/p99/p99.9 for each, and (b)/(a). A step is "sustained" when it achieved
+>= 97% of the offered rate, p99 < 5 ms and under 1% fail-open answers.
+Everything runs on this machine (Redis, enforcer, load generator), so the generator's own CPU is
+part of the picture: on 2 cores it competes with the enforcer.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import redis.asyncio as aioredis
+import uvloop
+
+import lua
+from enforcer.rediswire import RedisWire
+from rater.projection import project_api_key, project_customer, project_plan, set_wallet
+from tests.servers import EnforcerProcess
+from tollgate.keys import CustomerKeys, api_key_hash
+from tollgate.local_services import start_redis
+from tollgate.periods import period_of
+from tollgate.plans import parse_plan
+
+PLAN = {
+    "id": "bench", "billing_mode": "prepaid",
+    "limits": {"requests_per_minute": 1_000_000_000, "tokens_per_minute": 1_000_000_000_000},
+    "charges": [{"model": "per_unit", "metric": "input_tokens", "unit_price": "0.000003"},
+                {"model": "per_unit", "metric": "output_tokens", "unit_price": "0.000015"}],
+}
+P99_TARGET = 0.005
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (uvicorn workers), from /proc."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(f[1]) == pid:
+            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def pct(sorted_xs: list[float], p: float) -> float:
+    if not sorted_xs:
+        return float("nan")
+    return sorted_xs[min(len(sorted_xs) - 1, int(p / 100 * len(sorted_xs)))]
+
+
+def line(name: str, rate: float, lat: list[float], extra: str = "") -> str:
+    lat.sort()
+    ms = [pct(lat, p) * 1000 for p in (50, 99, 99.9)]
+    return f"{name:<34} {rate:>9,.0f}/s  p50 {ms[0]:6.2f} ms  p99 {ms[1]:6.2f} ms  p99.9 {ms[2]:6.2f} ms  {extra}"
+
+
+async def provision(url: str, customers: int) -> list[tuple[str, str, str]]:
+    r = aioredis.Redis.from_url(url)
+    plan = parse_plan(PLAN)
+    await project_plan(r, plan)
+    tenants = []
+    for i in range(customers):
+        cid, kid, key = f"cust_b{i}", f"key_b{i}", f"tg_bench_{i:04d}"
+        await project_customer(r, cid, plan, "prepaid", "default")
+        await project_api_key(r, api_key_hash(key), kid, cid, plan.id, "active")
+        await set_wallet(r, cid, 10**15)
+        tenants.append((cid, kid, key))
+    await r.aclose()
+    return tenants
+
+
+def script_args(tenants, n: int, prefix: str):
+    """EVALSHA keys/argv as the enforcer builds them (request ids unique per call)."""
+    cid, kid, _ = tenants[n % len(tenants)]
+    k = CustomerKeys(cid)
+    keys = (k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(period_of(time.time())),
+            k.request(f"{prefix}{n}"), k.rate_requests(kid), k.rate_tokens(kid))
+    return keys, (f"hold_{prefix}{n}", 1, 2300, 16500, 300_000, 900_000, kid)
+
+
+# --------------------------------------------------------------------------- (a) raw ceiling
+
+
+async def raw_redis_py(url: str, tenants, seconds: float, concurrency: int = 50) -> tuple[float, list[float]]:
+    script = lua.load("check")
+    r = aioredis.Redis.from_url(url, max_connections=concurrency)
+    await r.script_load(script.source)
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+    counter = iter(range(10**12))
+
+    async def worker():
+        while time.perf_counter() < stop:
+            keys, argv = script_args(tenants, next(counter), "rp")
+            t = time.perf_counter()
+            await r.evalsha(script.sha, len(keys), *keys, *argv)
+            lat.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    await r.aclose()
+    return len(lat) / elapsed, lat
+
+
+async def raw_wire(url: str, tenants, seconds: float, concurrency: int = 200) -> tuple[float, list[float]]:
+    script = lua.load("check")
+    wire = RedisWire(url, prelude=(("SCRIPT", "LOAD", script.source),))
+    await wire.call(("PING",), 1.0)
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+    counter = iter(range(10**12))
+
+    async def worker():
+        while time.perf_counter() < stop:
+            keys, argv = script_args(tenants, next(counter), "rw")
+            t = time.perf_counter()
+            reply = await wire.call(("EVALSHA", script.sha, len(keys), *keys, *argv), 1.0)
+            assert isinstance(reply, list), reply
+            lat.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    wire.close()
+    return len(lat) / elapsed, lat
+
+
+# --------------------------------------------------------------------------- (b) open-loop HTTP
+
+
+class Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self, gen: "OpenLoop"):
+        self.gen = gen
+        self.transport = None
+        self.buf = b""
+        self.due = 0.0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def send(self, request: bytes, due: float) -> None:
+        self.due = due
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end + 2]  # every header line with its CRLF
+        i = head.find(b"content-length: ")
+        length = int(head[i + 16:head.index(b"\r\n", i)]) if i >= 0 else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        self.buf = self.buf[end + 4 + length:]
+        self.gen.done(self, int(head[9:12]), b"x-tollgate-degraded" in head)
+
+    def connection_lost(self, exc):
+        self.gen.lost(self)
+
+
+class OpenLoop:
+    def __init__(self, host: str, port: int, tenants, max_conns: int):
+        self.host, self.port = host, port
+        self.keys = [t[2] for t in tenants]
+        self.max_conns = max_conns
+        self.idle: list[Conn] = []
+        self.opening = 0
+        self.conns = 0
+        self.waiting: deque[tuple[bytes, float]] = deque()
+        self.loop = asyncio.get_running_loop()
+        self.n = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.lat: list[float] = []
+        self.status: dict[int, int] = {}
+        self.degraded = 0
+        self.errors = 0
+
+    def request(self) -> bytes:
+        self.n += 1
+        body = (b'{"api_key":"%s","request_id":"bench_%d","dimensions":{"model":"m"},'
+                b'"estimate":{"requests":1,"input_tokens":1500,"output_tokens":800}}'
+                % (self.keys[self.n % len(self.keys)].encode(), self.n))
+        return (b"POST /v1/check HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def dispatch(self, due: float) -> None:
+        req = self.request()
+        start = max(due, time.perf_counter())  # sent a little early on a tick: time from the send
+        if self.idle:
+            self.idle.pop().send(req, start)
+            return
+        self.waiting.append((req, start))  # waiting for a connection counts as latency
+        if self.conns + self.opening < self.max_conns:
+            self.opening += 1
+            self.loop.create_task(self.open())
+
+    async def open(self) -> None:
+        try:
+            _, conn = await self.loop.create_connection(lambda: Conn(self), self.host, self.port)
+        except OSError:
+            self.errors += 1
+            return
+        finally:
+            self.opening -= 1
+        self.conns += 1
+        self.release(conn)
+
+    def release(self, conn: Conn) -> None:
+        if self.waiting:
+            req, due = self.waiting.popleft()
+            conn.send(req, due)
+        else:
+            self.idle.append(conn)
+
+    def done(self, conn: Conn, status: int, degraded: bool) -> None:
+        self.lat.append(time.perf_counter() - conn.due)
+        self.status[status] = self.status.get(status, 0) + 1
+        self.degraded += degraded
+        self.release(conn)
+
+    def lost(self, conn: Conn) -> None:
+        self.conns -= 1
+        if conn in self.idle:
+            self.idle.remove(conn)
+        else:
+            self.errors += 1
+
+    async def run(self, rate: float, seconds: float) -> tuple[int, float]:
+        """Send `rate`/s for `seconds` on schedule; wait for the answers; returns (sent, elapsed)."""
+        self.reset()
+        interval = 1.0 / rate
+        total = int(rate * seconds)
+        clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution
+        start = clock() + 0.01
+        i = 0
+        while i < total:
+            # Timers tick in whole milliseconds (a shorter sleep would spin and eat a core the
+            # enforcer needs): each tick sends what is due within half a tick.
+            horizon = clock() + 0.0005
+            while i < total and start + i * interval <= horizon:
+                self.dispatch(start + i * interval)
+                i += 1
+            await asyncio.sleep(0.001)
+        give_up = clock() + 10
+        while len(self.lat) < total and clock() < give_up:
+            await asyncio.sleep(0.001)
+        return total, clock() - start
+
+
+async def http_steps(enf: EnforcerProcess, redis_pid: int | None, tenants, rates: list[int], seconds: float, max_conns: int):
+    gen = OpenLoop("127.0.0.1", enf.port, tenants, max_conns)
+    await gen.run(500, 1.0)  # warm-up: connections, key cache, plan cache
+    results = []
+    misses = 0
+    for rate in rates:
+        cpu0 = cpu_seconds(enf.proc.pid), cpu_seconds(redis_pid) if redis_pid else 0.0, time.process_time()
+        sent, elapsed = await gen.run(rate, seconds)
+        cpu1 = cpu_seconds(enf.proc.pid), cpu_seconds(redis_pid) if redis_pid else 0.0, time.process_time()
+        lat = gen.lat
+        got = len(lat)
+        achieved = got / elapsed
+        fo = gen.degraded / max(got, 1)
+        lat.sort()
+        ok = got >= 0.97 * sent and pct(lat, 99) < P99_TARGET and fo < 0.01 and not gen.errors
+        us = [(b - a) / max(got, 1) * 1e6 for a, b in zip(cpu0, cpu1)]
+        extra = (f"offered {rate:>6,}/s  fail-open {fo:6.2%}  {'OK' if ok else 'MISS'}  "
+                 f"CPU/check: enforcer {us[0]:.0f} us, redis {us[1]:.0f} us, generator {us[2]:.0f} us")
+        if gen.errors or got < sent:
+            extra += f"  lost {sent - got} err {gen.errors}"
+        print(line(f"(b) HTTP /v1/check @ {rate:,}/s", achieved, lat, extra), flush=True)
+        results.append((rate, achieved, ok))
+        misses = 0 if ok else misses + 1
+        if misses >= 2:
+            break
+        await asyncio.sleep(0.5)
+    return results
+
+
+async def main_async(args) -> None:
+    own_redis = None if args.redis_url else start_redis()
+    url = args.redis_url or own_redis.url
+    try:
+        tenants = await provision(url, args.customers)
+        print(f"# {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), enforcer workers={args.workers}, "
+              f"deadline {args.deadline_ms} ms, {args.duration:.0f} s per step, {len(tenants)} customers", flush=True)
+        rp_rate, rp_lat = await raw_redis_py(url, tenants, args.duration)
+        print(line("(a) raw EVALSHA redis-py x50", rp_rate, rp_lat), flush=True)
+        rw_rate, rw_lat = await raw_wire(url, tenants, args.duration)
+        print(line("(a) raw EVALSHA pipelined x200", rw_rate, rw_lat), flush=True)
+        ceiling = max(rp_rate, rw_rate)
+
+        env = {"TOLLGATE_REDIS_URL": url, "TOLLGATE_CHECK_DEADLINE_MS": str(args.deadline_ms),
+               "TOLLGATE_STREAM_MAXLEN": "200000", "TOLLGATE_BUS": "redis"}
+        enf = EnforcerProcess(env, workers=args.workers).start()
+        try:
+            results = await http_steps(enf, own_redis.proc.pid if own_redis else None, tenants, args.rates,
+                                       args.duration, args.max_conns)
+        finally:
+            enf.cleanup()
+        sustained = [a for _, a, ok in results if ok]
+        best = max(sustained, default=0.0)
+        at_1k = next((ok for r, _, ok in results if r == 1000), None)
+        print(f"# p99 < 5 ms at 1,000/s: {'yes' if at_1k else 'no' if at_1k is not None else 'not measured'}")
+        print(f"# highest sustained (p99 < 5 ms, >= 97% of offered, < 1% fail-open): {best:,.0f}/s")
+        print(f"# ratio (b)/(a): {best / ceiling:.2f} of the raw ceiling {ceiling:,.0f}/s")
+    finally:
+        if own_redis:
+            own_redis.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rates", default="1000,2000,4000,6000,8000,10000")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per step")
+    p.add_argument("--deadline-ms", type=float, default=3.0)
+    p.add_argument("--customers", type=int, default=100)
+    p.add_argument("--max-conns", type=int, default=256)
+    p.add_argument("--redis-url", help="use this Redis instead of starting one (it gets bench keys)")
+    args = p.parse_args(argv)
+    args.rates = [int(r) for r in args.rates.split(",")]
+    gc.freeze()
+    uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

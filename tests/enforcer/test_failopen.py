@@ -1,0 +1,225 @@
+"""Fail open: Redis stopped, or accepting connections and never answering. The check still answers
+ALLOW within the deadline (plus a generous margin for a busy machine), flagged degraded, recorded
+for billing; once Redis is back, decisions are real again without a restart."""
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+
+from tests.enforcer.conftest import check_body, project_tenant, provision, stream_events, uid
+from tests.servers import run_enforcer
+
+DEADLINE_MS = 3
+MARGIN_S = 0.15  # loopback HTTP on a shared 2-core machine; a connect or hang timeout would exceed it
+FAIL_OPEN_ENV = {"TOLLGATE_CHECK_DEADLINE_MS": str(DEADLINE_MS), "TOLLGATE_BUS": "redis",
+                 "TOLLGATE_NEGATIVE_CACHE_TTL_S": "60", "TOLLGATE_BREAKER_COOLDOWN_S": "0.5"}
+
+
+async def timed_check(http, url: str, body: dict):
+    start = time.perf_counter()
+    r = await http.post(f"{url}/v1/check", json=body)
+    return r, time.perf_counter() - start
+
+
+def assert_fail_open(r) -> None:
+    assert r.status_code == 200, r.text
+    assert r.json()["decision"] == "ALLOW" and r.json()["reason"] == "fail_open"
+    assert r.headers["x-tollgate-degraded"] == "fail-open"
+    assert r.headers["x-tollgate-reason"] == "fail_open"
+    assert "x-ratelimit-limit" in r.headers and "ratelimit-policy" in r.headers
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(m) for m in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+async def test_redis_stopped_then_back(redis_server, redis, http):
+    t = await provision(redis)
+    stranger = "tg_test_" + uid("stranger")
+    with run_enforcer({"TOLLGATE_REDIS_URL": redis_server.url, **FAIL_OPEN_ENV}) as enf:
+        assert (await http.post(f"{enf.url}/v1/check", json=check_body(t))).json()["reason"] == "ok"
+        assert (await http.post(f"{enf.url}/v1/check", json=check_body(stranger))).status_code == 401
+
+        redis_server.stop()
+        try:
+            outage_ids, times = [], []
+            for _ in range(30):
+                body = check_body(t)
+                r, elapsed = await timed_check(http, enf.url, body)
+                assert_fail_open(r)
+                outage_ids.append(body["request_id"])
+                times.append(elapsed)
+            assert max(times) < DEADLINE_MS / 1000 + MARGIN_S, times
+            assert statistics.median(times) < 0.05, times
+            # What the cache knows still holds: an unknown key is 401 without Redis...
+            assert (await http.post(f"{enf.url}/v1/check", json=check_body(stranger))).status_code == 401
+            # ...and a key it never saw is let through.
+            never_seen = check_body("tg_test_" + uid("new"))
+            assert_fail_open((await timed_check(http, enf.url, never_seen))[0])
+            # Usage reported during the outage is spooled, durably, and still accepted.
+            usage = {"event_id": uid("evt"), "api_key": t.api_key, "timestamp": "2026-11-21T10:00:00Z",
+                     "measurements": [{"metric": "input_tokens", "value": 5}]}
+            u = await http.post(f"{enf.url}/v1/usage", json=usage)
+            assert u.status_code == 202 and u.json()["spooled"] is True
+            assert (await http.get(f"{enf.url}/readyz")).status_code == 503
+        finally:
+            redis_server.start()
+            await redis.connection_pool.disconnect()  # the test's own client: drop the dead connections
+
+        # Redis is back, empty (no persistence): the control plane re-projects, decisions are real.
+        await project_tenant(redis, t)
+        deadline = time.monotonic() + 10
+        while True:
+            r = await http.post(f"{enf.url}/v1/check", json=check_body(t))
+            if r.json()["reason"] == "ok":
+                break
+            assert time.monotonic() < deadline, f"still degraded after Redis came back: {r.text}\n{enf.logs()}"
+            await asyncio.sleep(0.1)
+        assert "x-tollgate-degraded" not in r.headers
+        assert (await http.get(f"{enf.url}/readyz")).status_code == 200
+
+        # Every fail-open check was recorded, spooled, and replayed in order; the usage report too.
+        while True:
+            events = await stream_events(redis)
+            fail_opens = [e for e in events if e["kind"] == "fail_open"]
+            if len(fail_opens) >= 31 and any(e["kind"] == "usage" for e in events):
+                break
+            assert time.monotonic() < deadline, f"{len(fail_opens)} fail_open events on the bus"
+            await asyncio.sleep(0.1)
+        assert [e["request_id"] for e in fail_opens[:30]] == outage_ids
+        assert all(e["id"] == f"fo_{e['request_id']}" and e["customer_id"] == t.customer_id for e in fail_opens[:30])
+        assert fail_opens[30]["request_id"] == never_seen["request_id"] and "customer_id" not in fail_opens[30]
+        assert fail_opens[30]["api_key_hash"]
+        [spooled_usage] = [e for e in events if e["kind"] == "usage"]
+        assert spooled_usage["id"] == usage["event_id"] and spooled_usage["customer_id"] == t.customer_id
+
+        text = (await http.get(f"{enf.url}/metrics")).text
+        assert metric(text, "tollgate_fail_open_total") >= 31
+        assert metric(text, "tollgate_spool_depth") == 0
+
+
+async def test_redis_that_accepts_and_never_answers(black_hole, http):
+    env = {**FAIL_OPEN_ENV, "TOLLGATE_REDIS_URL": black_hole.url}
+    with run_enforcer(env) as enf:
+        times = []
+        for _ in range(40):
+            r, elapsed = await timed_check(http, enf.url, check_body("tg_test_" + uid("k")))
+            assert_fail_open(r)
+            times.append(elapsed)
+        assert max(times) < DEADLINE_MS / 1000 + MARGIN_S, times
+        assert black_hole.conns, "the enforcer never even connected to the hung Redis"
+        text = (await http.get(f"{enf.url}/metrics")).text
+        assert metric(text, 'tollgate_fail_open_total{cause="deadline"}') >= 1
+        # The breaker opened: the rest failed open without paying the deadline each time.
+        assert metric(text, "tollgate_breaker_trips_total") >= 1
+        assert metric(text, 'tollgate_fail_open_total{cause="breaker_open"}') >= 20
+        start = time.perf_counter()
+        assert (await http.get(f"{enf.url}/readyz")).status_code == 503
+        assert time.perf_counter() - start < 0.25 + MARGIN_S
+
+
+async def test_usage_with_the_bus_down_is_spooled_and_replayed_in_order(redis_server, redis, http):
+    t = await provision(redis)
+    with run_enforcer({"TOLLGATE_REDIS_URL": redis_server.url, **FAIL_OPEN_ENV}) as enf:
+        # Resolve the key while Redis is up, so the events carry the customer.
+        assert (await http.post(f"{enf.url}/v1/check", json=check_body(t))).status_code == 200
+        redis_server.stop()
+        try:
+            ids = [uid("evt") for _ in range(20)]
+            for event_id in ids:
+                r = await http.post(f"{enf.url}/v1/usage", json={
+                    "event_id": event_id, "api_key": t.api_key, "measurements": [{"metric": "output_tokens", "value": 3}]})
+                assert r.status_code == 202 and r.json() == {"status": "accepted", "event_id": event_id, "spooled": True}
+                assert r.headers["x-tollgate-degraded"] == "spooled"
+            with open(enf.spool_path, "rb") as f:
+                spooled = f.read()
+            assert all(i.encode() in spooled for i in ids)  # on disk before the 202
+        finally:
+            redis_server.start()
+            await redis.connection_pool.disconnect()  # the test's own client: drop the dead connections
+        deadline = time.monotonic() + 15
+        while len(usage := await stream_events(redis, "usage")) < len(ids):
+            assert time.monotonic() < deadline, enf.logs()
+            await asyncio.sleep(0.1)
+        assert [e["id"] for e in usage] == ids
+        assert all(e["customer_id"] == t.customer_id for e in usage)
+        while open(enf.spool_path, "rb").read():
+            assert time.monotonic() < deadline, "the spool was not truncated after the replay"
+            await asyncio.sleep(0.1)
+
+
+class FreezableProxy:
+    """A TCP proxy to Redis that can go silent: while frozen, nothing passes in either direction
+    and connections are left hanging (a Redis that accepts and never answers). Connections that
+    froze stay dead after a thaw: the enforcer has to notice and reconnect."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.frozen = False
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> "FreezableProxy":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _handle(self, reader, writer) -> None:
+        if self.frozen:
+            self._spawn(self._swallow(reader))
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        dead = asyncio.Event()
+        self._spawn(self._pipe(reader, up_writer, dead))
+        self._spawn(self._pipe(up_reader, writer, dead))
+
+    async def _pipe(self, reader, writer, dead: asyncio.Event) -> None:
+        while data := await reader.read(65536):
+            if self.frozen:
+                dead.set()
+            if dead.is_set():
+                continue  # swallowed: this connection hangs for good
+            writer.write(data)
+
+    async def _swallow(self, reader) -> None:
+        while await reader.read(65536):
+            pass
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def close(self) -> None:
+        self.server.close()
+        for t in list(self.tasks):
+            t.cancel()
+
+
+async def test_a_hung_redis_that_comes_back(redis_server, redis, http):
+    t = await provision(redis)
+    proxy = await FreezableProxy(redis_server.port).start()
+    try:
+        with run_enforcer({**FAIL_OPEN_ENV, "TOLLGATE_REDIS_URL": proxy.url}) as enf:
+            assert (await http.post(f"{enf.url}/v1/check", json=check_body(t))).json()["reason"] == "ok"
+            proxy.frozen = True
+            times = []
+            for _ in range(20):
+                r, elapsed = await timed_check(http, enf.url, check_body(t))
+                assert_fail_open(r)
+                times.append(elapsed)
+            assert max(times) < DEADLINE_MS / 1000 + MARGIN_S, times
+            proxy.frozen = False
+            deadline = time.monotonic() + 10
+            while (r := await http.post(f"{enf.url}/v1/check", json=check_body(t))).json()["reason"] != "ok":
+                assert time.monotonic() < deadline, f"no real decisions after the thaw: {r.text}\n{enf.logs()}"
+                await asyncio.sleep(0.05)
+            assert "x-tollgate-degraded" not in r.headers
+            assert await redis.hlen(t.keys.holds) == 2  # before the freeze and after the thaw
+    finally:
+        await proxy.close()

@@ -1,0 +1,71 @@
+"""POST /v1/usage: 202 once the bus has the event; the event as the rater reads it."""
+from __future__ import annotations
+
+import orjson
+
+from rater.projection import project_api_key
+from tests.enforcer.conftest import check_body, provision, stream_events, uid
+
+
+def report(api_key: str, **over) -> dict:
+    doc = {"event_id": uid("evt"), "api_key": api_key, "correlation_id": "req_abc123", "hold_id": "hold_x",
+           "event_type": "llm.completion", "timestamp": "2026-11-21T11:00:00+01:00",
+           "properties": {"model": "claude-sonnet-4-6", "request_type": "standard"},
+           "measurements": [{"metric": "input_tokens", "value": 1500}, {"metric": "output_tokens", "value": 800},
+                            {"metric": "cache_read_tokens", "value": 500}]}
+    doc.update(over)
+    return doc
+
+
+async def test_usage_is_on_the_bus_before_the_202(enforcer, http, redis):
+    t = await provision(redis)
+    check = await http.post(f"{enforcer.url}/v1/check", json=check_body(t, "req_abc123"))
+    doc = report(t.api_key, hold_id=check.json()["hold_id"])
+    r = await http.post(f"{enforcer.url}/v1/usage", json=doc)
+    assert r.status_code == 202
+    assert r.json() == {"status": "accepted", "event_id": doc["event_id"], "spooled": False}
+    assert "x-tollgate-degraded" not in r.headers
+    [event] = [e for e in await stream_events(redis, "usage") if e["id"] == doc["event_id"]]  # no waiting: acked
+    received = event.pop("received_at")
+    assert received.endswith("Z")
+    assert event == {
+        "kind": "usage", "id": doc["event_id"], "customer_id": t.customer_id, "key_id": t.key_id,
+        "plan_id": t.plan.id, "correlation_id": "req_abc123", "hold_id": check.json()["hold_id"],
+        "event_type": "llm.completion", "timestamp": "2026-11-21T10:00:00Z",  # normalised to UTC
+        "properties": doc["properties"], "measurements": doc["measurements"],
+    }
+    assert t.api_key not in orjson.dumps(event).decode()  # the key itself never travels
+
+
+async def test_minimal_report_gets_defaults(enforcer, http, redis):
+    t = await provision(redis)
+    doc = {"event_id": uid("evt"), "api_key": t.api_key, "measurements": [{"metric": "requests", "value": 0}]}
+    assert (await http.post(f"{enforcer.url}/v1/usage", json=doc)).status_code == 202
+    [event] = [e for e in await stream_events(redis, "usage") if e["id"] == doc["event_id"]]
+    assert event["timestamp"] == event["received_at"] and event["properties"] == {}
+    assert event["hold_id"] is None and event["correlation_id"] is None
+
+
+async def test_usage_of_a_revoked_key_is_still_billed(enforcer, http, redis):
+    """The call was allowed before the revocation; what it consumed is owed."""
+    t = await provision(redis)
+    await project_api_key(redis, t.key_hash, t.key_id, t.customer_id, t.plan.id, "revoked")
+    doc = report(t.api_key)
+    r = await http.post(f"{enforcer.url}/v1/usage", json=doc)
+    assert r.status_code == 202
+    assert [e["customer_id"] for e in await stream_events(redis, "usage") if e["id"] == doc["event_id"]] == [t.customer_id]
+
+
+async def test_usage_of_an_unknown_key_is_401(enforcer, http, redis):
+    r = await http.post(f"{enforcer.url}/v1/usage", json=report("tg_live_nobody"))
+    assert r.status_code == 401
+    assert await stream_events(redis, "usage") == []
+
+
+async def test_a_resent_report_is_accepted_again(enforcer, http, redis):
+    """Gateways retry; the rater drops the duplicate by event id."""
+    t = await provision(redis)
+    doc = report(t.api_key)
+    for _ in range(2):
+        assert (await http.post(f"{enforcer.url}/v1/usage", json=doc)).status_code == 202
+    assert [e["id"] for e in await stream_events(redis, "usage")] == [doc["event_id"]] * 2

@@ -1,0 +1,98 @@
+"""Run the real enforcer as a subprocess (for tests and benchmarks).
+
+    with run_enforcer({"TOLLGATE_REDIS_URL": redis_server.url}) as enf:
+        httpx.post(f"{enf.url}/v1/check", json=...)
+
+The server gets its own spool file in a temporary directory unless TOLLGATE_SPOOL_PATH is given;
+its stdout/stderr go to `enf.log_path` (`enf.logs()` reads them, e.g. in an assertion message).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tollgate.local_services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class EnforcerProcess:
+    def __init__(self, env: dict[str, str] | None = None, workers: int = 1, port: int | None = None,
+                 host: str = "127.0.0.1"):
+        self.env = dict(env or {})
+        self.workers = workers
+        self.host = host
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="tollgate-enforcer-")
+        self.env.setdefault("TOLLGATE_SPOOL_PATH", os.path.join(self._tmp.name, "spool.jsonl"))
+        self.log_path = Path(self._tmp.name) / "enforcer.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def spool_path(self) -> str:
+        return self.env["TOLLGATE_SPOOL_PATH"]
+
+    def start(self, timeout: float = 20.0) -> "EnforcerProcess":
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "enforcer.server", "--host", self.host, "--port", str(self.port),
+                 "--workers", str(self.workers), "--log-level", "warning"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the enforcer exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the enforcer did not answer /healthz within {timeout} s:\n{self.logs()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (uvicorn shuts down gracefully: queued events are flushed), SIGKILL if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+
+@contextlib.contextmanager
+def run_enforcer(env: dict[str, str] | None = None, workers: int = 1, port: int | None = None):
+    """Start an enforcer, yield it (EnforcerProcess: .url, .port, .logs(), .stop(), .start()), stop it."""
+    server = EnforcerProcess(env, workers=workers, port=port)
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
