@@ -114,6 +114,8 @@ class CheckEndpoint:
         })
         headers = rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
         headers.append((b"x-tollgate-reason", reason.encode()))
+        if hold:  # for gateways that see only headers (nginx auth_request): the usage report names it
+            headers.append((b"x-tollgate-hold-id", hold.encode()))
         event_id = f"dec_{request_id}"
         if allowed:
             _ALLOW["ok"].inc()

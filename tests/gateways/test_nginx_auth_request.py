@@ -68,10 +68,12 @@ async def test_allow_passes_with_rate_limit_headers(proxy, upstream, redis, logs
     assert "requests" in r.headers["RateLimit-Policy"]
     assert r.headers["X-Tollgate-Reason"] == "ok"
     assert "X-Tollgate-Degraded" not in r.headers
-    request_id = upstream.received("/v1/chat/completions")[-1]["headers"]["x-tollgate-request-id"]
+    seen = upstream.received("/v1/chat/completions")[-1]["headers"]
+    request_id = seen["x-tollgate-request-id"]
     assert re.fullmatch(r"ngx_[0-9a-f]{32}", request_id)
     decision = await wait_event(redis, "decision", "request_id", request_id)  # the check of this very request
     assert decision["decision"] == "ALLOW" and decision["customer_id"] == t.customer_id
+    assert seen["x-tollgate-hold-id"] == decision["hold_id"]  # so the backend's usage report can settle it
 
 
 async def test_deny_is_429_with_retry_after_and_never_reaches_the_upstream(proxy, upstream, redis, logs_on_failure):
