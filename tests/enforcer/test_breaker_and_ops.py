@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from enforcer.failopen import Breaker
-from tests.enforcer.conftest import check_body, provision
+from tests.tenants import check_body, provision
 from tests.servers import run_enforcer
 
 

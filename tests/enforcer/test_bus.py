@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from tests.enforcer.conftest import check_body, provision, uid
+from tests.tenants import check_body, provision, uid
 from tests.servers import run_enforcer
 from tollgate.bus import BusUnavailable, partition_key
 from tollgate.bus.kafka import KafkaProducerBus

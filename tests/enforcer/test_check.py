@@ -5,7 +5,7 @@ import asyncio
 import time
 from decimal import Decimal
 
-from tests.enforcer.conftest import check_body, plan_doc, provision, stream_events, uid
+from tests.tenants import check_body, plan_doc, provision, stream_events, uid
 from tollgate.periods import period_of
 from rater.projection import project_api_key
 
@@ -135,7 +135,8 @@ async def test_spend_cap_and_the_tier_multiplier(enforcer, http, redis):
 
 async def test_per_model_price_override_sizes_the_hold(enforcer, http, redis):
     doc = plan_doc()
-    doc["charges"][1]["overrides"] = [{"match": {"model": "big"}, "unit_price": "0.00003"}]
+    input_charge = next(c for c in doc["charges"] if c["id"] == "in")
+    input_charge["overrides"] = [{"match": {"model": "big"}, "unit_price": "0.00003"}]
     t = await provision(redis, doc)
     body = check_body(t, requests=1, input_tokens=1000)
     body["dimensions"] = {"model": "big"}

@@ -8,7 +8,7 @@ import re
 import statistics
 import time
 
-from tests.enforcer.conftest import check_body, project_tenant, provision, stream_events, uid
+from tests.tenants import check_body, project_tenant, provision, stream_events, uid
 from tests.servers import run_enforcer
 
 DEADLINE_MS = 3

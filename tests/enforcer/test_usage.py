@@ -4,7 +4,7 @@ from __future__ import annotations
 import orjson
 
 from rater.projection import project_api_key
-from tests.enforcer.conftest import check_body, provision, stream_events, uid
+from tests.tenants import check_body, provision, stream_events, uid
 
 
 def report(api_key: str, **over) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.enforcer.conftest import check_body, provision, stream_events
+from tests.tenants import check_body, provision, stream_events
 
 JSON = {"content-type": "application/json"}
 
