@@ -83,8 +83,10 @@ def _validate(item: SettleItem) -> None:
     for name in ("wallet_debit_micros", "spend_micros", "actual_tokens"):
         v = getattr(item, name)
         # bool is an int and float is money gone wrong: both refused before anything is written
-        if type(v) is not int or v < 0:
-            raise ValueError(f"{item.event_id}: {name} must be a non-negative int, got {v!r}")
+        # Money may be negative: a volume tier reprices earlier units, and the route stage sends
+        # that credit to the wallet/spend (settle.lua's DECRBY/INCRBY take it as is).
+        if type(v) is not int or (v < 0 and name == "actual_tokens"):
+            raise ValueError(f"{item.event_id}: {name} must be an int (tokens >= 0), got {v!r}")
     if not _PERIOD.match(item.period):
         raise ValueError(f"{item.event_id}: period must be 'YYYYMM', got {item.period!r}")
     if not item.customer_id or not item.event_id:

@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "rater.control.commands",  # db, plans, customers, keys, wallets, admin
     "rater.rebuild",  # redis rebuild
     "rater.dead_letters",  # dead-letters list / replay / discard
+    "rater.service",  # rater run
+    "rater.periods",  # periods close / invoice
 ]
 
 EXIT_BAD_INPUT = 2

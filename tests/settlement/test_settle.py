@@ -91,7 +91,7 @@ async def test_spend_key_lives_past_the_next_period(redis, customer):
 
 async def test_bad_items_are_refused_before_anything_is_written(redis, customer):
     good = item(customer, debit=5, spend=5)
-    for bad in (item(customer, debit=1.5, spend=5), item(customer, spend=-1), item(customer, debit=True),
+    for bad in (item(customer, debit=1.5, spend=5), item(customer, tokens=-1), item(customer, debit=True),
                 item(customer, period="2026-11")):
         with pytest.raises(ValueError):
             await settle(redis, [good, bad])

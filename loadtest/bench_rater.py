@@ -1,0 +1,411 @@
+"""Rater benchmark: events/s through the whole rater (bus -> priced -> ledger -> Redis settle ->
+ack) and the end-to-end lag at a fixed offered rate, beside the raw ceilings measured in the same
+run (PostgreSQL COPY rows/s, Redis EVALSHA/s of settle.lua).
+
+    .venv/bin/python loadtest/bench_rater.py                      # the figures in BENCHMARKS.md
+    .venv/bin/python loadtest/bench_rater.py --events 50000 --rate 5000 --duration 15 --workers 1
+
+Everything is private to the run: a redis-server on a free port, a fresh PostgreSQL database
+(TOLLGATE_BENCH_PG_DSN, default the local server, else the embedded pgserver), dropped at the end.
+The rater runs exactly as `tollgate-rater` does (rater.service.Rater: Redis Streams consumer group,
+rater.pipeline.Pipeline); `--workers N` runs N such rater processes in one consumer group.
+Throughput: N events published first, then the raters drain them (time from start to last ack).
+Lag: an open-loop producer in another process sends at --rate on a fixed schedule; lag is the time
+from an event's scheduled send to the acknowledgement of its batch.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import asyncpg
+import orjson
+from redis.asyncio import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lua  # noqa: E402
+from rater.consumers.redis_streams import RedisStreamConsumer  # noqa: E402
+from rater.control import customers as customers_svc  # noqa: E402
+from rater.control import plans as plans_svc  # noqa: E402
+from rater.control import wallets as wallets_svc  # noqa: E402
+from rater.ledger import LEDGER_COLUMNS  # noqa: E402
+from rater.pipeline import Pipeline  # noqa: E402
+from rater.schema import migrate  # noqa: E402
+from rater.service import Rater  # noqa: E402
+from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS, eval_many  # noqa: E402
+from tollgate.keys import EVENTS_STREAM, CustomerKeys  # noqa: E402
+from tollgate.local_services import start_postgres, start_redis  # noqa: E402
+from tollgate.periods import period_of  # noqa: E402
+
+PLAN = """
+id: bench
+billing_mode: postpaid
+limits: {requests_per_minute: 100000, tokens_per_minute: 100000000}
+tiers:
+  - {name: free, threshold: "0", multiplier: 1}
+  - {name: build, threshold: "5.00", multiplier: 2}
+  - {name: scale, threshold: "50.00", multiplier: 10}
+charges:
+  - id: input_tokens
+    model: per_unit
+    metric: input_tokens
+    unit_price: "0.000003"
+    overrides:
+      - {match: {model: big}, unit_price: "0.000015"}
+  - id: output_tokens
+    model: graduated
+    metric: output_tokens
+    tiers:
+      - {up_to: 1000000, unit_price: "0.000015"}
+      - {up_to: null, unit_price: "0.000012"}
+  - {id: cache_read_tokens, model: per_unit, metric: cache_read_tokens, unit_price: "0.0000003"}
+"""
+ADMIN_DSN = os.environ.get("TOLLGATE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+# --------------------------------------------------------------------------- setup
+
+
+async def make_database(tmp: Path) -> tuple[str, str]:
+    try:
+        conn = await asyncpg.connect(ADMIN_DSN, timeout=3)
+        admin = ADMIN_DSN
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        admin = start_postgres(tmp / "pgdata")
+        conn = await asyncpg.connect(admin)
+    name = f"tg_bench_{uuid.uuid4().hex[:10]}"
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    dsn = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+    await migrate(dsn)
+    return admin, dsn
+
+
+async def drop_database(admin: str, dsn: str) -> None:
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
+    await conn.close()
+
+
+async def provision(pool, redis, n_customers: int) -> list[str]:
+    await plans_svc.apply_plan(pool, redis, PLAN)
+    ids = []
+    for i in range(n_customers):
+        mode = ("prepaid", "postpaid", "hybrid")[i % 3]
+        c = await customers_svc.create_customer(pool, redis, name=f"bench {i}", plan_id="bench",
+                                                customer_id=f"cus_bench_{i:05d}", billing_mode=mode)
+        if mode != "postpaid":
+            await wallets_svc.topup(pool, redis, c["id"], "1000000.00" if mode == "prepaid" else "5.00")
+        ids.append(c["id"])
+    return ids
+
+
+def make_event(rnd: random.Random, customers: list[str], ts: str, sent_at: float | None = None) -> dict:
+    eid = f"evt_{uuid.uuid4().hex}"
+    m = [{"metric": "input_tokens", "value": rnd.randint(100, 8000)},
+         {"metric": "output_tokens", "value": rnd.randint(10, 2000)}]
+    if rnd.random() < 0.3:
+        m.append({"metric": "cache_read_tokens", "value": rnd.randint(1000, 20000)})
+    ev = {"kind": "usage", "id": eid, "customer_id": rnd.choice(customers), "key_id": "key_bench",
+          "plan_id": "bench", "correlation_id": f"req_{eid[4:]}", "hold_id": None, "event_type": "llm.completion",
+          "timestamp": ts, "properties": {"model": "big" if rnd.random() < 0.2 else "small"},
+          "measurements": m, "received_at": ts}
+    if sent_at is not None:
+        ev["sent_at"] = sent_at
+    return ev
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def publish(redis, events: list[dict]) -> None:
+    for i in range(0, len(events), 2000):
+        async with redis.pipeline(transaction=False) as p:
+            for e in events[i:i + 2000]:
+                p.xadd(EVENTS_STREAM, {"key": e["customer_id"], "event": orjson.dumps(e)})
+            await p.execute()
+
+
+# --------------------------------------------------------------------------- raw ceilings
+
+
+async def copy_ceiling(dsn: str, rows: int, batch: int) -> float:
+    """Rows/s of binary COPY into a table shaped and indexed like ledger_lines, one transaction
+    per batch (as the pipeline commits)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE bench_copy (LIKE ledger_lines INCLUDING ALL)")
+        period = period_of(time.time())
+        recs = [(f"evt_{i:012d}", i % 3, f"req_{i // 3:012d}", f"cus_bench_{i % 200:05d}", "bench", period, "usage",
+                 "input_tokens", "input_tokens", "default", 1234, None, 3702) for i in range(rows)]
+        t = time.perf_counter()
+        for i in range(0, rows, batch):
+            async with conn.transaction():
+                await conn.copy_records_to_table("bench_copy", records=recs[i:i + batch], columns=LEDGER_COLUMNS)
+        return rows / (time.perf_counter() - t)
+    finally:
+        await conn.execute("DROP TABLE IF EXISTS bench_copy")
+        await conn.close()
+
+
+def _settle_calls(customers: list[str], n: int, tag: str) -> list[tuple[list, list]]:
+    period = period_of(time.time())
+    calls = []
+    for i in range(n):
+        k = CustomerKeys(customers[i % len(customers)])
+        calls.append(([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(period), k.settled(f"{tag}_{i}")],
+                      ["", 0, 1000, 0, MARKER_TTL_MS, SPEND_TTL_MS, 0]))
+    return calls
+
+
+async def evalsha_ceiling(redis, customers: list[str], n: int, batch: int) -> float:
+    """settle.lua runs/s through redis-py (rater.settlement.eval_many, as settle() sends them),
+    pipelined `batch` per round trip, each on a new event id."""
+    script = lua.load("settle")
+    calls = _settle_calls(customers, n, "ceil")
+    await eval_many(redis, script, calls[:1])
+    t = time.perf_counter()
+    for i in range(1, n, batch):
+        await eval_many(redis, script, calls[i:i + batch])
+    return (n - 1) / (time.perf_counter() - t)
+
+
+async def evalsha_raw_ceiling(port: int, customers: list[str], n: int, batch: int) -> float:
+    """The same settle.lua runs with the lightest client: hiredis-packed, one write per batch
+    on a raw socket. What Redis itself sustains from one connection."""
+    import hiredis  # noqa: PLC0415
+
+    sha = lua.load("settle").sha
+    packed = [hiredis.pack_command(("EVALSHA", sha, len(k), *k, *a)) for k, a in _settle_calls(customers, n, "raw")]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    parser = hiredis.Reader()
+    t = time.perf_counter()
+    for i in range(0, n, batch):
+        chunk = packed[i:i + batch]
+        writer.write(b"".join(chunk))
+        got = 0
+        while got < len(chunk):
+            parser.feed(await reader.read(1 << 16))
+            while (reply := parser.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RuntimeError(reply)
+                got += 1
+    elapsed = time.perf_counter() - t
+    writer.close()
+    return n / elapsed
+
+
+# --------------------------------------------------------------------------- the rater
+
+
+def rater_process(redis_url: str, dsn: str, name: str, batch: int, stop_flag, lag_out, count_out) -> None:
+    """One rater (as tollgate-rater runs it) until stop_flag (a multiprocessing Event) is set."""
+    import uvloop  # noqa: PLC0415
+
+    uvloop.run(_rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out))
+
+
+async def _rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out) -> None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    redis = Redis.from_url(redis_url)
+    consumer = RedisStreamConsumer(redis, name=name)
+    await consumer.start()
+    lags: list[float] = []
+    done = [0, None, None]  # events, first ack, last ack
+
+    def on_batch(msgs, res) -> None:
+        t = time.time()
+        done[0] += len(msgs)
+        done[1] = done[1] or t
+        done[2] = t
+        for m in msgs:
+            sent = orjson.loads(m.value).get("sent_at")
+            if sent is not None:
+                lags.append(t - sent)
+
+    rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch, poll_ms=50, on_batch=on_batch)
+    stop = asyncio.Event()
+    gc.freeze()
+
+    async def watch() -> None:  # the batch in hand is finished and acknowledged, then it stops
+        while not stop_flag.is_set():
+            await asyncio.sleep(0.05)
+        stop.set()
+
+    watcher = asyncio.create_task(watch())
+    await rater.run(stop)
+    await watcher
+    await redis.aclose()
+    await pool.close()
+    lag_out.put(lags)
+    count_out.put(tuple(done))
+
+
+def producer_process(redis_url: str, customers: list[str], rate: float, start_at: float, duration: float) -> None:
+    """Open loop: event k is due at start_at + k / rate and carries that time as sent_at."""
+    import redis as sync_redis  # noqa: PLC0415
+
+    r = sync_redis.Redis.from_url(redis_url)
+    rnd = random.Random(11)
+    total = int(rate * duration)
+    k = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while k < total:
+        now = time.time()
+        due = min(total, int((now - start_at) * rate) + 1)
+        if due > k:
+            ts = now_iso()
+            p = r.pipeline(transaction=False)
+            for j in range(k, due):
+                e = make_event(rnd, customers, ts, sent_at=start_at + j / rate)
+                p.xadd(EVENTS_STREAM, {"key": e["customer_id"], "event": orjson.dumps(e)})
+            p.execute()
+            k = due
+        else:
+            time.sleep(0.0005)
+
+
+class Raters:
+    """N rater processes in one consumer group; stop() returns their lags and (count, first, last)."""
+
+    def __init__(self, ctx, redis_url: str, dsn: str, workers: int, batch: int):
+        self.flag, self.lag_q, self.count_q = ctx.Event(), ctx.Queue(), ctx.Queue()
+        self.procs = [ctx.Process(target=rater_process,
+                                  args=(redis_url, dsn, f"bench-{i}", batch, self.flag, self.lag_q, self.count_q))
+                      for i in range(workers)]
+        for p in self.procs:
+            p.start()
+
+    def stop(self) -> tuple[list[float], list[tuple]]:
+        self.flag.set()
+        lags, counts = [], []
+        for _ in self.procs:
+            lags += self.lag_q.get(timeout=60)
+            counts.append(self.count_q.get(timeout=60))
+        for p in self.procs:
+            p.join()
+        return lags, counts
+
+
+async def wait_drained(redis, total: int, timeout: float) -> float:
+    """Wait until the group has acknowledged `total` entries; returns the time it happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        g = (await redis.xinfo_groups(EVENTS_STREAM))
+        if g and g[0]["lag"] == 0 and g[0]["pending"] == 0 and g[0].get("entries-read", total) >= total:
+            return time.time()
+        await asyncio.sleep(0.02)
+    raise TimeoutError("the raters did not drain the stream in time")
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def main(args) -> dict:
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"tg-bench-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    redis_server = start_redis()
+    admin, dsn = await make_database(tmp)
+    redis = Redis.from_url(redis_server.url)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    ctx = mp.get_context("spawn")
+    out: dict = {"events": args.events, "workers": args.workers, "batch": args.batch, "cpus": os.cpu_count()}
+    try:
+        customers = await provision(pool, redis, args.customers)
+        await redis.xgroup_create(EVENTS_STREAM, "rater", id="0", mkstream=True)
+
+        # 1. Throughput: drain a backlog.
+        rnd = random.Random(5)
+        ts = now_iso()
+        events = [make_event(rnd, customers, ts) for _ in range(args.events)]
+        await publish(redis, events)
+        del events
+        t0 = time.time()
+        raters = Raters(ctx, redis_server.url, dsn, args.workers, args.batch)
+        t1 = await wait_drained(redis, args.events, 600)
+        _, counts = raters.stop()
+        firsts = [c[1] for c in counts if c[1]]
+        t_first = min(firsts) if firsts else t0
+        out["throughput_eps"] = round(args.events / (t1 - t0))
+        out["throughput_after_first_batch_eps"] = round(args.events / (t1 - t_first))
+        row = await pool.fetchrow("SELECT count(*) AS n, sum(spend_micros) AS spend FROM processed_events")
+        out["processed"] = row["n"]
+        assert row["n"] == args.events, row
+        out["ledger_lines"] = await pool.fetchval("SELECT count(*) FROM ledger_lines")
+
+        # 2. Lag at a fixed offered rate.
+        entries_before = (await redis.xinfo_groups(EVENTS_STREAM))[0].get("entries-read") or args.events
+        start_at = time.time() + 2.0
+        raters = Raters(ctx, redis_server.url, dsn, args.workers, args.batch)
+        prod = ctx.Process(target=producer_process, args=(redis_server.url, customers, args.rate, start_at, args.duration))
+        prod.start()
+        prod.join()
+        await wait_drained(redis, entries_before + int(args.rate * args.duration), 60)
+        lags, _ = raters.stop()  # every event of the run counts: the raters were up before it
+        out["offered_rate"] = args.rate
+        out["lag_events"] = len(lags)
+        out["lag_p50_ms"] = round(pct(lags, 50) * 1000, 1)
+        out["lag_p99_ms"] = round(pct(lags, 99) * 1000, 1)
+        out["lag_max_ms"] = round(max(lags) * 1000, 1)
+        out["lag_mean_ms"] = round(statistics.fmean(lags) * 1000, 1)
+
+        # 3. Raw ceilings, same machine, same run.
+        out["pg_copy_rows_per_s"] = round(await copy_ceiling(dsn, args.ceiling_rows, 3000))
+        out["redis_evalsha_per_s"] = round(await evalsha_ceiling(redis, customers, args.ceiling_evals, 1000))
+        out["redis_evalsha_raw_per_s"] = round(await evalsha_raw_ceiling(redis_server.port, customers,
+                                                                         args.ceiling_evals, 1000))
+    finally:
+        await pool.close()
+        await redis.aclose()
+        await drop_database(admin, dsn)
+        redis_server.stop()
+    return out
+
+
+def report(r: dict) -> str:
+    return "\n".join([
+        f"rater benchmark ({r['cpus']} CPUs, {r['workers']} rater process(es), batch {r['batch']})",
+        f"  throughput          {r['throughput_eps']:>9,} events/s   ({r['events']:,} events drained, "
+        f"{r['ledger_lines']:,} ledger lines; {r['throughput_after_first_batch_eps']:,}/s after the first batch)",
+        f"  lag at {r['offered_rate']:,}/s      p50 {r['lag_p50_ms']} ms   p99 {r['lag_p99_ms']} ms   "
+        f"max {r['lag_max_ms']} ms   ({r['lag_events']:,} events, open loop)",
+        f"  ceiling PG COPY     {r['pg_copy_rows_per_s']:>9,} rows/s     (ledger-shaped rows, 3,000 per transaction)",
+        f"  ceiling Redis       {r['redis_evalsha_raw_per_s']:>9,} EVALSHA/s  (settle.lua, 1,000 per pipeline, hiredis-packed)",
+        f"    through redis-py  {r['redis_evalsha_per_s']:>9,} EVALSHA/s  (the same, as rater.settlement sends them)",
+    ])
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=100_000, help="backlog drained for throughput")
+    ap.add_argument("--customers", type=int, default=300)
+    ap.add_argument("--workers", type=int, default=1, help="rater processes in the consumer group")
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=5000, help="offered events/s for the lag run")
+    ap.add_argument("--duration", type=float, default=20, help="seconds of the lag run")
+    ap.add_argument("--ceiling-rows", type=int, default=300_000)
+    ap.add_argument("--ceiling-evals", type=int, default=100_000)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    result = asyncio.run(main(a))
+    print(orjson.dumps(result).decode() if a.json else report(result))

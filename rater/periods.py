@@ -1,0 +1,279 @@
+"""Period close: one invoice per customer and period, its lines tracing to correlation_ids.
+
+Month-to-date counters need no reset job: cumulatives (rating_cumulatives) and spend
+(`tg:{c}:spend:<YYYYMM>`) are keyed by period, so a new month starts from zero by construction.
+Closing period P, for each customer that existed in it:
+1. the close step of the stages (rater.stages.pipeline.run_close) over P's cumulatives: flat
+   fees, percentage minimums, the minimum-commit true-up, and the discount and tax on them;
+2. in one transaction: the close's own processed_events row (kind 'close', so `redis rebuild`
+   counts its wallet debit and spend like any event's) and ledger lines, the invoice and its
+   lines; then the close is settled on Redis like an event (idempotent by its id);
+3. checks before anything is written: the invoice total equals the period's recorded spend plus
+   the close, and equals the batch rating of P's totals (rater.stages.pipeline.run_batch).
+Idempotent: a customer already invoiced for P is skipped (after re-settling its close, in case
+the previous run died between the commit and the settle). Events of P that arrive after its
+close are billed in the period they arrive in (rater.pipeline).
+
+An invoice line of kind 'usage' (and 'discount'/'tax') sums the ledger lines with its
+(customer, period, kind, charge, dimension key): `line_sources` lists them, with each line's
+correlation_id, so every amount traces back to the requests that caused it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from rater import ledger
+from rater.ledger import Processed
+from rater.pipeline import Directory
+from rater.settlement import SettleItem, settle
+from rater.stages.pipeline import run_batch, run_close
+from tollgate.keys import CustomerKeys
+from tollgate.money import format_micros
+from tollgate.periods import period_bounds, period_of
+
+log = logging.getLogger(__name__)
+
+
+class PeriodCloseError(RuntimeError):
+    pass
+
+
+@dataclass
+class InvoiceLine:
+    kind: str
+    description: str
+    amount_micros: int
+    quantity: int = 0
+    charge_id: str | None = None
+    metric: str | None = None
+    dimension_key: str | None = None
+    ledger_kinds: tuple[str, ...] = ()
+    ledger_lines: int = 0
+
+
+def previous_period(now: float | None = None) -> str:
+    p = period_of(time.time() if now is None else now)
+    y, m = int(p[:4]), int(p[4:])
+    return f"{y - (m == 1):04d}{(m - 2) % 12 + 1:02d}"
+
+
+def close_id(customer_id: str, period: str) -> str:
+    return f"close_{period}_{customer_id}"
+
+
+async def close_period(pool: asyncpg.Pool, redis, period: str, *, customer_ids: list[str] | None = None,
+                       now: float | None = None, allow_open: bool = False) -> list[dict]:
+    """Close `period` for every customer (or the given ones); returns one summary per invoice."""
+    now = time.time() if now is None else now
+    if not allow_open and period >= period_of(now):
+        raise PeriodCloseError(f"period {period} is not over yet (events may still arrive for it)")
+    start, end = period_bounds(period)
+    directory = Directory(ttl_s=0)
+    out: list[dict] = []
+    async with pool.acquire() as conn:
+        if customer_ids is None:
+            customer_ids = [r[0] for r in await conn.fetch(
+                "SELECT id FROM customers WHERE created_at < $1 ORDER BY id", end)]
+        for cid in customer_ids:
+            group = ledger.lock_group(cid)
+            await ledger.lock_group_wait(conn, group)  # no event of this customer is rated meanwhile
+            try:
+                out.append(await _close_customer(conn, redis, directory, cid, period, now))
+            except PeriodCloseError as e:  # reported; the other customers are still invoiced
+                log.error("closing %s for %s failed: %s", period, cid, e)
+                out.append({"customer_id": cid, "period": period, "error": str(e)})
+            finally:
+                await ledger.unlock_group(conn, group)
+    return out
+
+
+async def _close_customer(conn, redis, directory: Directory, customer_id: str, period: str, now: float) -> dict:
+    eid = close_id(customer_id, period)
+    existing = await conn.fetchrow("SELECT * FROM invoices WHERE customer_id = $1 AND period = $2", customer_id, period)
+    if existing is not None:
+        done = (await ledger.processed(conn, [eid])).get(eid)
+        if done is not None:
+            await settle(redis, [_item(done)], now=now)
+        return {**_summary(existing), "already_closed": True}
+
+    customer = await _customer(conn, directory, customer_id)
+    plan = customer.plan
+    cumulative = await ledger.period_cumulatives(conn, customer_id, period)
+    wallet = int(await redis.get(CustomerKeys(customer_id).wallet) or 0) if customer.billing_mode == "hybrid" else 0
+    ctx = run_close(plan, cumulative, billing_mode=customer.billing_mode,
+                    spend_cap_micros=customer.spend_cap_micros, wallet_available_micros=wallet)
+
+    lines = await _ledger_summary(conn, customer_id, period)
+    close_ledger: list[tuple] = []
+    n = 0
+    for ln in ctx.lines:  # flat fees, percentage minimums
+        close_ledger.append(ledger.line(eid, n, None, customer_id, plan.id, period, ln.kind, ln.charge_id, ln.metric,
+                                        ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros))
+        lines.append(InvoiceLine(ln.kind, _describe(ln.kind, ln.charge_id), ln.amount_micros, ln.quantity,
+                                 ln.charge_id, ln.metric, ln.dimension_key))
+        n += 1
+    for kind, amount, desc in (("true_up", ctx.commit_true_up_micros, "minimum commit true-up"),
+                               ("discount", -ctx.discount_micros, "discounts on the close"),
+                               ("tax", ctx.tax_micros, "tax on the close")):
+        if amount:
+            close_ledger.append(ledger.line(eid, n, None, customer_id, plan.id, period, kind, kind, None, "default",
+                                            0, None, amount))
+            lines.append(InvoiceLine(kind, desc, amount))
+            n += 1
+
+    subtotal = sum(x.amount_micros for x in lines if x.kind not in ("discount", "tax"))
+    discount = -sum(x.amount_micros for x in lines if x.kind == "discount")
+    tax = sum(x.amount_micros for x in lines if x.kind == "tax")
+    total = subtotal - discount + tax
+    spent = await conn.fetchval(
+        "SELECT coalesce(sum(spend_micros), 0)::int8 FROM processed_events WHERE customer_id = $1 AND period = $2",
+        customer_id, period)
+    prepaid = await conn.fetchval(
+        "SELECT coalesce(sum(wallet_micros), 0)::int8 FROM processed_events WHERE customer_id = $1 AND period = $2",
+        customer_id, period) + ctx.wallet_micros
+    if total != spent + ctx.total_micros:
+        raise PeriodCloseError(f"{customer_id} {period}: ledger {total} != recorded spend {spent} + close {ctx.total_micros}")
+    batch = run_batch(plan, cumulative, billing_mode=customer.billing_mode, spend_cap_micros=customer.spend_cap_micros)
+    if batch.total_micros != total:
+        raise PeriodCloseError(f"{customer_id} {period}: real-time total {total} != batch rating {batch.total_micros}")
+    lines.append(InvoiceLine("prepaid", "paid from the prepaid wallet", -prepaid))
+
+    inv_id = f"inv_{period}_{customer_id}"
+    async with conn.transaction():
+        await ledger.insert_processed(conn, [Processed(eid, "close", customer_id, period, ctx.total_micros,
+                                                       ctx.wallet_micros, ctx.invoice_micros, None, 0, None)])
+        await ledger.copy_lines(conn, close_ledger)
+        row = await conn.fetchrow(
+            """INSERT INTO invoices (id, customer_id, period, plan_id, currency, billing_mode, subtotal_micros,
+                   discount_micros, tax_micros, total_micros, prepaid_micros, amount_due_micros)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *""",
+            inv_id, customer_id, period, plan.id, plan.currency, customer.billing_mode, subtotal, discount, tax,
+            total, prepaid, total - prepaid)
+        await conn.executemany(
+            """INSERT INTO invoice_lines (invoice_id, line_no, kind, charge_id, metric, dimension_key, description,
+                   quantity, amount_micros, ledger_kinds, ledger_lines)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
+            [(inv_id, i, x.kind, x.charge_id, x.metric, x.dimension_key, x.description, x.quantity,
+              x.amount_micros, list(x.ledger_kinds), x.ledger_lines) for i, x in enumerate(lines)])
+    if ctx.total_micros or ctx.wallet_micros:
+        await settle(redis, [SettleItem(customer_id, eid, period, ctx.wallet_micros, ctx.total_micros, None, 0)], now=now)
+    return {**_summary(row), "already_closed": False}
+
+
+async def _customer(conn, directory: Directory, customer_id: str):
+    customer = await directory.customer(conn, customer_id)
+    if customer is None:
+        raise PeriodCloseError(f"no customer {customer_id!r}")
+    return customer
+
+
+async def _ledger_summary(conn, customer_id: str, period: str) -> list[InvoiceLine]:
+    """The period's ledger, one invoice line per (kind, charge, metric, dimension key)."""
+    rows = await conn.fetch(
+        """SELECT kind, charge_id, metric, dimension_key, sum(quantity)::int8 AS quantity,
+                  sum(amount_micros)::int8 AS amount, count(*) AS n
+           FROM ledger_lines WHERE customer_id = $1 AND period = $2
+           GROUP BY kind, charge_id, metric, dimension_key
+           ORDER BY CASE kind WHEN 'usage' THEN 0 WHEN 'metered' THEN 1 WHEN 'percentage' THEN 2
+                              WHEN 'discount' THEN 8 WHEN 'tax' THEN 9 ELSE 5 END, charge_id, metric, dimension_key""",
+        customer_id, period)
+    return [InvoiceLine(r["kind"], _describe(r["kind"], r["charge_id"], r["metric"], r["dimension_key"]),
+                        r["amount"], r["quantity"], r["charge_id"], r["metric"], r["dimension_key"],
+                        (r["kind"],), r["n"]) for r in rows]
+
+
+def _describe(kind: str, charge_id: str, metric: str | None = None, dim: str | None = None) -> str:
+    what = {"usage": "usage", "metered": "metered (not billed)", "percentage": "percentage",
+            "flat": "recurring fee", "minimum": "minimum true-up", "discount": "discounts", "tax": "tax"}.get(kind, kind)
+    name = charge_id if not metric or metric == charge_id else f"{charge_id} ({metric})"
+    return f"{name}: {what}" + ("" if not dim or dim == "default" else f" [{dim}]")
+
+
+def _item(p: Processed) -> SettleItem:
+    return SettleItem(p.customer_id, p.event_id, p.period, p.wallet_micros, p.spend_micros, p.hold_id, p.actual_tokens)
+
+
+def _summary(row) -> dict:
+    return {"invoice_id": row["id"], "customer_id": row["customer_id"], "period": row["period"],
+            "subtotal": format_micros(row["subtotal_micros"]), "discount": format_micros(row["discount_micros"]),
+            "tax": format_micros(row["tax_micros"]), "total": format_micros(row["total_micros"]),
+            "prepaid": format_micros(row["prepaid_micros"]), "amount_due": format_micros(row["amount_due_micros"])}
+
+
+async def invoice(conn, invoice_id: str) -> dict:
+    row = await conn.fetchrow("SELECT * FROM invoices WHERE id = $1", invoice_id)
+    if row is None:
+        raise PeriodCloseError(f"no invoice {invoice_id!r}")
+    lines = await conn.fetch("SELECT * FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no", invoice_id)
+    return {**_summary(row), "currency": row["currency"], "billing_mode": row["billing_mode"],
+            "lines": [{"line_no": r["line_no"], "kind": r["kind"], "description": r["description"],
+                       "charge_id": r["charge_id"], "metric": r["metric"], "dimension_key": r["dimension_key"],
+                       "quantity": r["quantity"], "amount": format_micros(r["amount_micros"]),
+                       "ledger_lines": r["ledger_lines"]} for r in lines]}
+
+
+async def line_sources(conn, invoice_id: str, line_no: int, limit: int | None = None) -> list[dict]:
+    """The ledger lines an invoice line sums, each with its event and correlation_id."""
+    inv = await conn.fetchrow(
+        """SELECT i.customer_id, i.period, l.charge_id, l.metric, l.dimension_key, l.ledger_kinds
+           FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id WHERE i.id = $1 AND l.line_no = $2""",
+        invoice_id, line_no)
+    if inv is None or not inv["ledger_kinds"]:
+        return []
+    rows = await conn.fetch(
+        """SELECT event_id, line_no, correlation_id, quantity, amount_micros FROM ledger_lines
+           WHERE customer_id = $1 AND period = $2 AND kind = ANY($3::text[]) AND charge_id = $4
+             AND metric IS NOT DISTINCT FROM $5 AND dimension_key = $6
+           ORDER BY event_id, line_no""" + ("" if limit is None else f" LIMIT {int(limit)}"),
+        inv["customer_id"], inv["period"], list(inv["ledger_kinds"]), inv["charge_id"], inv["metric"],
+        inv["dimension_key"])
+    return [dict(r) for r in rows]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def register(sub) -> None:
+    from tollgate.cli import command, group  # noqa: PLC0415
+
+    g = group(sub, "periods", "billing periods: close them into invoices")
+    p = command(g, "close", _close_cmd, "close a period: one invoice per customer (default: last month)")
+    p.add_argument("--period", help="YYYYMM (default: the previous calendar month, UTC)")
+    p.add_argument("--customer", action="append", help="only this customer (repeatable)")
+    p = command(g, "invoice", _invoice_cmd, "show an invoice and its lines")
+    p.add_argument("invoice_id")
+
+
+async def _close_cmd(ctx) -> int:
+    from redis.asyncio import Redis  # noqa: PLC0415
+
+    pool = await asyncpg.create_pool(ctx.settings.database_url, min_size=1, max_size=2)
+    redis = Redis.from_url(ctx.settings.redis_url)
+    try:
+        period = ctx.args.period or previous_period()
+        out = await close_period(pool, redis, period, customer_ids=ctx.args.customer)
+    finally:
+        await redis.aclose()
+        await pool.close()
+    from tollgate.cli import table  # noqa: PLC0415
+
+    ctx.emit(out, table(out, ["invoice_id", "customer_id", "total", "prepaid", "amount_due", "already_closed"]))
+    return 0
+
+
+async def _invoice_cmd(ctx) -> int:
+    conn = await asyncpg.connect(ctx.settings.database_url)
+    try:
+        inv = await invoice(conn, ctx.args.invoice_id)
+    finally:
+        await conn.close()
+    from tollgate.cli import table  # noqa: PLC0415
+
+    head = (f"{inv['invoice_id']}  {inv['customer_id']}  {inv['period']}  {inv['currency']}\n"
+            f"total {inv['total']}  prepaid {inv['prepaid']}  amount due {inv['amount_due']}\n")
+    ctx.emit(inv, head + table(inv["lines"], ["line_no", "description", "quantity", "amount", "ledger_lines"]))
+    return 0

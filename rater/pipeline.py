@@ -1,0 +1,461 @@
+"""The rating pipeline: a batch of bus messages in, its effect applied exactly once.
+
+    decode -> resolve customer -> decompose -> stages (rater.stages) -> PostgreSQL transaction
+    -> settle on Redis (rater.settlement) -> record promotions and settled holds -> (caller acks)
+
+Exactly once, with at-least-once delivery in:
+- PostgreSQL: processed_events (event_id primary key) is the idempotency record. Only events
+  without one are priced; their record, ledger lines and cumulatives commit together.
+- Redis: every usage event of the batch is settled, new or already processed, from the figures
+  stored in processed_events; settle.lua ignores an event it has settled before. This covers a
+  crash between the PostgreSQL commit and the Redis settle.
+- The caller acknowledges the bus only after both; a crash before that redelivers the batch.
+
+Concurrency: customers fall into ledger.LOCK_GROUPS lock groups; a batch is split by group and
+each sub-batch is rated under a session advisory lock on its group, held from before the
+idempotency check until after the Redis settle. Two consumers rating the same customer (Redis
+Streams hands any entry to any consumer; a Kafka rebalance can too) therefore serialise, and the
+wallet balance read for hybrid routing already includes every earlier sub-batch's debits, while
+sub-batches of different groups run in parallel (other consumers, and `lanes` connections of this
+one). Residual gap, documented: if a rater dies between its commit and its settle, another
+consumer can rate that customer before the dead one's batch is redelivered and settled, and route
+against a wallet not yet debited; the wallet can then end below zero by up to that batch's debit
+(the charges are right, only the wallet/invoice split of a hybrid customer is affected).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import asyncpg
+import orjson
+
+from rater import dead_letters, holds, ledger
+from rater.dead_letters import DeadLetter
+from rater.ledger import Processed
+from rater.pricing import InvalidMeasurementError, RatingError, UnknownMetricError
+from rater.settlement import SettleItem, SettleResult, record_promotions, settle
+from rater.stages.pipeline import run_event
+from tollgate.keys import CustomerKeys
+from tollgate.periods import period_of
+from tollgate.plans import Plan, parse_plan
+
+log = logging.getLogger(__name__)
+
+KINDS = ("usage", "decision", "fail_open")
+# Measurements that count against the tokens/min limit (the enforcer's estimate uses the same).
+TOKEN_METRICS = ("input_tokens", "output_tokens")
+
+
+class ConcurrentRating(RuntimeError):
+    """Another writer recorded one of our events meanwhile: roll back, retry the batch."""
+
+
+class _AlreadyProcessed(Exception):
+    """Raised inside the transaction to roll it back."""
+
+
+@dataclass(slots=True)
+class Customer:
+    id: str
+    plan: Plan
+    billing_mode: str
+    tier: str
+    spend_cap_micros: int | None  # effective cap of the current tier (None: no cap)
+
+
+@dataclass(slots=True)
+class Event:
+    index: int  # position in the batch: the deterministic order within a customer
+    raw: bytes
+    body: dict
+    id: str
+    kind: str
+    period: str = ""
+    measurements: dict[str, int] = field(default_factory=dict)
+    customer: Customer | None = None
+
+
+@dataclass
+class BatchResult:
+    size: int
+    rated: int = 0  # usage events priced now
+    replayed: int = 0  # processed by an earlier delivery: only settled again (a no-op on Redis)
+    duplicates: int = 0  # the same id twice in this batch
+    fail_open: int = 0
+    decisions: int = 0
+    spend_micros: int = 0  # charged by the events rated now
+    dead: list[DeadLetter] = field(default_factory=list)
+    dead_by_index: list[DeadLetter | None] = field(default_factory=list)
+
+    def add_dead(self, index: int, letter: DeadLetter) -> None:
+        self.dead.append(letter)
+        self.dead_by_index[index] = letter
+
+
+# --------------------------------------------------------------------------- decode & decompose
+
+
+def _dead(raw: bytes, reason: str, detail: str, body: dict | None = None) -> DeadLetter:
+    body = body or {}
+    eid = body.get("id") if isinstance(body.get("id"), str) else None
+    cid = body.get("customer_id") if isinstance(body.get("customer_id"), str) else None
+    return DeadLetter(eid, cid, reason, detail, raw)
+
+
+def parse_period(ts: object) -> str:
+    """Period of an event time: ISO 8601 text (fast path for UTC) or epoch seconds/milliseconds."""
+    if isinstance(ts, str):
+        if len(ts) >= 20 and ts[4] == "-" and ts[7] == "-" and (ts.endswith("Z") or ts.endswith("+00:00")):
+            y, m = ts[0:4], ts[5:7]
+            if y.isdigit() and m.isdigit() and "01" <= m <= "12":
+                return y + m
+        return period_of(datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(timezone.utc))
+    if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+        return period_of(ts / 1000 if ts > 1e11 else ts)
+    raise ValueError(f"timestamp {ts!r} is not an ISO 8601 time or epoch number")
+
+
+def decompose(measurements: object) -> dict[str, int]:
+    """A compound event's measurements -> one quantity per metric (repeats add up).
+
+    Raises ValueError for anything that is not a list of {metric, value} with whole values >= 0.
+    """
+    if not isinstance(measurements, list) or not measurements:
+        raise ValueError("measurements: a non-empty list of {metric, value} is required")
+    out: dict[str, int] = {}
+    for i, m in enumerate(measurements):
+        if not isinstance(m, dict) or not isinstance(m.get("metric"), str) or not m["metric"]:
+            raise ValueError(f"measurements[{i}]: needs a metric name")
+        v = m.get("value")
+        if isinstance(v, str) and v.isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"measurements[{i}] ({m['metric']}): value {v!r} is not a whole number >= 0")
+        out[m["metric"]] = out.get(m["metric"], 0) + v
+    return out
+
+
+def decode(index: int, raw: bytes, now_period: str) -> Event | DeadLetter:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return _dead(raw, "invalid_event", f"not JSON: {e}")
+    if not isinstance(body, dict):
+        return _dead(raw, "invalid_event", "not a JSON object")
+    eid, kind = body.get("id"), body.get("kind", "usage")
+    if not isinstance(eid, str) or not eid:
+        return _dead(raw, "invalid_event", "no event id", body)
+    if kind not in KINDS:
+        return _dead(raw, "invalid_event", f"unknown kind {kind!r}", body)
+    if not body.get("customer_id") and not body.get("api_key_hash"):
+        return _dead(raw, "unknown_customer", "neither customer_id nor api_key_hash", body)
+    ev = Event(index, raw, body, eid, kind)
+    if kind == "usage":
+        try:
+            ev.measurements = decompose(body.get("measurements"))
+            # A clock in the future must not open a period that does not exist yet.
+            ev.period = min(parse_period(body.get("timestamp") or body.get("received_at") or time.time()), now_period)
+        except ValueError as e:
+            return _dead(raw, "invalid_value", str(e), body)
+    return ev
+
+
+def actual_tokens(measurements: dict[str, int]) -> int:
+    return sum(measurements.get(m, 0) for m in TOKEN_METRICS)
+
+
+# --------------------------------------------------------------------------- customers
+
+
+class Directory:
+    """Customer (with plan) and API key hash -> customer, cached for ttl_s (0: no cache).
+
+    Unknown customers are not cached: one created a moment ago is found on the next batch.
+    """
+
+    def __init__(self, ttl_s: float = 5.0):
+        self.ttl_s = ttl_s
+        self._customers: dict[str, tuple[float, Customer]] = {}
+        self._keys: dict[str, tuple[float, str]] = {}
+        self._plans: dict[tuple[str, int], Plan] = {}
+
+    async def resolve(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+        now = time.monotonic()
+        hashes = {e.body["api_key_hash"] for e in events if not e.body.get("customer_id")}
+        missing = [h for h in hashes if self._keys.get(h, (0,))[0] <= now]
+        if missing:
+            rows = await conn.fetch("SELECT key_hash, customer_id FROM api_keys WHERE key_hash = ANY($1::text[])", missing)
+            for h, cid in rows:
+                self._keys[h] = (now + self.ttl_s, cid)
+        ids = {}
+        for e in events:
+            cid = e.body.get("customer_id") or self._keys.get(e.body.get("api_key_hash"), (0, None))[1]
+            ids[e.index] = cid if isinstance(cid, str) else None
+        need = [c for c in set(ids.values()) if c and self._customers.get(c, (0,))[0] <= now]
+        if need:
+            await self._load(conn, need, now)
+        for e in events:
+            hit = self._customers.get(ids[e.index]) if ids[e.index] else None
+            e.customer = hit[1] if hit else None
+
+    async def customer(self, conn: asyncpg.Connection, customer_id: str) -> Customer | None:
+        now = time.monotonic()
+        if self._customers.get(customer_id, (0,))[0] <= now:
+            await self._load(conn, [customer_id], now)
+        hit = self._customers.get(customer_id)
+        return hit[1] if hit else None
+
+    async def _load(self, conn: asyncpg.Connection, ids: list[str], now: float) -> None:
+        rows = await conn.fetch(
+            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, p.id AS plan_id, p.version, p.document
+               FROM customers c JOIN plans p ON p.id = c.plan_id WHERE c.id = ANY($1::text[])""",
+            ids,
+        )
+        for r in rows:
+            pk = (r["plan_id"], r["version"])
+            plan = self._plans.get(pk)
+            if plan is None:
+                doc = r["document"]
+                plan = self._plans[pk] = parse_plan(orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc)
+            tier = plan.tier(r["tier"])
+            cap = plan.limits_for_tier(tier)[2] if r["spend_cap_micros"] is None else int(r["spend_cap_micros"] * tier.multiplier)
+            self._customers[r["id"]] = (now + self.ttl_s, Customer(r["id"], plan, r["billing_mode"], tier.name, None if cap < 0 else cap))
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def _settle_item(p: Processed) -> SettleItem:
+    return SettleItem(p.customer_id, p.event_id, p.period, p.wallet_micros, p.spend_micros, p.hold_id, p.actual_tokens)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, UnknownMetricError):
+        return "unknown_metric"
+    if isinstance(e, InvalidMeasurementError):
+        return "invalid_value"
+    return "rating_error"
+
+
+class Pipeline:
+    def __init__(self, pool: asyncpg.Pool, redis, *, cache_ttl_s: float = 5.0, lanes: int = 2):
+        """lanes: lock groups of one batch rated at once, each on its own connection (the pool
+        needs lanes + 1): one prices while another waits for PostgreSQL or Redis."""
+        self.pool = pool
+        self.redis = redis
+        self.lanes = lanes
+        self.directory = Directory(cache_ttl_s)
+
+    async def process_raw(self, raws: Sequence[bytes], *, now: float | None = None,
+                          record_dead: bool = True) -> BatchResult:
+        """Rate one batch. Raises on PostgreSQL/Redis trouble: nothing is then acknowledged and
+        retrying the same batch (or its redelivery) is safe."""
+        now = time.time() if now is None else now
+        now_period = period_of(now)
+        res = BatchResult(len(raws), dead_by_index=[None] * len(raws))
+        events: list[Event] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(raws):
+            ev = decode(i, raw, now_period)
+            if isinstance(ev, DeadLetter):
+                res.add_dead(i, ev)
+            elif ev.id in seen:
+                res.duplicates += 1
+            else:
+                seen.add(ev.id)
+                events.append(ev)
+
+        async with self.pool.acquire() as conn:
+            await self.directory.resolve(conn, events)
+        groups: dict[int, list[Event]] = defaultdict(list)
+        decisions: list[Event] = []
+        for ev in events:
+            if ev.customer is None:
+                res.add_dead(ev.index, _dead(ev.raw, "unknown_customer", "no such customer or API key", ev.body))
+            elif ev.kind == "decision":
+                decisions.append(ev)
+            else:
+                groups[ledger.lock_group(ev.customer.id)].append(ev)
+
+        todo, claimed = sorted(groups), set()
+
+        async def lane() -> None:
+            async with self.pool.acquire() as conn:
+                while (g := await self._claim(conn, todo, claimed)) is not None:
+                    try:
+                        await self._locked(conn, res, groups[g], now, now_period)
+                    finally:
+                        await ledger.unlock_group(conn, g)
+
+        try:
+            async with asyncio.TaskGroup() as tg:  # a failing lane cancels the others
+                for _ in range(min(self.lanes, len(todo))):
+                    tg.create_task(lane())
+        except BaseExceptionGroup as eg:  # callers retry the batch on any one failure
+            raise eg.exceptions[0] from eg
+
+        dead = [d for d in res.dead_by_index if d] if record_dead else []  # in batch order
+        placed = [self._hold(e) for e in decisions if e.body.get("hold_id") and e.body.get("decision", "ALLOW") == "ALLOW"]
+        res.decisions = len(decisions)
+        if dead or placed:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await dead_letters.record(conn, dead)
+                await holds.record_placed_holds(conn, placed)
+        return res
+
+    @staticmethod
+    async def _claim(conn, todo: list[int], claimed: set[int]) -> int | None:
+        """Lock a lock group nobody holds, else wait for one; None when all are taken by our lanes.
+        `claimed` is marked before each await, so two lanes never take the same group."""
+        for g in [g for g in todo if g not in claimed]:
+            claimed.add(g)
+            if await ledger.try_lock_group(conn, g):
+                todo.remove(g)
+                return g
+            claimed.discard(g)
+        for g in [g for g in todo if g not in claimed]:
+            claimed.add(g)
+            todo.remove(g)
+            await ledger.lock_group_wait(conn, g)  # another consumer has it: queue behind it
+            return g
+        return None
+
+    async def _locked(self, conn, res: BatchResult, rated: list[Event], now: float, now_period: str) -> None:
+        """One lock group's events, its lock held: price, commit, settle, record.
+
+        Optimistic: every event is taken as new and the processed_events insert proves it, which
+        saves a lookup per batch (redeliveries are rare). If any was processed before, that
+        attempt is rolled back and the careful path runs: look up the processed ones, settle
+        them first (so the wallets read next include them), then price only the others.
+        """
+        replay_items: list[SettleItem] = []
+        replay_results: list[SettleResult] = []
+        rows = await self._rate_and_commit(conn, res, rated, now_period, optimistic=True)
+        if rows is None:
+            done = await ledger.processed(conn, [e.id for e in rated])
+            replay_items = [_settle_item(p) for p in done.values() if p.kind == "usage"]
+            replay_results = await settle(self.redis, replay_items, now=now) if replay_items else []
+            res.replayed += len(done)
+            rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done], now_period,
+                                               optimistic=False)
+        items = [_settle_item(p) for p in rows if p.kind == "usage"]
+        results = await settle(self.redis, items, now=now) if items else []
+        await self._record_settlement(conn, replay_items + items, replay_results + results)
+
+    async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event], now_period: str,
+                               optimistic: bool) -> list[Processed] | None:
+        """Price `new` in one transaction; None (rolled back) when optimistic and some event
+        turned out to be processed already."""
+        await self._late_events(conn, new, now_period)
+        wallets = await self._wallets({e.customer.id for e in new if e.customer.billing_mode == "hybrid"})
+        new = sorted(new, key=lambda e: (e.customer.id, e.index))
+        rows: list[Processed] = []
+        lines: list[tuple] = []
+        changed: dict[tuple[str, str, str, str], int] = {}
+        part = BatchResult(res.size, dead_by_index=[None] * res.size)  # merged into res on commit
+        try:
+            async with conn.transaction():
+                cums = await ledger.lock_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
+                for e in new:
+                    if e.kind == "fail_open":
+                        rows.append(Processed(e.id, "fail_open", e.customer.id, now_period, 0, 0, 0, None, 0, None))
+                        part.fail_open += 1
+                    else:
+                        self._rate(e, cums, wallets, rows, lines, changed, part)
+                inserted = await ledger.insert_processed(conn, rows)
+                if len(inserted) != len(rows):
+                    raise _AlreadyProcessed
+                await ledger.copy_lines(conn, lines)
+                await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
+        except _AlreadyProcessed:
+            if optimistic:
+                return None
+            raise ConcurrentRating("events were recorded by another writer meanwhile") from None
+        res.rated += part.rated
+        res.fail_open += part.fail_open
+        res.spend_micros += part.spend_micros
+        for i, d in enumerate(part.dead_by_index):
+            if d is not None:
+                res.add_dead(i, d)
+        return rows
+
+    def _rate(self, e: Event, cums, wallets: dict[str, int], rows, lines, changed, res: BatchResult) -> None:
+        c = e.customer
+        key = (c.id, e.period)
+        body = e.body
+        dims = body.get("properties") or {}
+        try:
+            ctx = run_event(c.plan, dims, e.measurements, cums[key], billing_mode=c.billing_mode,
+                            spend_cap_micros=c.spend_cap_micros, wallet_available_micros=wallets.get(c.id, 0))
+        except Exception as err:  # pricing is pure: the same event fails the same way every time
+            if not isinstance(err, RatingError):
+                log.exception("rating event %s failed", e.id)
+            res.add_dead(e.index, _dead(e.raw, _reason(err), str(err), body))
+            return
+        cums[key] = ctx.cumulative_after
+        for (charge_id, dim_key), q in ctx.updates.items():
+            changed[(c.id, e.period, charge_id, dim_key)] = q
+        if c.id in wallets:
+            wallets[c.id] -= ctx.wallet_micros
+        corr = body.get("correlation_id")
+        plan_id = c.plan.id
+        n = 0
+        for n, ln in enumerate(ctx.lines):
+            lines.append((e.id, n, corr, c.id, plan_id, e.period, ln.kind, ln.charge_id, ln.metric,
+                          ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros))
+        n = len(ctx.lines)
+        if ctx.discount_micros:
+            lines.append((e.id, n, corr, c.id, plan_id, e.period, "discount", "discount", None, "default", 0, None, -ctx.discount_micros))
+            n += 1
+        if ctx.tax_micros:
+            lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros))
+        total = ctx.total_micros
+        rows.append(Processed(e.id, "usage", c.id, e.period, total, ctx.wallet_micros, ctx.invoice_micros,
+                              body.get("hold_id") or None, actual_tokens(e.measurements), corr))
+        res.rated += 1
+        res.spend_micros += total
+
+    @staticmethod
+    def _hold(e: Event) -> dict:
+        b = e.body
+        return {"hold_id": b["hold_id"], "customer_id": e.customer.id, "request_id": b.get("request_id"),
+                "key_id": b.get("key_id"), "amount_micros": int(b.get("estimate_micros") or 0),
+                "placed_at": b.get("timestamp"), "estimate": b.get("estimate") or {}}
+
+    async def _late_events(self, conn, new: list[Event], now_period: str) -> None:
+        """A usage event of a period already closed (invoiced) is billed in the current period."""
+        late = {(e.customer.id, e.period) for e in new if e.kind == "usage" and e.period < now_period}
+        if not late:
+            return
+        closed = {tuple(r) for r in await conn.fetch(
+            "SELECT customer_id, period FROM invoices JOIN unnest($1::text[], $2::text[]) AS l(c, p)"
+            " ON customer_id = l.c AND period = l.p",
+            [x[0] for x in late], [x[1] for x in late],
+        )}
+        for e in new:
+            if (e.customer.id if e.customer else None, e.period) in closed:
+                e.period = now_period
+
+    async def _wallets(self, customer_ids: set[str]) -> dict[str, int]:
+        """Prepaid balances of hybrid customers (holds are not subtracted: this settlement
+        releases the event's own hold, and the others are estimates, not debits)."""
+        if not customer_ids:
+            return {}
+        ids = sorted(customer_ids)
+        async with self.redis.pipeline(transaction=False) as p:
+            for c in ids:
+                p.get(CustomerKeys(c).wallet)
+            values = await p.execute()
+        return {c: int(v or 0) for c, v in zip(ids, values)}
+
+    async def _record_settlement(self, conn, items: list[SettleItem], results: list[SettleResult]) -> None:
+        if not items:
+            return
+        await record_promotions(conn, items, results)
+        await holds.mark_settled(conn, holds.settled_holds(items, results))
