@@ -47,13 +47,13 @@ async def _redis_answers(url: str) -> bool:
         await client.aclose()
 
 
-async def resolve_redis(state_dir: Path, keep: list) -> str:
-    url = os.environ.get("TOLLGATE_REDIS_URL")
+async def resolve_redis(state_dir: Path, keep: list, embedded: bool) -> str:
+    url = None if embedded else os.environ.get("TOLLGATE_REDIS_URL")
     if url:
         if not await _redis_answers(url):
             sys.exit(f"TOLLGATE_REDIS_URL={url} does not answer")
         return url
-    if await _redis_answers(DEFAULT_REDIS):
+    if not embedded and await _redis_answers(DEFAULT_REDIS):
         return DEFAULT_REDIS
     local = start_redis()
     keep.append(local)
@@ -78,13 +78,13 @@ async def _ensure_database(dsn: str) -> bool:
         return False
 
 
-async def resolve_postgres(state_dir: Path) -> str:
-    dsn = os.environ.get("TOLLGATE_DATABASE_URL")
+async def resolve_postgres(state_dir: Path, embedded: bool) -> str:
+    dsn = None if embedded else os.environ.get("TOLLGATE_DATABASE_URL")
     if dsn:
         if not await _ensure_database(dsn):
             sys.exit(f"TOLLGATE_DATABASE_URL={dsn} does not answer")
         return dsn
-    if port_open("127.0.0.1", 5432) and await _ensure_database(DEFAULT_PG):
+    if not embedded and port_open("127.0.0.1", 5432) and await _ensure_database(DEFAULT_PG):
         return DEFAULT_PG
     log("no PostgreSQL configured or answering: starting the embedded one (pgserver)")
     return start_postgres(state_dir / "pgdata", stop_at_exit=True)
@@ -144,6 +144,7 @@ def stop(procs: list[subprocess.Popen]) -> None:
 async def smoke(base: str, api_key: str, redis_url: str) -> None:
     """One check, one usage report, then wait for the rater to settle it (the hold is released)."""
     from tollgate.keys import CustomerKeys  # noqa: PLC0415
+    from tollgate.money import format_micros  # noqa: PLC0415
 
     rid = f"req_{secrets.token_hex(6)}"
     async with httpx.AsyncClient(base_url=base, timeout=5) as http:
@@ -170,7 +171,7 @@ async def smoke(base: str, api_key: str, redis_url: str) -> None:
             if time.monotonic() > deadline:
                 sys.exit("smoke: the rater did not settle the usage within 30 s")
             await asyncio.sleep(0.2)
-        log(f"settled by the rater: wallet balance now {int(await redis.get(keys.wallet)) / 1e6:.6f} (display only)")
+        log(f"settled by the rater: wallet balance now {format_micros(int(await redis.get(keys.wallet)))}")
     finally:
         await redis.aclose()
 
@@ -181,13 +182,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--admin-port", type=int, default=8081, help="admin API port (default 8081)")
     p.add_argument("--state-dir", default=str(ROOT / ".tollgate"), help="where embedded servers keep data")
     p.add_argument("--smoke", action="store_true", help="check + usage once, wait for settlement, exit")
+    p.add_argument("--embedded", action="store_true",
+                   help="always start a local Redis and PostgreSQL, even when others are configured or answer")
     args = p.parse_args(argv)
     state = Path(args.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     keep: list = []
 
-    redis_url = asyncio.run(resolve_redis(state, keep))
-    pg_dsn = asyncio.run(resolve_postgres(state))
+    redis_url = asyncio.run(resolve_redis(state, keep, args.embedded))
+    pg_dsn = asyncio.run(resolve_postgres(state, args.embedded))
     admin_token = os.environ.get("TOLLGATE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     env = {**os.environ, "TOLLGATE_REDIS_URL": redis_url, "TOLLGATE_DATABASE_URL": pg_dsn,
            "TOLLGATE_ADMIN_TOKEN": admin_token,
