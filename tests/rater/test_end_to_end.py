@@ -171,3 +171,36 @@ async def test_kafka_end_to_end_and_restart_resumes_from_committed_offsets(
 
 async def _count_at_least(pg, c: str, n: int) -> bool:
     return (await pg_totals(pg, c))["events"] >= n
+
+
+@pytest.mark.slow
+async def test_usage_crossing_a_spend_tier_changes_the_next_checks_limits(pg, pg_dsn, redis, redis_server, plan_for,
+                                                                          make_customer):
+    """free -> build at 5.00 of spend (x2 limits): the very next /v1/check over HTTP sees it."""
+    c = await make_customer(plan_for("prepaid"), wallet_micros=START_WALLET)
+    key = (await api_keys.create_api_key(pg, redis, c))["api_key"]
+    env = {"TOLLGATE_REDIS_URL": redis_server.url, "TOLLGATE_BUS": "redis", "TOLLGATE_CHECK_DEADLINE_MS": "1000"}
+    check = {"api_key": key, "dimensions": {"model": "m1"}, "estimate": {"requests": 1, "input_tokens": 10}}
+    with run_enforcer(env) as enf:
+        rater = RaterProcess({**env, "TOLLGATE_DATABASE_URL": pg_dsn}, ["--sweep-interval", "0"]).start()
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                before = await http.post(f"{enf.url}/v1/check", json={**check, "request_id": "req_before"})
+                assert before.json()["tier"] == "free" and before.headers["x-ratelimit-limit"] == "100000"
+                # 2,000,000 input tokens at 0.0000031 = 6.20: past the 5.00 threshold of `build`
+                r = await http.post(f"{enf.url}/v1/usage", json={
+                    "event_id": "evt_big", "api_key": key, "correlation_id": "req_before",
+                    "hold_id": before.json()["hold_id"], "event_type": "llm.completion",
+                    "measurements": [{"metric": "input_tokens", "value": 2_000_000}]})
+                assert r.status_code == 202, r.text
+
+                async def promoted() -> bool:
+                    return await pg.fetchval("SELECT count(*) FROM tier_transitions WHERE customer_id = $1", c) == 1
+                await _until(promoted, 60, "the promotion to be recorded", rater)
+                after = await http.post(f"{enf.url}/v1/check", json={**check, "request_id": "req_after"})
+        finally:
+            assert rater.stop() == 0, rater.logs()[-3000:]
+    assert after.status_code == 200 and after.json()["tier"] == "build"
+    assert after.headers["x-ratelimit-limit"] == "200000"
+    row = await pg.fetchrow("SELECT old_tier, new_tier, event_id FROM tier_transitions WHERE customer_id = $1", c)
+    assert (row["old_tier"], row["new_tier"], row["event_id"]) == ("free", "build", "evt_big")
