@@ -21,7 +21,7 @@ from enforcer.rediswire import Failure, ReplyError
 from enforcer.responses import send_error, send_json
 from tollgate.keys import api_key_hash
 from tollgate.money import format_micros
-from tollgate.periods import period_bounds, period_of
+from tollgate.periods import MAX_ANCHOR_DAY, period_bounds, period_of
 
 if TYPE_CHECKING:
     from enforcer.app import Enforcer
@@ -36,17 +36,27 @@ _FAIL_OPEN_REMAINING = {"requests": None, "tokens": None, "balance": None, "spen
 
 
 class _Period:
-    """The current billing period id, recomputed only when the month turns."""
+    """The current billing period id per plan anchor day (the spend key's suffix), with its end;
+    recomputed only when that period turns: a request costs a clock read and two list lookups."""
 
-    def __init__(self):
-        self.id, self.end = "", 0.0
+    __slots__ = ("clock", "ids", "ends")
 
-    def now(self) -> str:
-        t = time.time()
-        if t >= self.end:
-            self.id = period_of(t)
-            self.end = period_bounds(self.id)[1].timestamp()
-        return self.id
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.ids = [""] * (MAX_ANCHOR_DAY + 1)  # index: anchor day
+        self.ends = [0.0] * (MAX_ANCHOR_DAY + 1)
+
+    def now(self, anchor_day: int = 1) -> str:
+        t = self.clock()
+        if t >= self.ends[anchor_day]:
+            return self._turn(anchor_day, t)
+        return self.ids[anchor_day]
+
+    def _turn(self, anchor_day: int, t: float) -> str:
+        pid = period_of(t, anchor_day)
+        self.ids[anchor_day] = pid
+        self.ends[anchor_day] = period_bounds(pid, anchor_day)[1].timestamp()
+        return pid
 
 
 class CheckEndpoint:
@@ -91,7 +101,8 @@ class CheckEndpoint:
         cost = plan.estimate_micros(dims, est)
         tokens = est.get("input_tokens", 0) + est.get("output_tokens", 0)
         hold_id = "hold_" + e.ids.next()
-        keys = (*info.fixed_keys, info.spend_prefix + self.period.now(), info.req_prefix + request_id, *info.rate_keys)
+        period = self.period.now(plan.billing_anchor_day)  # the customer's plan's billing period
+        keys = (*info.fixed_keys, info.spend_prefix + period, info.req_prefix + request_id, *info.rate_keys)
         argv = (hold_id, est["requests"], tokens, cost, plan.hold_ttl_seconds * 1000, e.idempotency_ttl_ms, info.key_id)
         r = await e.guard.evalsha(e.script.sha, e.script.source, keys, argv)
         if type(r) is Failure:

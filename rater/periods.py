@@ -1,18 +1,26 @@
 """Period close: one invoice per customer and period, its lines tracing to correlation_ids.
 
+Periods follow each customer's plan: calendar months unless `billing_period.anchor_day` says
+otherwise (tollgate.periods); the id is the 'YYYYMM' of the month a period starts in.
 Month-to-date counters need no reset job: cumulatives (rating_cumulatives) and spend
-(`tg:{c}:spend:<YYYYMM>`) are keyed by period, so a new month starts from zero by construction.
-Closing period P, for each customer that existed in it:
+(`tg:{c}:spend:<YYYYMM>`) are keyed by period, so a new period starts from zero by construction.
+Closing period P (by default each customer's last period that is over), for each customer that
+existed in it and whose P is over (an anchored plan's P ends after calendar month P: until then
+the customer is skipped, reported as `open_until`):
 1. the close step of the stages (rater.stages.pipeline.run_close) over P's cumulatives: flat
    fees, percentage minimums, the minimum-commit true-up, and the discount and tax on them;
 2. in one transaction: the close's own processed_events row (kind 'close', so `redis rebuild`
    counts its wallet debit and spend like any event's) and ledger lines, the invoice and its
    lines; then the close is settled on Redis like an event (idempotent by its id);
 3. checks before anything is written: the invoice total equals the period's recorded spend plus
-   the close, and equals the batch rating of P's totals (rater.stages.pipeline.run_batch).
-Idempotent: a customer already invoiced for P is skipped (after re-settling its close, in case
-the previous run died between the commit and the settle). Events of P that arrive after its
-close are billed in the period they arrive in (rater.pipeline).
+   the close, and equals the batch rating of P's totals (rater.stages.pipeline.run_batch);
+4. the spend tier it enters the next period with (rater.tiers.reset_for_next_period): the tier
+   P's spend reached, never lower than what the new period's own spend has already reached;
+   customers.tier, a tier_transitions row (reason 'period_reset') and Redis cfg `tier`. Only
+   when the period after P is the customer's current one.
+Idempotent: a customer already invoiced for P is not invoiced again (its close is re-settled and
+its tier reset re-applied, in case the previous run died between the commit and Redis). Events
+of P that arrive after its close are billed in the period they arrive in (rater.pipeline).
 
 An invoice line of kind 'usage' (and 'discount'/'tax') sums the ledger lines with its
 (customer, period, kind, charge, dimension key): `line_sources` lists them, with each line's
@@ -31,9 +39,10 @@ from rater.ledger import Processed
 from rater.pipeline import Directory
 from rater.settlement import SettleItem, settle
 from rater.stages.pipeline import run_batch, run_close
+from rater.tiers import reset_for_next_period
 from tollgate.keys import CustomerKeys
 from tollgate.money import format_micros
-from tollgate.periods import period_bounds, period_of
+from tollgate.periods import period_bounds, period_of, prev_period
 
 log = logging.getLogger(__name__)
 
@@ -55,52 +64,73 @@ class InvoiceLine:
     ledger_lines: int = 0
 
 
-def previous_period(now: float | None = None) -> str:
-    p = period_of(time.time() if now is None else now)
-    y, m = int(p[:4]), int(p[4:])
-    return f"{y - (m == 1):04d}{(m - 2) % 12 + 1:02d}"
+def previous_period(now: float | None = None, anchor_day: int = 1) -> str:
+    """The last period that is over at `now` (default: calendar months)."""
+    return prev_period(period_of(time.time() if now is None else now, anchor_day))
 
 
 def close_id(customer_id: str, period: str) -> str:
     return f"close_{period}_{customer_id}"
 
 
-async def close_period(pool: asyncpg.Pool, redis, period: str, *, customer_ids: list[str] | None = None,
+async def close_period(pool: asyncpg.Pool, redis, period: str | None, *, customer_ids: list[str] | None = None,
                        now: float | None = None, allow_open: bool = False) -> list[dict]:
-    """Close `period` for every customer (or the given ones); returns one summary per invoice."""
+    """Close `period` (None: each customer's last period that is over, by its plan's anchor day)
+    for every customer that existed in it (or the given ones); one summary per customer: an
+    invoice, `error`, or `open_until` (its plan's period `period` is not over yet)."""
     now = time.time() if now is None else now
-    if not allow_open and period >= period_of(now):
+    if period is not None:
+        try:
+            period_bounds(period)
+        except ValueError as e:
+            raise PeriodCloseError(str(e)) from None
+    # No anchor day ends period P before calendar month P is over: that one is refused outright.
+    if period is not None and not allow_open and period >= period_of(now):
         raise PeriodCloseError(f"period {period} is not over yet (events may still arrive for it)")
-    start, end = period_bounds(period)
     directory = Directory(ttl_s=0)
     out: list[dict] = []
     async with pool.acquire() as conn:
         if customer_ids is None:
-            customer_ids = [r[0] for r in await conn.fetch(
-                "SELECT id FROM customers WHERE created_at < $1 ORDER BY id", end)]
-        for cid in customer_ids:
+            rows = await conn.fetch("SELECT id, created_at FROM customers ORDER BY id")
+        else:
+            rows = [(cid, None) for cid in customer_ids]
+        for cid, created_at in rows:
+            customer = await directory.customer(conn, cid)
+            p = period
+            if customer is not None:
+                anchor = customer.plan.billing_anchor_day
+                p = period or previous_period(now, anchor)
+                end = period_bounds(p, anchor)[1]
+                if created_at is not None and created_at >= end:
+                    continue  # not a customer yet in that period
+                if not allow_open and end.timestamp() > now:
+                    out.append({"customer_id": cid, "period": p, "open_until": end.isoformat()})
+                    continue
             group = ledger.lock_group(cid)
             await ledger.lock_group_wait(conn, group)  # no event of this customer is rated meanwhile
             try:
-                out.append(await _close_customer(conn, redis, directory, cid, period, now))
+                if customer is None:
+                    raise PeriodCloseError(f"no customer {cid!r}")
+                out.append(await _close_customer(conn, redis, customer, p, now))
             except PeriodCloseError as e:  # reported; the other customers are still invoiced
-                log.error("closing %s for %s failed: %s", period, cid, e)
-                out.append({"customer_id": cid, "period": period, "error": str(e)})
+                log.error("closing %s for %s failed: %s", p, cid, e)
+                out.append({"customer_id": cid, "period": p, "error": str(e)})
             finally:
                 await ledger.unlock_group(conn, group)
     return out
 
 
-async def _close_customer(conn, redis, directory: Directory, customer_id: str, period: str, now: float) -> dict:
+async def _close_customer(conn, redis, customer, period: str, now: float) -> dict:
+    customer_id = customer.id
     eid = close_id(customer_id, period)
     existing = await conn.fetchrow("SELECT * FROM invoices WHERE customer_id = $1 AND period = $2", customer_id, period)
     if existing is not None:
         done = (await ledger.processed(conn, [eid])).get(eid)
         if done is not None:
             await settle(redis, [_item(done)], now=now)
-        return {**_summary(existing), "already_closed": True}
+        tier = await reset_for_next_period(conn, redis, customer_id, customer.plan, period, now)
+        return {**_summary(existing), **tier, "already_closed": True}
 
-    customer = await _customer(conn, directory, customer_id)
     plan = customer.plan
     cumulative = await ledger.period_cumulatives(conn, customer_id, period)
     wallet = int(await redis.get(CustomerKeys(customer_id).wallet) or 0) if customer.billing_mode == "hybrid" else 0
@@ -161,14 +191,8 @@ async def _close_customer(conn, redis, directory: Directory, customer_id: str, p
               x.amount_micros, list(x.ledger_kinds), x.ledger_lines) for i, x in enumerate(lines)])
     if ctx.total_micros or ctx.wallet_micros:
         await settle(redis, [SettleItem(customer_id, eid, period, ctx.wallet_micros, ctx.total_micros, None, 0)], now=now)
-    return {**_summary(row), "already_closed": False}
-
-
-async def _customer(conn, directory: Directory, customer_id: str):
-    customer = await directory.customer(conn, customer_id)
-    if customer is None:
-        raise PeriodCloseError(f"no customer {customer_id!r}")
-    return customer
+    tier = await reset_for_next_period(conn, redis, customer_id, plan, period, now)
+    return {**_summary(row), **tier, "already_closed": False}
 
 
 async def _ledger_summary(conn, customer_id: str, period: str) -> list[InvoiceLine]:
@@ -241,8 +265,10 @@ def register(sub) -> None:
     from tollgate.cli import command, group  # noqa: PLC0415
 
     g = group(sub, "periods", "billing periods: close them into invoices")
-    p = command(g, "close", _close_cmd, "close a period: one invoice per customer (default: last month)")
-    p.add_argument("--period", help="YYYYMM (default: the previous calendar month, UTC)")
+    p = command(g, "close", _close_cmd,
+                "close a period: one invoice per customer, and the spend tier each enters the next period with")
+    p.add_argument("--period", help="YYYYMM (default: each customer's last period that is over: the previous"
+                                    " calendar month, UTC, unless its plan has a billing_period.anchor_day)")
     p.add_argument("--customer", action="append", help="only this customer (repeatable)")
     p = command(g, "invoice", _invoice_cmd, "show an invoice and its lines")
     p.add_argument("invoice_id")
@@ -254,14 +280,14 @@ async def _close_cmd(ctx) -> int:
     pool = await asyncpg.create_pool(ctx.settings.database_url, min_size=1, max_size=2)
     redis = Redis.from_url(ctx.settings.redis_url)
     try:
-        period = ctx.args.period or previous_period()
-        out = await close_period(pool, redis, period, customer_ids=ctx.args.customer)
+        out = await close_period(pool, redis, ctx.args.period, customer_ids=ctx.args.customer)
     finally:
         await redis.aclose()
         await pool.close()
     from tollgate.cli import table  # noqa: PLC0415
 
-    ctx.emit(out, table(out, ["invoice_id", "customer_id", "total", "prepaid", "amount_due", "already_closed"]))
+    ctx.emit(out, table(out, ["invoice_id", "customer_id", "period", "total", "prepaid", "amount_due", "tier",
+                              "already_closed", "open_until", "error"]))
     return 0
 
 

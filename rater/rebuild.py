@@ -3,7 +3,10 @@
 Redis keeps nothing on disk; PostgreSQL has everything needed to put back what check.lua and
 settle.lua read:
 - plans, customers (cfg with every tier's limits; the tier is customers.tier, or the higher one
-  this period's spend has reached) and API keys, through rater.projection;
+  the spend of the customer's current period (its plan's anchor day) has reached) and API keys,
+  through rater.projection. customers.tier is what Redis had: promotions raise it as settle.lua
+  raises cfg `tier`, and the period close sets both to the tier the new period starts with
+  (rater.tiers), so a rebuild neither undoes a reset nor brings back a tier it replaced;
 - wallet = sum(wallet_transactions) - sum(processed_events.wallet_micros);
 - spend of every period a spend key would still live for (SPEND_TTL_MS back from now)
   = sum(processed_events.spend_micros);
@@ -29,8 +32,9 @@ import orjson
 
 from rater.projection import project_api_key, project_customer, project_plan
 from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS
+from rater.tiers import tier_index, tier_reached
 from tollgate.keys import CustomerKeys
-from tollgate.periods import period_bounds, period_of
+from tollgate.periods import next_period, period_of
 from tollgate.plans import Plan, parse_plan
 
 BATCH = 500  # customers per Redis pipeline
@@ -39,7 +43,6 @@ BATCH = 500  # customers per Redis pipeline
 async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]:
     """Rebuild everything; returns counts of what was written."""
     now = now or datetime.now(timezone.utc)
-    periods = _periods(now - timedelta(milliseconds=SPEND_TTL_MS), now)
     has_events = await conn.fetchval("SELECT to_regclass('processed_events') IS NOT NULL")
 
     plans = {}
@@ -47,6 +50,8 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]
         doc = r["document"]
         plans[r["id"]] = parse_plan(orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc)
         await project_plan(redis, plans[r["id"]])
+    anchors = {p.billing_anchor_day for p in plans.values()} | {1}
+    periods = sorted({p for a in anchors for p in _periods(now - timedelta(milliseconds=SPEND_TTL_MS), now, a)})
 
     wallets = await _wallets(conn, has_events)
     spend = await _spend(conn, has_events, periods)
@@ -56,7 +61,8 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]
     customers = await conn.fetch("SELECT id, plan_id, billing_mode, tier, spend_cap_micros FROM customers ORDER BY id")
     for c in customers:
         plan = plans[c["plan_id"]]
-        tier = _tier(plan, c["tier"], spend.get(c["id"], {}).get(period_of(now), 0))
+        current = period_of(now, plan.billing_anchor_day)
+        tier = _tier(plan, c["tier"], spend.get(c["id"], {}).get(current, 0))
         await project_customer(redis, c["id"], plan, c["billing_mode"], tier, c["spend_cap_micros"])
 
     keys = await conn.fetch(
@@ -98,17 +104,15 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]
 def _tier(plan: Plan, recorded: str, period_spend: int) -> str:
     """customers.tier, or higher if this period's spend already reached a higher threshold (a
     promotion settle.lua made whose record was lost with a crash): never lower, as in settle.lua."""
-    names = [t.name for t in plan.tiers]
-    reached = max((i for i, t in enumerate(plan.tiers) if t.threshold_micros <= period_spend), default=0)
-    return names[max(reached, names.index(recorded) if recorded in names else 0)]
+    return plan.tiers[max(tier_reached(plan, period_spend), tier_index(plan, recorded))].name
 
 
-def _periods(start: datetime, end: datetime) -> list[str]:
+def _periods(start: datetime, end: datetime, anchor_day: int = 1) -> list[str]:
     """Every period id from start's to end's, inclusive."""
-    out, p = [], period_of(start)
-    while p <= period_of(end):
+    out, p, last = [], period_of(start, anchor_day), period_of(end, anchor_day)
+    while p <= last:
         out.append(p)
-        p = period_of(period_bounds(p)[1])
+        p = next_period(p)
     return out
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from tollgate.keys import ID_PATTERN
 from tollgate.money import MoneyError, parse_decimal, to_micros, to_micros_ceil
+from tollgate.periods import MAX_ANCHOR_DAY
 
 BILLING_MODES = ("prepaid", "postpaid", "hybrid")
 CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "flat", "percentage", "composite")
@@ -115,6 +116,8 @@ class Plan:
     minimum_commit_micros: int = 0
     discounts: tuple[Discount, ...] = ()
     tax_percent: Decimal = Decimal(0)
+    # billing_period.anchor_day: periods start at 00:00 UTC on this day of each month (tollgate.periods)
+    billing_anchor_day: int = 1
     document: dict = field(default_factory=dict, compare=False, repr=False)
 
     def tier(self, name: str) -> SpendTier:
@@ -175,8 +178,18 @@ def parse_plan(doc: Any) -> Plan:
         minimum_commit_micros=_money(doc.get("minimum_commit", 0), "minimum_commit"),
         discounts=_parse_discounts(doc.get("discounts", [])),
         tax_percent=_dec(_mapping(doc.get("tax", {}), "tax").get("percent", 0), "tax.percent", 0, 100),
+        billing_anchor_day=_anchor_day(doc.get("billing_period")),
         document=doc,
     )
+
+
+def _anchor_day(raw: Any) -> int:
+    """`billing_period: {anchor_day: N}`: 1-28 (every month has those days), default 1."""
+    day = _mapping(raw, "billing_period").get("anchor_day", 1)
+    day = _int(day, "billing_period.anchor_day", 1)
+    if day > MAX_ANCHOR_DAY:
+        raise PlanError("billing_period.anchor_day", f"must be <= {MAX_ANCHOR_DAY} (every month has that day)")
+    return day
 
 
 def _parse_tiers(raw: Any) -> tuple[SpendTier, ...]:
