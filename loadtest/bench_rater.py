@@ -12,6 +12,9 @@ rater.pipeline.Pipeline); `--workers N` runs N such rater processes in one consu
 Throughput: N events published first, then the raters drain them (time from start to last ack).
 Lag: an open-loop producer in another process sends at --rate on a fixed schedule; lag is the time
 from an event's scheduled send to the acknowledgement of its batch.
+CPU per event of the drain, by process: the rater processes (their own process time), their
+PostgreSQL backends (application_name tollgate-bench-rater, /proc), Redis (INFO cpu); and how busy
+the whole machine was meanwhile (/proc/stat: other work on a shared box shows there).
 """
 from __future__ import annotations
 
@@ -173,8 +176,8 @@ def _settle_calls(customers: list[str], n: int, tag: str) -> list[tuple[list, li
 
 
 async def evalsha_ceiling(redis, customers: list[str], n: int, batch: int) -> float:
-    """settle.lua runs/s through redis-py (rater.settlement.eval_many, as settle() sends them),
-    pipelined `batch` per round trip, each on a new event id."""
+    """settle.lua runs/s as settle() sends them (rater.settlement.eval_many: a redis-py client's
+    connection, hiredis packing), pipelined `batch` per round trip, each on a new event id."""
     script = lua.load("settle")
     calls = _settle_calls(customers, n, "ceil")
     await eval_many(redis, script, calls[:1])
@@ -219,8 +222,12 @@ def rater_process(redis_url: str, dsn: str, name: str, batch: int, stop_flag, la
     uvloop.run(_rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out))
 
 
+RATER_APP = "tollgate-bench-rater"  # application_name of the raters' PostgreSQL connections
+
+
 async def _rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out) -> None:
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    cpu0 = time.process_time()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings={"application_name": RATER_APP})
     redis = Redis.from_url(redis_url)
     consumer = RedisStreamConsumer(redis, name=name)
     await consumer.start()
@@ -233,9 +240,8 @@ async def _rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out) -> 
         done[1] = done[1] or t
         done[2] = t
         for m in msgs:
-            sent = orjson.loads(m.value).get("sent_at")
-            if sent is not None:
-                lags.append(t - sent)
+            if b'"sent_at"' in m.value:  # the lag run's events (not parsed again in the drain)
+                lags.append(t - orjson.loads(m.value)["sent_at"])
 
     rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch, poll_ms=50, on_batch=on_batch)
     stop = asyncio.Event()
@@ -252,7 +258,7 @@ async def _rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out) -> 
     await redis.aclose()
     await pool.close()
     lag_out.put(lags)
-    count_out.put(tuple(done))
+    count_out.put((*done, time.process_time() - cpu0))
 
 
 def producer_process(redis_url: str, customers: list[str], rate: float, start_at: float, duration: float) -> None:
@@ -313,6 +319,39 @@ async def wait_drained(redis, total: int, timeout: float) -> float:
     raise TimeoutError("the raters did not drain the stream in time")
 
 
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
+async def _redis_cpu_s(redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def _raters_pg_cpu_s(pool) -> float:
+    """CPU of the raters' PostgreSQL backends so far (they live as long as the raters)."""
+    pids = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()", RATER_APP)
+    total = 0.0
+    for (pid,) in pids:
+        try:
+            total += _proc_cpu_s(pid)
+        except OSError:  # PostgreSQL on another host (TOLLGATE_BENCH_PG_DSN): not measured
+            return float("nan")
+    return total
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
@@ -340,14 +379,21 @@ async def main(args) -> dict:
         events = [make_event(rnd, customers, ts) for _ in range(args.events)]
         await publish(redis, events)
         del events
+        redis_cpu0, machine0 = await _redis_cpu_s(redis), _machine_cpu()
         t0 = time.time()
         raters = Raters(ctx, redis_server.url, dsn, args.workers, args.batch)
         t1 = await wait_drained(redis, args.events, 600)
+        pg_cpu = await _raters_pg_cpu_s(pool)
+        redis_cpu, machine1 = await _redis_cpu_s(redis) - redis_cpu0, _machine_cpu()
         _, counts = raters.stop()
         firsts = [c[1] for c in counts if c[1]]
         t_first = min(firsts) if firsts else t0
         out["throughput_eps"] = round(args.events / (t1 - t0))
         out["throughput_after_first_batch_eps"] = round(args.events / (t1 - t_first))
+        us = 1e6 / args.events
+        cpu = {"raters": sum(c[3] for c in counts) * us, "postgres": pg_cpu * us, "redis": redis_cpu * us}
+        out["cpu_us_per_event"] = {k: round(v, 1) for k, v in {**cpu, "total": sum(cpu.values())}.items()}
+        out["machine_busy_pct"] = round(100 * (machine1[0] - machine0[0]) / (machine1[1] - machine0[1]), 1)
         row = await pool.fetchrow("SELECT count(*) AS n, sum(spend_micros) AS spend FROM processed_events")
         out["processed"] = row["n"]
         assert row["n"] == args.events, row
@@ -383,15 +429,18 @@ async def main(args) -> dict:
 
 
 def report(r: dict) -> str:
+    c = r["cpu_us_per_event"]
     return "\n".join([
         f"rater benchmark ({r['cpus']} CPUs, {r['workers']} rater process(es), batch {r['batch']})",
         f"  throughput          {r['throughput_eps']:>9,} events/s   ({r['events']:,} events drained, "
         f"{r['ledger_lines']:,} ledger lines; {r['throughput_after_first_batch_eps']:,}/s after the first batch)",
+        f"  CPU per event       {c['total']} µs: rater processes {c['raters']}, their PostgreSQL backends "
+        f"{c['postgres']}, Redis {c['redis']}   (machine {r['machine_busy_pct']} % busy during the drain)",
         f"  lag at {r['offered_rate']:,}/s      p50 {r['lag_p50_ms']} ms   p99 {r['lag_p99_ms']} ms   "
         f"max {r['lag_max_ms']} ms   ({r['lag_events']:,} events, open loop)",
         f"  ceiling PG COPY     {r['pg_copy_rows_per_s']:>9,} rows/s     (ledger-shaped rows, 3,000 per transaction)",
         f"  ceiling Redis       {r['redis_evalsha_raw_per_s']:>9,} EVALSHA/s  (settle.lua, 1,000 per pipeline, hiredis-packed)",
-        f"    through redis-py  {r['redis_evalsha_per_s']:>9,} EVALSHA/s  (the same, as rater.settlement sends them)",
+        f"    via settlement    {r['redis_evalsha_per_s']:>9,} EVALSHA/s  (the same, as rater.settlement sends them)",
     ])
 
 

@@ -56,12 +56,25 @@ async def try_lock_group(conn: asyncpg.Connection, group: int) -> bool:
     return await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, group)
 
 
+async def try_lock_groups(conn: asyncpg.Connection, groups: Sequence[int]) -> list[bool]:
+    """try_lock_group for each of `groups`, in one round trip: whether each lock was taken."""
+    rows = await conn.fetch(
+        "SELECT pg_try_advisory_lock($1, g) FROM unnest($2::int[]) WITH ORDINALITY AS t(g, i) ORDER BY i",
+        LOCK_NAMESPACE, list(groups),
+    )
+    return [r[0] for r in rows]
+
+
 async def lock_group_wait(conn: asyncpg.Connection, group: int) -> None:
     await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_NAMESPACE, group)
 
 
 async def unlock_group(conn: asyncpg.Connection, group: int) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, group)
+
+
+async def unlock_groups(conn: asyncpg.Connection, groups: Sequence[int]) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1, g) FROM unnest($2::int[]) AS g", LOCK_NAMESPACE, list(groups))
 
 
 async def processed(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, Processed]:
@@ -100,23 +113,26 @@ async def lock_cumulatives(
     return out
 
 
-async def insert_processed(conn: asyncpg.Connection, rows: Sequence[Processed]) -> set[str]:
-    """Insert idempotency records; returns the event ids actually inserted (new ones)."""
+async def insert_processed(conn: asyncpg.Connection, rows: Sequence[Processed]) -> int:
+    """Insert idempotency records; returns how many were new (one processed before is skipped by
+    its primary key). A count, not the ids: the caller only compares it with len(rows), and a
+    thousand returned rows cost asyncpg a Record each."""
     if not rows:
-        return set()
+        return 0
     cols = list(zip(*[
         (r.event_id, r.kind, r.customer_id, r.period, r.spend_micros, r.wallet_micros,
          r.invoice_micros, r.hold_id, r.actual_tokens, r.correlation_id) for r in rows
     ]))
-    inserted = await conn.fetch(
-        """INSERT INTO processed_events (event_id, kind, customer_id, period, spend_micros,
-               wallet_micros, invoice_micros, hold_id, actual_tokens, correlation_id)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
-               $6::int8[], $7::int8[], $8::text[], $9::int8[], $10::text[])
-           ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+    return await conn.fetchval(
+        """WITH ins AS (
+             INSERT INTO processed_events (event_id, kind, customer_id, period, spend_micros,
+                 wallet_micros, invoice_micros, hold_id, actual_tokens, correlation_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                 $6::int8[], $7::int8[], $8::text[], $9::int8[], $10::text[])
+             ON CONFLICT (event_id) DO NOTHING RETURNING 1)
+           SELECT count(*) FROM ins""",
         *[list(c) for c in cols],
     )
-    return {r[0] for r in inserted}
 
 
 async def copy_lines(conn: asyncpg.Connection, lines: Sequence[tuple]) -> None:

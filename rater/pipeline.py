@@ -11,16 +11,18 @@ Exactly once, with at-least-once delivery in:
   crash between the PostgreSQL commit and the Redis settle.
 - The caller acknowledges the bus only after both; a crash before that redelivers the batch.
 
-Concurrency: customers fall into ledger.LOCK_GROUPS lock groups; a batch is split by group and
-each sub-batch is rated under a session advisory lock on its group, held from before the
-idempotency check until after the Redis settle. Two consumers rating the same customer (Redis
-Streams hands any entry to any consumer; a Kafka rebalance can too) therefore serialise, and the
-wallet balance read for hybrid routing already includes every earlier sub-batch's debits, while
-sub-batches of different groups run in parallel (other consumers, and `lanes` connections of this
-one). Residual gap, documented: if a rater dies between its commit and its settle, another
-consumer can rate that customer before the dead one's batch is redelivered and settled, and route
-against a wallet not yet debited; the wallet can then end below zero by up to that batch's debit
-(the charges are right, only the wallet/invoice split of a hybrid customer is affected).
+Concurrency: customers fall into ledger.LOCK_GROUPS lock groups; a batch is split by group, and
+each lane takes the session advisory locks of the free groups (up to its share of the batch's
+groups) and rates their sub-batches in one transaction, the locks held from before the
+idempotency check until after the Redis settle; a lane waits for a lock only while it holds
+none. Two consumers rating the same customer (Redis Streams hands any entry to any consumer; a
+Kafka rebalance can too) therefore serialise, and the wallet balance read for hybrid routing
+already includes every earlier sub-batch's debits, while sub-batches of different groups run in
+parallel (other consumers, and `lanes` connections of this one). Residual gap, documented: if a
+rater dies between its commit and its settle, another consumer can rate that customer before the
+dead one's batch is redelivered and settled, and route against a wallet not yet debited; the
+wallet can then end below zero by up to that batch's debit (the charges are right, only the
+wallet/invoice split of a hybrid customer is affected).
 """
 from __future__ import annotations
 
@@ -35,10 +37,10 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import dead_letters, holds, ledger
+from rater import dead_letters, holds, ledger, redis_raw
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
-from rater.pricing import InvalidMeasurementError, RatingError, UnknownMetricError
+from rater.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
 from rater.settlement import SettleItem, SettleResult, record_promotions, settle
 from rater.stages.pipeline import run_event
 from tollgate.keys import CustomerKeys
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 KINDS = ("usage", "decision", "fail_open")
 # Measurements that count against the tokens/min limit (the enforcer's estimate uses the same).
 TOKEN_METRICS = ("input_tokens", "output_tokens")
+MAX_CACHED_CUMULATIVES = 50_000  # (customer, period) states kept between batches (a few hundred bytes each)
 
 
 class ConcurrentRating(RuntimeError):
@@ -77,6 +80,7 @@ class Event:
     id: str
     kind: str
     period: str = ""
+    current: str = ""  # the customer's current period (its plan's billing anchor day), set by assign_periods
     measurements: dict[str, int] = field(default_factory=dict)
     customer: Customer | None = None
 
@@ -108,17 +112,37 @@ def _dead(raw: bytes, reason: str, detail: str, body: dict | None = None) -> Dea
     return DeadLetter(eid, cid, reason, detail, raw)
 
 
-def parse_period(ts: object) -> str:
-    """Period of an event time: ISO 8601 text (fast path for UTC) or epoch seconds/milliseconds."""
+def parse_period(ts: object, anchor_day: int = 1) -> str:
+    """Period of an event time: ISO 8601 text (fast path for UTC calendar months) or epoch
+    seconds/milliseconds; `anchor_day` is the plan's billing anchor (tollgate.periods)."""
     if isinstance(ts, str):
-        if len(ts) >= 20 and ts[4] == "-" and ts[7] == "-" and (ts.endswith("Z") or ts.endswith("+00:00")):
+        if anchor_day == 1 and len(ts) >= 20 and ts[4] == "-" and ts[7] == "-" and (ts.endswith("Z") or ts.endswith("+00:00")):
             y, m = ts[0:4], ts[5:7]
             if y.isdigit() and m.isdigit() and "01" <= m <= "12":
                 return y + m
-        return period_of(datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(timezone.utc))
+        return period_of(datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(timezone.utc), anchor_day)
     if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-        return period_of(ts / 1000 if ts > 1e11 else ts)
+        return period_of(ts / 1000 if ts > 1e11 else ts, anchor_day)
     raise ValueError(f"timestamp {ts!r} is not an ISO 8601 time or epoch number")
+
+
+def assign_periods(events: Sequence[Event], now: float, now_period: str) -> None:
+    """Once customers are known: each event's `current` period, and a usage event's own period,
+    by its customer's plan anchor day. decode() already gave calendar-month periods (anchor 1);
+    an anchored plan's are recomputed the same way: the event's timestamp, never later than the
+    customer's current period."""
+    current = {1: now_period}
+    for e in events:
+        if e.customer is None:
+            continue
+        anchor = e.customer.plan.billing_anchor_day
+        cur = current.get(anchor)
+        if cur is None:
+            cur = current[anchor] = period_of(now, anchor)
+        e.current = cur
+        if anchor != 1 and e.kind == "usage":
+            ts = e.body.get("timestamp") or e.body.get("received_at") or now
+            e.period = min(parse_period(ts, anchor), cur)
 
 
 def decompose(measurements: object) -> dict[str, int]:
@@ -167,7 +191,10 @@ def decode(index: int, raw: bytes, now_period: str) -> Event | DeadLetter:
 
 
 def actual_tokens(measurements: dict[str, int]) -> int:
-    return sum(measurements.get(m, 0) for m in TOKEN_METRICS)
+    total = 0
+    for m in TOKEN_METRICS:
+        total += measurements.get(m, 0)
+    return total
 
 
 # --------------------------------------------------------------------------- customers
@@ -251,6 +278,11 @@ class Pipeline:
         self.redis = redis
         self.lanes = lanes
         self.directory = Directory(cache_ttl_s)
+        # (customer, period) -> the engine's Cumulatives after our last rating of it: reused when
+        # PostgreSQL (read under the lock) has exactly these quantities, so the engine does not
+        # re-price the customer's period once per transaction (~2 µs per event). Never trusted
+        # otherwise: another rater's or a rolled-back write shows as different quantities.
+        self._cumulatives: dict[tuple[str, str], Cumulatives] = {}
 
     async def process_raw(self, raws: Sequence[bytes], *, now: float | None = None,
                           record_dead: bool = True) -> BatchResult:
@@ -273,6 +305,7 @@ class Pipeline:
 
         async with self.pool.acquire() as conn:
             await self.directory.resolve(conn, events)
+        assign_periods(events, now, now_period)
         groups: dict[int, list[Event]] = defaultdict(list)
         decisions: list[Event] = []
         for ev in events:
@@ -284,18 +317,23 @@ class Pipeline:
                 groups[ledger.lock_group(ev.customer.id)].append(ev)
 
         todo, claimed = sorted(groups), set()
+        lanes = min(self.lanes, len(todo))
+        # Groups per transaction: fewer transactions pay their fixed costs less often, but a lane
+        # that holds many groups makes other raters' lanes wait. With two rater processes, 2 of 8
+        # per lane measured best (12.6k events/s; 1: 7.7-11.3k, 4: 8.3-9.9k): all four lanes work.
+        share = -(-len(todo) // (2 * lanes)) if lanes else 0
 
         async def lane() -> None:
             async with self.pool.acquire() as conn:
-                while (g := await self._claim(conn, todo, claimed)) is not None:
+                while got := await self._claim(conn, todo, claimed, share):
                     try:
-                        await self._locked(conn, res, groups[g], now, now_period)
+                        await self._locked(conn, res, [e for g in got for e in groups[g]], now, now_period)
                     finally:
-                        await ledger.unlock_group(conn, g)
+                        await ledger.unlock_groups(conn, got)
 
         try:
             async with asyncio.TaskGroup() as tg:  # a failing lane cancels the others
-                for _ in range(min(self.lanes, len(todo))):
+                for _ in range(lanes):
                     tg.create_task(lane())
         except BaseExceptionGroup as eg:  # callers retry the batch on any one failure
             raise eg.exceptions[0] from eg
@@ -310,21 +348,44 @@ class Pipeline:
         return res
 
     @staticmethod
-    async def _claim(conn, todo: list[int], claimed: set[int]) -> int | None:
-        """Lock a lock group nobody holds, else wait for one; None when all are taken by our lanes.
-        `claimed` is marked before each await, so two lanes never take the same group."""
-        for g in [g for g in todo if g not in claimed]:
-            claimed.add(g)
-            if await ledger.try_lock_group(conn, g):
-                todo.remove(g)
-                return g
-            claimed.discard(g)
-        for g in [g for g in todo if g not in claimed]:
-            claimed.add(g)
-            todo.remove(g)
-            await ledger.lock_group_wait(conn, g)  # another consumer has it: queue behind it
-            return g
-        return None
+    async def _claim(conn, todo: list[int], claimed: set[int], share: int) -> list[int]:
+        """Lock up to `share` lock groups nobody holds, else wait for one (then also take up to
+        share - 1 that are free); [] when all are taken by our lanes. The groups taken are rated
+        in one transaction: its fixed costs (lock, BEGIN, five statements, COMMIT, settle round
+        trip, unlock: ~7 µs per event in all with a group each) are paid once for all of them.
+
+        `claimed` is marked before each await, so two lanes never take the same group, and a lane
+        waits only while it holds no lock, so two raters never wait for each other."""
+        got = await Pipeline._try_lock(conn, todo, claimed, share)
+        if got:
+            return got
+        free = [g for g in todo if g not in claimed]
+        if not free:
+            return []
+        g = free[0]
+        claimed.add(g)
+        todo.remove(g)
+        await ledger.lock_group_wait(conn, g)  # another consumer has it: queue behind it
+        return [g, *await Pipeline._try_lock(conn, todo, claimed, share - 1)]
+
+    @staticmethod
+    async def _try_lock(conn, todo: list[int], claimed: set[int], n: int) -> list[int]:
+        """Up to n unclaimed groups of `todo` whose locks were free (taken without waiting)."""
+        got: list[int] = []
+        tried: set[int] = set()
+        while len(got) < n:
+            candidates = [g for g in todo if g not in claimed and g not in tried][:n - len(got)]
+            if not candidates:
+                break
+            claimed.update(candidates)
+            tried.update(candidates)
+            for g, locked in zip(candidates, await ledger.try_lock_groups(conn, candidates)):
+                if locked:
+                    todo.remove(g)
+                    got.append(g)
+                else:  # another consumer holds it
+                    claimed.discard(g)
+        return got
 
     async def _locked(self, conn, res: BatchResult, rated: list[Event], now: float, now_period: str) -> None:
         """One lock group's events, its lock held: price, commit, settle, record.
@@ -336,16 +397,17 @@ class Pipeline:
         """
         replay_items: list[SettleItem] = []
         replay_results: list[SettleResult] = []
+        current = {e.customer.id: e.current for e in rated}  # for promotions: anchored periods
         rows = await self._rate_and_commit(conn, res, rated, now_period, optimistic=True)
         if rows is None:
             done = await ledger.processed(conn, [e.id for e in rated])
             replay_items = [_settle_item(p) for p in done.values() if p.kind == "usage"]
-            replay_results = await settle(self.redis, replay_items, now=now) if replay_items else []
+            replay_results = await settle(self.redis, replay_items, now=now, current_periods=current) if replay_items else []
             res.replayed += len(done)
             rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done], now_period,
                                                optimistic=False)
         items = [_settle_item(p) for p in rows if p.kind == "usage"]
-        results = await settle(self.redis, items, now=now) if items else []
+        results = await settle(self.redis, items, now=now, current_periods=current) if items else []
         await self._record_settlement(conn, replay_items + items, replay_results + results)
 
     async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event], now_period: str,
@@ -362,14 +424,17 @@ class Pipeline:
         try:
             async with conn.transaction():
                 cums = await ledger.lock_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
+                for key, quantities in cums.items():
+                    known = self._cumulatives.get(key)
+                    if known is not None and known == quantities:
+                        cums[key] = known
                 for e in new:
                     if e.kind == "fail_open":
-                        rows.append(Processed(e.id, "fail_open", e.customer.id, now_period, 0, 0, 0, None, 0, None))
+                        rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
                         part.fail_open += 1
                     else:
                         self._rate(e, cums, wallets, rows, lines, changed, part)
-                inserted = await ledger.insert_processed(conn, rows)
-                if len(inserted) != len(rows):
+                if await ledger.insert_processed(conn, rows) != len(rows):
                     raise _AlreadyProcessed
                 await ledger.copy_lines(conn, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
@@ -377,12 +442,16 @@ class Pipeline:
             if optimistic:
                 return None
             raise ConcurrentRating("events were recorded by another writer meanwhile") from None
+        if len(self._cumulatives) > MAX_CACHED_CUMULATIVES:
+            self._cumulatives.clear()
+        self._cumulatives.update((k, c) for k, c in cums.items() if isinstance(c, Cumulatives))
         res.rated += part.rated
         res.fail_open += part.fail_open
         res.spend_micros += part.spend_micros
-        for i, d in enumerate(part.dead_by_index):
-            if d is not None:
-                res.add_dead(i, d)
+        if part.dead:
+            for i, d in enumerate(part.dead_by_index):
+                if d is not None:
+                    res.add_dead(i, d)
         return rows
 
     def _rate(self, e: Event, cums, wallets: dict[str, int], rows, lines, changed, res: BatchResult) -> None:
@@ -430,7 +499,7 @@ class Pipeline:
 
     async def _late_events(self, conn, new: list[Event], now_period: str) -> None:
         """A usage event of a period already closed (invoiced) is billed in the current period."""
-        late = {(e.customer.id, e.period) for e in new if e.kind == "usage" and e.period < now_period}
+        late = {(e.customer.id, e.period) for e in new if e.kind == "usage" and e.period < e.current}
         if not late:
             return
         closed = {tuple(r) for r in await conn.fetch(
@@ -440,7 +509,7 @@ class Pipeline:
         )}
         for e in new:
             if (e.customer.id if e.customer else None, e.period) in closed:
-                e.period = now_period
+                e.period = e.current
 
     async def _wallets(self, customer_ids: set[str]) -> dict[str, int]:
         """Prepaid balances of hybrid customers (holds are not subtracted: this settlement
@@ -448,10 +517,16 @@ class Pipeline:
         if not customer_ids:
             return {}
         ids = sorted(customer_ids)
-        async with self.redis.pipeline(transaction=False) as p:
-            for c in ids:
-                p.get(CustomerKeys(c).wallet)
-            values = await p.execute()
+        if redis_raw.supported(self.redis):  # a GET per customer, hiredis-packed in one write
+            values = await redis_raw.execute(self.redis, [("GET", CustomerKeys(c).wallet) for c in ids])
+            for v in values:
+                if isinstance(v, Exception):
+                    raise v
+        else:
+            async with self.redis.pipeline(transaction=False) as p:
+                for c in ids:
+                    p.get(CustomerKeys(c).wallet)
+                values = await p.execute()
         return {c: int(v or 0) for c, v in zip(ids, values)}
 
     async def _record_settlement(self, conn, items: list[SettleItem], results: list[SettleResult]) -> None:

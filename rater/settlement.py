@@ -10,17 +10,20 @@ idempotent by event id, so a crash anywhere and the redelivery that follows chan
 
 The items of one call go out as one pipeline (one round trip); the scripts still run one by one,
 each atomic, each touching one customer's keys only, so this works unchanged on Redis Cluster.
+The pipeline is packed by hiredis and read by the connection's parser (rater.redis_raw): ~4 µs
+of client CPU per event instead of ~25 through redis-py's pipeline.
 """
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from redis.exceptions import NoScriptError
 
 import lua
+from rater import redis_raw
 from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
@@ -31,8 +34,10 @@ SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for
 _PERIOD = re.compile(r"^\d{4}(0[1-9]|1[0-2])$")
 
 
-@dataclass(frozen=True)
-class SettleItem:
+# NamedTuples: immutable, and ~4x cheaper to build than frozen dataclasses (one of each per event).
+
+
+class SettleItem(NamedTuple):
     customer_id: str
     event_id: str
     period: str  # 'YYYYMM' of the event
@@ -42,8 +47,7 @@ class SettleItem:
     actual_tokens: int  # tokens actually used (for the tokens/min correction)
 
 
-@dataclass(frozen=True)
-class SettleResult:
+class SettleResult(NamedTuple):
     event_id: str
     replayed: bool  # already settled before: nothing changed now
     hold_released_micros: int
@@ -53,26 +57,34 @@ class SettleResult:
     promoted_to: str | None
 
 
-async def settle(redis, items: Sequence[SettleItem], *, now: float | None = None) -> list[SettleResult]:
+async def settle(redis, items: Sequence[SettleItem], *, now: float | None = None,
+                 current_periods: Mapping[str, str] | None = None) -> list[SettleResult]:
     """Settle each item atomically, in order; results in the same order.
 
-    `now` (epoch seconds) only decides which period is current: an event of an earlier period
-    adds to that period's spend but never promotes the current tier. On an error the call
-    raises after the pipeline ran: some items may be settled, and retrying the whole batch is
-    safe because settled ones replay.
+    Only an event of its customer's current period may promote the tier; one of an earlier
+    period adds to that period's spend and nothing more. The current period is the customer's
+    entry in `current_periods` (its plan's billing anchor), else the calendar month of `now`.
+    On an error the call raises after the pipeline ran: some items may be settled, and retrying
+    the whole batch is safe because settled ones replay.
     """
     for item in items:
         _validate(item)
     if not items:
         return []
     current = period_of(time.time() if now is None else now)
-    calls = [_call(item, current) for item in items]
+    customer_keys: dict[str, CustomerKeys] = {}  # a batch has several events per customer
+    calls = []
+    for item in items:
+        k = customer_keys.get(item.customer_id)
+        if k is None:
+            k = customer_keys[item.customer_id] = CustomerKeys(item.customer_id)
+        cur = current_periods.get(item.customer_id, current) if current_periods else current
+        calls.append(_call(k, item, cur))
     replies = await eval_many(redis, lua.load("settle"), calls)
     return [_result(item, reply) for item, reply in zip(items, replies)]
 
 
-def _call(item: SettleItem, current_period: str) -> tuple[list[str], list[str | int]]:
-    k = CustomerKeys(item.customer_id)
+def _call(k: CustomerKeys, item: SettleItem, current_period: str) -> tuple[list[str], list[str | int]]:
     keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(item.period), k.settled(item.event_id)]
     args = [item.hold_id or "", item.wallet_debit_micros, item.spend_micros, item.actual_tokens,
             MARKER_TTL_MS, SPEND_TTL_MS, 1 if item.period >= current_period else 0]
@@ -99,15 +111,9 @@ def _s(v) -> str:
 
 def _result(item: SettleItem, reply: list) -> SettleResult:
     replayed, released, wallet, spend, frm, to = reply
-    return SettleResult(
-        event_id=item.event_id,
-        replayed=bool(int(replayed)),
-        hold_released_micros=int(_s(released)),
-        wallet_after_micros=int(_s(wallet)),
-        spend_after_micros=int(_s(spend)),
-        promoted_from=_s(frm) or None,
-        promoted_to=_s(to) or None,
-    )
+    # int() takes the decimal bytes Redis sends as they are; from/to are '' unless promoted
+    return SettleResult(item.event_id, bool(int(replayed)), int(released), int(wallet), int(spend),
+                        _s(frm) or None, _s(to) or None)
 
 
 async def eval_many(redis, script: lua.Script, calls: Sequence[tuple[list, list]]) -> list:
@@ -127,6 +133,9 @@ async def eval_many(redis, script: lua.Script, calls: Sequence[tuple[list, list]
 
 
 async def _pipeline(redis, sha: str, calls: Sequence[tuple[list, list]]) -> list:
+    """The EVALSHA replies in order, error replies as their exceptions."""
+    if redis_raw.supported(redis):
+        return await redis_raw.execute(redis, [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
     async with redis.pipeline(transaction=False) as p:
         for keys, args in calls:
             p.evalsha(sha, len(keys), *keys, *args)

@@ -8,6 +8,10 @@ pending list until XACK. Recovery, in the order a poll tries it:
 3. new entries ('>').
 A slow consumer whose entries are claimed meanwhile causes a second delivery, which the pipeline's
 idempotency absorbs.
+
+XREADGROUP and XACK, once per batch each, go through rater.redis_raw: redis-py's packing of a
+thousand ids and its parsing of a thousand entries (into dicts, via its RESP3 -> RESP2 legacy
+conversion) cost ~3 µs per event.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from rater import redis_raw
 from rater.consumers import Message
 from tollgate.keys import EVENTS_STREAM
 
@@ -97,13 +102,26 @@ class RedisStreamConsumer:
 
     async def _read(self, from_id: bytes, count: int, block_ms: int | None) -> tuple[list[Message], bytes | None]:
         """Messages read and the id of the last entry seen (None when there was none)."""
-        reply = await self.redis.xreadgroup(self.group, self.name, {self.stream: from_id}, count=count, block=block_ms)
+        if redis_raw.supported(self.redis):
+            block = ("BLOCK", block_ms) if block_ms is not None else ()
+            (reply,) = await redis_raw.execute(self.redis, [(
+                "XREADGROUP", "GROUP", self.group, self.name, "COUNT", count, *block, "STREAMS", self.stream, from_id)])
+            if isinstance(reply, Exception):
+                raise reply
+            # unparsed: {stream: entries} (RESP3) or [[stream, entries]] (RESP2), None on timeout;
+            # an entry is [id, [field, value, ...]], fields None when it was deleted meanwhile
+            streams = reply.items() if isinstance(reply, dict) else reply or ()
+        else:
+            streams = await self.redis.xreadgroup(self.group, self.name, {self.stream: from_id},
+                                                  count=count, block=block_ms) or ()
         out: list[Message] = []
         dead: list[bytes] = []
         last = None
-        for _stream, entries in reply or ():
+        for _stream, entries in streams:
             for entry_id, fields in entries:
                 last = entry_id
+                if isinstance(fields, list):
+                    fields = dict(zip(fields[::2], fields[1::2]))
                 value = payload(fields)
                 if value is None:
                     dead.append(entry_id)
@@ -142,7 +160,13 @@ class RedisStreamConsumer:
 
     async def ack(self, messages: list[Message]) -> None:
         if messages:
-            await self.redis.xack(self.stream, self.group, *[m.token for m in messages])
+            ids = [m.token for m in messages]
+            if redis_raw.supported(self.redis):
+                (reply,) = await redis_raw.execute(self.redis, [("XACK", self.stream, self.group, *ids)])
+                if isinstance(reply, Exception):
+                    raise reply
+            else:
+                await self.redis.xack(self.stream, self.group, *ids)
         if self.trim_every_s and time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + self.trim_every_s
             await self.trim()

@@ -1,8 +1,8 @@
 """Pricing engine: one module per charge model, `engine` combines them for a plan.
 
 Public API (see engine): rate_event, rate_period, close_period, charge_amounts, period_subtotal;
-types ChargeLine, TierLine, RatedEvent; errors RatingError (UnknownMetricError,
-InvalidMeasurementError, StateError) for the dead-letter table.
+types ChargeLine, TierLine, RatedEvent, Cumulatives (the state rate_event returns); errors
+RatingError (UnknownMetricError, InvalidMeasurementError, StateError) for the dead-letter table.
 """
 from rater.pricing.base import (
     ChargeLine,
@@ -14,6 +14,7 @@ from rater.pricing.base import (
     UsageKey,
 )
 from rater.pricing.engine import (
+    Cumulatives,
     RatedEvent,
     charge_amounts,
     close_period,
@@ -26,6 +27,7 @@ from rater.pricing.engine import (
 
 __all__ = [
     "ChargeLine",
+    "Cumulatives",
     "InvalidMeasurementError",
     "RatedEvent",
     "RatingError",

@@ -2,11 +2,12 @@
 
 Prices and unrounded amounts are Decimal; amounts leave the engine as integer micros, rounded
 half-up (tollgate.money.to_micros) only at cumulative points, never per event (see engine).
+The per-event path prices with each model's `Pricer`, the same F as exact integer ratios
+(micros_ratio, round_ratio): no Decimal context, a few integer operations per line.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from decimal import (
     ROUND_HALF_UP,
     Context,
@@ -18,6 +19,10 @@ from decimal import (
     getcontext,
     localcontext,
 )
+from fractions import Fraction
+from typing import NamedTuple
+
+from tollgate.money import MICROS_PER_UNIT
 
 # (charge id, Charge.dimension_key(dimensions)): the unit usage is accumulated by in a period.
 UsageKey = tuple[str, str]
@@ -46,6 +51,25 @@ def round_micros(d: Decimal) -> int:
     return int(d.to_integral_value(rounding=ROUND_HALF_UP))
 
 
+def micros_ratio(amount: Decimal | int) -> Fraction:
+    """An amount in currency units -> the same amount in micros, as an exact ratio of integers
+    (a Decimal is n / 10**k, so nothing is lost)."""
+    return Fraction(amount) * MICROS_PER_UNIT
+
+
+def numerator_over(r: Fraction, d: int) -> int:
+    """n such that r == n / d, for d a multiple of r's denominator (a common denominator)."""
+    return r.numerator * (d // r.denominator)
+
+
+def round_ratio(n: int, d: int) -> int:
+    """n / d (d > 0) rounded half-up, ties away from zero: ROUND_HALF_UP, the rule of to_micros,
+    in integer arithmetic."""
+    if n >= 0:
+        return (2 * n + d) // (2 * d)
+    return -((d - 2 * n) // (2 * d))
+
+
 class RatingError(ValueError):
     """An event or state the engine cannot price; the rater sends the event to the dead letters."""
 
@@ -65,8 +89,11 @@ class StateError(RatingError):
     """A cumulative key that does not belong to the plan (e.g. the plan changed mid-period)."""
 
 
-@dataclass(frozen=True)
-class TierLine:
+# The line types are NamedTuples (immutable, as ledger lines must be): a frozen dataclass costs
+# ~1.5 µs to build, a NamedTuple ~0.35 µs, and every event makes a few.
+
+
+class TierLine(NamedTuple):
     """The part of one event (or period) that fell in one tier."""
 
     tier: int  # index in the pricing's tiers
@@ -76,8 +103,7 @@ class TierLine:
     amount_micros: int  # a difference of rounded cumulative amounts: sub-lines add up exactly
 
 
-@dataclass(frozen=True)
-class ChargeLine:
+class ChargeLine(NamedTuple):
     """One priced line of an event, a period close or a batch.
 
     kind: "usage" (a billed metric), "metered" (a composite's underlying metric: amount 0, kept

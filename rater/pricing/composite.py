@@ -19,6 +19,10 @@ def breakdown(pricing: Pricing, a: int, b: int) -> tuple[TierLine, ...]:
     return ()
 
 
+def pricer(pricing: Pricing) -> per_unit.Pricer:
+    return per_unit.Pricer(pricing)
+
+
 def metered_key(dimension_key: str, metric: str) -> str:
     """Dimension part of the usage key of a metered metric: (charge id, '<dim key>:<metric>').
 

@@ -9,12 +9,18 @@ order. The order decides which event pays which micro, never the total.
 State is passed in and returned: the caller stores the cumulatives (one int per usage key) with
 the ledger lines, in one transaction. Percentage and flat charges keep no state: their amounts are
 derived from the usage cumulatives (see charge_amounts).
+
+Two evaluations of the same F: the period close and batch (close_period, rate_period,
+charge_amounts) use the models' Decimal definitions, amount(pricing, q); the per-event path
+(rate_event, the rater's hot path) uses each model's Pricer, built once per plan (plan_pricing),
+and carries the period's costs from one event to the next in the Cumulatives it returns, so an
+event prices only the keys it moves. The property tests hold the two to each other: any events
+plus the close add up to the batch, line by line.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from rater.pricing import composite, flat, graduated, included, per_unit, percentage, volume
 from rater.pricing.base import (
@@ -29,7 +35,7 @@ from tollgate.money import to_micros
 from tollgate.plans import Charge, Plan, Pricing
 
 # Models priced by F(cumulative quantity): each module has amount(pricing, q) and
-# breakdown(pricing, a, b).
+# breakdown(pricing, a, b) (the definitions), and pricer(pricing) (the per-event form).
 USAGE_MODELS = {
     "per_unit": per_unit,
     "graduated": graduated,
@@ -39,10 +45,9 @@ USAGE_MODELS = {
 }
 
 
-@dataclass(frozen=True)
-class RatedEvent:
+class RatedEvent(NamedTuple):
     lines: tuple[ChargeLine, ...]
-    cumulative: dict[UsageKey, int]  # the period cumulatives after the event (the input is untouched)
+    cumulative: Cumulatives  # the period cumulatives after the event (the input is untouched)
     updates: dict[UsageKey, int]  # only the keys the event changed: what to upsert
     subtotal_before_micros: int  # the period's rated charges before the event (period_subtotal)
 
@@ -109,55 +114,170 @@ def _percentage_line(charge: Charge, base_before: int, base_after: int, amount: 
     )
 
 
-def _check_measurements(plan: Plan, measurements: Mapping[str, int]) -> None:
-    known = known_metrics(plan)
+def _check_measurements(known: frozenset[str], plan_id: str, measurements: Mapping[str, int]) -> None:
+    if not known.issuperset(measurements):
+        raise UnknownMetricError(next(m for m in measurements if m not in known), plan_id)
     for metric, value in measurements.items():
-        if metric not in known:
-            raise UnknownMetricError(metric, plan.id)
         # Negative corrections are refused: F is defined for cumulative q >= 0 and a credit is
         # a control-plane adjustment, not usage.
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidMeasurementError(f"measurement {metric!r}: {value!r} is not a whole number >= 0")
 
 
-@exact
+# --------------------------------------------------------------------------- the per-event path
+
+
+class _UsageCharge:
+    """A usage charge with a Pricer per dimension key."""
+
+    __slots__ = ("charge", "id", "model", "metric", "metered", "pricers")
+
+    def __init__(self, charge: Charge):
+        self.charge = charge
+        self.id, self.model, self.metric, self.metered = charge.id, charge.model, charge.metric, charge.metered
+        keys = ["default", *(f"override{i}" for i in range(len(charge.overrides)))]
+        self.pricers = {k: USAGE_MODELS[charge.model].pricer(pricing_for_key(charge, k)) for k in keys}
+
+    def pricer(self, dimension_key: str):
+        p = self.pricers.get(dimension_key)
+        if p is None:  # not a key this plan makes: StateError, unless pricing_for_key accepts it
+            p = USAGE_MODELS[self.model].pricer(pricing_for_key(self.charge, dimension_key))
+        return p
+
+
+class PlanPricing:
+    """What rate_event needs of a plan, computed once per Plan object (plan_pricing)."""
+
+    __slots__ = ("plan", "usage", "by_id", "percentages", "known_metrics")
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.usage = tuple(_UsageCharge(c) for c in plan.charges if c.model in USAGE_MODELS)
+        self.by_id = {u.id: u for u in self.usage}
+        self.percentages = tuple(c for c in plan.charges if c.model == "percentage")
+        self.known_metrics = frozenset(known_metrics(plan))
+
+
+_PLAN_PRICING: dict[int, tuple[Plan, PlanPricing]] = {}
+_PLAN_PRICING_MAX = 256
+
+
+def plan_pricing(plan: Plan) -> PlanPricing:
+    """The PlanPricing of `plan`, cached by identity: a Plan is immutable and the rater keeps one
+    object per (plan id, version) (rater.pipeline.Directory), so this is a cache by id + version
+    that cannot confuse two documents under one id (tests make many). The entry holds the plan,
+    so its id() is not reused while cached; the oldest entry goes first beyond _PLAN_PRICING_MAX."""
+    hit = _PLAN_PRICING.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    pp = PlanPricing(plan)
+    if len(_PLAN_PRICING) >= _PLAN_PRICING_MAX:
+        del _PLAN_PRICING[next(iter(_PLAN_PRICING))]
+    _PLAN_PRICING[id(plan)] = (plan, pp)
+    return pp
+
+
+class Cumulatives(dict):
+    """The period cumulatives rate_event returns: UsageKey -> quantity, read-only, carrying what
+    they cost under `plan`: `key_micros` (round(F(q)) of each billed key), `amounts` (open
+    per-charge micros, as charge_amounts) and their sum `subtotal_micros`.
+
+    Passed back as the next event's `cumulative`, it saves re-pricing every key of the period on
+    each event (the subtotal before the event, and F(a) of the keys it moves, are known). It is
+    read-only because changing a quantity would leave those costs wrong: copy with dict(c). Any
+    other mapping (e.g. rows read from PostgreSQL) is validated and priced once instead."""
+
+    __slots__ = ("plan", "key_micros", "amounts", "subtotal_micros")
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("Cumulatives are read-only (their costs are computed from them): copy with dict(...)")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    @classmethod
+    def _make(cls, quantities: dict[UsageKey, int], plan: Plan, key_micros: dict[UsageKey, int],
+              amounts: dict[str, int], subtotal_micros: int) -> Cumulatives:
+        c = cls(quantities)
+        c.plan, c.key_micros, c.amounts, c.subtotal_micros = plan, key_micros, amounts, subtotal_micros
+        return c
+
+
+def _costs(pp: PlanPricing, cumulative: Mapping[UsageKey, int]) -> tuple[dict[UsageKey, int], dict[str, int], int]:
+    """(micros per billed key, open amounts per charge, their sum) of a period's cumulatives."""
+    if type(cumulative) is Cumulatives and cumulative.plan is pp.plan:
+        return cumulative.key_micros, cumulative.amounts, cumulative.subtotal_micros
+    keys = _billed_keys(pp.plan, cumulative)  # StateError for a key or quantity the plan cannot have
+    key_micros: dict[UsageKey, int] = {}
+
+    def usage_micros(c: Charge) -> int:
+        u, total = pp.by_id[c.id], 0
+        for k, q in keys.get(c.id, ()):
+            total += (m := u.pricer(k).micros(q))
+            key_micros[(c.id, k)] = m
+        return total
+
+    amounts = _amounts(pp.plan, usage_micros, closed=False)
+    return key_micros, amounts, sum(amounts.values())
+
+
 def rate_event(
     plan: Plan,
     dimensions: Mapping[str, Any],
     measurements: Mapping[str, int],
     cumulative: Mapping[UsageKey, int],
 ) -> RatedEvent:
-    """Price one event: one line per charge it moves (zero quantities give no line)."""
-    _check_measurements(plan, measurements)
+    """Price one event: one line per charge it moves (zero quantities give no line).
+
+    Only the charges whose metric the event measures are evaluated, each at one point (F(b);
+    F(a) is carried in `cumulative` when it is the Cumulatives of the previous event)."""
+    pp = plan_pricing(plan)
+    _check_measurements(pp.known_metrics, plan.id, measurements)
+    key_micros, amounts, subtotal_before = _costs(pp, cumulative)
     after = dict(cumulative)
+    key_micros_after = dict(key_micros)
+    amounts_after = dict(amounts)
     updates: dict[UsageKey, int] = {}
     lines: list[ChargeLine] = []
-    for c in plan.charges:
-        if c.model not in USAGE_MODELS:
-            continue
-        dim_key = c.dimension_key(dimensions)
-        q = measurements.get(c.metric, 0)
+    for u in pp.usage:
+        q = measurements.get(u.metric, 0)
+        if not q and not u.metered:
+            continue  # the event does not move this charge
+        dim_key = u.charge.dimension_key(dimensions) if u.charge.overrides else "default"
         if q:
-            key = (c.id, dim_key)
+            key = (u.id, dim_key)
             a = after.get(key, 0)
-            lines.append(_usage_line(c, dim_key, c.pricing_for(dimensions), a, a + q))
-            after[key] = updates[key] = a + q
-        for metric in c.metered:
+            b = a + q
+            pricer = u.pricer(dim_key)
+            fa, fb = key_micros.get(key, 0), pricer.micros(b)  # F(0) = 0 for a key not used yet
+            tiers = pricer.breakdown(a, b, fa, fb)
+            if not tiers:
+                unit_price = pricer.unit_price
+            else:
+                unit_price = tiers[0].unit_price if len(tiers) == 1 else None
+            lines.append(ChargeLine(u.id, u.model, "usage", u.metric, dim_key, q, unit_price, fb - fa, tiers, b))
+            after[key] = updates[key] = b
+            key_micros_after[key] = fb
+            amounts_after[u.id] += fb - fa
+        for metric in u.metered:
             q = measurements.get(metric, 0)
             if q:
-                key = (c.id, composite.metered_key(dim_key, metric))
+                key = (u.id, composite.metered_key(dim_key, metric))
                 after[key] = updates[key] = after.get(key, 0) + q
-                lines.append(_metered_line(c, dim_key, metric, q, after[key]))
-    before_amounts = charge_amounts(plan, cumulative)
-    pct = [c for c in plan.charges if c.model == "percentage"]
-    if pct and updates:
-        after_amounts = charge_amounts(plan, after)
-        for c in pct:
-            b0 = sum(before_amounts[x] for x in c.base_charges)
-            b1 = sum(after_amounts[x] for x in c.base_charges)
+                lines.append(_metered_line(u.charge, dim_key, metric, q, after[key]))
+    if pp.percentages and updates:
+        for c in pp.percentages:  # plan order: a base is an earlier charge, already updated
+            b0 = sum(amounts[x] for x in c.base_charges)
+            b1 = sum(amounts_after[x] for x in c.base_charges)
             if b1 != b0:
-                lines.append(_percentage_line(c, b0, b1, after_amounts[c.id] - before_amounts[c.id]))
-    return RatedEvent(tuple(lines), after, updates, sum(before_amounts.values()))
+                amounts_after[c.id] = percentage.amount_micros(c, b1)
+                lines.append(_percentage_line(c, b0, b1, amounts_after[c.id] - amounts[c.id]))
+    lines = tuple(lines)
+    subtotal_after = subtotal_before + sum([line.amount_micros for line in lines])  # == sum(amounts_after)
+    return RatedEvent(lines, Cumulatives._make(after, plan, key_micros_after, amounts_after, subtotal_after),
+                      updates, subtotal_before)
+
+
+# --------------------------------------------------------------------------- close and batch
 
 
 def _billed_keys(plan: Plan, cumulative: Mapping[UsageKey, int]) -> dict[str, list[tuple[str, int]]]:
@@ -180,26 +300,37 @@ def _billed_keys(plan: Plan, cumulative: Mapping[UsageKey, int]) -> dict[str, li
     return out
 
 
-@exact
-def charge_amounts(plan: Plan, cumulative: Mapping[UsageKey, int], closed: bool = False) -> dict[str, int]:
-    """Period-to-date micros of every charge, from the usage cumulatives alone.
-
-    Open (during the period): flat fees are 0 and percentage minimums not applied. Closed: the
-    flat fees are in and each percentage charge is at least its minimum. Evaluated in plan order:
-    a percentage's base charges are earlier charges (validated by tollgate.plans).
-    """
-    keys = _billed_keys(plan, cumulative)
+def _amounts(plan: Plan, usage_micros: Callable[[Charge], int], closed: bool) -> dict[str, int]:
+    """Micros of every charge given those of the usage charges: flat fees (0 until closed) and
+    percentages, in plan order (a percentage's base charges are earlier charges, validated by
+    tollgate.plans)."""
     amounts: dict[str, int] = {}
     for c in plan.charges:
         if c.model in USAGE_MODELS:
-            f = USAGE_MODELS[c.model].amount
-            amounts[c.id] = sum(to_micros(f(pricing_for_key(c, k), q)) for k, q in keys.get(c.id, ()))
+            amounts[c.id] = usage_micros(c)
         elif c.model == "flat":
             amounts[c.id] = flat.fee_micros(c) if closed else 0
         elif c.model == "percentage":
             base = sum(amounts[x] for x in c.base_charges)
             amounts[c.id] = percentage.closed_amount_micros(c, base) if closed else percentage.amount_micros(c, base)
     return amounts
+
+
+@exact
+def charge_amounts(plan: Plan, cumulative: Mapping[UsageKey, int], closed: bool = False) -> dict[str, int]:
+    """Period-to-date micros of every charge, from the usage cumulatives alone (the models'
+    Decimal definitions).
+
+    Open (during the period): flat fees are 0 and percentage minimums not applied. Closed: the
+    flat fees are in and each percentage charge is at least its minimum.
+    """
+    keys = _billed_keys(plan, cumulative)
+
+    def usage_micros(c: Charge) -> int:
+        f = USAGE_MODELS[c.model].amount
+        return sum(to_micros(f(pricing_for_key(c, k), q)) for k, q in keys.get(c.id, ()))
+
+    return _amounts(plan, usage_micros, closed)
 
 
 def period_subtotal(plan: Plan, cumulative: Mapping[UsageKey, int], closed: bool = False) -> int:

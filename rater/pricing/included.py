@@ -40,3 +40,8 @@ def split(pricing: Pricing, a: int, b: int) -> tuple[int, int]:
 
 def remaining(pricing: Pricing, q: int) -> int:
     return max(0, pricing.included_units - q)
+
+
+def pricer(pricing: Pricing) -> graduated.Pricer:
+    """The per-event form: the same two graduated tiers as `breakdown`."""
+    return graduated.Pricer(tiers(pricing), pricing.unit_price)

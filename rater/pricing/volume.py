@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from math import lcm
 
-from rater.pricing.base import TierLine, exact
+from rater.pricing.base import TierLine, exact, micros_ratio, numerator_over, round_ratio
 from tollgate.money import to_micros
 from tollgate.plans import PriceTier, Pricing
 
@@ -41,3 +42,46 @@ def breakdown(pricing: Pricing, a: int, b: int) -> tuple[TierLine, ...]:
     entered = a == 0 or tier_index(pricing.tiers, a) != i
     amt = to_micros(amount(pricing, b)) - to_micros(amount(pricing, a))
     return (TierLine(i, b - a, t.unit_price, t.flat_fee if entered else Decimal(0), amt),)
+
+
+_ZERO = Decimal(0)
+
+
+class Pricer:
+    """F of one pricing for the engine's per-event path: micros(q) == to_micros(amount(q)) and
+    breakdown(a, b, ...) == breakdown(pricing, a, b); each tier's price and fee precomputed in
+    micros as integer ratios."""
+
+    __slots__ = ("tiers", "unit_price", "_pieces")
+
+    def __init__(self, pricing: Pricing):
+        self.tiers = pricing.tiers
+        self.unit_price = pricing.unit_price
+        pieces = []  # (up or None, unit numerator, fee numerator, denominator)
+        for t in self.tiers:
+            unit, fee = micros_ratio(t.unit_price), micros_ratio(t.flat_fee)
+            d = lcm(unit.denominator, fee.denominator)
+            pieces.append((t.up_to, numerator_over(unit, d), numerator_over(fee, d), d))
+        self._pieces = tuple(pieces)
+
+    def micros(self, q: int) -> int:
+        if q <= 0:
+            return 0
+        for up, unit, fee, d in self._pieces:
+            if up is None or q <= up:
+                n = q * unit + fee
+                return n if d == 1 else round_ratio(n, d)
+        raise AssertionError("unreachable: the last tier is open")
+
+    def breakdown(self, a: int, b: int, fa: int, fb: int) -> tuple[TierLine, ...]:
+        """fa, fb: micros(a) and micros(b), which the caller has already."""
+        if b == a:
+            return ()
+        i = tier_index(self.tiers, b)
+        t = self.tiers[i]
+        entered = a == 0 or tier_index(self.tiers, a) != i
+        return (TierLine(i, b - a, t.unit_price, t.flat_fee if entered else _ZERO, fb - fa),)
+
+
+def pricer(pricing: Pricing) -> Pricer:
+    return Pricer(pricing)

@@ -6,8 +6,6 @@ included.split, and leaves the measurements unchanged so nothing is priced twice
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from rater.pricing import included
 from rater.pricing.engine import pricing_for_key
 from rater.stages.context import Allowance, RatingContext
@@ -32,4 +30,5 @@ def run(ctx: RatingContext) -> RatingContext:
             pricing = pricing_for_key(c, dim_key)
             inc, over = included.split(pricing, a, a + q)
             out.append(Allowance(c.id, dim_key, c.metric, inc, over, included.remaining(pricing, a + q)))
-    return replace(ctx, allowances=tuple(out))
+    ctx.allowances = tuple(out)
+    return ctx

@@ -7,8 +7,6 @@ blocking is the enforcer's job, before the request.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from rater.stages.context import RatingContext
 
 CAP_THRESHOLDS = (80, 100)  # percent of the spend cap
@@ -29,5 +27,6 @@ def cap_flags(before_micros: int, after_micros: int, cap_micros: int | None) -> 
 
 def run(ctx: RatingContext) -> RatingContext:
     up = true_up(ctx.plan.minimum_commit_micros, ctx.subtotal_after_micros) if ctx.mode != "event" else 0
-    flags = cap_flags(ctx.subtotal_before_micros, ctx.subtotal_after_micros, ctx.effective_spend_cap_micros)
-    return replace(ctx, commit_true_up_micros=up, cap_flags=flags)
+    ctx.commit_true_up_micros = up
+    ctx.cap_flags = cap_flags(ctx.subtotal_before_micros, ctx.subtotal_after_micros, ctx.effective_spend_cap_micros)
+    return ctx

@@ -1,10 +1,16 @@
-"""The value that flows through the pure rating stages; each stage returns an updated copy."""
+"""The value that flows through the pure rating stages.
+
+One context per run (run_event / run_close / run_batch make a new one): each stage fills in its
+own fields and returns the same object. It used to be frozen with a dataclasses.replace copy per
+stage, ~34 µs of the ~90 µs an event took; the runs stay pure functions of their inputs (the
+inputs are never changed, only this run's context).
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from rater.pricing.base import ChargeLine, UsageKey
 from tollgate.plans import Plan
@@ -12,8 +18,7 @@ from tollgate.plans import Plan
 MODES = ("event", "close", "batch")
 
 
-@dataclass(frozen=True)
-class Allowance:
+class Allowance(NamedTuple):  # immutable, and cheap to build (see rater.pricing.base)
     """Included units attributed by one event (or the period, in batch) for one usage key."""
 
     charge_id: str
@@ -24,7 +29,7 @@ class Allowance:
     remaining_units: int  # quota left after the event
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RatingContext:
     plan: Plan
     # event: one usage event; close: the period close (flat fees, minimums, commit true-up);
@@ -58,7 +63,7 @@ class RatingContext:
 
     @property
     def charges_micros(self) -> int:
-        return sum(line.amount_micros for line in self.lines)
+        return sum([line.amount_micros for line in self.lines])
 
     @property
     def gross_before_micros(self) -> int:

@@ -9,7 +9,6 @@ below zero and the period's net is never below zero.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from decimal import Decimal
 
 from rater.pricing.base import exact, round_micros
@@ -33,7 +32,11 @@ def net_after_discounts(discounts: Iterable[Discount], gross_micros: int) -> int
 
 
 def run(ctx: RatingContext) -> RatingContext:
-    n0 = net_after_discounts(ctx.plan.discounts, ctx.gross_before_micros)
-    n1 = net_after_discounts(ctx.plan.discounts, ctx.gross_after_micros)
-    disc = (ctx.gross_after_micros - n1) - (ctx.gross_before_micros - n0)
-    return replace(ctx, net_before_micros=n0, net_after_micros=n1, discount_micros=disc)
+    g0, g1 = ctx.gross_before_micros, ctx.gross_after_micros
+    if not ctx.plan.discounts:  # N(G) = G: skip the two Decimal evaluations
+        ctx.net_before_micros, ctx.net_after_micros, ctx.discount_micros = g0, g1, 0
+        return ctx
+    n0 = net_after_discounts(ctx.plan.discounts, g0)
+    n1 = net_after_discounts(ctx.plan.discounts, g1)
+    ctx.net_before_micros, ctx.net_after_micros, ctx.discount_micros = n0, n1, (g1 - n1) - (g0 - n0)
+    return ctx

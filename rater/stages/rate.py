@@ -1,10 +1,10 @@
 """Stage 2, rate: price the step with the engine and place it in the period's running subtotal.
 
-subtotal_after = subtotal_before + this step's lines exactly, because the lines telescope.
+subtotal_after = subtotal_before + this step's lines exactly, because the lines telescope. For an
+event, subtotal_before comes from the engine, which carries it with the cumulatives (no
+re-pricing of the period's other keys).
 """
 from __future__ import annotations
-
-from dataclasses import replace
 
 from rater.pricing import engine
 from rater.stages.context import RatingContext
@@ -23,11 +23,7 @@ def run(ctx: RatingContext) -> RatingContext:
         lines, after, updates = tuple(engine.rate_period(ctx.plan, ctx.cumulative)), dict(ctx.cumulative), {}
     else:
         raise ValueError(f"unknown mode {ctx.mode!r}")
-    return replace(
-        ctx,
-        lines=lines,
-        cumulative_after=after,
-        updates=updates,
-        subtotal_before_micros=before,
-        subtotal_after_micros=before + sum(line.amount_micros for line in lines),
-    )
+    ctx.lines, ctx.cumulative_after, ctx.updates = lines, after, updates
+    ctx.subtotal_before_micros = before
+    ctx.subtotal_after_micros = before + sum([line.amount_micros for line in lines])
+    return ctx

@@ -8,8 +8,6 @@ hybrid credit never turns invoiced usage into prepaid money.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from rater.stages.context import RatingContext
 
 
@@ -26,5 +24,6 @@ def split(mode: str, total_micros: int, wallet_available_micros: int) -> tuple[i
 
 
 def run(ctx: RatingContext) -> RatingContext:
-    wallet, invoice = split(ctx.effective_billing_mode, ctx.total_micros, ctx.wallet_available_micros)
-    return replace(ctx, wallet_micros=wallet, invoice_micros=invoice)
+    ctx.wallet_micros, ctx.invoice_micros = split(ctx.effective_billing_mode, ctx.total_micros,
+                                                  ctx.wallet_available_micros)
+    return ctx

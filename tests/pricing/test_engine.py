@@ -152,3 +152,34 @@ def test_batch_equals_events_plus_close():
     out = [l for l in batch if l.charge_id == "out"][0]
     assert out.quantity == 1002 and [t.quantity for t in out.tiers] == [100, 900, 2]
     assert [l for l in batch if l.kind == "metered"][0].quantity == 700 + 12345 + 1  # review input_tokens
+
+
+def test_cumulatives_carry_their_costs_and_are_read_only():
+    ev = rate_event(PLAN, {"model": "opus"}, {"input_tokens": 1000, "output_tokens": 150}, {})
+    cum = ev.cumulative
+    assert cum == {("in", "override0"): 1000, ("out", "default"): 150, ("review", "default:input_tokens"): 1000}
+    assert cum.subtotal_micros == ev.subtotal_after_micros == period_subtotal(PLAN, cum)
+    with pytest.raises(TypeError):
+        cum[("in", "override0")] = 5  # would leave the carried costs wrong
+    with pytest.raises(TypeError):
+        cum.update({("in", "default"): 1})
+    copy = dict(cum)
+    copy[("in", "default")] = 7  # a plain copy is priced from scratch
+    assert rate_event(PLAN, {}, {"input_tokens": 1}, copy).subtotal_before_micros == period_subtotal(PLAN, copy)
+
+
+def test_state_is_checked_when_it_is_not_the_engines_own():
+    with pytest.raises(StateError):  # e.g. usage left by an older plan version: a dead letter
+        rate_event(PLAN, {}, {"input_tokens": 1}, {("nope", "default"): 1})
+    other = make_plan([{"id": "x", "model": "per_unit", "metric": "input_tokens", "unit_price": "1"}])
+    foreign = rate_event(other, {}, {"input_tokens": 1}, {}).cumulative  # another plan's Cumulatives
+    with pytest.raises(StateError):
+        rate_event(PLAN, {}, {"input_tokens": 1}, foreign)
+
+
+def test_plans_with_the_same_id_are_priced_each_by_its_own_prices():
+    """The per-plan precomputation is cached by Plan object, never by id."""
+    one = make_plan([{"id": "t", "model": "per_unit", "metric": "t", "unit_price": "1"}])
+    two = make_plan([{"id": "t", "model": "per_unit", "metric": "t", "unit_price": "2"}])
+    assert one.id == two.id
+    assert [rate_event(p, {}, {"t": 3}, {}).amount_micros for p in (one, two, one)] == [3_000_000, 6_000_000, 3_000_000]

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rater.pricing import graduated, known_metrics, volume
+from rater.pricing.engine import USAGE_MODELS, pricing_for_key
 from rater.stages.pipeline import run_batch, run_close, run_event
 from tollgate.money import to_micros
 from tollgate.plans import PriceTier, Pricing, parse_plan
@@ -127,6 +128,10 @@ def test_sum_of_events_equals_batch_in_any_order(doc, data):
         steps, cum = [], {}
         for dims, m in order:
             ctx = run_event(plan, dims, m, cum, wallet_available_micros=wallet)
+            # the costs carried in ctx.cumulative_after (Cumulatives) equal a re-pricing from scratch
+            fresh = run_event(plan, dims, m, dict(cum), wallet_available_micros=wallet)
+            assert (fresh.lines, fresh.subtotal_before_micros, fresh.total_micros, fresh.wallet_micros) == (
+                ctx.lines, ctx.subtotal_before_micros, ctx.total_micros, ctx.wallet_micros)
             steps.append(ctx)
             cum = ctx.cumulative_after
         steps.append(run_close(plan, cum, wallet_available_micros=wallet))
@@ -180,3 +185,25 @@ def test_graduated_breakdown_pieces_add_up(tiers, cuts):
         event = to_micros(graduated.amount(p, b)) - to_micros(graduated.amount(p, a))
         assert sum(l.amount_micros for l in lines) == event
         assert all(l.quantity > 0 for l in lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=plan_docs(), qs=st.lists(st.integers(0, 4000), min_size=2, max_size=8))
+def test_each_pricer_is_its_models_definition(doc, qs):
+    """The per-event form (integer ratios) against the Decimal definition, at random points and at
+    every tier bound and its neighbours: micros(q) and the tier sub-lines of (a, b]."""
+    plan = parse_plan(doc)
+    for c in plan.charges:
+        if c.model not in USAGE_MODELS:
+            continue
+        module = USAGE_MODELS[c.model]
+        for key in ["default", *(f"override{i}" for i in range(len(c.overrides)))]:
+            p = pricing_for_key(c, key)
+            pricer = module.pricer(p)
+            bounds = [t.up_to for t in p.tiers if t.up_to is not None] + [p.included_units]
+            points = sorted({0, *qs, *(b + d for b in bounds for d in (-1, 0, 1) if b + d >= 0)})
+            for q in points:
+                assert pricer.micros(q) == to_micros(module.amount(p, q)), (c.model, q)
+            for a, b in zip(points, points[1:]):
+                fa, fb = pricer.micros(a), pricer.micros(b)
+                assert pricer.breakdown(a, b, fa, fb) == module.breakdown(p, a, b), (c.model, a, b)

@@ -151,3 +151,39 @@ async def test_giving_back_never_fills_beyond_a_full_bucket(redis, customer):
     assert await _tat(redis, customer) is None  # a full bucket, never "more than full"
     nxt = await check(redis, customer, cost=1, tokens=60_000)
     assert nxt["allowed"] == 1 and nxt["remaining_tokens"] == 0
+
+
+class _NoPool:
+    """A client without a connection pool (as RedisCluster): settle uses redis-py's pipeline."""
+
+    def __init__(self, redis):
+        self._redis = redis
+
+    def pipeline(self, **kw):
+        return self._redis.pipeline(**kw)
+
+    async def script_load(self, source):
+        return await self._redis.script_load(source)
+
+
+@pytest.mark.parametrize("client", ["resp2", "resp3", "decoded", "no_pool"])
+async def test_same_results_whatever_the_client(redis, redis_server, customer, client):
+    """Replies are read unparsed (rater.redis_raw): RESP2 and RESP3, bytes or decoded, give the
+    same results, and so does the redis-py pipeline of a client without a pool."""
+    import redis.asyncio as aioredis
+
+    kw = {"resp2": {"protocol": 2}, "resp3": {"protocol": 3}, "decoded": {"decode_responses": True}}.get(client, {})
+    other = aioredis.Redis.from_url(redis_server.url, **kw)
+    try:
+        via = _NoPool(other) if client == "no_pool" else other
+        await other.script_flush()  # the NOSCRIPT path too
+        d = await check(redis, customer, cost=7_000_000, tokens=100)
+        it = item(customer, debit=6_000_000, spend=6_000_000, hold=d["hold_id"], tokens=100)
+        (r,) = await settle(via, [it])
+        (again,) = await settle(via, [it])
+    finally:
+        await other.aclose()
+    assert (r.replayed, r.hold_released_micros, r.wallet_after_micros, r.spend_after_micros) == (
+        False, 7_000_000, 94_000_000, 6_000_000)
+    assert (r.promoted_from, r.promoted_to) == ("free", "build")  # 6.00 >= the 5.00 threshold
+    assert again == r._replace(replayed=True)
