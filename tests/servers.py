@@ -20,6 +20,20 @@ import httpx
 
 from tollgate.local_services import free_port
 
+
+def stop_process(proc: subprocess.Popen | None, timeout: float) -> int | None:
+    """SIGTERM and wait for a graceful exit, SIGKILL if it hangs; returns the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,13 +82,7 @@ class EnforcerProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (uvicorn shuts down gracefully: queued events are flushed), SIGKILL if it hangs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         self.proc = None
 
     def logs(self) -> str:

@@ -143,7 +143,28 @@ class _Threaded(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-class Upstream:
+class _LoopbackHTTP:
+    """A threaded HTTP server on a free loopback port, serving a subclass's handler."""
+
+    def serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = _Threaded(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Upstream(_LoopbackHTTP):
     """An LLM-like API: POST /v1/chat/completions (OpenAI), /v1/messages (Anthropic; stream=true
     gives an event stream), anything else: 200 {"ok": true} without usage."""
 
@@ -217,21 +238,7 @@ class Upstream:
                 else:
                     self._send(200, b'{"ok": true}')
 
-        self.server = _Threaded(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Upstream":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
     def received(self, path_suffix: str = "") -> list[dict]:
         with self.lock:
@@ -278,7 +285,7 @@ class HungServer:
         self.sock.close()
 
 
-class GarbageServer:
+class GarbageServer(_LoopbackHTTP):
     """A sidecar answering 200 with a body that is not the contract's JSON."""
 
     def __init__(self, body: bytes = b"<html>502 Bad Gateway</html>", status: int = 200):
@@ -300,21 +307,7 @@ class GarbageServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = _Threaded(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "GarbageServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def dead_url() -> str:

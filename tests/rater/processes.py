@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.servers import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,16 +47,7 @@ class RaterProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM and wait for the graceful exit; SIGKILL if it hangs."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
