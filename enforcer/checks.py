@@ -120,7 +120,7 @@ class CheckEndpoint:
             "decision": "ALLOW" if allowed else "DENY", "reason": reason, "hold_id": hold or None,
             "retry_after_ms": max(retry_ms, 0),
             "remaining": {"requests": rem_r, "tokens": rem_t, "balance": format_micros(balance),
-                          "spend_cap": None if cap_left == -1 else format_micros(cap_left)},
+                          "spend_cap": None if cap_left is None else format_micros(cap_left)},
             "tier": tier,
         })
         headers = rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)

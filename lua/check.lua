@@ -7,7 +7,7 @@
 -- A hold is stored as "amount:estimated tokens:key id": settlement releases the amount and
 -- corrects the key's tokens/min budget by (actual - estimated) tokens.
 -- Reply: {allowed 1|0, reason, hold_id, retry_after_ms, remaining_requests, remaining_tokens,
---         available_balance (micros), remaining_cap (micros, -1 = no cap), tier,
+--         available_balance (micros), remaining_cap (micros; nil when there is no cap), tier,
 --         limit_requests, limit_tokens, reset_ms, replayed 1|0}
 -- Rate limits are GCRA (a token bucket with no window edges): the key stores the theoretical
 -- arrival time (TAT, ms); a burst of up to the per-minute limit is allowed, then one unit per
@@ -24,7 +24,7 @@ end
 
 local cfg = redis.call('HGETALL', KEYS[1])
 if #cfg == 0 then
-  return {0, 'not_provisioned', '', 0, 0, 0, 0, -1, '', 0, 0, 0, 0}
+  return {0, 'not_provisioned', '', 0, 0, 0, 0, false, '', 0, 0, 0, 0}
 end
 local c = {}
 for i = 1, #cfg, 2 do c[cfg[i]] = cfg[i + 1] end
@@ -65,7 +65,8 @@ local balance = tonumber(redis.call('GET', KEYS[2]) or '0')
 local held = tonumber(redis.call('GET', KEYS[3]) or '0')
 local spend = tonumber(redis.call('GET', KEYS[6]) or '0')
 local available = balance - held
-local cap_left = -1
+-- false (a nil reply) means no cap: any integer, -1 included, is a real remainder (over cap)
+local cap_left = false
 if cap >= 0 then cap_left = cap - spend - held end
 
 local reason = 'ok'
@@ -95,7 +96,7 @@ redis.call('HSET', KEYS[4], hold_id, ARGV[4] .. ':' .. ARGV[3] .. ':' .. ARGV[7]
 redis.call('INCRBY', KEYS[3], ARGV[4])
 redis.call('ZADD', KEYS[5], now + ttl, hold_id)
 available = available - cost
-if cap_left >= 0 then cap_left = cap_left - cost end
+if cap >= 0 then cap_left = cap_left - cost end
 local reply = {1, 'ok', hold_id, 0, rem_r, rem_t, available, cap_left, tier, rpm, tpm, reset_r, 0}
 redis.call('SET', KEYS[7], cjson.encode(reply), 'PX', tonumber(ARGV[6]))
 return reply

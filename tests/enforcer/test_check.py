@@ -127,6 +127,11 @@ async def test_spend_cap_and_the_tier_multiplier(enforcer, http, redis):
     over = await http.post(url, json=check_body(t))
     assert over.status_code == 429 and over.json()["reason"] == "rate_limited_requests"
 
+    # Spend 1 micro over the cap reads as over the cap, not as "no cap".
+    await redis.set(t.keys.spend(period_of(time.time())), 2_000_001 - 10 * PER_REQUEST)
+    over_cap = await http.post(url, json={**check_body(t), "estimate": {"requests": 0}})
+    assert over_cap.json()["remaining"]["spend_cap"] == "-0.000001"
+
     # Back in `free` the limit is 5 again: the 10 used requests are over it.
     await redis.hset(t.keys.cfg, "tier", "free")
     r = await http.post(url, json=check_body(t))
