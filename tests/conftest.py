@@ -17,6 +17,8 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from rater.schema import migrate
+from tests.servers import run_enforcer
+from tests.tenants import DECISION_ENV
 from tollgate.local_services import start_postgres, start_redis
 
 ADMIN_DSN = os.environ.get("TOLLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -27,6 +29,14 @@ def redis_server():
     server = start_redis()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def enforcer(redis_server):
+    """The real enforcer (a subprocess) on the session's Redis, with a deadline generous enough
+    that decisions under test are real on a busy machine (fail-open tests start their own)."""
+    with run_enforcer({"TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV}) as server:
+        yield server
 
 
 @pytest_asyncio.fixture

@@ -118,15 +118,9 @@ class RedisStreamConsumer:
         dead: list[bytes] = []
         last = None
         for _stream, entries in streams:
-            for entry_id, fields in entries:
-                last = entry_id
-                if isinstance(fields, list):
-                    fields = dict(zip(fields[::2], fields[1::2]))
-                value = payload(fields)
-                if value is None:
-                    dead.append(entry_id)
-                else:
-                    out.append(Message(value, entry_id))
+            if entries:
+                last = entries[-1][0]
+            _split(entries, out, dead)
         if dead:
             await self._drop_trimmed(dead)
         return out, last
@@ -140,13 +134,8 @@ class RedisStreamConsumer:
         self._claim_cursor = cursor
         if cursor in (b"0-0", "0-0"):
             self._next_claim = time.monotonic() + self.claim_every_s  # a full pass: rest a while
-        out = []
-        for entry_id, fields in entries:
-            value = payload(fields)
-            if value is None:
-                deleted.append(entry_id)
-            else:
-                out.append(Message(value, entry_id))
+        out: list[Message] = []
+        _split(entries, out, deleted)
         if deleted:
             await self._drop_trimmed(deleted)
         if out:
@@ -191,3 +180,15 @@ class RedisStreamConsumer:
     async def stop(self) -> None:
         if self._owns_client:
             await self.redis.aclose()
+
+
+def _split(entries, out: list[Message], gone: list) -> None:
+    """Stream entries into messages; an entry trimmed away (no fields left) goes to `gone`."""
+    for entry_id, fields in entries:
+        if isinstance(fields, list):  # RESP3 / raw replies give a flat list
+            fields = dict(zip(fields[::2], fields[1::2]))
+        value = payload(fields)
+        if value is None:
+            gone.append(entry_id)
+        else:
+            out.append(Message(value, entry_id))

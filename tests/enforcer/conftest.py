@@ -10,14 +10,6 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.servers import run_enforcer
-from tests.tenants import DECISION_ENV
-
-@pytest.fixture(scope="module")
-def enforcer(redis_server):
-    with run_enforcer({"TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV}) as server:
-        yield server
-
 
 @pytest_asyncio.fixture
 async def http():

@@ -9,8 +9,7 @@ import pytest
 import pytest_asyncio
 
 from tests.gateways.harness import Upstream
-from tests.servers import run_enforcer
-from tests.tenants import DECISION_ENV, Tenant, stream_events
+from tests.tenants import Tenant, stream_events
 from tests.tenants import provision as _provision
 
 
@@ -48,12 +47,6 @@ async def wait_event(redis, kind: str, field: str, value: str, timeout: float = 
 async def wait_usage(redis, correlation_id: str, timeout: float = 5.0) -> dict:
     """The usage event the gateway reported for a request, as the enforcer put it on the bus."""
     return await wait_event(redis, "usage", "correlation_id", correlation_id, timeout)
-
-
-@pytest.fixture(scope="module")
-def enforcer(redis_server):
-    with run_enforcer({"TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV}) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

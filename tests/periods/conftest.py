@@ -7,13 +7,10 @@ from datetime import datetime, timezone
 
 import httpx
 import orjson
-import pytest
 import pytest_asyncio
 
 from rater.control import api_keys, customers, plans
 from tests.rater.conftest import make_customer, pipeline  # noqa: F401  (fixtures)
-from tests.servers import run_enforcer
-from tests.tenants import DECISION_ENV
 
 RPM = 60  # requests/min of the first tier; build is x2, scale x10
 
@@ -67,12 +64,6 @@ async def tenant(pg, redis):
         key = await api_keys.create_api_key(pg, redis, c["id"])
         return c["id"], key["api_key"]
     return make
-
-
-@pytest.fixture(scope="module")
-def enforcer(redis_server):
-    with run_enforcer({"TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV}) as server:
-        yield server
 
 
 @pytest_asyncio.fixture

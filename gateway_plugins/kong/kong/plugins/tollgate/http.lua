@@ -27,12 +27,20 @@ local function remaining_ms(deadline)
   return left
 end
 
-local function receive(sock, deadline, pattern)
+-- Every socket step gets what is left of the one deadline: timeout_ms bounds the whole exchange.
+local function arm(sock, deadline)
   local left = remaining_ms(deadline)
   if not left then
-    return nil, "timeout"
+    return false
   end
   sock:settimeout(left)
+  return true
+end
+
+local function receive(sock, deadline, pattern)
+  if not arm(sock, deadline) then
+    return nil, "timeout"
+  end
   return sock:receive(pattern)
 end
 
@@ -105,11 +113,9 @@ end
 
 local function exchange(target, method, path, body, deadline, opts)
   local sock = tcp()
-  local left = remaining_ms(deadline)
-  if not left then
+  if not arm(sock, deadline) then
     return nil, "timeout", false
   end
-  sock:settimeout(left)
   local pool = target.scheme .. "://" .. target.host .. ":" .. target.port
   local ok, err = sock:connect(target.host, target.port, { pool = pool, pool_size = opts.pool_size })
   if not ok then
@@ -117,12 +123,10 @@ local function exchange(target, method, path, body, deadline, opts)
   end
   local reused = (sock:getreusedtimes() or 0) > 0
   if target.scheme == "https" and not reused then
-    left = remaining_ms(deadline)
-    if not left then
+    if not arm(sock, deadline) then
       sock:close()
       return nil, "timeout", false
     end
-    sock:settimeout(left)
     local session
     session, err = sock:sslhandshake(nil, target.host, opts.ssl_verify)
     if not session then
@@ -140,12 +144,10 @@ local function exchange(target, method, path, body, deadline, opts)
     "\r\n",
     body,
   }
-  left = remaining_ms(deadline)
-  if not left then
+  if not arm(sock, deadline) then
     sock:close()
     return nil, "timeout", false
   end
-  sock:settimeout(left)
   local sent
   sent, err = sock:send(req)
   if not sent then
