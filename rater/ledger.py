@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 import asyncpg
 
@@ -28,9 +28,15 @@ LEDGER_COLUMNS = (
 )
 
 
-@dataclass(slots=True)
-class Processed:
-    """A processed_events row: what settle.lua needs to (re)play the event on Redis."""
+PROCESSED_COLUMNS = (
+    "event_id", "kind", "customer_id", "period", "spend_micros", "wallet_micros", "invoice_micros",
+    "hold_id", "actual_tokens", "correlation_id",
+)
+
+
+class Processed(NamedTuple):
+    """A processed_events row (fields in PROCESSED_COLUMNS order, so it is its own COPY record):
+    what settle.lua needs to (re)play the event on Redis."""
 
     event_id: str
     kind: str
@@ -91,10 +97,14 @@ async def processed(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[
     return {r["event_id"]: Processed(*r.values()) for r in rows}
 
 
-async def lock_cumulatives(
+async def read_cumulatives(
     conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], dict[UsageKey, int]]:
-    """All usage cumulatives of each (customer, period), rows locked FOR UPDATE in key order."""
+    """All usage cumulatives of each (customer, period).
+
+    No row locks: every writer of rating_cumulatives (the pipeline, the period close) holds the
+    customer's lock-group advisory lock from before this read until after its commit. A FOR
+    UPDATE here wrote a lock (a tuple change and a WAL record) on every row read, ~1 per event."""
     pairs = sorted(set(pairs))
     out: dict[tuple[str, str], dict[UsageKey, int]] = {p: {} for p in pairs}
     if not pairs:
@@ -103,9 +113,7 @@ async def lock_cumulatives(
         """SELECT r.customer_id, r.period, r.charge_id, r.dimension_key, r.quantity
            FROM rating_cumulatives r
            JOIN unnest($1::text[], $2::text[]) AS b(customer_id, period)
-             ON r.customer_id = b.customer_id AND r.period = b.period
-           ORDER BY r.customer_id, r.period, r.charge_id, r.dimension_key
-           FOR UPDATE OF r""",
+             ON r.customer_id = b.customer_id AND r.period = b.period""",
         [p[0] for p in pairs], [p[1] for p in pairs],
     )
     for c, p, charge_id, dim_key, q in rows:
@@ -113,26 +121,13 @@ async def lock_cumulatives(
     return out
 
 
-async def insert_processed(conn: asyncpg.Connection, rows: Sequence[Processed]) -> int:
-    """Insert idempotency records; returns how many were new (one processed before is skipped by
-    its primary key). A count, not the ids: the caller only compares it with len(rows), and a
-    thousand returned rows cost asyncpg a Record each."""
-    if not rows:
-        return 0
-    cols = list(zip(*[
-        (r.event_id, r.kind, r.customer_id, r.period, r.spend_micros, r.wallet_micros,
-         r.invoice_micros, r.hold_id, r.actual_tokens, r.correlation_id) for r in rows
-    ]))
-    return await conn.fetchval(
-        """WITH ins AS (
-             INSERT INTO processed_events (event_id, kind, customer_id, period, spend_micros,
-                 wallet_micros, invoice_micros, hold_id, actual_tokens, correlation_id)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
-                 $6::int8[], $7::int8[], $8::text[], $9::int8[], $10::text[])
-             ON CONFLICT (event_id) DO NOTHING RETURNING 1)
-           SELECT count(*) FROM ins""",
-        *[list(c) for c in cols],
-    )
+async def insert_processed(conn: asyncpg.Connection, rows: Sequence[Processed]) -> None:
+    """Insert idempotency records by binary COPY (a third of the CPU of an INSERT from ten
+    unnested arrays, on both sides). An event recorded before makes it raise
+    asyncpg.UniqueViolationError, which aborts the transaction: the caller rolls back and takes
+    the careful path (look the recorded ones up, rate only the others)."""
+    if rows:
+        await conn.copy_records_to_table("processed_events", records=rows, columns=PROCESSED_COLUMNS)
 
 
 async def copy_lines(conn: asyncpg.Connection, lines: Sequence[tuple]) -> None:

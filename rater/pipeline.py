@@ -423,7 +423,7 @@ class Pipeline:
         part = BatchResult(res.size, dead_by_index=[None] * res.size)  # merged into res on commit
         try:
             async with conn.transaction():
-                cums = await ledger.lock_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
+                cums = await ledger.read_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
                 for key, quantities in cums.items():
                     known = self._cumulatives.get(key)
                     if known is not None and known == quantities:
@@ -434,8 +434,10 @@ class Pipeline:
                         part.fail_open += 1
                     else:
                         self._rate(e, cums, wallets, rows, lines, changed, part)
-                if await ledger.insert_processed(conn, rows) != len(rows):
-                    raise _AlreadyProcessed
+                try:
+                    await ledger.insert_processed(conn, rows)
+                except asyncpg.UniqueViolationError:
+                    raise _AlreadyProcessed from None
                 await ledger.copy_lines(conn, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
         except _AlreadyProcessed:
