@@ -1,4 +1,4 @@
-"""Settlement of rated events on Redis: lua/settle.lua, one script run per event.
+"""Settlement of rated events on Redis: lua/settle.lua, one script run per customer of a call.
 
 The rating pipeline calls `settle` with one item per event, after its ledger transaction, then
 `record_promotions` and `rater.holds.mark_settled` with the results, then acks. Each step is
@@ -8,10 +8,15 @@ idempotent by event id, so a crash anywhere and the redelivery that follows chan
   retention plus a consumer that stayed down for weeks); each costs ~100 bytes of Redis memory.
 - PostgreSQL: tier_transitions.event_id and holds/hold_events are unique, writes are upserts.
 
-The items of one call go out as one pipeline (one round trip); the scripts still run one by one,
-each atomic, each touching one customer's keys only, so this works unchanged on Redis Cluster.
+The items of one call are grouped by customer, each customer's in their order: one settle.lua run
+settles up to CHUNK events of one customer, each event as if settled alone (its own marker, hold,
+debit, spend and promotion, against the tier the earlier ones left). A batch holds several events
+per customer (~3 for 1,000 events over 300 customers), and a run's fixed cost (EVALSHA dispatch,
+the cfg read, each spend key's PEXPIRE) is paid once per customer instead of once per event.
+CHUNK bounds how long one run blocks Redis. All the runs go out as one pipeline (one round trip);
+each is atomic and touches one customer's keys only, so this works unchanged on Redis Cluster.
 The pipeline is packed by hiredis and read by the connection's parser (rater.redis_raw): ~4 µs
-of client CPU per event instead of ~25 through redis-py's pipeline.
+of client CPU per command instead of ~25 through redis-py's pipeline.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from tollgate.periods import period_of
 DAY_MS = 24 * 3600 * 1000
 MARKER_TTL_MS = 35 * DAY_MS  # settled-event markers: longer than any redelivery
 SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for late events
+CHUNK = 200  # events of one customer per settle.lua run at most: no single run blocks Redis long
 _PERIOD = re.compile(r"^\d{4}(0[1-9]|1[0-2])$")
 
 
@@ -64,6 +70,8 @@ async def settle(redis, items: Sequence[SettleItem], *, now: float | None = None
     Only an event of its customer's current period may promote the tier; one of an earlier
     period adds to that period's spend and nothing more. The current period is the customer's
     entry in `current_periods` (its plan's billing anchor), else the calendar month of `now`.
+    Each customer's items are settled in their order (a script run per up to CHUNK of them);
+    customers are independent, so their order among each other does not matter.
     On an error the call raises after the pipeline ran: some items may be settled, and retrying
     the whole batch is safe because settled ones replay.
     """
@@ -72,22 +80,52 @@ async def settle(redis, items: Sequence[SettleItem], *, now: float | None = None
     if not items:
         return []
     current = period_of(time.time() if now is None else now)
-    customer_keys: dict[str, CustomerKeys] = {}  # a batch has several events per customer
-    calls = []
+    by_customer: dict[str, list[SettleItem]] = {}  # each customer's items, in item order
     for item in items:
-        k = customer_keys.get(item.customer_id)
-        if k is None:
-            k = customer_keys[item.customer_id] = CustomerKeys(item.customer_id)
-        cur = current_periods.get(item.customer_id, current) if current_periods else current
-        calls.append(_call(k, item, cur))
+        group = by_customer.get(item.customer_id)
+        if group is None:
+            by_customer[item.customer_id] = [item]
+        else:
+            group.append(item)
+    calls, owners = [], []  # each run's customer
+    for customer_id, group in by_customer.items():
+        k = CustomerKeys(customer_id)
+        cur = current_periods.get(customer_id, current) if current_periods else current
+        if len(group) <= CHUNK:
+            calls.append(_call(k, group, cur))
+            owners.append(customer_id)
+        else:
+            for j in range(0, len(group), CHUNK):
+                calls.append(_call(k, group[j:j + CHUNK], cur))
+                owners.append(customer_id)
     replies = await eval_many(redis, lua.load("settle"), calls)
-    return [_result(item, reply) for item, reply in zip(items, replies)]
+    for (_, args), reply in zip(calls, replies):
+        if len(reply) != (len(args) - 2) // 5:
+            raise RuntimeError(f"settle.lua replied {len(reply)} results for {(len(args) - 2) // 5} events")
+    if len(calls) == len(items):  # one event per customer: the runs are in item order
+        return [_result(item, reply[0]) for item, reply in zip(items, replies)]
+    # each customer's replies, in its items' order, dealt back to the items in item order
+    by_customer_replies: dict[str, list] = {}
+    for customer_id, reply in zip(owners, replies):
+        got = by_customer_replies.get(customer_id)
+        by_customer_replies[customer_id] = reply if got is None else [*got, *reply]  # > CHUNK events
+    dealt = {customer_id: iter(r) for customer_id, r in by_customer_replies.items()}
+    return [_result(item, next(dealt[item.customer_id])) for item in items]
 
 
-def _call(k: CustomerKeys, item: SettleItem, current_period: str) -> tuple[list[str], list[str | int]]:
-    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(item.period), k.settled(item.event_id)]
-    args = [item.hold_id or "", item.wallet_debit_micros, item.spend_micros, item.actual_tokens,
-            MARKER_TTL_MS, SPEND_TTL_MS, 1 if item.period >= current_period else 0]
+def _call(k: CustomerKeys, items: Sequence[SettleItem], current_period: str) -> tuple[list[str], list[str | int]]:
+    """One settle.lua run for `items`, all of the customer of `k`, in their order."""
+    if len(items) == 1:  # one event of this customer in the batch: no loop
+        item = items[0]
+        return ([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(item.period), k.settled(item.event_id)],
+                [MARKER_TTL_MS, SPEND_TTL_MS, item.hold_id or "", item.wallet_debit_micros, item.spend_micros,
+                 item.actual_tokens, 1 if item.period >= current_period else 0])
+    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry]
+    args: list[str | int] = [MARKER_TTL_MS, SPEND_TTL_MS]
+    for item in items:
+        keys += (k.spend(item.period), k.settled(item.event_id))
+        args += (item.hold_id or "", item.wallet_debit_micros, item.spend_micros, item.actual_tokens,
+                 1 if item.period >= current_period else 0)
     return keys, args
 
 
