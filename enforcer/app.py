@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 
 from starlette.applications import Starlette
@@ -25,6 +24,7 @@ from enforcer.usage import UsageEndpoint
 from tollgate.bus import make_bus
 from tollgate.bus.spool import Spool, SpooledPublisher
 from tollgate.config import Settings
+from tollgate.gc_tuning import freeze_startup_heap
 
 log = logging.getLogger("tollgate.enforcer")
 
@@ -61,9 +61,7 @@ class Enforcer:
                  (self.keys.listen(self.settings.redis_url), self.publisher.run_replay(), self.events.run())]
         await self.wire.call(("PING",), 0.5)  # connect (and load check.lua) before the first request
         if self.config.gc_tuning:
-            gc.collect()
-            gc.freeze()  # start-up objects are never garbage: keep them out of every collection
-            gc.set_threshold(50_000, 50, 100)
+            freeze_startup_heap()
         log.info("enforcer ready: redis %s, bus %s, spool %s (%d waiting)",
                  self.settings.redis_url, self.settings.bus, spool.path, spool.depth)
         try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import multiprocessing as mp
 import os
 import random
@@ -48,6 +47,7 @@ from rater.schema import migrate  # noqa: E402
 from rater.service import Rater  # noqa: E402
 from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS, eval_many  # noqa: E402
 from tollgate.keys import EVENTS_STREAM, CustomerKeys  # noqa: E402
+from tollgate.gc_tuning import freeze_startup_heap  # noqa: E402
 from tollgate.local_services import start_postgres, start_redis  # noqa: E402
 from tollgate.periods import period_of  # noqa: E402
 
@@ -255,7 +255,7 @@ async def _rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out) -> 
 
     rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch, poll_ms=50, on_batch=on_batch)
     stop = asyncio.Event()
-    gc.freeze()
+    freeze_startup_heap()  # as rater.service does
 
     async def watch() -> None:  # the batch in hand is finished and acknowledged, then it stops
         while not stop_flag.is_set():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import signal
 import time
@@ -23,6 +22,7 @@ from rater import holds
 from rater.consumers import Consumer, Message, make_consumer
 from rater.pipeline import BatchResult, Pipeline
 from tollgate.config import Settings, settings as load_settings
+from tollgate.gc_tuning import freeze_startup_heap
 
 log = logging.getLogger("tollgate.rater")
 
@@ -109,8 +109,7 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
     await consumer.start()
     rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch_size)
     sweeper = asyncio.create_task(holds.run_sweeper(redis, pool, sweep_interval_s, stop)) if sweep_interval_s > 0 else None
-    # Long-lived objects made so far never need collecting: keep them out of every GC pass.
-    gc.freeze()
+    freeze_startup_heap()  # long-lived objects made so far never need collecting
     log.info("rater started: bus=%s group=%s", cfg.bus, group)
     started = time.monotonic()
     try:
