@@ -7,6 +7,8 @@ run (PostgreSQL COPY rows/s, Redis EVALSHA/s of settle.lua).
 
 Everything is private to the run: a redis-server on a free port, a fresh PostgreSQL database
 (TOLLGATE_BENCH_PG_DSN, default the local server, else the embedded pgserver), dropped at the end.
+Both are on this machine, so the raters reach them as a co-located deployment would, over unix
+sockets (the server's own socket directory for PostgreSQL); --tcp uses loopback TCP instead.
 The rater runs exactly as `tollgate-rater` does (rater.service.Rater: Redis Streams consumer group,
 rater.pipeline.Pipeline); `--workers N` runs N such rater processes in one consumer group.
 Throughput: N events published first, then the raters drain them (time from start to last ack).
@@ -80,19 +82,27 @@ ADMIN_DSN = os.environ.get("TOLLGATE_BENCH_PG_DSN", "postgresql://postgres@127.0
 # --------------------------------------------------------------------------- setup
 
 
-async def make_database(tmp: Path) -> tuple[str, str]:
+async def make_database(tmp: Path, unix: bool) -> tuple[str, str]:
+    """(admin DSN, DSN of a new migrated database); with `unix`, the DSN names the server's unix
+    socket directory when the server is on this machine and has one."""
     try:
         conn = await asyncpg.connect(ADMIN_DSN, timeout=3)
         admin = ADMIN_DSN
     except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-        admin = start_postgres(tmp / "pgdata")
+        admin = start_postgres(tmp / "pgdata")  # its DSN is a unix socket already
         conn = await asyncpg.connect(admin)
     name = f"tg_bench_{uuid.uuid4().hex[:10]}"
     await conn.execute(f'CREATE DATABASE "{name}"')
+    socket_dir = (await conn.fetchval("SHOW unix_socket_directories")).split(",")[0].strip()
+    port = await conn.fetchval("SHOW port")
     await conn.close()
     from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
 
-    dsn = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+    parts = urlsplit(admin)
+    dsn = urlunsplit(parts._replace(path=f"/{name}"))
+    if unix and parts.hostname in ("127.0.0.1", "localhost", "::1") and socket_dir \
+            and Path(socket_dir, f".s.PGSQL.{port}").exists():
+        dsn = f"postgresql://{parts.username or 'postgres'}@/{name}?host={socket_dir}&port={port}"
     await migrate(dsn)
     return admin, dsn
 
@@ -373,12 +383,13 @@ def pct(xs: list[float], p: float) -> float:
 async def main(args) -> dict:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"tg-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True, exist_ok=True)
-    redis_server = start_redis()
-    admin, dsn = await make_database(tmp)
+    redis_server = start_redis(unix_socket=None if args.tcp else str(tmp / "redis.sock"))
+    admin, dsn = await make_database(tmp, unix=not args.tcp)
     redis = Redis.from_url(redis_server.url)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     ctx = mp.get_context("spawn")
-    out: dict = {"events": args.events, "workers": args.workers, "batch": args.batch, "cpus": os.cpu_count()}
+    out: dict = {"events": args.events, "workers": args.workers, "batch": args.batch, "cpus": os.cpu_count(),
+                 "redis_url": redis_server.url, "dsn": dsn}
     try:
         customers = await provision(pool, redis, args.customers)
         await redis.xgroup_create(EVENTS_STREAM, "rater", id="0", mkstream=True)
@@ -442,6 +453,7 @@ def report(r: dict) -> str:
     c = r["cpu_us_per_event"]
     return "\n".join([
         f"rater benchmark ({r['cpus']} CPUs, {r['workers']} rater process(es), batch {r['batch']})",
+        f"  connections         Redis {r['redis_url']}   PostgreSQL {r['dsn']}",
         f"  throughput          {r['throughput_eps']:>9,} events/s   ({r['events']:,} events drained, "
         f"{r['ledger_lines']:,} ledger lines; {r['throughput_after_first_batch_eps']:,}/s after the first batch)",
         f"  CPU per event       {c['total']} µs: rater processes {c['raters']}, their PostgreSQL backends "
@@ -465,6 +477,7 @@ if __name__ == "__main__":
     ap.add_argument("--duration", type=float, default=20, help="seconds of the lag run")
     ap.add_argument("--ceiling-rows", type=int, default=300_000)
     ap.add_argument("--ceiling-evals", type=int, default=100_000)
+    ap.add_argument("--tcp", action="store_true", help="loopback TCP to Redis and PostgreSQL, not unix sockets")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     result = asyncio.run(main(a))

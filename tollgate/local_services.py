@@ -46,19 +46,24 @@ def redis_server_binary() -> str:
 
 @dataclass
 class LocalRedis:
-    """A throw-away redis-server (no persistence) that can be stopped and started on its port."""
+    """A throw-away redis-server (no persistence) that can be stopped and started on its port.
+
+    With `unix_socket` it also listens on that socket path, and `url` names the socket: a client
+    on the same machine spends less CPU per command than over loopback TCP."""
 
     port: int
     proc: subprocess.Popen | None = None
+    unix_socket: str | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.unix_socket}?db=0" if self.unix_socket else f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "LocalRedis":
+        unix = ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"] if self.unix_socket else []
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tempfile.gettempdir(), "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", tempfile.gettempdir(), "--loglevel", "warning", *unix],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -75,8 +80,8 @@ class LocalRedis:
         self.proc = None
 
 
-def start_redis(port: int | None = None) -> LocalRedis:
-    return LocalRedis(port or free_port()).start()
+def start_redis(port: int | None = None, unix_socket: str | None = None) -> LocalRedis:
+    return LocalRedis(port or free_port(), unix_socket=unix_socket).start()
 
 
 def start_postgres(data_dir: str | os.PathLike, stop_at_exit: bool = True) -> str:
