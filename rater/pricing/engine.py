@@ -130,13 +130,30 @@ def _check_measurements(known: frozenset[str], plan_id: str, measurements: Mappi
 class _UsageCharge:
     """A usage charge with a Pricer per dimension key."""
 
-    __slots__ = ("charge", "id", "model", "metric", "metered", "pricers")
+    __slots__ = ("charge", "id", "model", "metric", "metered", "pricers", "match_fields", "dim_keys")
+
+    DIM_KEYS_MAX = 4096  # distinct override-field values remembered (a few models, tools, regions...)
 
     def __init__(self, charge: Charge):
         self.charge = charge
         self.id, self.model, self.metric, self.metered = charge.id, charge.model, charge.metric, charge.metered
         keys = ["default", *(f"override{i}" for i in range(len(charge.overrides)))]
         self.pricers = {k: USAGE_MODELS[charge.model].pricer(pricing_for_key(charge, k)) for k in keys}
+        self.match_fields = tuple(sorted({f for o in charge.overrides for f in o.match}))
+        self.dim_keys: dict[tuple[str, ...], str] = {}
+
+    def dimension_key(self, dimensions: Mapping[str, Any]) -> str:
+        """Charge.dimension_key, remembered by the str() of the fields the overrides match on,
+        which is all Override.matches compares (~0.4 µs instead of ~1.5 per event)."""
+        if not self.match_fields:
+            return "default"
+        sig = tuple([str(dimensions.get(f)) for f in self.match_fields])
+        k = self.dim_keys.get(sig)
+        if k is None:
+            k = self.charge.dimension_key(dimensions)
+            if len(self.dim_keys) < self.DIM_KEYS_MAX:
+                self.dim_keys[sig] = k
+        return k
 
     def pricer(self, dimension_key: str):
         p = self.pricers.get(dimension_key)
@@ -242,7 +259,7 @@ def rate_event(
         q = measurements.get(u.metric, 0)
         if not q and not u.metered:
             continue  # the event does not move this charge
-        dim_key = u.charge.dimension_key(dimensions) if u.charge.overrides else "default"
+        dim_key = u.dimension_key(dimensions)
         if q:
             key = (u.id, dim_key)
             a = after.get(key, 0)

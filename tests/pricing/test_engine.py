@@ -71,6 +71,22 @@ def test_override_accumulates_and_prices_separately():
     assert pricing_for_key(PLAN.charges[0], "override0").unit_price == D("0.000015")
 
 
+def test_override_choice_is_the_plans_for_every_value_type():
+    """The engine remembers the override each value picked (by its str(), all Override.matches
+    compares): 1, "1", True and 1.0 are equal as dict keys but pick differently."""
+    plan = make_plan([{"id": "in", "model": "per_unit", "metric": "input_tokens", "unit_price": "0.000003",
+                       "overrides": [{"match": {"tier": "1"}, "unit_price": "0.000015"},
+                                     {"match": {"tier": "True", "region": "eu"}, "unit_price": "0.000030"}]}])
+    charge = plan.charges[0]
+    cases = [{"tier": 1}, {"tier": "1"}, {"tier": True}, {"tier": 1.0}, {"tier": True, "region": "eu"},
+             {"tier": "True", "region": "eu"}, {"region": "eu"}, {}, {"tier": [1]}, {"tier": 1}]
+    for dims in cases * 2:  # the second pass is served from what the first remembered
+        (line,) = rate_event(plan, dims, {"input_tokens": 10}, {}).lines
+        assert line.dimension_key == charge.dimension_key(dims), dims
+    picked = [rate_event(plan, d, {"input_tokens": 10}, {}).lines[0].dimension_key for d in cases[:6]]
+    assert picked == ["override0", "override0", "default", "default", "override1", "override1"]
+
+
 def test_composite_outcome_billed():
     ev = rate_event(PLAN, {}, {"contracts_reviewed": 2, "pages": 40}, {})
     lines = by_kind(ev.lines)
