@@ -11,7 +11,8 @@ Both are on this machine, so the raters reach them as a co-located deployment wo
 sockets (the server's own socket directory for PostgreSQL); --tcp uses loopback TCP instead.
 The rater runs exactly as `tollgate-rater` does (rater.service.Rater: Redis Streams consumer group,
 rater.pipeline.Pipeline); `--workers N` runs N such rater processes in one consumer group.
-Throughput: N events published first, then the raters drain them (time from start to last ack).
+Throughput: N events published first, then the raters, started and connected, drain them (time
+from their go signal to the last ack: process start-up is not in it, as in a running service).
 Lag: an open-loop producer in another process sends at --rate on a fixed schedule; lag is the time
 from an event's scheduled send to the acknowledgement of its batch.
 CPU per event of the drain, by process: the rater processes (their own process time), their
@@ -46,7 +47,7 @@ from rater.control import wallets as wallets_svc  # noqa: E402
 from rater.ledger import LEDGER_COLUMNS  # noqa: E402
 from rater.pipeline import Pipeline  # noqa: E402
 from rater.schema import migrate  # noqa: E402
-from rater.service import Rater  # noqa: E402
+from rater.service import DEFAULT_BATCH, Rater  # noqa: E402
 from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS, eval_many  # noqa: E402
 from tollgate.keys import EVENTS_STREAM, CustomerKeys  # noqa: E402
 from tollgate.gc_tuning import freeze_startup_heap  # noqa: E402
@@ -235,18 +236,19 @@ async def evalsha_raw_ceiling(port: int, customers: list[str], n: int, batch: in
 # --------------------------------------------------------------------------- the rater
 
 
-def rater_process(redis_url: str, dsn: str, name: str, batch: int, stop_flag, lag_out, count_out) -> None:
-    """One rater (as tollgate-rater runs it) until stop_flag (a multiprocessing Event) is set."""
+def rater_process(redis_url: str, dsn: str, name: str, batch: int, go, stop_flag, ready_out, lag_out,
+                  count_out) -> None:
+    """One rater (as tollgate-rater runs it): connected, it reports ready and waits for `go`, then
+    rates until stop_flag is set (multiprocessing Events)."""
     import uvloop  # noqa: PLC0415
 
-    uvloop.run(_rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out))
+    uvloop.run(_rater(redis_url, dsn, name, batch, go, stop_flag, ready_out, lag_out, count_out))
 
 
 RATER_APP = "tollgate-bench-rater"  # application_name of the raters' PostgreSQL connections
 
 
-async def _rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out) -> None:
-    cpu0 = time.process_time()
+async def _rater(redis_url, dsn, name, batch, go, stop_flag, ready_out, lag_out, count_out) -> None:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, server_settings={"application_name": RATER_APP})
     redis = Redis.from_url(redis_url)
     consumer = RedisStreamConsumer(redis, name=name)
@@ -266,6 +268,10 @@ async def _rater(redis_url, dsn, name, batch, stop_flag, lag_out, count_out) -> 
     rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch, poll_ms=50, on_batch=on_batch)
     stop = asyncio.Event()
     freeze_startup_heap()  # as rater.service does
+    ready_out.put(name)
+    while not go.is_set():  # start-up (spawn, imports, connections) is not part of the figures
+        await asyncio.sleep(0.005)
+    cpu0 = time.process_time()
 
     async def watch() -> None:  # the batch in hand is finished and acknowledged, then it stops
         while not stop_flag.is_set():
@@ -307,15 +313,24 @@ def producer_process(redis_url: str, customers: list[str], rate: float, start_at
 
 
 class Raters:
-    """N rater processes in one consumer group; stop() returns their lags and (count, first, last)."""
+    """N rater processes in one consumer group, started and connected; go() lets them rate and
+    returns that time; stop() returns their lags and (count, first ack, last ack, CPU s)."""
 
     def __init__(self, ctx, redis_url: str, dsn: str, workers: int, batch: int):
-        self.flag, self.lag_q, self.count_q = ctx.Event(), ctx.Queue(), ctx.Queue()
+        self.go_flag, self.flag = ctx.Event(), ctx.Event()
+        self.ready_q, self.lag_q, self.count_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
         self.procs = [ctx.Process(target=rater_process,
-                                  args=(redis_url, dsn, f"bench-{i}", batch, self.flag, self.lag_q, self.count_q))
+                                  args=(redis_url, dsn, f"bench-{i}", batch, self.go_flag, self.flag, self.ready_q,
+                                        self.lag_q, self.count_q))
                       for i in range(workers)]
         for p in self.procs:
             p.start()
+        for _ in self.procs:
+            self.ready_q.get(timeout=120)
+
+    def go(self) -> float:
+        self.go_flag.set()
+        return time.time()
 
     def stop(self) -> tuple[list[float], list[tuple]]:
         self.flag.set()
@@ -400,11 +415,11 @@ async def main(args) -> dict:
         events = [make_event(rnd, customers, ts) for _ in range(args.events)]
         await publish(redis, events)
         del events
-        redis_cpu0, machine0 = await _redis_cpu_s(redis), _machine_cpu()
-        t0 = time.time()
-        raters = Raters(ctx, redis_server.url, dsn, args.workers, args.batch)
+        raters = Raters(ctx, redis_server.url, dsn, args.workers, args.batch)  # connected, not reading yet
+        redis_cpu0, pg_cpu0, machine0 = await _redis_cpu_s(redis), await _raters_pg_cpu_s(pool), _machine_cpu()
+        t0 = raters.go()
         t1 = await wait_drained(redis, args.events, 600)
-        pg_cpu = await _raters_pg_cpu_s(pool)
+        pg_cpu = await _raters_pg_cpu_s(pool) - pg_cpu0
         redis_cpu, machine1 = await _redis_cpu_s(redis) - redis_cpu0, _machine_cpu()
         _, counts = raters.stop()
         firsts = [c[1] for c in counts if c[1]]
@@ -424,6 +439,7 @@ async def main(args) -> dict:
         entries_before = (await redis.xinfo_groups(EVENTS_STREAM))[0].get("entries-read") or args.events
         start_at = time.time() + 2.0
         raters = Raters(ctx, redis_server.url, dsn, args.workers, args.batch)
+        raters.go()
         prod = ctx.Process(target=producer_process, args=(redis_server.url, customers, args.rate, start_at, args.duration))
         prod.start()
         prod.join()
@@ -472,7 +488,7 @@ if __name__ == "__main__":
     ap.add_argument("--events", type=int, default=100_000, help="backlog drained for throughput")
     ap.add_argument("--customers", type=int, default=300)
     ap.add_argument("--workers", type=int, default=1, help="rater processes in the consumer group")
-    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="events per poll at most (tollgate-rater's default)")
     ap.add_argument("--rate", type=float, default=5000, help="offered events/s for the lag run")
     ap.add_argument("--duration", type=float, default=20, help="seconds of the lag run")
     ap.add_argument("--ceiling-rows", type=int, default=300_000)

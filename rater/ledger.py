@@ -1,11 +1,20 @@
 """The rating transaction's PostgreSQL side: idempotency records, ledger lines, cumulatives.
 
-Everything is batched: one statement per table per (sub-)batch (arrays through unnest, ledger
-lines by binary COPY), all in the one transaction the pipeline opens, so a sub-batch is durable
-as a whole or not at all.
+Everything is batched: one statement per table per (sub-)batch (arrays through unnest,
+idempotency records and ledger lines by text-format COPY), all in the one transaction the
+pipeline opens, so a sub-batch is durable as a whole or not at all.
+
+Why COPY in PostgreSQL's *text* format, with the payload built here, rather than asyncpg's binary
+copy_records_to_table: these two COPYs are the rater's hottest PostgreSQL path (~3.3 rows per
+event), and text is cheaper on both sides. Measured on 1,000-row COPYs of benchmark-shaped ledger
+rows (13 columns, a numeric unit price; CPU per row, medians, tables without indexes): the
+backend ~1.6 µs per row for text against ~2.4 for binary; the client ~0.9 µs against ~1.7, as
+asyncpg's binary encoding of a Decimal alone costs ~1 µs where str(Decimal) costs ~0.05. For
+processed_events rows: backend ~1.5 against ~2.1, client ~0.95 against ~1.2. Builders below.
 """
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -122,18 +131,182 @@ async def read_cumulatives(
 
 
 async def insert_processed(conn: asyncpg.Connection, rows: Sequence[Processed]) -> None:
-    """Insert idempotency records by binary COPY (a third of the CPU of an INSERT from ten
-    unnested arrays, on both sides). An event recorded before makes it raise
-    asyncpg.UniqueViolationError, which aborts the transaction: the caller rolls back and takes
-    the careful path (look the recorded ones up, rate only the others)."""
+    """Insert idempotency records by text-format COPY (a third of the CPU of an INSERT from ten
+    unnested arrays, on both sides; text rather than binary COPY: see the module docstring). An
+    event recorded before makes it raise asyncpg.UniqueViolationError, which aborts the
+    transaction: the caller rolls back and takes the careful path (look the recorded ones up,
+    rate only the others).
+
+    Any string round-trips exactly (tabs, newlines, backslashes, a literal `\\N`); a value
+    PostgreSQL text cannot hold (a NUL character) raises ValueError, a non-integer in an integer
+    column (a float, a bool) TypeError, both naming the column, before anything is sent."""
     if rows:
-        await conn.copy_records_to_table("processed_events", records=rows, columns=PROCESSED_COLUMNS)
+        await conn.copy_to_table("processed_events", source=_processed_text(rows), columns=PROCESSED_COLUMNS,
+                                 format="text")
 
 
 async def copy_lines(conn: asyncpg.Connection, lines: Sequence[tuple]) -> None:
-    """Ledger lines (tuples in LEDGER_COLUMNS order) by binary COPY: the fastest path in."""
+    """Ledger lines (tuples in LEDGER_COLUMNS order) by text-format COPY: the fastest path in
+    (see the module docstring). Same guarantees as insert_processed: any string round-trips
+    exactly, a NUL raises ValueError, and unit_price must be a Decimal (or an int, or None):
+    a float or a bool raises TypeError, as does one in an integer column."""
     if lines:
-        await conn.copy_records_to_table("ledger_lines", records=lines, columns=LEDGER_COLUMNS)
+        await conn.copy_to_table("ledger_lines", source=_ledger_text(lines), columns=LEDGER_COLUMNS, format="text")
+
+
+# ----------------------------------------------------------------------------- text COPY payloads
+#
+# PostgreSQL's COPY text format: columns separated by a tab, rows ended by a newline, NULL as \N,
+# and inside a value backslash, tab, newline and carriage return escaped as \\, \t, \n, \r
+# (a backslash before anything else would start an escape sequence too, hence every backslash is
+# doubled). A NUL character cannot be stored in text at all.
+#
+# Fast path (_ledger_text_fast, _processed_text_fast): each row by one join, no escaping, then
+# one check of the whole payload: it must hold exactly the tabs and newlines the joins put in,
+# exactly one backslash per \N written for a NULL, and no CR or NUL. bytes.translate(None, delete)
+# counts those five bytes in one pass (UTF-8 never uses a byte below 0x80 inside a multi-byte
+# character, so counting bytes is counting characters); any surplus is in a value. Types are
+# checked as they go: exact int, Decimal (unit_price), str or None; join refuses anything else.
+#
+# When the batch check fails, or on anything unexpected (another type, another row length, a
+# string not encodable as UTF-8), the batch is built again row by row (_careful_text): the fast
+# path on each row alone, and value by value (_escaped_row) only for a row it refuses, which
+# escapes, or raises naming the column. A tab in one event id makes its batch cost ~1.6 µs per
+# row to build instead of ~0.55 (~4 µs per row if every row went value by value).
+#
+# The payload goes to asyncpg as a memoryview: asyncpg sends a buffer as one CopyData message,
+# where a file-like object (io.BytesIO) is read in a thread-pool executor, and bytes would be
+# taken for a file name (bytes are path-like).
+
+_NULL = "\\N"
+_SPECIAL = b"\t\n\r\\\x00"
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r\x00]").search
+
+_TEXT, _INT, _NUMERIC = "text", "integer", "numeric"
+_LEDGER_KINDS = (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _NUMERIC, _INT)
+_PROCESSED_KINDS = (_TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _TEXT, _INT, _TEXT)
+
+
+def _ledger_text(lines: Sequence[tuple]) -> memoryview:
+    """The COPY text payload of ledger rows: ~0.55 µs of client CPU per row to build (of the
+    ~0.9 µs per row copy_lines costs the client; see the module docstring)."""
+    return memoryview(_ledger_text_fast(lines) or
+                      _careful_text(_ledger_text_fast, "ledger_lines", LEDGER_COLUMNS, _LEDGER_KINDS, lines))
+
+
+def _ledger_text_fast(lines, _null=_NULL, _special=_SPECIAL, _str=str, _type=type, _int=int,
+                      _decimal=Decimal) -> bytes | None:
+    """The payload if no value needs escaping or refusing, else None."""
+    out: list[str] = []
+    add = out.append
+    nulls = 0
+    try:
+        for ev, line_no, corr, cus, plan, period, kind, charge, metric, dim, qty, price, amount in lines:
+            if not (_type(line_no) is _type(qty) is _type(amount) is _int):
+                return None
+            if price is None:
+                nulls += 1
+                price = _null
+            elif _type(price) is _decimal:
+                price = _str(price)  # exponent notation (3E-7) included: numeric input reads it
+            else:
+                return None
+            if corr is None:
+                nulls += 1
+                corr = _null
+            if metric is None:
+                nulls += 1
+                metric = _null
+            add("\t".join((ev, _str(line_no), corr, cus, plan, period, kind, charge, metric, dim, _str(qty), price,
+                           _str(amount))))
+        add("")
+        data = "\n".join(out).encode()
+    except (TypeError, ValueError):  # a non-str in a text column (None included), a row length, a surrogate
+        return None
+    # 12 tabs and a newline per row, a backslash per NULL: anything more is in a value.
+    if len(data) - len(data.translate(None, _special)) != 13 * len(lines) + nulls:
+        return None
+    return data
+
+
+def _processed_text(rows: Sequence[Processed]) -> memoryview:
+    """The COPY text payload of processed_events rows: ~0.55 µs per row to build."""
+    return memoryview(_processed_text_fast(rows) or
+                      _careful_text(_processed_text_fast, "processed_events", PROCESSED_COLUMNS, _PROCESSED_KINDS,
+                                    rows))
+
+
+def _processed_text_fast(rows, _null=_NULL, _special=_SPECIAL, _str=str, _type=type, _int=int) -> bytes | None:
+    """The payload if no value needs escaping or refusing, else None."""
+    out: list[str] = []
+    add = out.append
+    nulls = 0
+    try:
+        for ev, kind, cus, period, spend, wallet, invoice, hold, tokens, corr in rows:
+            if not (_type(spend) is _type(wallet) is _type(invoice) is _type(tokens) is _int):
+                return None
+            if hold is None:
+                nulls += 1
+                hold = _null
+            if corr is None:
+                nulls += 1
+                corr = _null
+            add("\t".join((ev, kind, cus, period, _str(spend), _str(wallet), _str(invoice), hold, _str(tokens), corr)))
+        add("")
+        data = "\n".join(out).encode()
+    except (TypeError, ValueError):
+        return None
+    # 9 tabs and a newline per row, a backslash per NULL.
+    if len(data) - len(data.translate(None, _special)) != 10 * len(rows) + nulls:
+        return None
+    return data
+
+
+def _careful_text(fast, table: str, columns: Sequence[str], kinds: Sequence[str], rows: Iterable[Sequence]) -> bytes:
+    """The payload row by row: `fast` on each row alone, _escaped_row where it refuses."""
+    return b"".join([fast((row,)) or _escaped_row(table, columns, kinds, row) for row in rows])
+
+
+def _escaped_row(table: str, columns: Sequence[str], kinds: Sequence[str], row: Sequence) -> bytes:
+    """One row, value by value: escapes what needs it, raises on what cannot be sent (TypeError
+    for a value of the wrong type, ValueError for a NUL, a lone surrogate or a row of the wrong
+    length), naming the column."""
+    if len(row) != len(columns):
+        raise ValueError(f"{table}: a row of {len(row)} values for {len(columns)} columns")
+    line = "\t".join([_text_value(table, c, k, v) for c, k, v in zip(columns, kinds, row)]) + "\n"
+    try:
+        return line.encode()
+    except UnicodeEncodeError:
+        for c, v in zip(columns, row):
+            if isinstance(v, str):
+                try:
+                    v.encode()
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"{table}.{c}: not encodable as UTF-8 ({e.reason}): {v[:80]!r}") from None
+        raise
+
+
+def _text_value(table: str, column: str, kind: str, v: object) -> str:
+    if v is None:
+        return _NULL
+    if kind is _TEXT:
+        if not isinstance(v, str):
+            raise TypeError(f"{table}.{column}: expected str or None, got {type(v).__name__}")
+        if _NEEDS_ESCAPE(v):
+            if "\x00" in v:
+                raise ValueError(f"{table}.{column}: a NUL character cannot be stored in PostgreSQL text: {v[:80]!r}")
+            return str.translate(v, _ESCAPES)
+        return v
+    # Exact numbers only: a float (or a bool, an int by inheritance) is a bug upstream.
+    if isinstance(v, (bool, float)):
+        raise TypeError(f"{table}.{column}: {type(v).__name__} refused, {kind} columns take exact values only")
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if kind is _NUMERIC and isinstance(v, Decimal):
+        return Decimal.__str__(v)
+    expected = "int" if kind is _INT else "Decimal or int"
+    raise TypeError(f"{table}.{column}: expected {expected} or None, got {type(v).__name__}")
 
 
 async def upsert_cumulatives(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, int]]) -> None:

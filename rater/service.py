@@ -28,9 +28,15 @@ log = logging.getLogger("tollgate.rater")
 
 OnBatch = Callable[[list[Message], BatchResult], None]
 
+# Events per poll at most. A backlog (catching up after a restart, a burst) is drained faster in
+# bigger batches: a customer's events share one cumulatives row update, one settle.lua run and one
+# transaction's fixed costs. bench_rater, two raters: 1,000 -> 2,000 took the CPU per event from
+# ~100 to ~85 µs. At a steady rate a poll returns what has arrived, so batches stay small.
+DEFAULT_BATCH = 2000
+
 
 class Rater:
-    def __init__(self, consumer: Consumer, pipeline: Pipeline, *, batch_size: int = 1000,
+    def __init__(self, consumer: Consumer, pipeline: Pipeline, *, batch_size: int = DEFAULT_BATCH,
                  poll_ms: int = 200, on_batch: OnBatch | None = None):
         """on_batch(messages, result) runs after each batch is acknowledged."""
         self.consumer = consumer
@@ -93,7 +99,7 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | None = None,
-                batch_size: int = 1000, sweep_interval_s: float = 5.0, claim_idle_ms: int = 30_000,
+                batch_size: int = DEFAULT_BATCH, sweep_interval_s: float = 5.0, claim_idle_ms: int = 30_000,
                 stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,7 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bus", choices=("redis", "kafka"), help="default: TOLLGATE_BUS")
     p.add_argument("--group", default="rater", help="consumer group (default: rater)")
     p.add_argument("--consumer", help="Redis Streams consumer name (default: TOLLGATE_RATER_CONSUMER or host-pid)")
-    p.add_argument("--batch", type=int, default=1000, help="events per batch (default: 1000)")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"events per batch at most (default: {DEFAULT_BATCH})")
     p.add_argument("--sweep-interval", type=float, default=5.0, help="seconds between hold sweeps; 0 = off")
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="Redis Streams: take over another consumer's entries pending this long")
