@@ -7,8 +7,8 @@ run (PostgreSQL COPY rows/s, Redis EVALSHA/s of settle.lua).
 
 Everything is private to the run: a redis-server on a free port, a fresh PostgreSQL database
 (TOLLGATE_BENCH_PG_DSN, default the local server, else the embedded pgserver), dropped at the end.
-Both are on this machine, so the raters reach them as a co-located deployment would, over unix
-sockets (the server's own socket directory for PostgreSQL); --tcp uses loopback TCP instead.
+The raters reach both over loopback TCP; --unix uses unix sockets instead (the server's own
+socket directory for PostgreSQL), as a co-located deployment could.
 The rater runs exactly as `tollgate-rater` does (rater.service.Rater: Redis Streams consumer group,
 rater.pipeline.Pipeline); `--workers N` runs N such rater processes in one consumer group.
 Throughput: N events published first, then the raters, started and connected, drain them (time
@@ -398,8 +398,8 @@ def pct(xs: list[float], p: float) -> float:
 async def main(args) -> dict:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"tg-bench-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True, exist_ok=True)
-    redis_server = start_redis(unix_socket=None if args.tcp else str(tmp / "redis.sock"))
-    admin, dsn = await make_database(tmp, unix=not args.tcp)
+    redis_server = start_redis(unix_socket=str(tmp / "redis.sock") if args.unix else None)
+    admin, dsn = await make_database(tmp, unix=args.unix)
     redis = Redis.from_url(redis_server.url)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     ctx = mp.get_context("spawn")
@@ -493,7 +493,7 @@ if __name__ == "__main__":
     ap.add_argument("--duration", type=float, default=20, help="seconds of the lag run")
     ap.add_argument("--ceiling-rows", type=int, default=300_000)
     ap.add_argument("--ceiling-evals", type=int, default=100_000)
-    ap.add_argument("--tcp", action="store_true", help="loopback TCP to Redis and PostgreSQL, not unix sockets")
+    ap.add_argument("--unix", action="store_true", help="unix sockets to Redis and PostgreSQL, not loopback TCP")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     result = asyncio.run(main(a))

@@ -78,6 +78,14 @@ async def read_processed(conn, event_ids) -> dict[str, Processed]:
     return {r["event_id"]: Processed(*r.values()) for r in rows}
 
 
+async def write_and_read(conn, procs, lines) -> tuple[dict[str, Processed], dict[tuple[str, int], tuple]]:
+    """Both COPYs, then what PostgreSQL holds for those events."""
+    await ledger.insert_processed(conn, procs)
+    await ledger.copy_lines(conn, lines)
+    return (await read_processed(conn, [p.event_id for p in procs]),
+            await read_lines(conn, {ln[0] for ln in lines}))
+
+
 def assert_same_lines(got: tuple, sent: tuple) -> None:
     assert got == sent
     assert [type(v) for v in got] == [type(v) for v in sent]  # no '' came back as None, nor the reverse
@@ -94,10 +102,7 @@ async def test_awkward_strings_round_trip_in_every_text_column(pg):
                               charge_id=s, metric=s, dimension_key=s))
         procs.append(processed_of(e, kind=s, customer_id=s, period=s, hold_id=s, correlation_id=s))
     async with rolled_back(pg) as conn:
-        await ledger.insert_processed(conn, procs)
-        await ledger.copy_lines(conn, lines)
-        got_p = await read_processed(conn, [p.event_id for p in procs])
-        got_l = await read_lines(conn, [ln[0] for ln in lines])
+        got_p, got_l = await write_and_read(conn, procs, lines)
     assert got_p == {p.event_id: p for p in procs}
     assert len(got_l) == len(lines)
     for ln in lines:
@@ -110,10 +115,7 @@ async def test_empty_string_and_null_stay_distinct(pg):
              lines_of(e2, correlation_id=None, metric=None, unit_price=Decimal("1.50"))]
     procs = [processed_of(e1, hold_id="", correlation_id=""), processed_of(e2, hold_id=None, correlation_id=None)]
     async with rolled_back(pg) as conn:
-        await ledger.insert_processed(conn, procs)
-        await ledger.copy_lines(conn, lines)
-        got_p = await read_processed(conn, [e1, e2])
-        got_l = await read_lines(conn, [e1, e2])
+        got_p, got_l = await write_and_read(conn, procs, lines)
         nulls = await conn.fetch(
             "SELECT event_id, correlation_id IS NULL AS c, metric IS NULL AS m, unit_price IS NULL AS u"
             " FROM ledger_lines WHERE event_id = ANY($1::text[]) ORDER BY event_id = $2 DESC", [e1, e2], e1)
@@ -155,10 +157,7 @@ async def test_integers_at_the_column_bounds_and_negative_amounts(pg):
     procs = [processed_of(e, spend_micros=INT64_MAX, wallet_micros=INT64_MIN, invoice_micros=-1,
                           actual_tokens=INT64_MAX - 1)]
     async with rolled_back(pg) as conn:
-        await ledger.insert_processed(conn, procs)
-        await ledger.copy_lines(conn, lines)
-        got_l = await read_lines(conn, [e])
-        got_p = await read_processed(conn, [e])
+        got_p, got_l = await write_and_read(conn, procs, lines)
     assert got_p == {e: procs[0]}
     assert sorted(got_l.values()) == sorted(lines)
 
@@ -179,10 +178,7 @@ async def test_a_large_mixed_batch_round_trips(pg):
         procs.append(processed_of(e, customer_id=s, hold_id=f"hold_{i}" if i % 4 == 0 else None,
                                   spend_micros=rnd.randrange(10**9)))
     async with rolled_back(pg) as conn:
-        await ledger.insert_processed(conn, procs)
-        await ledger.copy_lines(conn, lines)
-        got_p = await read_processed(conn, [p.event_id for p in procs])
-        got_l = await read_lines(conn, [ln[0] for ln in lines])
+        got_p, got_l = await write_and_read(conn, procs, lines)
     assert got_p == {p.event_id: p for p in procs}
     assert got_l == {(ln[0], ln[1]): ln for ln in lines}
 
