@@ -485,7 +485,7 @@ def report(r: dict) -> str:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=100_000, help="backlog drained for throughput")
+    ap.add_argument("--events", type=int, default=200_000, help="backlog drained for throughput")
     ap.add_argument("--customers", type=int, default=300)
     ap.add_argument("--workers", type=int, default=1, help="rater processes in the consumer group")
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="events per poll at most (tollgate-rater's default)")
