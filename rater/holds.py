@@ -18,6 +18,10 @@ one run of release_expired.lua (ZRANGEBYSCORE on `tg:{c}:hold_exp` up to now, re
 atomic), pipelined SWEEP_BATCH customers per round trip. Each script touches one customer's keys,
 so it runs unchanged on Redis Cluster (no cross-slot index of all holds is needed). Cost: one
 cheap script per customer per sweep; ~100k customers is about a second of Redis time.
+
+A released hold is also put in the customer's outbox (`tg:{c}:hold_released`) by the same script,
+and taken out only once PostgreSQL has recorded it; the script returns the whole outbox, so a
+sweeper that died between the two leaves holds that the next sweep records.
 """
 from __future__ import annotations
 
@@ -189,11 +193,12 @@ async def record_expired(conn, expired: Sequence[ExpiredHold]) -> None:
 
 
 async def sweep_expired(redis, pg_pool, now_ms: int | None = None) -> list[ExpiredHold]:
-    """Release every hold past its expiry (now_ms, default Redis TIME) and record each as expired.
+    """Release every hold past its expiry (now_ms, default Redis TIME) and record each as expired;
+    returns the holds recorded, including any an earlier sweep released but did not record.
 
-    Each batch of customers is written to PostgreSQL right after Redis released it. A crash in
-    between loses only the record (Redis already released the money); the hold row then stays
-    'open' in PostgreSQL past its expiry, which rebuild ignores.
+    Each batch of customers is written to PostgreSQL right after Redis released it, then their
+    outbox entries are deleted. A crash in between leaves them in the outbox, and the next sweep
+    records them (idempotently: hold_events has one row per hold and kind).
     """
     script = lua.load("release_expired")
     now_arg = "" if now_ms is None else int(now_ms)
@@ -207,11 +212,12 @@ async def sweep_expired(redis, pg_pool, now_ms: int | None = None) -> list[Expir
                 replies = await eval_many(redis, script, calls)
                 batch, again = [], []
                 for customer_id, reply in zip(pending, replies):
-                    found = _expired(customer_id, reply)
+                    released_now, found = _expired(customer_id, reply)
                     batch += found
-                    if len(found) >= SWEEP_LIMIT:
+                    if released_now >= SWEEP_LIMIT:
                         again.append(customer_id)
                 await record_expired(conn, batch)
+                await _clear_outbox(redis, batch)
                 out += batch
                 pending = again
     return out
@@ -219,16 +225,30 @@ async def sweep_expired(redis, pg_pool, now_ms: int | None = None) -> list[Expir
 
 def _sweep_call(customer_id: str, now_arg) -> tuple[list[str], list]:
     k = CustomerKeys(customer_id)
-    return [k.held, k.holds, k.hold_expiry], [now_arg, SWEEP_LIMIT]
+    return [k.held, k.holds, k.hold_expiry, k.hold_released], [now_arg, SWEEP_LIMIT]
 
 
-def _expired(customer_id: str, reply: list) -> list[ExpiredHold]:
-    vals = [v.decode() if isinstance(v, bytes) else str(v) for v in reply]
+def _expired(customer_id: str, reply: list) -> tuple[int, list[ExpiredHold]]:
+    """(holds released by this run, every hold in the customer's outbox)."""
+    vals = [v.decode() if isinstance(v, bytes) else str(v) for v in reply[1:]]
     out = []
-    for i in range(0, len(vals), 3):
-        amount, tokens, key_id = parse_hold(vals[i + 1])
-        out.append(ExpiredHold(customer_id, vals[i], amount, tokens, key_id, int(float(vals[i + 2]))))
-    return out
+    for i in range(0, len(vals), 2):
+        expiry, _, hold = vals[i + 1].partition(":")
+        amount, tokens, key_id = parse_hold(hold)
+        out.append(ExpiredHold(customer_id, vals[i], amount, tokens, key_id, int(float(expiry))))
+    return int(reply[0]), out
+
+
+async def _clear_outbox(redis, recorded: Sequence[ExpiredHold]) -> None:
+    """Take holds PostgreSQL has recorded out of their customers' outboxes."""
+    by_customer: dict[str, list[str]] = {}
+    for e in recorded:
+        by_customer.setdefault(e.customer_id, []).append(e.hold_id)
+    if by_customer:
+        async with redis.pipeline(transaction=False) as p:
+            for customer_id, hold_ids in by_customer.items():
+                p.hdel(CustomerKeys(customer_id).hold_released, *hold_ids)
+            await p.execute()
 
 
 class _connection:

@@ -57,6 +57,10 @@ class CustomerKeys:
     def hold_expiry(self) -> str:  # zset hold_id -> expiry (ms since epoch), read by the sweeper
         return f"{self.tag}:hold_exp"
 
+    @property
+    def hold_released(self) -> str:  # hash hold_id -> "expiry ms:hold": expired, not yet in PostgreSQL
+        return f"{self.tag}:hold_released"
+
     def spend(self, period: str) -> str:  # int micros: period-to-date spend
         return f"{self.tag}:spend:{period}"
 

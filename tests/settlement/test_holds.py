@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
-from rater.holds import mark_settled, record_placed_holds, settled_holds, sweep_expired
-from rater.settlement import SettleItem, settle
+import lua
+from rater import holds
+from rater.holds import _sweep_call, mark_settled, record_placed_holds, settled_holds, sweep_expired
+from rater.settlement import SettleItem, eval_many, settle
 from tests.settlement.conftest import check, figures, make_customer, uid
 from tollgate.periods import period_of
 
@@ -74,6 +76,44 @@ async def test_sweeping_again_releases_nothing_more(redis, pg, customer):
     assert (await figures(redis, customer))["held"] == 0
     async with pg.acquire() as conn:
         assert await audit(conn, h["hold_id"]) == {"placed": (5_000, None), "expired": (5_000, None)}
+
+
+async def test_a_sweeper_dying_after_the_release_leaves_the_record_to_the_next_sweep(redis, pg, customer):
+    """Redis released the holds, then the sweeper died before PostgreSQL recorded them: the
+    released holds wait in the customer's outbox, and the next sweep records each exactly once."""
+    async with pg.acquire() as conn:
+        h1 = await place(redis, conn, customer, 7_000, ttl_ms=1)
+        h2 = await place(redis, conn, customer, 800, ttl_ms=1)
+    now = max(h1["expires_ms"], h2["expires_ms"]) + 1
+    # the sweep's Redis half, exactly as sweep_expired runs it, and nothing after it
+    (reply,) = await eval_many(redis, lua.load("release_expired"), [_sweep_call(customer.id, now)])
+    assert int(reply[0]) == 2 and (await figures(redis, customer))["held"] == 0
+    assert set(await redis.hkeys(customer.keys.hold_released)) == {h1["hold_id"].encode(), h2["hold_id"].encode()}
+    async with pg.acquire() as conn:
+        assert await audit(conn, h1["hold_id"]) == {"placed": (7_000, None)}  # the record was lost
+
+    recovered = [e for e in await sweep_expired(redis, pg, now_ms=now) if e.customer_id == customer.id]
+    assert sorted((e.hold_id, e.amount_micros, e.expires_at_ms) for e in recovered) == sorted(
+        [(h1["hold_id"], 7_000, h1["expires_ms"]), (h2["hold_id"], 800, h2["expires_ms"])])
+    assert await redis.exists(customer.keys.hold_released) == 0
+    assert [e for e in await sweep_expired(redis, pg, now_ms=now) if e.customer_id == customer.id] == []
+    async with pg.acquire() as conn:
+        assert await audit(conn, h1["hold_id"]) == {"placed": (7_000, None), "expired": (7_000, None)}
+        assert await audit(conn, h2["hold_id"]) == {"placed": (800, None), "expired": (800, None)}
+        status = await conn.fetch("SELECT status, released_micros FROM holds WHERE hold_id = ANY($1::text[])",
+                                  [h1["hold_id"], h2["hold_id"]])
+        assert sorted(tuple(r) for r in status) == [("expired", 800), ("expired", 7_000)]
+    assert (await figures(redis, customer))["held"] == 0  # released once, not twice
+
+
+async def test_a_backlog_over_the_per_run_limit_is_released_in_several_runs(redis, pg, customer, monkeypatch):
+    async with pg.acquire() as conn:
+        placed = [await place(redis, conn, customer, 10, ttl_ms=1) for _ in range(3)]
+    now = max(h["expires_ms"] for h in placed) + 1
+    monkeypatch.setattr(holds, "SWEEP_LIMIT", 2)  # 3 holds: a run of 2, then a run of 1
+    swept = [e for e in await sweep_expired(redis, pg, now_ms=now) if e.customer_id == customer.id]
+    assert sorted(e.hold_id for e in swept) == sorted(h["hold_id"] for h in placed)
+    assert (await figures(redis, customer))["held"] == 0 and await redis.exists(customer.keys.hold_released) == 0
 
 
 async def test_a_hold_not_yet_due_is_not_swept(redis, pg, customer):
