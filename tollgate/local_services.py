@@ -48,8 +48,8 @@ def redis_server_binary() -> str:
 class LocalRedis:
     """A throw-away redis-server (no persistence) that can be stopped and started on its port.
 
-    With `unix_socket` it also listens on that socket path, and `url` names the socket: a client
-    on the same machine spends less CPU per command than over loopback TCP."""
+    With `unix_socket` it also listens on that socket path, and `url` names the socket (for
+    clients on the same machine)."""
 
     port: int
     proc: subprocess.Popen | None = None
