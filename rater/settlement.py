@@ -4,8 +4,10 @@ The rating pipeline calls `settle` with one item per event, after its ledger tra
 `record_promotions` and `rater.holds.mark_settled` with the results, then acks. Each step is
 idempotent by event id, so a crash anywhere and the redelivery that follows change nothing twice:
 - Redis: `tg:{c}:evt:<event id>` stores the first result; a replay returns it (replayed=True)
-  and touches nothing. It lives MARKER_TTL_MS, longer than any redelivery window (the bus
-  retention plus a consumer that stayed down for weeks); each costs ~100 bytes of Redis memory.
+  and touches nothing. It lives MARKER_TTL_MS (TOLLGATE_SETTLED_MARKER_TTL_H, default 7 days,
+  Kafka's default retention), which must be longer than any redelivery window; each costs ~100
+  bytes of Redis memory, i.e. ~8.6 GB per 1,000 events/s sustained over a day. Sizing it is an
+  operator's choice; a per-customer settle sequence would remove the per-event cost (not built).
 - PostgreSQL: tier_transitions.event_id and holds/hold_events are unique, writes are upserts.
 
 The items of one call are grouped by customer, each customer's in their order: one settle.lua run
@@ -30,11 +32,12 @@ from redis.exceptions import NoScriptError
 import lua
 from rater import redis_raw
 from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
+from tollgate.config import settings
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
 
 DAY_MS = 24 * 3600 * 1000
-MARKER_TTL_MS = 35 * DAY_MS  # settled-event markers: longer than any redelivery
+MARKER_TTL_MS = settings().settled_marker_ttl_h * 3600 * 1000  # settled-event markers: longer than any redelivery
 SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for late events
 CHUNK = 200  # events of one customer per settle.lua run at most: no single run blocks Redis long
 _PERIOD = re.compile(r"^\d{4}(0[1-9]|1[0-2])$")
