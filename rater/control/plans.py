@@ -9,7 +9,7 @@ import yaml
 from redis.asyncio import Redis
 
 from rater.control import customers
-from rater.control.errors import InvalidInput, NotFound
+from rater.control.errors import Conflict, InvalidInput, NotFound
 from rater.control.fields import iso
 from rater.control.lookup import known_id, plan_from_row
 from rater.projection import project_plan
@@ -52,10 +52,22 @@ async def apply_plan(db: asyncpg.Pool, redis: Redis, source: str | dict) -> dict
 
     Every customer on the plan is re-projected so new limits apply at once. All of it happens
     under the plan's row lock: concurrent applies and customer creations are serialised.
+
+    The billing anchor day of a plan with customers cannot change: their current periods would
+    move under them (usage already rated in one period would belong to another, and a period
+    could be invoiced twice or never). Such customers move to another plan at a period boundary.
     """
     plan = validate(source)
     doc = orjson.dumps(plan.document).decode()
     async with db.acquire() as conn, conn.transaction():
+        old = await conn.fetchrow("SELECT * FROM plans WHERE id = $1 FOR UPDATE", plan.id)
+        if old is not None and plan_from_row(old).billing_anchor_day != plan.billing_anchor_day:
+            n = await conn.fetchval("SELECT count(*) FROM customers WHERE plan_id = $1", plan.id)
+            if n:
+                raise Conflict("billing_period.anchor_day", (
+                    f"cannot change from {plan_from_row(old).billing_anchor_day} to {plan.billing_anchor_day} while "
+                    f"{n} customer(s) are on plan {plan.id!r}: their current periods would move; "
+                    "create a plan with the new anchor day and move them to it at a period boundary"))
         row = await conn.fetchrow(
             """INSERT INTO plans (id, version, document) VALUES ($1, 1, $2::jsonb)
                ON CONFLICT (id) DO UPDATE

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from rater.control import customers, plans
-from rater.control.errors import InvalidInput, NotFound
+from rater.control.errors import Conflict, InvalidInput, NotFound
 from tests.control.conftest import SAMPLE_PLAN, plan_text, uid
 from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, plan_record
 from tollgate.plans import load_plan_text
@@ -42,6 +42,23 @@ async def test_apply_round_trip_and_versions(pg, redis):
 
     listed = {p["id"]: p for p in await plans.list_plans(pg)}
     assert listed[pid]["version"] == 2 and listed[pid]["customers"] == 0
+
+
+async def test_the_anchor_day_of_a_plan_with_customers_cannot_change(pg, redis):
+    pid = uid("plan")
+    await plans.apply_plan(pg, redis, plan_text(pid))
+    mid_month = plan_text(pid, {"anchor_day: 1 ": "anchor_day: 15 "})
+    assert (await plans.apply_plan(pg, redis, mid_month))["version"] == 2  # no customers yet: allowed
+    await customers.create_customer(pg, redis, name="Acme", plan_id=pid)
+
+    with pytest.raises(Conflict) as e:
+        await plans.apply_plan(pg, redis, plan_text(pid))  # back to 1
+    assert e.value.status == 409 and e.value.field == "billing_period.anchor_day" and "1 customer(s)" in str(e.value)
+    assert await pg.fetchval("SELECT version FROM plans WHERE id = $1", pid) == 2  # nothing written
+    assert orjson.loads(await redis.get(plan_record(pid)))["billing_period"]["anchor_day"] == 15
+
+    other = plan_text(pid, {"anchor_day: 1 ": "anchor_day: 15 ", "requests_per_minute: 60": "requests_per_minute: 30"})
+    assert (await plans.apply_plan(pg, redis, other))["version"] == 3  # other changes still apply
 
 
 async def test_customer_cfg_has_the_limits_of_every_tier(pg, redis, plan_id):
