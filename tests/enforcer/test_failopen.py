@@ -201,12 +201,23 @@ class FreezableProxy:
             t.cancel()
 
 
+async def until_real_decision(http, enf, t, when: str):
+    """The first /v1/check answered from Redis (not failed open) within 10 s."""
+    deadline = time.monotonic() + 10
+    while (r := await http.post(f"{enf.url}/v1/check", json=check_body(t))).json()["reason"] != "ok":
+        assert time.monotonic() < deadline, f"no real decisions {when}: {r.text}\n{enf.logs()}"
+        await asyncio.sleep(0.05)
+    return r
+
+
 async def test_a_hung_redis_that_comes_back(redis_server, redis, http):
     t = await provision(redis)
     proxy = await FreezableProxy(redis_server.port).start()
     try:
         with run_enforcer({**FAIL_OPEN_ENV, "TOLLGATE_REDIS_URL": proxy.url}) as enf:
-            assert (await http.post(f"{enf.url}/v1/check", json=check_body(t))).json()["reason"] == "ok"
+            # the first check also connects through the proxy: on a busy machine it can miss the
+            # short deadline and fail open, which is not what this test is about
+            before = await until_real_decision(http, enf, t, "before the freeze")
             proxy.frozen = True
             times = []
             for _ in range(20):
@@ -215,11 +226,11 @@ async def test_a_hung_redis_that_comes_back(redis_server, redis, http):
                 times.append(elapsed)
             assert max(times) < DEADLINE_MS / 1000 + MARGIN_S, times
             proxy.frozen = False
-            deadline = time.monotonic() + 10
-            while (r := await http.post(f"{enf.url}/v1/check", json=check_body(t))).json()["reason"] != "ok":
-                assert time.monotonic() < deadline, f"no real decisions after the thaw: {r.text}\n{enf.logs()}"
-                await asyncio.sleep(0.05)
+            r = await until_real_decision(http, enf, t, "after the thaw")
             assert "x-tollgate-degraded" not in r.headers
-            assert await redis.hlen(t.keys.holds) == 2  # before the freeze and after the thaw
+            # both real decisions placed their holds (a check that failed open on its deadline
+            # may still have reached Redis late, so the count is not asserted)
+            for decided in (before, r):
+                assert await redis.hexists(t.keys.holds, decided.json()["hold_id"])
     finally:
         await proxy.close()
