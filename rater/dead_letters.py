@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from rater.control.backends import Backends
+
 REASONS = ("unknown_customer", "unknown_metric", "invalid_value", "invalid_event", "rating_error")
 
 
@@ -140,12 +142,9 @@ def register(sub) -> None:
 
 
 async def _list(ctx) -> int:
-    conn = await asyncpg.connect(ctx.settings.database_url)
-    try:
+    async with Backends(ctx.settings, max_pool=2) as (pool, _), pool.acquire() as conn:
         rows = await list_open(conn, reason=ctx.args.reason, customer_id=ctx.args.customer,
                                after_id=ctx.args.after, limit=ctx.args.limit, status=ctx.args.status)
-    finally:
-        await conn.close()
     from tollgate.cli import table  # noqa: PLC0415
 
     ctx.emit(rows, table(rows, ["id", "event_id", "customer_id", "reason", "detail", "attempts", "created_at"]))
@@ -153,24 +152,14 @@ async def _list(ctx) -> int:
 
 
 async def _replay(ctx) -> int:
-    from redis.asyncio import Redis  # noqa: PLC0415
-
-    pool = await asyncpg.create_pool(ctx.settings.database_url, min_size=1, max_size=2)
-    redis = Redis.from_url(ctx.settings.redis_url)
-    try:
+    async with Backends(ctx.settings, max_pool=2) as (pool, redis):
         counts = await replay(pool, redis, ids=ctx.args.ids or None)
-    finally:
-        await redis.aclose()
-        await pool.close()
     ctx.emit(counts, f"replayed {counts['replayed']}, still failing {counts['still_failing']}")
     return 0 if counts["still_failing"] == 0 else 3
 
 
 async def _discard(ctx) -> int:
-    conn = await asyncpg.connect(ctx.settings.database_url)
-    try:
+    async with Backends(ctx.settings, max_pool=2) as (pool, _), pool.acquire() as conn:
         n = await discard(conn, ctx.args.ids)
-    finally:
-        await conn.close()
     ctx.emit({"discarded": n}, f"discarded {n}")
     return 0

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from rater import ledger
+from rater.control.backends import Backends
 from rater.ledger import Processed
 from rater.pipeline import Directory
 from rater.settlement import SettleItem, settle
@@ -275,15 +276,8 @@ def register(sub) -> None:
 
 
 async def _close_cmd(ctx) -> int:
-    from redis.asyncio import Redis  # noqa: PLC0415
-
-    pool = await asyncpg.create_pool(ctx.settings.database_url, min_size=1, max_size=2)
-    redis = Redis.from_url(ctx.settings.redis_url)
-    try:
+    async with Backends(ctx.settings, max_pool=2) as (pool, redis):
         out = await close_period(pool, redis, ctx.args.period, customer_ids=ctx.args.customer)
-    finally:
-        await redis.aclose()
-        await pool.close()
     from tollgate.cli import table  # noqa: PLC0415
 
     ctx.emit(out, table(out, ["invoice_id", "customer_id", "period", "total", "prepaid", "amount_due", "tier",
@@ -292,11 +286,8 @@ async def _close_cmd(ctx) -> int:
 
 
 async def _invoice_cmd(ctx) -> int:
-    conn = await asyncpg.connect(ctx.settings.database_url)
-    try:
+    async with Backends(ctx.settings, max_pool=2) as (pool, _), pool.acquire() as conn:
         inv = await invoice(conn, ctx.args.invoice_id)
-    finally:
-        await conn.close()
     from tollgate.cli import table  # noqa: PLC0415
 
     head = (f"{inv['invoice_id']}  {inv['customer_id']}  {inv['period']}  {inv['currency']}\n"

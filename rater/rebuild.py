@@ -206,17 +206,11 @@ def register(sub) -> None:
 
 
 async def _cli_rebuild(ctx) -> int:
-    import asyncpg  # noqa: PLC0415
-    import redis.asyncio as aioredis  # noqa: PLC0415
+    from rater.control.backends import Backends  # noqa: PLC0415
 
     started = time.monotonic()
-    conn = await asyncpg.connect(ctx.settings.database_url)
-    redis = aioredis.Redis.from_url(ctx.settings.redis_url)
-    try:
+    async with Backends(ctx.settings, max_pool=2) as (pool, redis), pool.acquire() as conn:
         counts = await rebuild(redis, conn)
-    finally:
-        await redis.aclose()
-        await conn.close()
     counts["seconds"] = round(time.monotonic() - started, 3)
     ctx.emit(counts, "rebuilt: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
