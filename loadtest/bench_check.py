@@ -97,49 +97,54 @@ def script_args(tenants, n: int, prefix: str):
 # --------------------------------------------------------------------------- (a) raw ceiling
 
 
-async def raw_redis_py(url: str, tenants, seconds: float, concurrency: int = 50) -> tuple[float, list[float]]:
-    script = lua.load("check")
-    r = aioredis.Redis.from_url(url, max_connections=concurrency)
-    await r.script_load(script.source)
+async def _closed_loop(call, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    """`concurrency` callers each awaiting call(i) back to back for `seconds` (i counts calls):
+    calls/s and each call's latency."""
     lat: list[float] = []
     stop = time.perf_counter() + seconds
     counter = iter(range(10**12))
 
     async def worker():
         while time.perf_counter() < stop:
-            keys, argv = script_args(tenants, next(counter), "rp")
+            i = next(counter)
             t = time.perf_counter()
-            await r.evalsha(script.sha, len(keys), *keys, *argv)
+            await call(i)
             lat.append(time.perf_counter() - t)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    await r.aclose()
-    return len(lat) / elapsed, lat
+    return len(lat) / (time.perf_counter() - start), lat
+
+
+async def raw_redis_py(url: str, tenants, seconds: float, concurrency: int = 50) -> tuple[float, list[float]]:
+    script = lua.load("check")
+    r = aioredis.Redis.from_url(url, max_connections=concurrency)
+    await r.script_load(script.source)
+
+    async def call(i: int) -> None:
+        keys, argv = script_args(tenants, i, "rp")
+        await r.evalsha(script.sha, len(keys), *keys, *argv)
+
+    try:
+        return await _closed_loop(call, seconds, concurrency)
+    finally:
+        await r.aclose()
 
 
 async def raw_wire(url: str, tenants, seconds: float, concurrency: int = 200) -> tuple[float, list[float]]:
     script = lua.load("check")
     wire = RedisWire(url, prelude=(("SCRIPT", "LOAD", script.source),))
     await wire.call(("PING",), 1.0)
-    lat: list[float] = []
-    stop = time.perf_counter() + seconds
-    counter = iter(range(10**12))
 
-    async def worker():
-        while time.perf_counter() < stop:
-            keys, argv = script_args(tenants, next(counter), "rw")
-            t = time.perf_counter()
-            reply = await wire.call(("EVALSHA", script.sha, len(keys), *keys, *argv), 1.0)
-            assert isinstance(reply, list), reply
-            lat.append(time.perf_counter() - t)
+    async def call(i: int) -> None:
+        keys, argv = script_args(tenants, i, "rw")
+        reply = await wire.call(("EVALSHA", script.sha, len(keys), *keys, *argv), 1.0)
+        assert isinstance(reply, list), reply
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    wire.close()
-    return len(lat) / elapsed, lat
+    try:
+        return await _closed_loop(call, seconds, concurrency)
+    finally:
+        wire.close()
 
 
 # --------------------------------------------------------------------------- (b) open-loop HTTP

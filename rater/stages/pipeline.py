@@ -11,7 +11,6 @@ and the same holds for each part (charges, commit true-up, discount, tax).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from rater.pricing.base import UsageKey
@@ -28,56 +27,20 @@ def run(ctx: RatingContext) -> RatingContext:
     return ctx
 
 
-def run_event(
-    plan: Plan,
-    dimensions: Mapping[str, Any],
-    measurements: Mapping[str, int],
-    cumulative: Mapping[UsageKey, int],
-    *,
-    billing_mode: str | None = None,
-    spend_cap_micros: int | None = None,
-    tax_percent: Decimal | None = None,
-    wallet_available_micros: int = 0,
-) -> RatingContext:
-    return run(
-        RatingContext(
-            plan, "event", dimensions, measurements, cumulative,
-            billing_mode, spend_cap_micros, tax_percent, wallet_available_micros,
-        )
-    )
+def run_event(plan: Plan, dimensions: Mapping[str, Any], measurements: Mapping[str, int],
+              cumulative: Mapping[UsageKey, int], **options: Any) -> RatingContext:
+    """One usage event against the period's cumulatives before it.
+
+    options (keyword only, each a RatingContext input): billing_mode, spend_cap_micros,
+    tax_percent, wallet_available_micros."""
+    return run(RatingContext(plan, "event", dimensions, measurements, cumulative, **options))
 
 
-def run_close(
-    plan: Plan,
-    cumulative: Mapping[UsageKey, int],
-    *,
-    billing_mode: str | None = None,
-    spend_cap_micros: int | None = None,
-    tax_percent: Decimal | None = None,
-    wallet_available_micros: int = 0,
-) -> RatingContext:
+def run_close(plan: Plan, cumulative: Mapping[UsageKey, int], **options: Any) -> RatingContext:
     """Once per customer and period, after its last event: flat fees, minimums, commit true-up."""
-    return run(
-        RatingContext(
-            plan, "close", {}, {}, cumulative,
-            billing_mode, spend_cap_micros, tax_percent, wallet_available_micros,
-        )
-    )
+    return run(RatingContext(plan, "close", {}, {}, cumulative, **options))
 
 
-def run_batch(
-    plan: Plan,
-    totals: Mapping[UsageKey, int],
-    *,
-    billing_mode: str | None = None,
-    spend_cap_micros: int | None = None,
-    tax_percent: Decimal | None = None,
-    wallet_available_micros: int = 0,
-) -> RatingContext:
+def run_batch(plan: Plan, totals: Mapping[UsageKey, int], **options: Any) -> RatingContext:
     """The whole period at once from its usage totals (reconciliation, invoices)."""
-    return run(
-        RatingContext(
-            plan, "batch", {}, {}, totals,
-            billing_mode, spend_cap_micros, tax_percent, wallet_available_micros,
-        )
-    )
+    return run(RatingContext(plan, "batch", {}, {}, totals, **options))
