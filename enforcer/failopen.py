@@ -16,6 +16,7 @@ from enforcer import metrics
 from enforcer.rediswire import DEADLINE, Failure, RedisWire, ReplyError
 
 BREAKER_OPEN = Failure("breaker_open")
+UNAVAILABLE = Failure("unavailable")  # Redis replied that it cannot serve now
 # Error replies that mean "this Redis cannot serve now", not "this request is wrong".
 _UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "NOREPLICAS", "OOM")
 
@@ -66,16 +67,15 @@ class Guard:
     def __init__(self, wire: RedisWire, breaker: Breaker, deadline_s: float):
         self.wire = wire
         self.breaker = breaker
-        wire.on_reply = breaker.success
+        wire.on_reply = self._on_reply
         self.deadline = deadline_s
 
-    async def call(self, args: tuple, deadline: float | None = None) -> Any:
-        """The reply, a ReplyError, or a Failure (BREAKER_OPEN without touching Redis)."""
+    async def call(self, args: tuple) -> Any:
+        """The reply, a ReplyError, or a Failure: BREAKER_OPEN without touching Redis, UNAVAILABLE
+        for an error reply saying Redis cannot serve (LOADING, BUSY, ...), no reply at all."""
         if not self.breaker.allow():
             return BREAKER_OPEN
-        reply = await self.wire.call(args, self.deadline if deadline is None else deadline)
-        self._record(reply)
-        return reply
+        return self._no_reply(await self.wire.call(args, self.deadline))
 
     async def evalsha(self, sha: str, source: str, keys: tuple, argv: tuple) -> Any:
         start = time.monotonic()
@@ -90,12 +90,21 @@ class Guard:
                 self.wire.call(("SCRIPT", "LOAD", source), self.wire.hang_timeout)  # ready for the next request
                 return DEADLINE
             self.wire.call(("SCRIPT", "LOAD", source), left)
-            reply = await self.wire.call(args, left)
-            self._record(reply)
+            reply = self._no_reply(await self.wire.call(args, left))
         return reply
 
-    def _record(self, reply: Any) -> None:
-        if type(reply) is Failure or (type(reply) is ReplyError and str(reply).startswith(_UNAVAILABLE)):
+    def _on_reply(self, reply: Any) -> None:
+        """Every reply, as it arrives (a late one too): the one place replies reach the breaker."""
+        if type(reply) is ReplyError and str(reply).startswith(_UNAVAILABLE):
             self.breaker.failure()
         else:
             self.breaker.success()
+
+    def _no_reply(self, reply: Any) -> Any:
+        """A call that got no reply counts as a failure (one that did was counted on arrival);
+        an unavailable error reply becomes UNAVAILABLE, so callers fail open with that cause."""
+        if type(reply) is Failure:
+            self.breaker.failure()
+        elif type(reply) is ReplyError and str(reply).startswith(_UNAVAILABLE):
+            return UNAVAILABLE
+        return reply

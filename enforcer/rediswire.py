@@ -55,7 +55,7 @@ class RedisWire:
         self._prelude = tuple(setup) + prelude  # sent first on every new connection
         self.connect_timeout = connect_timeout
         self.hang_timeout = hang_timeout  # no reply for this long: the connection is dead, drop it
-        self.on_reply = None  # called when replies arrive (late ones too): Redis is alive
+        self.on_reply = None  # called with each reply as it arrives (late ones too)
         self._conn: _Conn | None = None  # the live connection
         self._connecting: asyncio.Task | None = None
         # [future, deadline handle, time sent, timeout, verdict deferred], in send order
@@ -172,8 +172,8 @@ class RedisWire:
             handle.cancel()
             if not fut.done():
                 fut.set_result(reply)
-        if self.on_reply is not None:
-            self.on_reply()
+            if self.on_reply is not None:
+                self.on_reply(reply)
 
     def _lost(self, conn: _Conn) -> None:
         if conn is self._conn:

@@ -8,8 +8,11 @@ import re
 import statistics
 import time
 
+import redis.asyncio as aioredis
+
 from tests.tenants import check_body, project_tenant, provision, stream_events, uid
 from tests.servers import run_enforcer
+from tollgate.local_services import start_redis
 
 DEADLINE_MS = 3
 MARGIN_S = 0.15  # loopback HTTP on a shared 2-core machine; a connect or hang timeout would exceed it
@@ -208,6 +211,43 @@ async def until_real_decision(http, enf, t, when: str):
         assert time.monotonic() < deadline, f"no real decisions {when}: {r.text}\n{enf.logs()}"
         await asyncio.sleep(0.05)
     return r
+
+
+# Busy in Lua for `ms` milliseconds: past busy-reply-threshold, Redis answers BUSY to everyone else.
+_BUSY_LUA = """local t = redis.call('TIME'); local t0 = t[1] * 1000000 + t[2]
+while true do
+  t = redis.call('TIME')
+  if t[1] * 1000000 + t[2] - t0 > tonumber(ARGV[1]) * 1000 then return 1 end
+end"""
+
+
+async def test_a_redis_answering_busy_opens_the_breaker(http):
+    """Error replies that mean "cannot serve now" (BUSY, LOADING, ...) are failures: the checks
+    fail open with cause "unavailable", and in a row they open the breaker. (A reply used to count
+    as a success as it arrived and as a failure when its caller resumed, so in a row they reset
+    each other and the breaker never opened.)"""
+    server = start_redis()  # its own: busy-reply-threshold is changed
+    admin, busy = aioredis.Redis.from_url(server.url), aioredis.Redis.from_url(server.url)
+    try:
+        await admin.config_set("busy-reply-threshold", 20)
+        t = await provision(admin)
+        with run_enforcer({**FAIL_OPEN_ENV, "TOLLGATE_CHECK_DEADLINE_MS": "200", "TOLLGATE_REDIS_URL": server.url}) as enf:
+            await until_real_decision(http, enf, t, "before the script")
+            script = asyncio.ensure_future(busy.eval(_BUSY_LUA, 0, 2000))
+            await asyncio.sleep(0.2)  # past the threshold: Redis now answers BUSY
+            for _ in range(30):
+                assert_fail_open(await http.post(f"{enf.url}/v1/check", json=check_body(t)))
+            text = (await http.get(f"{enf.url}/metrics")).text
+            assert metric(text, 'tollgate_fail_open_total{cause="unavailable"}') >= 1
+            assert metric(text, "tollgate_breaker_trips_total") >= 1
+            assert metric(text, 'tollgate_fail_open_total{cause="breaker_open"}') >= 1
+            assert metric(text, 'tollgate_fail_open_total{cause="script_error"}') == 0
+            assert await script == 1
+            await until_real_decision(http, enf, t, "after the script")
+    finally:
+        await admin.aclose()
+        await busy.aclose()
+        server.stop()
 
 
 async def test_a_hung_redis_that_comes_back(redis_server, redis, http):
