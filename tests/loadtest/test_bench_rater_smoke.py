@@ -1,7 +1,8 @@
-"""CI smoke run of the rater benchmark (a few hundred events), so loadtest/bench_rater.py cannot
-rot. It runs the production rater (Redis Streams consumer, pipeline, settle.lua) in worker
-processes, here over unix sockets (--unix), so that path is covered too. Its figures are not checked here
-(speed is a benchmark, BENCHMARKS.md), only that every event was rated and the run completed."""
+"""CI smoke runs of the rater benchmarks (a few hundred events), so loadtest/bench_rater.py and
+loadtest/bench_ledger_write.py cannot rot. bench_rater runs the production rater (Redis Streams
+consumer, pipeline, settle.lua) in worker processes, here over unix sockets (--unix), so that path
+is covered too. Figures are not checked (speed is a benchmark, BENCHMARKS.md), only that every
+event was rated and each run completed."""
 from __future__ import annotations
 
 import os
@@ -29,3 +30,11 @@ def test_bench_rater_small_run_rates_every_event():
     assert out["redis_url"].startswith("unix://")
     assert out["throughput_eps"] > 0 and out["lag_events"] == 200
     assert out["pg_copy_rows_per_s"] > 0 and out["redis_evalsha_per_s"] > 0
+
+
+def test_bench_ledger_write_small_run_prints_both_comparisons():
+    r = subprocess.run([sys.executable, "loadtest/bench_ledger_write.py", "--events", "300", "--reps", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TOLLGATE_BENCH_PG_DSN": ADMIN_DSN})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "ratio 0006 / 0002:" in r.stdout and "ratio text / binary:" in r.stdout, r.stdout
