@@ -1,12 +1,9 @@
 """Enforcer-only knobs (TOLLGATE_*), beside the shared tollgate.config.Settings."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"TOLLGATE_{name}", default)
+from tollgate.config import _env  # one reader of TOLLGATE_* for both configs
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from tollgate.plans import Plan, PlanError, parse_plan
 
 log = logging.getLogger("tollgate.enforcer.keycache")
 
+MAX_UNKNOWN = 100_000  # unknown key hashes remembered (negative cache) at most
 UNKNOWN = "unknown"
 REDIS_ERROR = Failure("redis_error")  # an error reply to a lookup: the caller fails open
 
@@ -59,9 +60,14 @@ class KeyCache:
         self._loading: dict[str, asyncio.Task] = {}
         self._generation = 0  # bumped by every eviction: a lookup that raced one is not cached
 
-    def known_unknown(self, key_hash: str) -> bool:
-        exp = self._unknown.get(key_hash)
-        return exp is not None and exp > self.clock()
+    def _remember_unknown(self, key_hash: str) -> None:
+        """Bounded: a flood of random bad keys must not grow the process without limit."""
+        now = self.clock()
+        if len(self._unknown) >= MAX_UNKNOWN:
+            self._unknown = {h: exp for h, exp in self._unknown.items() if exp > now}
+            if len(self._unknown) >= MAX_UNKNOWN:
+                self._unknown.clear()  # all live: forgetting them costs a lookup each, no more
+        self._unknown[key_hash] = now + self.negative_ttl
 
     async def resolve(self, key_hash: str) -> KeyInfo | str | Failure:
         """KeyInfo (check `.revoked`), UNKNOWN, or a Failure when Redis did not answer."""
@@ -91,7 +97,7 @@ class KeyCache:
             return REDIS_ERROR
         if not rec:
             if generation == self._generation:
-                self._unknown[key_hash] = self.clock() + self.negative_ttl
+                self._remember_unknown(key_hash)
             self._keys.pop(key_hash, None)
             return UNKNOWN
         f = dict(zip(rec[::2], rec[1::2]))

@@ -65,7 +65,7 @@ def invalid(field: str, message: str) -> BadRequest:
     return BadRequest(400, "invalid_field", f"{field}: {message}", field)
 
 
-def req_str(doc: dict, field: str, pattern: re.Pattern = _PRINTABLE_ID, required: bool = True) -> str | None:
+def req_str(doc: dict, field: str, required: bool = True) -> str | None:
     v = doc.get(field)
     if v is None:
         if required:
@@ -73,8 +73,8 @@ def req_str(doc: dict, field: str, pattern: re.Pattern = _PRINTABLE_ID, required
         return None
     if not isinstance(v, str):
         raise invalid(field, "must be a string")
-    if not pattern.match(v):
-        raise invalid(field, "1-128 printable characters without spaces" if pattern is _PRINTABLE_ID else "bad format")
+    if not _PRINTABLE_ID.match(v):
+        raise invalid(field, "1-128 printable characters without spaces")
     return v
 
 

@@ -19,8 +19,6 @@ from tollgate.periods import MAX_ANCHOR_DAY
 
 BILLING_MODES = ("prepaid", "postpaid", "hybrid")
 CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "flat", "percentage", "composite")
-# Estimate fields of /v1/check and the metric each one sizes.
-ESTIMATE_METRICS = ("requests", "input_tokens", "output_tokens")
 
 
 class PlanError(ValueError):

@@ -73,3 +73,21 @@ async def test_two_workers_share_the_work_and_the_metrics(redis_server, redis, h
         text = (await http.get(f"{enf.url}/metrics")).text
         line = next(x for x in text.splitlines() if x.startswith('tollgate_decisions_total{decision="ALLOW",reason="ok"}'))
         assert float(line.split()[-1]) == 30  # summed over both workers, whichever one answers
+
+
+def test_the_unknown_key_cache_is_bounded(monkeypatch):
+    """A flood of random bad keys: expired entries are dropped first, then all, never unbounded."""
+    from enforcer import keycache
+
+    monkeypatch.setattr(keycache, "MAX_UNKNOWN", 100)
+    clock = Clock()
+    cache = keycache.KeyCache(guard=None, ttl=30, negative_ttl=5, clock=clock)
+    for i in range(100):
+        cache._remember_unknown(f"old{i}")
+    clock.t += 10  # those have expired
+    for i in range(50):
+        cache._remember_unknown(f"new{i}")
+    assert set(cache._unknown) == {f"new{i}" for i in range(50)}
+    for i in range(50, 150):
+        cache._remember_unknown(f"new{i}")
+    assert len(cache._unknown) <= 100 and "new149" in cache._unknown
