@@ -80,7 +80,7 @@ async def binary_copy(conn, table: str, rows) -> None:
 
 
 async def text_copy(conn, table: str, rows) -> None:
-    await conn.copy_to_table(table, source=ledger._ledger_text(rows), columns=LEDGER_COLUMNS, format="text")
+    await ledger.copy_lines(conn, rows, table=table)
 
 
 async def main(args) -> None:

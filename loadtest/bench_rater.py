@@ -44,7 +44,7 @@ from rater.consumers.redis_streams import RedisStreamConsumer  # noqa: E402
 from rater.control import customers as customers_svc  # noqa: E402
 from rater.control import plans as plans_svc  # noqa: E402
 from rater.control import wallets as wallets_svc  # noqa: E402
-from rater.ledger import LEDGER_COLUMNS  # noqa: E402
+from rater import ledger  # noqa: E402
 from rater.pipeline import Pipeline  # noqa: E402
 from rater.schema import migrate  # noqa: E402
 from rater.service import DEFAULT_BATCH, Rater  # noqa: E402
@@ -158,8 +158,8 @@ async def publish(redis, events: list[dict]) -> None:
 
 
 async def copy_ceiling(dsn: str, rows: int, batch: int) -> float:
-    """Rows/s of binary COPY into a table shaped and indexed like ledger_lines, one transaction
-    per batch (as the pipeline commits)."""
+    """Rows/s of the rater's ledger COPY (rater.ledger.copy_lines, text format) into a table
+    shaped and indexed like ledger_lines, one transaction per batch (as the pipeline commits)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("CREATE TABLE bench_copy (LIKE ledger_lines INCLUDING ALL)")
@@ -169,7 +169,7 @@ async def copy_ceiling(dsn: str, rows: int, batch: int) -> float:
         t = time.perf_counter()
         for i in range(0, rows, batch):
             async with conn.transaction():
-                await conn.copy_records_to_table("bench_copy", records=recs[i:i + batch], columns=LEDGER_COLUMNS)
+                await ledger.copy_lines(conn, recs[i:i + batch], table="bench_copy")
         return rows / (time.perf_counter() - t)
     finally:
         await conn.execute("DROP TABLE IF EXISTS bench_copy")
@@ -476,7 +476,7 @@ def report(r: dict) -> str:
         f"{c['postgres']}, Redis {c['redis']}   (machine {r['machine_busy_pct']} % busy during the drain)",
         f"  lag at {r['offered_rate']:,}/s      p50 {r['lag_p50_ms']} ms   p99 {r['lag_p99_ms']} ms   "
         f"max {r['lag_max_ms']} ms   ({r['lag_events']:,} events, open loop)",
-        f"  ceiling PG COPY     {r['pg_copy_rows_per_s']:>9,} rows/s     (ledger-shaped rows, 3,000 per transaction)",
+        f"  ceiling PG COPY     {r['pg_copy_rows_per_s']:>9,} rows/s     (ledger-shaped rows by the rater's text COPY, 3,000 per transaction)",
         f"  ceiling Redis       {r['redis_evalsha_raw_per_s']:>9,} events/s   (settle.lua, {EVENTS_PER_CALL} events of one "
         f"customer per EVALSHA as in a rating batch, 1,000 events per pipeline, hiredis-packed)",
         f"    via settlement    {r['redis_evalsha_per_s']:>9,} events/s   (the same, as rater.settlement sends them)",

@@ -64,15 +64,11 @@ def lock_group(customer_id: str) -> int:
     return zlib.crc32(customer_id.encode()) % LOCK_GROUPS
 
 
-async def try_lock_group(conn: asyncpg.Connection, group: int) -> bool:
-    """Session-level lock, held from before the idempotency check until after the Redis settle:
-    the cumulatives, the idempotency check and the wallet read for routing all see another
-    consumer's sub-batch of the same customers entirely or not at all."""
-    return await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, group)
-
-
 async def try_lock_groups(conn: asyncpg.Connection, groups: Sequence[int]) -> list[bool]:
-    """try_lock_group for each of `groups`, in one round trip: whether each lock was taken."""
+    """Take each group's session-level lock if it is free, in one round trip: whether each was
+    taken. Held from before the idempotency check until after the Redis settle: the cumulatives,
+    the idempotency check and the wallet read for routing all see another consumer's sub-batch
+    of the same customers entirely or not at all."""
     rows = await conn.fetch(
         "SELECT pg_try_advisory_lock($1, g) FROM unnest($2::int[]) WITH ORDINALITY AS t(g, i) ORDER BY i",
         LOCK_NAMESPACE, list(groups),
@@ -145,13 +141,14 @@ async def insert_processed(conn: asyncpg.Connection, rows: Sequence[Processed]) 
                                  format="text")
 
 
-async def copy_lines(conn: asyncpg.Connection, lines: Sequence[tuple]) -> None:
+async def copy_lines(conn: asyncpg.Connection, lines: Sequence[tuple], table: str = "ledger_lines") -> None:
     """Ledger lines (tuples in LEDGER_COLUMNS order) by text-format COPY: the fastest path in
     (see the module docstring). Same guarantees as insert_processed: any string round-trips
     exactly, a NUL raises ValueError, and unit_price must be a Decimal (or an int, or None):
-    a float or a bool raises TypeError, as does one in an integer column."""
+    a float or a bool raises TypeError, as does one in an integer column. `table`: another
+    table of the ledger's shape (the benchmarks measure the same path into scratch tables)."""
     if lines:
-        await conn.copy_to_table("ledger_lines", source=_ledger_text(lines), columns=LEDGER_COLUMNS, format="text")
+        await conn.copy_to_table(table, source=_ledger_text(lines), columns=LEDGER_COLUMNS, format="text")
 
 
 # ----------------------------------------------------------------------------- text COPY payloads
@@ -310,7 +307,7 @@ def _text_value(table: str, column: str, kind: str, v: object) -> str:
 
 
 async def upsert_cumulatives(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, int]]) -> None:
-    """(customer, period, charge id, dimension key, quantity after): computed under the row locks."""
+    """(customer, period, charge id, dimension key, quantity after): computed under the lock group's advisory lock."""
     if not rows:
         return
     cols = list(zip(*rows))
@@ -324,14 +321,6 @@ async def upsert_cumulatives(conn: asyncpg.Connection, rows: Sequence[tuple[str,
 
 
 # ----------------------------------------------------------------------------- reads
-
-
-async def period_cumulatives(conn: asyncpg.Connection, customer_id: str, period: str) -> dict[UsageKey, int]:
-    rows = await conn.fetch(
-        "SELECT charge_id, dimension_key, quantity FROM rating_cumulatives WHERE customer_id = $1 AND period = $2",
-        customer_id, period,
-    )
-    return {(r[0], r[1]): r[2] for r in rows}
 
 
 async def totals(conn: asyncpg.Connection, customer_id: str | None = None) -> dict[str, int]:

@@ -38,7 +38,7 @@ from rater import ledger
 from rater.control.backends import Backends
 from rater.ledger import Processed
 from rater.pipeline import Directory
-from rater.settlement import SettleItem, settle
+from rater.settlement import SettleItem, item_of, settle
 from rater.stages.pipeline import run_batch, run_close
 from rater.tiers import reset_for_next_period
 from tollgate.keys import CustomerKeys
@@ -128,12 +128,12 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
     if existing is not None:
         done = (await ledger.processed(conn, [eid])).get(eid)
         if done is not None:
-            await settle(redis, [_item(done)], now=now)
+            await settle(redis, [item_of(done)], now=now)
         tier = await reset_for_next_period(conn, redis, customer_id, customer.plan, period, now)
         return {**_summary(existing), **tier, "already_closed": True}
 
     plan = customer.plan
-    cumulative = await ledger.period_cumulatives(conn, customer_id, period)
+    cumulative = (await ledger.read_cumulatives(conn, [(customer_id, period)]))[(customer_id, period)]
     wallet = int(await redis.get(CustomerKeys(customer_id).wallet) or 0) if customer.billing_mode == "hybrid" else 0
     ctx = run_close(plan, cumulative, billing_mode=customer.billing_mode,
                     spend_cap_micros=customer.spend_cap_micros, wallet_available_micros=wallet)
@@ -216,10 +216,6 @@ def _describe(kind: str, charge_id: str, metric: str | None = None, dim: str | N
             "flat": "recurring fee", "minimum": "minimum true-up", "discount": "discounts", "tax": "tax"}.get(kind, kind)
     name = charge_id if not metric or metric == charge_id else f"{charge_id} ({metric})"
     return f"{name}: {what}" + ("" if not dim or dim == "default" else f" [{dim}]")
-
-
-def _item(p: Processed) -> SettleItem:
-    return SettleItem(p.customer_id, p.event_id, p.period, p.wallet_micros, p.spend_micros, p.hold_id, p.actual_tokens)
 
 
 def _summary(row) -> dict:

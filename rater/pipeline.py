@@ -38,14 +38,15 @@ import asyncpg
 import orjson
 
 from rater import dead_letters, holds, ledger, redis_raw
+from rater.control.lookup import plan_from_row
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
 from rater.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
-from rater.settlement import SettleItem, SettleResult, record_promotions, settle
+from rater.settlement import SettleItem, SettleResult, item_of, record_promotions, settle
 from rater.stages.pipeline import run_event
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
-from tollgate.plans import Plan, parse_plan
+from tollgate.plans import Plan
 
 log = logging.getLogger(__name__)
 
@@ -248,18 +249,13 @@ class Directory:
             pk = (r["plan_id"], r["version"])
             plan = self._plans.get(pk)
             if plan is None:
-                doc = r["document"]
-                plan = self._plans[pk] = parse_plan(orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc)
+                plan = self._plans[pk] = plan_from_row(r)
             tier = plan.tier(r["tier"])
             cap = plan.limits_for_tier(tier)[2] if r["spend_cap_micros"] is None else int(r["spend_cap_micros"] * tier.multiplier)
             self._customers[r["id"]] = (now + self.ttl_s, Customer(r["id"], plan, r["billing_mode"], tier.name, None if cap < 0 else cap))
 
 
 # --------------------------------------------------------------------------- the pipeline
-
-
-def _settle_item(p: Processed) -> SettleItem:
-    return SettleItem(p.customer_id, p.event_id, p.period, p.wallet_micros, p.spend_micros, p.hold_id, p.actual_tokens)
 
 
 def _reason(e: Exception) -> str:
@@ -322,14 +318,14 @@ class Pipeline:
         # Groups per transaction: fewer transactions pay their fixed costs less often, but a lane
         # that holds many groups makes other raters' lanes wait. With two rater processes, 2 of 8
         # per lane measured best (12.6k events/s; 1: 7.7-11.3k, 4: 8.3-9.9k, with two lanes and
-        # batches of 1,000): every lane of both raters has work.
+        # batches of 1,000; not measured again with three lanes and 2,000, which take 2 of 8 too).
         share = -(-len(todo) // (2 * lanes)) if lanes else 0
 
         async def lane() -> None:
             async with self.pool.acquire() as conn:
                 while got := await self._claim(conn, todo, claimed, share):
                     try:
-                        await self._locked(conn, res, [e for g in got for e in groups[g]], now, now_period)
+                        await self._locked(conn, res, [e for g in got for e in groups[g]], now)
                     finally:
                         await ledger.unlock_groups(conn, got)
 
@@ -389,8 +385,8 @@ class Pipeline:
                     claimed.discard(g)
         return got
 
-    async def _locked(self, conn, res: BatchResult, rated: list[Event], now: float, now_period: str) -> None:
-        """One lock group's events, its lock held: price, commit, settle, record.
+    async def _locked(self, conn, res: BatchResult, rated: list[Event], now: float) -> None:
+        """The events of the lock groups this lane holds: price, commit, settle, record.
 
         Optimistic: every event is taken as new and the processed_events insert proves it, which
         saves a lookup per batch (redeliveries are rare). If any was processed before, that
@@ -400,23 +396,23 @@ class Pipeline:
         replay_items: list[SettleItem] = []
         replay_results: list[SettleResult] = []
         current = {e.customer.id: e.current for e in rated}  # for promotions: anchored periods
-        rows = await self._rate_and_commit(conn, res, rated, now_period, optimistic=True)
+        rows = await self._rate_and_commit(conn, res, rated, optimistic=True)
         if rows is None:
             done = await ledger.processed(conn, [e.id for e in rated])
-            replay_items = [_settle_item(p) for p in done.values() if p.kind == "usage"]
+            replay_items = [item_of(p) for p in done.values() if p.kind == "usage"]
             replay_results = await settle(self.redis, replay_items, now=now, current_periods=current) if replay_items else []
             res.replayed += len(done)
-            rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done], now_period,
+            rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done],
                                                optimistic=False)
-        items = [_settle_item(p) for p in rows if p.kind == "usage"]
+        items = [item_of(p) for p in rows if p.kind == "usage"]
         results = await settle(self.redis, items, now=now, current_periods=current) if items else []
         await self._record_settlement(conn, replay_items + items, replay_results + results)
 
-    async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event], now_period: str,
+    async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event],
                                optimistic: bool) -> list[Processed] | None:
         """Price `new` in one transaction; None (rolled back) when optimistic and some event
         turned out to be processed already."""
-        await self._late_events(conn, new, now_period)
+        await self._late_events(conn, new)
         wallets = await self._wallets({e.customer.id for e in new if e.customer.billing_mode == "hybrid"})
         new = sorted(new, key=lambda e: (e.customer.id, e.index))
         rows: list[Processed] = []
@@ -501,7 +497,7 @@ class Pipeline:
                 "key_id": b.get("key_id"), "amount_micros": int(b.get("estimate_micros") or 0),
                 "placed_at": b.get("timestamp"), "estimate": b.get("estimate") or {}}
 
-    async def _late_events(self, conn, new: list[Event], now_period: str) -> None:
+    async def _late_events(self, conn, new: list[Event]) -> None:
         """A usage event of a period already closed (invoiced) is billed in the current period."""
         late = {(e.customer.id, e.period) for e in new if e.kind == "usage" and e.period < e.current}
         if not late:

@@ -30,12 +30,13 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
+from rater.control.lookup import plan_from_row
 from rater.projection import project_api_key, project_customer, project_plan
 from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS
 from rater.tiers import tier_index, tier_reached
 from tollgate.keys import CustomerKeys
 from tollgate.periods import next_period, period_of
-from tollgate.plans import Plan, parse_plan
+from tollgate.plans import Plan
 
 BATCH = 500  # customers per Redis pipeline
 
@@ -47,8 +48,7 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]
 
     plans = {}
     for r in await conn.fetch("SELECT id, document FROM plans ORDER BY id"):
-        doc = r["document"]
-        plans[r["id"]] = parse_plan(orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc)
+        plans[r["id"]] = plan_from_row(r)
         await project_plan(redis, plans[r["id"]])
     anchors = {p.billing_anchor_day for p in plans.values()} | {1}
     periods = sorted({p for a in anchors for p in _periods(now - timedelta(milliseconds=SPEND_TTL_MS), now, a)})

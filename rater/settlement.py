@@ -22,7 +22,6 @@ of client CPU per command instead of ~25 through redis-py's pipeline.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -34,13 +33,12 @@ from rater import redis_raw
 from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
 from tollgate.config import settings
 from tollgate.keys import CustomerKeys
-from tollgate.periods import period_of
+from tollgate.periods import is_period, period_of
 
 DAY_MS = 24 * 3600 * 1000
 MARKER_TTL_MS = settings().settled_marker_ttl_h * 3600 * 1000  # settled-event markers: longer than any redelivery
 SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for late events
 CHUNK = 200  # events of one customer per settle.lua run at most: no single run blocks Redis long
-_PERIOD = re.compile(r"^\d{4}(0[1-9]|1[0-2])$")
 
 
 # NamedTuples: immutable, and ~4x cheaper to build than frozen dataclasses (one of each per event).
@@ -54,6 +52,11 @@ class SettleItem(NamedTuple):
     spend_micros: int  # total charge added to period spend (wallet + invoice parts)
     hold_id: str | None  # the hold to release, if any
     actual_tokens: int  # tokens actually used (for the tokens/min correction)
+
+
+def item_of(p) -> SettleItem:
+    """The SettleItem of a rater.ledger.Processed row (its figures are what settle.lua replays)."""
+    return SettleItem(p.customer_id, p.event_id, p.period, p.wallet_micros, p.spend_micros, p.hold_id, p.actual_tokens)
 
 
 class SettleResult(NamedTuple):
@@ -140,7 +143,7 @@ def _validate(item: SettleItem) -> None:
         # that credit to the wallet/spend (settle.lua's DECRBY/INCRBY take it as is).
         if type(v) is not int or (v < 0 and name == "actual_tokens"):
             raise ValueError(f"{item.event_id}: {name} must be an int (tokens >= 0), got {v!r}")
-    if not _PERIOD.match(item.period):
+    if not is_period(item.period):
         raise ValueError(f"{item.event_id}: period must be 'YYYYMM', got {item.period!r}")
     if not item.customer_id or not item.event_id:
         raise ValueError("customer_id and event_id are required")

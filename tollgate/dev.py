@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
-from tollgate.local_services import free_port, port_open, start_postgres, start_redis
+from tollgate.local_services import port_open, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_PLAN = ROOT / "examples" / "plans" / "llm-standard.yaml"
@@ -47,7 +47,7 @@ async def _redis_answers(url: str) -> bool:
         await client.aclose()
 
 
-async def resolve_redis(state_dir: Path, keep: list, embedded: bool) -> str:
+async def resolve_redis(keep: list, embedded: bool) -> str:
     url = None if embedded else os.environ.get("TOLLGATE_REDIS_URL")
     if url:
         if not await _redis_answers(url):
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     state.mkdir(parents=True, exist_ok=True)
     keep: list = []
 
-    redis_url = asyncio.run(resolve_redis(state, keep, args.embedded))
+    redis_url = asyncio.run(resolve_redis(keep, args.embedded))
     pg_dsn = asyncio.run(resolve_postgres(state, args.embedded))
     admin_token = os.environ.get("TOLLGATE_ADMIN_TOKEN") or secrets.token_urlsafe(24)
     env = {**os.environ, "TOLLGATE_REDIS_URL": redis_url, "TOLLGATE_DATABASE_URL": pg_dsn,

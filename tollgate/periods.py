@@ -20,8 +20,13 @@ def _anchor(anchor_day: int) -> int:
     return anchor_day
 
 
+def is_period(value: object) -> bool:
+    """A period id: 'YYYYMM'."""
+    return isinstance(value, str) and _PERIOD.match(value) is not None
+
+
 def _split(period: str) -> tuple[int, int]:
-    if not isinstance(period, str) or not _PERIOD.match(period):
+    if not is_period(period):
         raise ValueError(f"period must be 'YYYYMM', got {period!r}")
     return int(period[:4]), int(period[4:])
 

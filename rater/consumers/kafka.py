@@ -3,7 +3,7 @@
 Auto-commit is off, so a crash anywhere before `ack` resumes from the last committed offsets and
 redelivers the rest; the pipeline's idempotency by event id makes the redelivery harmless.
 A rebalance while a batch is in flight can hand its partitions to another consumer, which then
-sees the same events again: also harmless (and the pipeline's per-customer lock serialises the two).
+sees the same events again: also harmless (and the pipeline's lock-group advisory locks serialise the two).
 """
 from __future__ import annotations
 

@@ -15,8 +15,10 @@ def known_id(value: object) -> bool:
 
 
 def plan_from_row(row: asyncpg.Record) -> Plan:
-    """Stored documents were validated when applied; parsing again gives the Plan object."""
-    return parse_plan(orjson.loads(row["document"]))
+    """Stored documents were validated when applied; parsing again gives the Plan object. The
+    jsonb column arrives as text, or decoded where a connection has a json codec."""
+    doc = row["document"]
+    return parse_plan(orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc)
 
 
 async def require_plan(conn: asyncpg.Connection, plan_id: str, field: str = "plan_id",

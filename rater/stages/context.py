@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 from rater.pricing.base import ChargeLine, UsageKey
 from tollgate.plans import Plan
 
-MODES = ("event", "close", "batch")
 
 
 class Allowance(NamedTuple):  # immutable, and cheap to build (see rater.pricing.base)
