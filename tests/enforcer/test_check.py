@@ -42,7 +42,7 @@ async def test_allow_body_and_headers_follow_the_contract(enforcer, http, redis)
         "remaining": {"requests": 59, "tokens": 10_000 - 2300, "balance": "4.9735", "spend_cap": None},
         "tier": "default",
     }
-    assert 5_000_000 - cost == 4_973_500
+    assert Decimal(body["remaining"]["balance"]) * 1_000_000 == 5_000_000 - cost  # the wallet less the hold
     assert body["hold_id"].startswith("hold_")
     h = r.headers
     assert (h["x-ratelimit-limit"], h["x-ratelimit-remaining"], h["x-tollgate-reason"]) == ("60", "59", "ok")

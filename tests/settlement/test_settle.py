@@ -146,7 +146,8 @@ async def test_giving_back_never_fills_beyond_a_full_bucket(redis, customer):
     d = await check(redis, customer, cost=1000, tokens=30_000)
     # time passes: the bucket has refilled but for 100 tokens (100 ms of TAT left)
     now_ms = int(time.time() * 1000)
-    await redis.set(customer.keys.rate_tokens(customer.key_id), now_ms + 100, px=100)
+    # (the key's own TTL is long: if it expired by itself the asserts below would prove nothing)
+    await redis.set(customer.keys.rate_tokens(customer.key_id), now_ms + 100, px=60_000)
     await settle(redis, [item(customer, debit=1, spend=1, hold=d["hold_id"], tokens=0)])
     assert await _tat(redis, customer) is None  # a full bucket, never "more than full"
     nxt = await check(redis, customer, cost=1, tokens=60_000)
