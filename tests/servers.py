@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,3 +106,45 @@ def run_enforcer(env: dict[str, str] | None = None, workers: int = 1, port: int 
         yield server.start()
     finally:
         server.cleanup()
+
+
+class HungServer:
+    """Accepts TCP connections but never answers: a sidecar or a Redis stuck past any timeout.
+    `scheme` only shapes `url` ("http": a sidecar, "redis": a Redis)."""
+
+    def __init__(self, scheme: str = "http"):
+        self.scheme = scheme
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.accepted = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0" if self.scheme == "redis" else f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.accepted += 1
+            self.conns.append(conn)  # held open, never answered
+
+    def start(self) -> "HungServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+        self.thread.join(2)
+        for c in self.conns:
+            c.close()
+        self.sock.close()

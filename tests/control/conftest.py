@@ -2,7 +2,6 @@
 every test works on its own plan and customer ids."""
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import httpx
@@ -12,14 +11,11 @@ import pytest_asyncio
 from rater.admin_api import create_app
 from rater.control import customers, plans
 from tollgate.config import Settings
+from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_PLAN = ROOT / "examples" / "plans" / "llm-standard.yaml"
 TOKEN = "test-admin-token"
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def plan_text(plan_id: str, replace: dict[str, str] | None = None) -> str:

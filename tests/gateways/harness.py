@@ -4,7 +4,7 @@
   current user, on a free port; its error log is printed when a test fails.
 - `Upstream`: a tiny threaded HTTP server answering like an LLM API (OpenAI or Anthropic JSON with a
   usage block, or an Anthropic event stream), recording the requests it got.
-- `HungServer` accepts connections and never answers; `GarbageServer` answers 200 with nonsense.
+- `GarbageServer` answers 200 with nonsense (`tests.servers.HungServer` accepts and never answers).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -243,46 +242,6 @@ class Upstream(_LoopbackHTTP):
     def received(self, path_suffix: str = "") -> list[dict]:
         with self.lock:
             return [r for r in self.requests if r["path"].endswith(path_suffix)]
-
-
-class HungServer:
-    """Accepts TCP connections and reads, but never answers: a sidecar stuck past any timeout."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.accepted = 0
-        self._stop = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        self.sock.settimeout(0.1)
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            self.accepted += 1
-            self.conns.append(conn)  # held open, never answered
-
-    def start(self) -> "HungServer":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop = True
-        self.thread.join(2)
-        for c in self.conns:
-            c.close()
-        self.sock.close()
 
 
 class GarbageServer(_LoopbackHTTP):

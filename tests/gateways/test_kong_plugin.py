@@ -18,11 +18,11 @@ from tests.gateways.harness import (
     KONG_SHIM_DIR,
     OPENAI_USAGE,
     GarbageServer,
-    HungServer,
     Nginx,
     _Threaded,
     dead_url,
 )
+from tests.servers import HungServer
 
 PHASES = ("access", "header_filter", "body_filter", "log")
 HUNG_TIMEOUT_MS = 50

@@ -19,7 +19,8 @@ import pytest
 
 from gateway_plugins.lambda_edge import build, tollgate_edge, viewer_request, viewer_response
 from tests.gateways.conftest import provision, wait_usage
-from tests.gateways.harness import GarbageServer, HungServer, dead_url
+from tests.gateways.harness import GarbageServer, dead_url
+from tests.servers import HungServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cloudfront"
 LIMIT_40KB = 40 * 1024

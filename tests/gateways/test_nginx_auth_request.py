@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.gateways.conftest import failed, provision, wait_event
-from tests.gateways.harness import ROOT, HungServer, Nginx, dead_url
+from tests.gateways.harness import ROOT, Nginx, dead_url
+from tests.servers import HungServer
 
 EXAMPLE = ROOT / "gateway_plugins" / "nginx" / "tollgate-auth-request.conf"
 

@@ -2,7 +2,6 @@
 pipeline) and a real enforcer on the session's Redis."""
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timezone
 
 import httpx
@@ -11,6 +10,7 @@ import pytest_asyncio
 
 from rater.control import api_keys, customers, plans
 from tests.rater.conftest import make_customer, pipeline  # noqa: F401  (fixtures)
+from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 
 RPM = 60  # requests/min of the first tier; build is x2, scale x10
 
@@ -27,10 +27,6 @@ tiers:
 charges:
   - {{id: requests, model: per_unit, metric: requests, unit_price: "1.00"}}
 """
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def utc(*args: int) -> datetime:

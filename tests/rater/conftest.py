@@ -3,7 +3,6 @@ projected exactly as in production), events shaped as the enforcer publishes the
 expected figures computed by the pure stages over the same events."""
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
 
@@ -18,6 +17,7 @@ from tollgate.keys import CustomerKeys
 from tollgate.money import format_micros
 from tollgate.periods import period_of
 from tollgate.plans import load_plan_text
+from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 
 # Graduated output tokens so per-event rounding and tier crossings are exercised; prices below a
 # micro per token so the F(after) - F(before) rounding matters.
@@ -42,10 +42,6 @@ charges:
 NOW = datetime.now(timezone.utc)
 TS = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
 PERIOD = period_of(NOW)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def usage(customer_id: str, input_tokens: int = 1500, output_tokens: int = 800, *, cache: int = 0,

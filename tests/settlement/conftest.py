@@ -4,7 +4,6 @@ The PostgreSQL database lives for the whole session, so every test gets its own 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 import orjson
@@ -16,13 +15,10 @@ from rater.settlement import eval_many
 from tollgate.keys import CustomerKeys, api_key_hash
 from tollgate.periods import period_of
 from tollgate.plans import parse_plan
+from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 
 RPM, TPM = 60, 60_000  # the free tier; build is x2, scale x10
 BUILD_MICROS, SCALE_MICROS = 5_000_000, 50_000_000
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def plan_doc(plan_id: str) -> dict:
