@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -137,10 +138,23 @@ class Plan:
         released at settlement; one too small would let a prepaid wallet go negative.
         """
         total = Decimal(0)
-        for c in self.charges:
-            if c.metric in estimate and c.model in ("per_unit", "graduated", "volume", "included"):
-                total += c.pricing_for(dimensions).max_unit_price() * estimate[c.metric]
+        for metric, default_price, overrides in self._estimable:
+            q = estimate.get(metric)
+            if q:
+                price = default_price
+                for o, override_price in overrides:  # the first matching override, as pricing_for
+                    if o.matches(dimensions):
+                        price = override_price
+                        break
+                total += price * q
         return to_micros_ceil(total)
+
+    @cached_property
+    def _estimable(self) -> tuple[tuple[str, Decimal, tuple[tuple[Override, Decimal], ...]], ...]:
+        """(metric, highest unit price, (override, its highest unit price)...) of each charge an
+        estimate can size: computed once per plan, not on every /v1/check."""
+        return tuple((c.metric, c.pricing.max_unit_price(), tuple((o, o.pricing.max_unit_price()) for o in c.overrides))
+                     for c in self.charges if c.model in ("per_unit", "graduated", "volume", "included"))
 
 
 # --------------------------------------------------------------------------- parsing

@@ -20,6 +20,28 @@ def test_sample_plan_loads_and_uses_every_feature():
     assert plan.tax_percent == 0
 
 
+def test_the_hold_estimate_is_each_charges_highest_price_for_the_matching_override():
+    """Plan.estimate_micros (precomputed per plan) against its definition, on the sample plan:
+    every usage charge's pricing_for(dimensions).max_unit_price() times the estimate, ceiled."""
+    import itertools
+    from decimal import Decimal
+
+    from tollgate.money import to_micros_ceil
+
+    plan = load_plan_text(SAMPLE_PLAN.read_text())
+    models = ("per_unit", "graduated", "volume", "included")
+    metrics = sorted({c.metric for c in plan.charges if c.model in models})
+    values = sorted({v for c in plan.charges for o in c.overrides for m in o.match.values() for v in (m, m + "x")})
+    fields = sorted({f for c in plan.charges for o in c.overrides for f in o.match})
+    assert values and fields  # the sample plan has overrides to match
+    for dims in [{}, *({f: v} for f in fields for v in values)]:
+        for n in itertools.product((0, 1, 999_999), repeat=len(metrics)):
+            est = dict(zip(metrics, n))
+            want = to_micros_ceil(sum((c.pricing_for(dims).max_unit_price() * est[c.metric]
+                                       for c in plan.charges if c.model in models and c.metric in est), Decimal(0)))
+            assert plan.estimate_micros(dims, est) == want, (dims, est)
+
+
 async def test_apply_round_trip_and_versions(pg, redis):
     pid = uid("plan")
     text = plan_text(pid)
