@@ -95,11 +95,18 @@ class BatchResult:
     fail_open: int = 0
     decisions: int = 0
     spend_micros: int = 0  # charged by the events rated now
-    dead: list[DeadLetter] = field(default_factory=list)
-    dead_by_index: list[DeadLetter | None] = field(default_factory=list)
+    dead_by_index: list[DeadLetter | None] = field(default_factory=list)  # by position in the batch
+
+    def __post_init__(self) -> None:
+        if not self.dead_by_index:
+            self.dead_by_index = [None] * self.size
+
+    @property
+    def dead(self) -> list[DeadLetter]:
+        """The dead letters, in batch order."""
+        return [d for d in self.dead_by_index if d is not None]
 
     def add_dead(self, index: int, letter: DeadLetter) -> None:
-        self.dead.append(letter)
         self.dead_by_index[index] = letter
 
 
@@ -287,7 +294,7 @@ class Pipeline:
         retrying the same batch (or its redelivery) is safe."""
         now = time.time() if now is None else now
         now_period = period_of(now)
-        res = BatchResult(len(raws), dead_by_index=[None] * len(raws))
+        res = BatchResult(len(raws))
         events: list[Event] = []
         seen: set[str] = set()
         for i, raw in enumerate(raws):
@@ -336,7 +343,7 @@ class Pipeline:
         except BaseExceptionGroup as eg:  # callers retry the batch on any one failure
             raise eg.exceptions[0] from eg
 
-        dead = [d for d in res.dead_by_index if d] if record_dead else []  # in batch order
+        dead = res.dead if record_dead else []
         placed = [self._hold(e) for e in decisions if e.body.get("hold_id") and e.body.get("decision", "ALLOW") == "ALLOW"]
         res.decisions = len(decisions)
         if dead or placed:
@@ -418,7 +425,7 @@ class Pipeline:
         rows: list[Processed] = []
         lines: list[tuple] = []
         changed: dict[tuple[str, str, str, str], int] = {}
-        part = BatchResult(res.size, dead_by_index=[None] * res.size)  # merged into res on commit
+        part = BatchResult(res.size)  # merged into res on commit
         try:
             async with conn.transaction():
                 cums = await ledger.read_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
@@ -448,10 +455,9 @@ class Pipeline:
         res.rated += part.rated
         res.fail_open += part.fail_open
         res.spend_micros += part.spend_micros
-        if part.dead:
-            for i, d in enumerate(part.dead_by_index):
-                if d is not None:
-                    res.add_dead(i, d)
+        for i, d in enumerate(part.dead_by_index):
+            if d is not None:
+                res.add_dead(i, d)
         return rows
 
     def _rate(self, e: Event, cums, wallets: dict[str, int], rows, lines, changed, res: BatchResult) -> None:
