@@ -43,9 +43,7 @@ class Enforcer:
         self.idempotency_ttl_ms = settings.idempotency_ttl_s * 1000
         self.ids = Ids()
         self.clock = Clock()
-        self.bus = make_bus(settings)
-        if config.stream_maxlen and hasattr(self.bus, "maxlen"):
-            self.bus.maxlen = config.stream_maxlen
+        self.bus = make_bus(settings, stream_maxlen=config.stream_maxlen or None)
         # Opened at start-up, in the serving process (each worker claims its own spool file).
         self.publisher: SpooledPublisher | None = None
         self.events: EventQueue | None = None

@@ -29,7 +29,8 @@ def partition_key(event: dict[str, Any]) -> str:
     return event.get("customer_id") or event.get("api_key_hash") or event["id"]
 
 
-def make_bus(settings: Settings) -> EventBus:
+def make_bus(settings: Settings, *, stream_maxlen: int | None = None) -> EventBus:
+    """The configured producer; `stream_maxlen` caps a Redis stream (approximately)."""
     if settings.bus == "kafka":
         from tollgate.bus.kafka import KafkaProducerBus  # noqa: PLC0415  (aiokafka only when used)
 
@@ -37,5 +38,5 @@ def make_bus(settings: Settings) -> EventBus:
     if settings.bus == "redis":
         from tollgate.bus.redis_streams import RedisStreamsProducer  # noqa: PLC0415
 
-        return RedisStreamsProducer(settings.redis_url)
+        return RedisStreamsProducer(settings.redis_url, maxlen=stream_maxlen)
     raise ValueError(f"TOLLGATE_BUS: unknown bus {settings.bus!r} (redis | kafka)")
