@@ -114,14 +114,19 @@ async def main(args) -> None:
     for k, v in med.items():
         print(f"   {v:6.1f} µs  {k}")
     old, new = med.values()
-    print(f"   ratio 0006 / 0002: {new / old:.2f}")
+    print(f"   ratio 0006 / 0002: {_ratio(new, old)}")
     print("2. CPU per ledger row, unindexed table, by COPY format:")
     fmt = {k: (statistics.median([c for c, _ in v]) / len(rows) * 1e6, statistics.median([b for _, b in v]) / len(rows) * 1e6)
            for k, v in by_format.items()}
     for k, (c, b) in fmt.items():
         print(f"   client {c:5.2f} µs  backend {b:5.2f} µs  {k}")
     (cb, bb), (ct, bt) = fmt.values()
-    print(f"   ratio text / binary: client {ct / cb:.2f}, backend {bt / bb:.2f}")
+    print(f"   ratio text / binary: client {_ratio(ct, cb)}, backend {_ratio(bt, bb)}")
+
+
+def _ratio(a: float, b: float) -> str:
+    """a / b; "n/a" when b read 0 (CPU times tick every 10 ms: a tiny run can read nothing)."""
+    return f"{a / b:.2f}" if b else "n/a"
 
 
 if __name__ == "__main__":
