@@ -112,6 +112,7 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     """Rebuild everything and write the marker; returns counts of what was written. Takes no lock:
     callers beside live raters use rebuild_locked."""
     now = now or datetime.now(timezone.utc)
+    started = time.monotonic()
     generation = f"{int(time.time() * 1000)}-{secrets.token_hex(4)}"
     await redis.set(PROJECTION_BUILDING, generation, px=BUILDING_TTL_MS)
     has_events = await conn.fetchval("SELECT to_regclass('processed_events') IS NOT NULL")
@@ -131,6 +132,7 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     )
     counts = {"plans": len(plans), "customers": len(customers), "api_keys": len(keys), "wallets": 0,
               "spend_keys": 0, "holds": 0, "markers": 0}
+    read_done = time.monotonic()
 
     await _execute(redis, [("SET", plan_record(pid), orjson.dumps(p.document)) for pid, p in plans.items()])
 
@@ -169,6 +171,8 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
         raise ProjectionLost("Redis lost the rebuild's writes while it ran (restarted?): no marker written")
     await redis.publish(INVALIDATION_CHANNEL, f"projection:{generation}")
     counts["generation"] = generation
+    counts["read_seconds"] = round(read_done - started, 3)  # PostgreSQL
+    counts["write_seconds"] = round(time.monotonic() - read_done, 3)  # Redis (and building the commands)
     return counts
 
 
