@@ -137,12 +137,18 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     await _execute(redis, [("SET", plan_record(pid), orjson.dumps(p.document)) for pid, p in plans.items()])
 
     script = lua.load("rebuild_customer")
+    current = {pid: period_of(now, p.billing_anchor_day) for pid, p in plans.items()}
+    cfgs: dict[tuple, tuple] = {}  # customers of a plan mostly share their cfg: built once
     calls = []
     for c in customers:
         cid, plan = c["id"], plans[c["plan_id"]]
         cust_spend = spend.get(cid, {})
-        tier = _tier(plan, c["tier"], cust_spend.get(period_of(now, plan.billing_anchor_day), 0))
-        cfg = customer_config(plan, c["billing_mode"], tier, c["spend_cap_micros"])
+        tier = _tier(plan, c["tier"], cust_spend.get(current[plan.id], 0))
+        shape = (plan.id, c["billing_mode"], tier, c["spend_cap_micros"])
+        cfg = cfgs.get(shape)
+        if cfg is None:
+            fields = customer_config(plan, c["billing_mode"], tier, c["spend_cap_micros"])
+            cfg = cfgs[shape] = tuple(x for pair in fields.items() for x in pair)
         open_holds = holds.get(cid, ())
         k = CustomerKeys(cid)
         wallet = wallets.get(cid)
@@ -150,10 +156,9 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
         counts["spend_keys"] += len(cust_spend)
         counts["holds"] += len(open_holds)
         args: list = ["" if wallet is None else wallet, sum(a for _, _, _, a in open_holds), SPEND_TTL_MS,
-                      len(cfg), len(open_holds)]
+                      len(cfg) // 2, len(open_holds)]
         args += [cust_spend.get(p, "") for p in periods]
-        for field, value in cfg.items():
-            args += (field, value)
+        args += cfg
         for hold_id, value, expiry, _ in open_holds:
             args += (hold_id, value, expiry)
         calls.append(([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, *(k.spend(p) for p in periods)], args))

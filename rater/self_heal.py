@@ -25,6 +25,7 @@ from rater.rebuild import projected, rebuild_locked
 log = logging.getLogger("tollgate.rater.self_heal")
 
 INTERVAL_S = 0.5
+RETRY_S = 0.1
 REDIS_TIMEOUT_S = 2.0  # a hung Redis must not hang the watcher
 
 
@@ -43,8 +44,8 @@ class SelfHeal:
         try:
             while not stop.is_set():
                 await self.check()
-                try:
-                    await asyncio.wait_for(stop.wait(), self.interval_s)
+                try:  # a failed check (Redis restarting) is retried sooner: it is likely back empty
+                    await asyncio.wait_for(stop.wait(), RETRY_S if self._failing else self.interval_s)
                 except asyncio.TimeoutError:
                     pass
         finally:
