@@ -116,11 +116,11 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
     consumer = make_consumer(cfg, group=group, **kw)
     await consumer.start()
     rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch_size)
+    sweeper = asyncio.create_task(holds.run_sweeper(redis, pool, sweep_interval_s, stop)) if sweep_interval_s > 0 else None
+    freeze_startup_heap()  # long-lived objects made so far never need collecting
     heal = SelfHeal(redis, cfg.database_url)
     await heal.check()  # a fresh install or an emptied Redis: projected before the first batch
     healer = asyncio.create_task(heal.run(stop))
-    sweeper = asyncio.create_task(holds.run_sweeper(redis, pool, sweep_interval_s, stop)) if sweep_interval_s > 0 else None
-    freeze_startup_heap()  # long-lived objects made so far never need collecting
     log.info("rater started: bus=%s group=%s", cfg.bus, group)
     started = time.monotonic()
     try:
