@@ -48,6 +48,7 @@ from datetime import datetime, timedelta, timezone
 
 import asyncpg
 import orjson
+from redis.exceptions import NoScriptError
 
 import lua
 from rater import ledger, redis_raw
@@ -163,7 +164,7 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
             args += (hold_id, value, expiry)
         calls.append(([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, *(k.spend(p) for p in periods)], args))
     for start in range(0, len(calls), BATCH):
-        await eval_many(redis, script, calls[start:start + BATCH])
+        await _eval(redis, script, calls[start:start + BATCH])
 
     await _execute(redis, [("SET", key, value, "PX", ttl) for key, value, ttl in markers])
     counts["markers"] = len(markers)
@@ -171,7 +172,7 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     await _execute(redis, [("HSET", api_key_record(k["key_hash"]), "customer_id", k["customer_id"], "key_id", k["id"],
                             "plan_id", k["plan_id"], "status", k["status"]) for k in keys])
 
-    (done,) = await eval_many(redis, lua.load("projection_done"), [([PROJECTION_BUILDING, PROJECTION_MARKER], [generation])])
+    (done,) = await _eval(redis, lua.load("projection_done"), [([PROJECTION_BUILDING, PROJECTION_MARKER], [generation])])
     if not int(done):
         raise ProjectionLost("Redis lost the rebuild's writes while it ran (restarted?): no marker written")
     await redis.publish(INVALIDATION_CHANNEL, f"projection:{generation}")
@@ -181,6 +182,29 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     return counts
 
 
+async def _eval(redis, script: lua.Script, calls: list[tuple[list, list]]) -> list:
+    """Each (keys, args) run of `script`, in one pipeline: rater.settlement.eval_many, or on a
+    RedisCluster its pipeline (which routes EVALSHA by the keys' slot; only its `evalsha` method is
+    refused in pipelines), loading the script on every node first if one lacks it."""
+    if redis_raw.supported(redis):
+        return await eval_many(redis, script, calls)
+    replies = await _cluster_pipeline(redis, [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
+    if any(isinstance(r, NoScriptError) for r in replies):
+        await redis.script_load(script.source)  # every primary
+        replies = await _cluster_pipeline(redis, [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies
+
+
+async def _cluster_pipeline(redis, commands: list[tuple]) -> list:
+    async with redis.pipeline(transaction=False) as p:
+        for cmd in commands:
+            p.execute_command(*cmd)
+        return await p.execute(raise_on_error=False)
+
+
 async def _execute(redis, commands: list[tuple]) -> None:
     """Plain commands, BATCH per round trip; an error reply raises."""
     for start in range(0, len(commands), BATCH):
@@ -188,10 +212,7 @@ async def _execute(redis, commands: list[tuple]) -> None:
         if redis_raw.supported(redis):
             replies = await redis_raw.execute(redis, chunk)
         else:  # RedisCluster: its pipeline routes each command to its slot's node
-            async with redis.pipeline(transaction=False) as p:
-                for cmd in chunk:
-                    p.execute_command(*cmd)
-                replies = await p.execute(raise_on_error=False)
+            replies = await _cluster_pipeline(redis, chunk)
         for r in replies:
             if isinstance(r, Exception):
                 raise r

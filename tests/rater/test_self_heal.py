@@ -204,3 +204,66 @@ async def test_events_with_an_unknown_key_hash_are_dead_letters(pg, redis, pipel
     res = await pipeline.process_raw(raw([ev, fo]))
     assert [d.reason for d in res.dead] == ["unknown_customer", "unknown_customer"]
     assert await pg.fetchval("SELECT count(*) FROM dead_letters WHERE event_id = ANY($1::text[])", [ev["id"], fo["id"]]) == 2
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Three masters of a real Redis Cluster (no replicas: this test needs slot routing only)."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from tollgate.local_services import free_port, port_open, redis_server_binary  # noqa: PLC0415
+
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("redis-cli is needed to create a cluster")
+    ports, procs = [], []
+    while len(ports) < 3:  # a node's cluster bus listens on its port + 10000
+        if (port := free_port()) < 55000 and port not in ports:
+            ports.append(port)
+    try:
+        for port in ports:
+            d = tmp_path / str(port)
+            d.mkdir()
+            procs.append(subprocess.Popen(
+                [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(d / "nodes.conf"), "--save", "", "--appendonly", "no", "--dir", str(d)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while not port_open("127.0.0.1", port):
+                assert time.monotonic() < deadline, f"redis-server on {port} did not start"
+                time.sleep(0.02)
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=30)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+async def test_the_rater_rebuilds_a_redis_cluster(cluster, pg, pg_dsn, redis, plan_for, make_customer):
+    from redis.asyncio import RedisCluster  # noqa: PLC0415
+
+    c = await make_customer(plan_for("prepaid"), wallet_micros=7_000_000)
+    key = await api_keys.create_api_key(pg, redis, c)
+    client = RedisCluster.from_url(cluster)
+    heal = SelfHeal(client, pg_dsn)
+    try:
+        async def cluster_ready() -> bool:
+            try:
+                return (await client.cluster_info())["cluster_state"] == "ok"
+            except Exception:  # noqa: BLE001  (still forming)
+                return False
+        await _until(cluster_ready, 20, "the cluster to form")
+        counts = await heal.check()
+        assert counts is not None and counts["customers"] >= 1
+        assert await projected(client)
+        assert int(await client.get(f"tg:{{{c}}}:wallet")) == 7_000_000
+        rec = await client.hgetall(f"tg:key:{api_key_hash(key['api_key'])}")
+        assert rec[b"customer_id"] == c.encode() and rec[b"status"] == b"active"
+        assert await heal.check() is None  # projected: nothing to do
+    finally:
+        await heal.close()
+        await client.aclose()
