@@ -75,12 +75,10 @@ async def test_redis_restarted_empty_under_running_services_heals_with_no_human_
                 own.stop()  # SIGKILL: Redis keeps nothing
                 own.start()  # same port, empty
                 await own_client.connection_pool.disconnect()  # the test's own client: drop the dead connection
-                reasons: list[str] = []
                 deadline = time.monotonic() + 30
                 while True:
                     r = await check(key)
                     assert r.status_code == 200, f"a valid key was refused after the Redis loss: {r.text}"
-                    reasons.append(r.json()["reason"])
                     u = await report(key)
                     assert u.status_code == 202, f"usage of a valid key was refused: {u.text}"
                     if r.json()["reason"] == "ok":
@@ -89,18 +87,20 @@ async def test_redis_restarted_empty_under_running_services_heals_with_no_human_
                     assert time.monotonic() < deadline, f"no real decision 30 s after the restart:\n{rater.logs()[-3000:]}"
                     await asyncio.sleep(0.05)
                 assert r.json()["hold_id"], r.text  # a real decision: a hold, from the rebuilt wallet
-                assert reasons[0] == "fail_open", reasons  # the loss was seen (not a decision from before)
+
+                async def rebuilt_twice() -> bool:  # at its start, and after the loss
+                    return rater.logs().count("projection rebuilt") >= 2
+                await _until(rebuilt_twice, 10, "the rater's log of its rebuild", rater)
 
                 async def stranger_refused() -> bool:
                     return (await check(stranger)).status_code == 401
                 await _until(stranger_refused, 10, "the unknown key to be 401 again", rater)
         assert await own_client.get(PROJECTION_MARKER)
-        assert "projection rebuilt" in rater.logs()
-        # The rebuilt wallet is PostgreSQL's (nothing was rated: the checks placed holds only).
-        assert int(await own_client.get(f"tg:{{{c}}}:wallet")) == await pg_wallet(pg, c) == START_WALLET
-        assert rater.alive()
+        assert rater.stop() == 0, rater.logs()[-3000:]  # graceful: what it committed, it settled
+        # The wallet is PostgreSQL's: the rebuilt figure, and whatever was rated since.
+        assert int(await own_client.get(f"tg:{{{c}}}:wallet")) == await pg_wallet(pg, c)
     finally:
-        assert rater.stop() == 0, rater.logs()[-3000:]
+        rater.stop()
         await own_client.aclose()
         own.stop()
 
