@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from rater.control import api_keys, wallets
+from rater.projection import hold_off_rebuild
 from rater.rebuild import projected, rebuild_locked
 from rater.self_heal import SelfHeal
 from tests.rater.conftest import raw, redis_state, usage
@@ -180,8 +181,6 @@ async def test_a_rebuild_is_held_off_by_a_control_plane_write_in_flight(redis, p
     async with pg.acquire() as writer, pg.acquire() as rebuilder:
         tx = writer.transaction()
         await tx.start()
-        from rater.projection import hold_off_rebuild  # noqa: PLC0415
-
         await hold_off_rebuild(writer)
         await writer.execute("UPDATE api_keys SET status = 'revoked' WHERE id = $1", key["id"])
         task = asyncio.ensure_future(rebuild_locked(redis, rebuilder))
