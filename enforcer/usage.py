@@ -3,8 +3,9 @@
 202 only once the event is durable: acknowledged by the bus, or, when the bus is unreachable,
 fsync'd to the local spool (then `"spooled": true` and `X-Tollgate-Degraded: spooled`) and replayed
 in order later. A revoked key still reports usage (the call was allowed before the revocation);
-an unknown key is 401. When Redis cannot resolve the key, the event carries `api_key_hash` instead
-of `customer_id` and the rater resolves it from PostgreSQL.
+an unknown key is 401. When Redis cannot resolve the key (unreachable, or it lost its projection:
+never 401 then), the event carries `api_key_hash` instead of `customer_id` and the rater resolves
+it from PostgreSQL (an unknown hash there is a dead letter).
 """
 from __future__ import annotations
 
