@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from tollgate.keys import ID_PATTERN
+from tollgate.plans import MAX_QUANTITY_PER_EVENT_CEILING, Plan
 
 MAX_BODY = 64 * 1024
 MAX_COUNT = 2**40  # far above any real estimate, far below where Lua's doubles stop being exact
@@ -96,6 +97,34 @@ def count(v: Any, field: str) -> int:
     if v > MAX_COUNT:
         raise invalid(field, f"must be at most {MAX_COUNT}")
     return v
+
+
+def quantity(v: Any, field: str) -> int:
+    """A usage measurement's value: a count (400 otherwise), at most the largest maximum per event
+    any plan may set (422 beyond: the key's own plan is checked once it is known, `within_plan`)."""
+    if isinstance(v, float) and v.is_integer() and v > MAX_QUANTITY_PER_EVENT_CEILING:
+        v = int(v)  # JSON integers past 64 bits arrive as floats: too large, not fractional
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise invalid(field, "must be a whole number")
+    if v < 0:
+        raise invalid(field, "must not be negative")
+    if v > MAX_QUANTITY_PER_EVENT_CEILING:
+        raise _too_large(field, v, f"the ceiling of {MAX_QUANTITY_PER_EVENT_CEILING} units per event "
+                                   "(the most limits.max_quantity_per_event may allow)")
+    return v
+
+
+def within_plan(measurements: list[dict], plan: Plan) -> None:
+    """Each measurement at most its plan's `limits.max_quantity_per_event` (422 naming it otherwise)."""
+    for i, m in enumerate(measurements):
+        limit = plan.max_quantity(m["metric"])
+        if m["value"] > limit:
+            raise _too_large(f"measurements[{i}].value", m["value"],
+                             f"the plan's maximum of {limit} {m['metric']} per event (limits.max_quantity_per_event)")
+
+
+def _too_large(field: str, value: int, limit: str) -> BadRequest:
+    return BadRequest(422, "quantity_too_large", f"{field}: {value} is over {limit}", field)
 
 
 def dimensions(doc: dict) -> dict[str, Any]:
