@@ -1,7 +1,9 @@
 """The enforcer's HTTP bounds (enforcer.http_bounds), over real sockets against the real enforcer:
 a head over 32 KiB is 431 and closed, whether it comes at once or trickles; a request that does
 not arrive within the read timeout (slowloris head, stalled body) is 408 and closed; ordinary
-requests, keep-alive, pipelining and heads split across many writes are unaffected.
+requests, keep-alive, pipelining and heads split across many writes are unaffected. The last
+tests use a uvicorn server in this process with the same protocol and a 1 s keep-alive, to show
+that a connection sending nothing, or only blank lines, is closed too.
 """
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import time
 
 import orjson
 import pytest
+import uvicorn
 
-from enforcer.http_bounds import MAX_HEAD_BYTES
+from enforcer.http_bounds import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from tests.servers import run_enforcer
 from tests.tenants import DECISION_ENV, check_body, provision
+from tollgate.local_services import free_port
 
 READ_TIMEOUT_S = 2.0  # short, so the tests are quick; production default 10 s
 
@@ -164,3 +168,58 @@ async def test_usage_reports_are_served_as_before(bounded, redis, http):
     doc = {"event_id": "evt_bounds_1", "api_key": t.api_key, "measurements": [{"metric": "input_tokens", "value": 3}]}
     r = await http.post(f"{bounded.url}/v1/usage", json=doc)
     assert r.status_code == 202, r.text
+
+
+class _QuickBounds(BoundedHttpToolsProtocol):
+    read_timeout_s = 1.0
+
+
+async def _hello(scope, receive, send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+async def small_server():
+    """uvicorn with the bounded protocol in this process, keep-alive 1 s (the enforcer's is 75 s)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_hello, host="127.0.0.1", port=port, http=_QuickBounds, lifespan="off",
+                                           timeout_keep_alive=1, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield port
+    server.should_exit = True
+    await task
+
+
+async def test_a_connection_that_never_sends_is_closed_after_the_keep_alive_timeout(small_server):
+    reader, writer = await asyncio.open_connection("127.0.0.1", small_server)
+    start = time.monotonic()
+    assert await closed_by_server(reader, 6)
+    assert time.monotonic() - start >= 0.9
+    writer.close()
+
+
+async def test_blank_lines_without_a_request_are_cut_off_by_the_read_timeout(small_server):
+    reader, writer = await asyncio.open_connection("127.0.0.1", small_server)
+    start = time.monotonic()
+    for _ in range(30):  # CRLF now and then: the parser skips them, no request ever begins
+        try:
+            writer.write(b"\r\n")
+            await writer.drain()
+        except (ConnectionResetError, BrokenPipeError):
+            break
+        if await closed_by_server_or_answer(reader, 0.2):
+            break
+    assert 0.9 <= time.monotonic() - start < 5
+
+
+async def closed_by_server_or_answer(reader: asyncio.StreamReader, within: float) -> bool:
+    try:
+        await asyncio.wait_for(reader.read(4096), within)
+        return True  # an answer (408) or EOF
+    except asyncio.TimeoutError:
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
