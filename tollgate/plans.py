@@ -123,14 +123,18 @@ class Plan:
     tax_percent: Decimal = Decimal(0)
     # billing_period.anchor_day: periods start at 00:00 UTC on this day of each month (tollgate.periods)
     billing_anchor_day: int = 1
-    # limits.max_quantity_per_event: metric -> most units per usage event ("default" for the rest)
-    max_quantity_per_event: dict[str, int] = field(default_factory=dict, compare=False)
+    # limits.max_quantity_per_event: (metric, most units per usage event), "default" for the rest
+    max_quantity_per_event: tuple[tuple[str, int], ...] = ()
     max_quantity_default: int = DEFAULT_MAX_QUANTITY_PER_EVENT
     document: dict = field(default_factory=dict, compare=False, repr=False)
 
     def max_quantity(self, metric: str) -> int:
         """The most units of `metric` one usage event may carry (beyond: refused, never billed)."""
-        return self.max_quantity_per_event.get(metric, self.max_quantity_default)
+        return self._max_quantity.get(metric, self.max_quantity_default)
+
+    @cached_property
+    def _max_quantity(self) -> dict[str, int]:
+        return dict(self.max_quantity_per_event)
 
     def tier(self, name: str) -> SpendTier:
         for t in self.tiers:
@@ -205,8 +209,8 @@ def parse_plan(doc: Any) -> Plan:
         discounts=_parse_discounts(doc.get("discounts", [])),
         tax_percent=_dec(_mapping(doc.get("tax", {}), "tax").get("percent", 0), "tax.percent", 0, 100),
         billing_anchor_day=_anchor_day(doc.get("billing_period")),
-        max_quantity_per_event=max_quantity,
         max_quantity_default=max_quantity.pop("default", DEFAULT_MAX_QUANTITY_PER_EVENT),
+        max_quantity_per_event=tuple(sorted(max_quantity.items())),
         document=doc,
     )
 
