@@ -1,6 +1,6 @@
 """A/B of the enforcer's HTTP bounds (enforcer.http_bounds) on the hot path: is /v1/check slower?
 
-    .venv/bin/python -m loadtest.bench_http_bounds [--rate 3000] [--rounds 6] [--duration 4] [--workers 1]
+    .venv/bin/python -m loadtest.bench_http_bounds [--blocks 10] [--rate 3000] [--rounds 6] [--duration 4] [--workers 1]
 
 (1) In process, no network: the same /v1/check request fed to each protocol class (bounded and
 uvicorn's HttpToolsProtocol) on a stub transport, with a trivial ASGI app answering, in
@@ -118,7 +118,8 @@ async def step(gen: OpenLoop, enf: EnforcerProcess, rate: int, seconds: float) -
 
 
 async def main_async(args) -> None:
-    await in_process(args.blocks, args.block_requests)
+    if args.blocks:
+        await in_process(args.blocks, args.block_requests)
     if args.rounds == 0:
         return
     redis = start_redis()
@@ -159,13 +160,13 @@ async def main_async(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=int, default=3000)
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=6, help="(2): ABBA rounds; 0 skips (2)")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per step")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--deadline-ms", type=float, default=3.0)
     p.add_argument("--customers", type=int, default=100)
     p.add_argument("--max-conns", type=int, default=256)
-    p.add_argument("--blocks", type=int, default=10, help="(1): alternating blocks per class")
+    p.add_argument("--blocks", type=int, default=10, help="(1): alternating blocks per class; 0 skips (1)")
     p.add_argument("--block-requests", type=int, default=20000, help="(1): requests per block")
     args = p.parse_args(argv)
     t0 = time.monotonic()
