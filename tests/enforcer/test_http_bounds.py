@@ -84,8 +84,9 @@ async def test_a_head_that_never_ends_is_cut_off_near_the_bound(bounded):
         if answer:
             break
     assert answer.startswith(b"HTTP/1.1 431"), (sent, answer[:200])
-    # The refusal came near the bound: a KiB per line, 32 KiB, plus what one read can carry.
-    assert sent * 1024 < MAX_HEAD_BYTES + 512 * 1024, sent
+    # Cut off near the bound (32 KiB, plus one read of at most 256 KiB, plus what the kernel's
+    # socket buffers took while a busy server was not reading): far from the 62 MiB of the issue.
+    assert sent * 1024 < 4 * 1024 * 1024, sent
     assert await closed_by_server(reader, 5)
     writer.close()
 
@@ -108,7 +109,7 @@ async def test_a_slowloris_head_is_408_and_closed_after_the_read_timeout(bounded
     start = time.monotonic()
     writer.write(b"POST /v1/check HTTP/1.1\r\nHost: enforcer\r\n")
     answer = b""
-    for i in range(40):  # a header line every 0.25 s, for up to 10 s: never a complete head
+    for i in range(80):  # a header line every 0.25 s, for up to 20 s: never a complete head
         try:
             writer.write(b"X-Slow-%d: 1\r\n" % i)
             await writer.drain()
@@ -122,7 +123,7 @@ async def test_a_slowloris_head_is_408_and_closed_after_the_read_timeout(bounded
     elapsed = time.monotonic() - start
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"request_timeout"' in answer
-    assert READ_TIMEOUT_S - 0.1 <= elapsed < READ_TIMEOUT_S + 5, elapsed  # the timer cannot fire early
+    assert READ_TIMEOUT_S <= elapsed < READ_TIMEOUT_S + 10, elapsed  # the timer starts after our first byte
     assert await closed_by_server(reader, 5)
     writer.close()
 
@@ -197,7 +198,7 @@ async def test_a_connection_that_never_sends_is_closed_after_the_keep_alive_time
     reader, writer = await asyncio.open_connection("127.0.0.1", small_server)
     start = time.monotonic()
     assert await closed_by_server(reader, 6)
-    assert time.monotonic() - start >= 0.9
+    assert time.monotonic() - start >= 0.5  # the server's timer may have started a little before ours
     writer.close()
 
 
