@@ -3,7 +3,12 @@
 down): the event the issue reported, 2**40 tokens, is never accepted."""
 from __future__ import annotations
 
+import json
+
+import pytest
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.servers import run_enforcer
 from tests.tenants import DECISION_ENV, plan_doc, provision, stream_events, uid
@@ -86,3 +91,35 @@ async def test_with_redis_down_a_cached_plan_still_holds_and_an_unknown_one_gets
     finally:
         await client.aclose()
         own.stop()
+
+
+values = st.one_of(
+    st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.none(), st.text(max_size=12),
+    st.sampled_from([DEFAULT_MAX_QUANTITY_PER_EVENT, DEFAULT_MAX_QUANTITY_PER_EVENT + 1, MAX_QUANTITY_PER_EVENT_CEILING,
+                     MAX_QUANTITY_PER_EVENT_CEILING + 1, 2**40, 2**63, 2**64, 10**30, 1e12, 1e13]),
+    st.integers(0, 3 * DEFAULT_MAX_QUANTITY_PER_EVENT),
+)
+
+
+@pytest.fixture(scope="module")
+def tenant_box():
+    return {}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=values)
+async def test_any_measurement_value_is_202_or_a_4xx_naming_it(enforcer, http, redis, tenant_box, value):
+    if "t" not in tenant_box or not await redis.exists(f"tg:key:{tenant_box['t'].key_hash}"):
+        tenant_box["t"] = await provision(redis)
+    doc = report(tenant_box["t"].api_key, ("input_tokens", value))
+    # stdlib json: it writes integers of any size, as a client may
+    r = await http.post(f"{enforcer.url}/v1/usage", content=json.dumps(doc), headers={"content-type": "application/json"})
+    count = isinstance(value, int) and not isinstance(value, bool)
+    if count and 0 <= value <= DEFAULT_MAX_QUANTITY_PER_EVENT:
+        assert r.status_code == 202, (value, r.text)
+    elif count and value > DEFAULT_MAX_QUANTITY_PER_EVENT:
+        assert_too_large(r, "measurements[0].value")
+    elif isinstance(value, float) and value.is_integer() and value > MAX_QUANTITY_PER_EVENT_CEILING:
+        assert_too_large(r, "measurements[0].value")  # an integer past 64 bits reads as a float
+    else:  # negative, fractional or a float literal (counts are integers), not a number
+        assert r.status_code == 400 and r.json()["field"] == "measurements[0].value", (value, r.text)
