@@ -53,8 +53,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # the current (or next) request's headers are not complete
-        self._head_bytes = 0  # bytes of that head counted so far (not those of the read it began in)
-        self._begun = 0  # requests begun: a request boundary inside a read
+        self._head_bytes = 0  # bytes of that head counted so far
+        self._head_split = False  # that head did not come in one read
+        self._completed = 0  # requests read completely: a request boundary inside a read
         self._read_len = 0  # size of the read being parsed
         self._idle = True  # no request is partly read
         self._read_timer = None
@@ -70,7 +71,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        in_head, begun = self._in_head, self._begun
+        completed = self._completed
         self._read_len = len(data)
         self._idle = False
         _base.data_received(self, data)
@@ -79,20 +80,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Part of a request is here, the rest is not (a head or a body split across reads).
         if self._read_timer is None:
             self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_too_slow)
-        if self._in_head and in_head and begun == self._begun:  # the whole read was head
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head_bytes:
-                self._refuse(HEAD_TOO_LARGE)
+        if self._in_head:
+            self._head_split = True
+            # No request ended inside this read: all of it was head. (After one did, the next
+            # head's share of the read is unknown: it is counted from the next read on.)
+            if completed == self._completed:
+                self._head_bytes += len(data)
+                if self._head_bytes > self.max_head_bytes:
+                    self._refuse(HEAD_TOO_LARGE)
 
     def on_message_begin(self) -> None:
-        self._begun += 1
-        self._in_head = True
-        self._head_bytes = 0
+        self._idle = False
         _base.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
         # A head that came in one read no larger than the bound is within it: measure the others.
-        if (self._head_bytes or self._read_len > self.max_head_bytes) and self._head_size() > self.max_head_bytes:
+        if (self._head_split or self._read_len > self.max_head_bytes) and self._head_size() > self.max_head_bytes:
             self._refusal = HEAD_TOO_LARGE
             raise _HeadTooLarge
         self._in_head = False
@@ -100,8 +103,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         _base.on_message_complete(self)
+        self._completed += 1
         self._idle = self._in_head = True
         self._head_bytes = 0
+        self._head_split = False
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None

@@ -140,6 +140,35 @@ async def test_a_stalled_body_is_408_and_closed(bounded, redis):
     assert await redis.hlen(t.keys.holds) == 0  # the application saw a disconnect, decided nothing
 
 
+async def test_a_request_left_unfinished_behind_a_complete_one_is_408(bounded, redis):
+    """One write: a whole request, then the head and part of the body of a second; then silence."""
+    t = await provision(redis)
+    reader, writer = await asyncio.open_connection("127.0.0.1", bounded.port)
+    writer.write(check_request(t.api_key) + check_request(t.api_key)[:-10])
+    assert (await read_response(reader))[0] == 200
+    status, headers, _ = await read_response(reader)
+    assert status == 408 and headers[b"connection"] == b"close"
+    assert await closed_by_server(reader, 5)
+    writer.close()
+
+
+async def test_a_large_head_begun_behind_a_complete_request_is_431(bounded, redis):
+    """The first part of that head shares its read with the request before it: measured exactly."""
+    t = await provision(redis)
+    reader, writer = await asyncio.open_connection("127.0.0.1", bounded.port)
+    second = check_request(t.api_key, b"Cookie: " + b"c" * (MAX_HEAD_BYTES + 100) + b"\r\n")
+    cut = second.index(b"\r\n\r\n") - 5  # all but the end of the second head
+    writer.write(check_request(t.api_key) + second[:cut])
+    await writer.drain()
+    assert (await read_response(reader))[0] == 200
+    writer.write(second[cut:])
+    status, _, body = await read_response(reader)
+    assert status == 431 and orjson.loads(body)["error"] == "header_too_large"
+    assert await closed_by_server(reader, 5)
+    writer.close()
+    assert await redis.hlen(t.keys.holds) == 1
+
+
 async def test_keep_alive_pipelining_and_split_requests_are_unaffected(bounded, redis):
     t = await provision(redis)
     reader, writer = await asyncio.open_connection("127.0.0.1", bounded.port)
