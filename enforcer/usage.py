@@ -17,7 +17,7 @@ import orjson
 from enforcer import metrics
 from enforcer import validation as v
 from enforcer.checks import unauthorized
-from enforcer.keycache import UNKNOWN
+from enforcer.keycache import UNKNOWN, KeyInfo
 from enforcer.rediswire import Failure
 from enforcer.responses import send_error, send_json
 from tollgate.keys import ID_PATTERN, api_key_hash
@@ -64,7 +64,7 @@ def parse_usage(doc: dict) -> dict:
         seen.add(metric)
         if "value" not in m:
             raise v.invalid(f"{f}.value", "required")
-        measurements.append({"metric": metric, "value": v.count(m["value"], f"{f}.value")})
+        measurements.append({"metric": metric, "value": v.quantity(m["value"], f"{f}.value")})
     out["measurements"] = measurements
     return out
 
@@ -87,6 +87,12 @@ class UsageEndpoint:
         if info is UNKNOWN:
             status, headers, body = unauthorized("unknown")
             return await send_json(send, status, body, headers)
+        if type(info) is KeyInfo and info.plan is not None:  # else parse_usage's ceiling; the rater checks again
+            try:
+                v.within_plan(u["measurements"], info.plan)
+            except v.BadRequest as err:
+                metrics.BAD_REQUESTS.labels(str(err.status)).inc()
+                return await send_error(send, err)
         received = e.clock.now_iso()
         event = {"kind": "usage", "id": u.pop("event_id")}
         if type(info) is Failure:
