@@ -1,0 +1,51 @@
+"""Redis's clock as seen from this process: the deadline check.lua compares with Redis TIME.
+
+The offset between our monotonic clock and Redis TIME is sampled with TIME round trips (each
+sample is right to within half its round trip); the best recent sample is used, and a deadline
+is moved earlier by that error plus a margin, so clock skew between hosts never makes a script
+act after the enforcer gave up on it. Until a first sample, the local wall clock stands in (the
+same clock when Redis runs on this host).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from enforcer.rediswire import RedisWire
+
+MARGIN_MS = 2.0  # beyond the measured error: a script refuses this much before our give-up
+KEEP = 12  # samples remembered (one per `every` seconds: a minute at the default)
+
+
+class RedisClock:
+    def __init__(self, wire: RedisWire, every: float = 5.0):
+        self.wire = wire
+        self.every = every
+        self._samples: list[tuple[float, float]] = []  # (error ms, offset ms), newest last
+        # Redis ms = perf_counter ms + offset; until sampled: this host's wall clock
+        self.offset_ms = (time.time() - time.perf_counter()) * 1000
+        self.error_ms = 50.0
+
+    def deadline_ms(self, in_s: float) -> int:
+        """`in_s` seconds from now in Redis's clock (ms since epoch), early by the error bound."""
+        return int((time.perf_counter() + in_s) * 1000 + self.offset_ms - self.error_ms - MARGIN_MS)
+
+    async def sample(self) -> bool:
+        t0 = time.perf_counter()
+        reply = await self.wire.call(("TIME",), 0.25)
+        t1 = time.perf_counter()
+        if not isinstance(reply, list) or len(reply) != 2:
+            return False
+        redis_ms = int(reply[0]) * 1000 + int(reply[1]) / 1000
+        self._samples.append(((t1 - t0) * 500, redis_ms - (t0 + t1) * 500))
+        del self._samples[:-KEEP]
+        self.error_ms, self.offset_ms = min(self._samples)  # the tightest round trip
+        return True
+
+    async def run(self) -> None:
+        """Background task: a few samples at start (the tightest wins), then one every `every` s."""
+        for _ in range(5):
+            await self.sample()
+        while True:
+            await asyncio.sleep(self.every)
+            await self.sample()
