@@ -20,7 +20,7 @@ from enforcer.failopen import Breaker, Guard
 from enforcer.health import healthz, metrics_endpoint, readyz
 from enforcer.keycache import KeyCache
 from enforcer.loadshed import LoadShedder
-from enforcer.orphans import LateAllowUndo
+from enforcer.orphans import Undo
 from enforcer.redisclock import RedisClock
 from enforcer.rediswire import RedisWire
 from enforcer.usage import UsageEndpoint
@@ -45,7 +45,7 @@ class Enforcer:
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
         self.guard = Guard(self.wire, self.breaker, settings.check_deadline_ms / 1000)
         self.redis_clock = RedisClock(self.wire)  # check.lua's deadline, in Redis's clock
-        self.late = LateAllowUndo(self.wire, self.script.sha)  # undoes holds of replies that came too late
+        self.undo = Undo(self.wire, self.redis_clock, self.script.sha)  # holds no answer carried are released
         self.shedder = LoadShedder(config.shed_lag_ms / 1000, config.shed_window_ms / 1000)
         self.keys = KeyCache(self.guard, settings.key_cache_ttl_s, config.negative_cache_ttl_s)
         self.idempotency_ttl_ms = settings.idempotency_ttl_s * 1000

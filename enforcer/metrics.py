@@ -31,8 +31,9 @@ USAGE_ACCEPTED = Counter("tollgate_usage_accepted_total", "Usage events answered
 BREAKER_OPEN = Gauge("tollgate_breaker_open", "1 while the Redis circuit breaker is open", multiprocess_mode="max")
 BREAKER_TRIPS = Counter("tollgate_breaker_trips_total", "Times the Redis circuit breaker opened")
 LATE_ALLOWS = Counter("tollgate_late_allows_total", "check.lua ALLOW replies that came after the check failed open")
-HOLDS_UNDONE = Counter("tollgate_late_holds_undone_total", "Holds of late ALLOW replies released by undo_hold.lua")
-UNDO_FAILED = Counter("tollgate_late_hold_undo_failures_total", "Late holds undo_hold.lua could not release")
+LOST_CHECKS = Counter("tollgate_lost_checks_total", "check.lua calls written on a connection lost before their reply")
+HOLDS_UNDONE = Counter("tollgate_holds_undone_total", "Holds no answer carried, released by undo_hold.lua")
+UNDO_FAILED = Counter("tollgate_hold_undo_failures_total", "undo_hold.lua calls that got no reply after retries")
 SHED = Counter("tollgate_shed_total", "Checks answered 503 at once because the process was overloaded")
 EVENT_LOOP_LAG = Gauge("tollgate_event_loop_lag_seconds", "Smallest event-loop lag over the last window",
                        multiprocess_mode="max")

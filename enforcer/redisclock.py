@@ -30,6 +30,11 @@ class RedisClock:
         """`in_s` seconds from now in Redis's clock (ms since epoch), early by the error bound."""
         return int((time.perf_counter() + in_s) * 1000 + self.offset_ms - self.error_ms - MARGIN_MS)
 
+    def seconds_until(self, redis_ms: float) -> float:
+        """How long until Redis's clock is surely past `redis_ms` (late by the error bound)."""
+        now_redis = time.perf_counter() * 1000 + self.offset_ms
+        return max(0.0, (redis_ms - now_redis + self.error_ms + MARGIN_MS) / 1000)
+
     async def sample(self) -> bool:
         t0 = time.perf_counter()
         reply = await self.wire.call(("TIME",), 0.25)

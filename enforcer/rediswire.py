@@ -11,7 +11,9 @@ only when nothing at all was read from the connection for `timeout` since its co
 read of a reply, but Redis answering other commands in the meantime proves it is alive, so the
 call keeps waiting, up to `max(timeout, max_wait)` after it was issued (then SLOW). A hung or
 stopped Redis still fails calls at about the deadline; our own load no longer does.
-A reply that arrives after its call gave up is handed to `on_late(args, reply)`.
+A reply that arrives after its call gave up is handed to `on_late(args, reply)`; a command that
+was written but whose reply will never come (the connection was lost) to `on_lost(args)`: Redis
+may have run it, or may still run it from its input buffer.
 """
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ class RedisWire:
         self.max_wait = max_wait  # while Redis answers, a call waits at most this long (or its timeout)
         self.on_reply = None  # called with each reply as it arrives (late ones too)
         self.on_late = None  # called with (args, reply) for a reply whose call already gave up
+        self.on_lost = None  # called with args of each written command whose reply will never come
         self._conn: _Conn | None = None  # the live connection
         self._connecting: asyncio.Task | None = None
         # [future, timer handle, time called, timeout, batch, args, deferred], in send order
@@ -230,12 +233,14 @@ class RedisWire:
 
     def _fail_all(self, failure: Failure) -> None:
         self._wbuf.clear()
-        self._batch = _Batch()
+        self._batch = _Batch()  # a batch already written keeps its time: on_lost tells them apart
         while self._pending:
-            fut, handle, *_ = self._pending.popleft()
+            fut, handle, _, _, batch, args, _ = self._pending.popleft()
             handle.cancel()
             if not fut.done():
                 fut.set_result(failure)
+            if batch.at is not None and self.on_lost is not None:
+                self.on_lost(args)
 
 
 class _Conn(asyncio.Protocol):

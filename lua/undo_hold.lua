@@ -1,11 +1,13 @@
--- Undo a check.lua ALLOW whose reply reached the enforcer after it had answered the request
--- fail_open (so no gateway knows the hold id): release the hold and give back the rate budget the
--- check consumed, so nothing is left that no usage report will settle. Idempotent.
+-- Undo a check.lua ALLOW that no gateway knows of: its reply reached the enforcer after it had
+-- answered the request fail_open, or never reached it (the connection was lost). Release the hold
+-- and give back the rate budget the check consumed, so nothing is left that no usage report will
+-- settle. Idempotent; a check that placed nothing (refused, expired, never run) is a no-op.
 --
 -- KEYS: 1 held  2 holds  3 hold_exp  4 request(idem)  5 rate_requests(key)  6 rate_tokens(key)
---                                                           -- all carry the customer hash tag
+--       7 cfg                                               -- all carry the customer hash tag
 -- ARGV: 1 hold_id  2 requests  3 tokens (as given to check.lua)
---       4 requests/min  5 tokens/min (the limits check.lua replied with: the interval it charged)
+--       4 requests/min  5 tokens/min: the limits check.lua replied with (the interval it charged);
+--       '' when there was no reply: the current tier's, as settle.lua does
 -- Reply: the amount released (micros); 0 when the hold is gone already (nothing to undo).
 
 local hold = redis.call('HGET', KEYS[2], ARGV[1])
@@ -32,6 +34,12 @@ local function give_back(key, limit, n)
     redis.call('SET', key, tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1)
   end
 end
-give_back(KEYS[5], tonumber(ARGV[4]) or 0, tonumber(ARGV[2]) or 0)
-give_back(KEYS[6], tonumber(ARGV[5]) or 0, tonumber(ARGV[3]) or 0)
+local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
+if not rpm or not tpm then
+  local tier = redis.call('HGET', KEYS[7], 'tier') or ''
+  local lim = redis.call('HMGET', KEYS[7], 'rpm.' .. tier, 'tpm.' .. tier)
+  rpm, tpm = tonumber(lim[1]) or 0, tonumber(lim[2]) or 0
+end
+give_back(KEYS[5], rpm, tonumber(ARGV[2]) or 0)
+give_back(KEYS[6], tpm, tonumber(ARGV[3]) or 0)
 return tonumber(amount)
