@@ -15,13 +15,14 @@ from enforcer.rediswire import RedisWire
 
 MARGIN_MS = 2.0  # beyond the measured error: a script refuses this much before our give-up
 KEEP = 12  # samples remembered (one per `every` seconds: a minute at the default)
+DRIFT = 1e-4  # clocks drift apart by up to this much (100 ppm): an older sample is less sure
 
 
 class RedisClock:
     def __init__(self, wire: RedisWire, every: float = 5.0):
         self.wire = wire
         self.every = every
-        self._samples: list[tuple[float, float]] = []  # (error ms, offset ms), newest last
+        self._samples: list[tuple[float, float, float]] = []  # (error ms, offset ms, taken at), newest last
         # Redis ms = perf_counter ms + offset; until sampled: this host's wall clock
         self.offset_ms = (time.time() - time.perf_counter()) * 1000
         self.error_ms = 50.0
@@ -42,9 +43,10 @@ class RedisClock:
         if not isinstance(reply, list) or len(reply) != 2:
             return False
         redis_ms = int(reply[0]) * 1000 + int(reply[1]) / 1000
-        self._samples.append(((t1 - t0) * 500, redis_ms - (t0 + t1) * 500))
+        self._samples.append(((t1 - t0) * 500, redis_ms - (t0 + t1) * 500, t1))
         del self._samples[:-KEEP]
-        self.error_ms, self.offset_ms = min(self._samples)  # the tightest round trip
+        # the surest: the tightest round trip, counting the drift since it was taken
+        self.error_ms, self.offset_ms = min((err + (t1 - at) * 1000 * DRIFT, off) for err, off, at in self._samples)
         return True
 
     async def run(self) -> None:
