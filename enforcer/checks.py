@@ -2,7 +2,8 @@
 
 A raw ASGI endpoint (Starlette only routes to it): no Request/Response objects on the hot path.
 Status codes per the contract: 200 ALLOW, 429 DENY, 401 unknown or revoked key, 400/413/415 bad
-input, 503 at once when the process is overloaded (enforcer.loadshed; gateways fail open on it). Whenever Redis gave no decision (down, too slow, breaker open, script error, customer not
+input; 503 at once while the process is overloaded (enforcer.loadshed: gateways fail open on it).
+Whenever Redis gave no decision (silent, too slow, breaker open, script error, customer not
 projected) the answer is ALLOW `fail_open`, flagged `X-Tollgate-Degraded: fail-open`, and a
 `fail_open` event lets the rater bill the request from its usage report.
 """

@@ -2,9 +2,10 @@
 
 A deadline (Redis silent, see enforcer.rediswire), a refused or lost connection, or a Redis that
 says it cannot serve (LOADING, BUSY, ...) counts as a failure; a call that waited its cap while
-Redis was answering (SLOW) does not: Redis is alive, and our own overload must not open it. After `failures` in a row the breaker opens: for `cooldown` seconds requests
-fail open at once instead of each paying the deadline. Then one request at a time is let through
-as a probe (half-open); its success closes the breaker. Any reply from Redis, even one that came
+Redis was answering (SLOW) does not: Redis is alive, and our own overload must not open it.
+After `failures` in a row the breaker opens: for `cooldown` seconds requests fail open at once
+instead of each paying the deadline. Then one request at a time is let through as a probe
+(half-open); its success closes the breaker. Any reply from Redis, even one that came
 after its deadline, counts as a success: a Redis that answers late is slow, not down, and a burst
 of missed deadlines while this process was busy (CPU, GC) must not cut it off for a cool-down.
 """

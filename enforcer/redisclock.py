@@ -3,8 +3,10 @@
 The offset between our monotonic clock and Redis TIME is sampled with TIME round trips (each
 sample is right to within half its round trip); the best recent sample is used, and a deadline
 is moved earlier by that error plus a margin, so clock skew between hosts never makes a script
-act after the enforcer gave up on it. Until a first sample, the local wall clock stands in (the
-same clock when Redis runs on this host).
+act after the enforcer gave up on it. Until a first sample (Redis unreachable at start), this
+host's wall clock stands in, taken as exact (it is the same clock when Redis runs on this host);
+sampling is retried every 0.1 s until one succeeds. Known limit: after a failover to a host whose
+clock differs, the old host's samples are trusted until newer ones are tighter (at most a minute).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ class RedisClock:
         self._samples: list[tuple[float, float, float]] = []  # (error ms, offset ms, taken at), newest last
         # Redis ms = perf_counter ms + offset; until sampled: this host's wall clock
         self.offset_ms = (time.time() - time.perf_counter()) * 1000
-        self.error_ms = 50.0
+        self.error_ms = 0.0
 
     def deadline_ms(self, in_s: float) -> int:
         """`in_s` seconds from now in Redis's clock (ms since epoch), early by the error bound."""
@@ -51,7 +53,9 @@ class RedisClock:
 
     async def run(self) -> None:
         """Background task: a few samples at start (the tightest wins), then one every `every` s."""
-        for _ in range(5):
+        while not await self.sample():
+            await asyncio.sleep(0.1)
+        for _ in range(4):
             await self.sample()
         while True:
             await asyncio.sleep(self.every)
