@@ -208,9 +208,8 @@ class OpenLoop:
         self.waiting: deque[tuple[bytes, float]] = deque()
         self.loop = asyncio.get_running_loop()
         self.n = 0
-        self.reset()
-
         self.holds: set[bytes] = set()  # every hold id an answer carried, whole run
+        self.reset()
 
     def reset(self) -> None:
         self.lat: list[float] = []
