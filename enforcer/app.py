@@ -81,6 +81,8 @@ class Enforcer:
             await self.events.flush()  # what is still queued goes to the bus or the spool
             await self.bus.close()
             spool.close()
+            if self.undo.pending:  # holds no answer carried: release them before we go
+                await asyncio.wait(self.undo.pending, timeout=1.0)
             self.wire.close()
 
 
