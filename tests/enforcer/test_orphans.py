@@ -9,9 +9,11 @@ import os
 import signal
 import time
 
+import pytest_asyncio
 import redis.asyncio as aioredis
 
 import lua
+from tests.enforcer.redis_proxies import DelayingProxy
 from tests.enforcer.test_failopen import FAIL_OPEN_ENV, metric, until_real_decision
 from tests.tenants import check_body, provision
 from tests.servers import run_enforcer
@@ -71,123 +73,72 @@ async def warm(http, enf, redis, t):
     return r, await snapshot(redis, t)
 
 
-async def test_checks_sent_while_redis_is_stopped_leave_no_hold_and_no_budget(http):
+@pytest_asyncio.fixture
+async def stoppable():
+    """A Redis of the test's own (it gets SIGSTOPped), a client on it, and an enforcer on it."""
+    server = start_redis()
+    redis = aioredis.Redis.from_url(server.url)
+    try:
+        with run_enforcer({**FAIL_OPEN_ENV, "TOLLGATE_REDIS_URL": server.url}) as enf:
+            yield server, redis, enf
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+def check(t) -> dict:
+    return check_body(t, requests=1, input_tokens=TOKENS)
+
+
+async def test_checks_sent_while_redis_is_stopped_leave_no_hold_and_no_budget(stoppable, http):
     """Redis SIGSTOPped for longer than the enforcer waits: the checks fail open; when Redis
     resumes it runs the queued scripts (from a connection the enforcer has meanwhile dropped), and
     check.lua, past its deadline in Redis's clock, writes nothing."""
-    server = start_redis()
-    redis = aioredis.Redis.from_url(server.url)
+    server, redis, enf = stoppable
+    t = await provision(redis, **LIMITS)
+    first, before = await warm(http, enf, redis, t)
+    before_calls = await evalsha_calls(redis)
+    os.kill(server.proc.pid, signal.SIGSTOP)
     try:
-        t = await provision(redis, **LIMITS)
-        with run_enforcer({**FAIL_OPEN_ENV, "TOLLGATE_REDIS_URL": server.url}) as enf:
-            first, before = await warm(http, enf, redis, t)
-            before_calls = await evalsha_calls(redis)
-            os.kill(server.proc.pid, signal.SIGSTOP)
-            try:
-                answers = [await http.post(f"{enf.url}/v1/check", json=check_body(t, requests=1, input_tokens=TOKENS))
-                           for _ in range(3)]
-                await asyncio.sleep(0.7)  # past the hang timeout: the next miss drops the connection
-                answers.append(await http.post(f"{enf.url}/v1/check", json=check_body(t, requests=1, input_tokens=TOKENS)))
-                assert all(r.json()["reason"] == "fail_open" for r in answers), [r.text for r in answers]
-                assert "dropping the connection" in enf.logs()
-            finally:
-                os.kill(server.proc.pid, signal.SIGCONT)
-            await redis.connection_pool.disconnect()
-            await assert_no_orphans(redis, t, before, answers)
-            # The scripts did reach Redis and run (they were refused, not lost on the way)...
-            assert await evalsha_calls(redis) >= before_calls + 4
-            text = (await (http.get(f"{enf.url}/metrics"))).text
-            assert metric(text, 'tollgate_fail_open_total{cause="deadline"}') >= 1
-            # ...and decisions are real again, on a new connection.
-            after = await until_real_decision(http, enf, t, "after SIGCONT")
-            assert await redis.hexists(t.keys.holds, after.json()["hold_id"])
-            assert await redis.hexists(t.keys.holds, first.json()["hold_id"])
+        answers = [await http.post(f"{enf.url}/v1/check", json=check(t)) for _ in range(3)]
+        await asyncio.sleep(0.7)  # past the hang timeout: the next miss drops the connection
+        answers.append(await http.post(f"{enf.url}/v1/check", json=check(t)))
+        assert all(r.json()["reason"] == "fail_open" for r in answers), [r.text for r in answers]
+        assert "dropping the connection" in enf.logs()
     finally:
-        await redis.aclose()
-        server.stop()
+        os.kill(server.proc.pid, signal.SIGCONT)
+    await redis.connection_pool.disconnect()
+    await assert_no_orphans(redis, t, before, answers)
+    # The scripts did reach Redis and run (they were refused, not lost on the way)...
+    assert await evalsha_calls(redis) >= before_calls + 4
+    text = (await (http.get(f"{enf.url}/metrics"))).text
+    assert metric(text, 'tollgate_fail_open_total{cause="deadline"}') >= 1
+    # ...and decisions are real again, on a new connection.
+    after = await until_real_decision(http, enf, t, "after SIGCONT")
+    assert await redis.hexists(t.keys.holds, after.json()["hold_id"])
+    assert await redis.hexists(t.keys.holds, first.json()["hold_id"])
 
 
-async def test_a_short_stop_leaves_no_orphan_either(http):
+async def test_a_short_stop_leaves_no_orphan_either(stoppable, http):
     """Redis stopped for less than the enforcer's cap: the checks fail open on silence, Redis then
     runs the scripts within their deadline and answers; those late ALLOWs are undone."""
-    server = start_redis()
-    redis = aioredis.Redis.from_url(server.url)
-    try:
-        t = await provision(redis, **LIMITS)
-        with run_enforcer({**FAIL_OPEN_ENV, "TOLLGATE_REDIS_URL": server.url}) as enf:
-            _, before = await warm(http, enf, redis, t)
-            answers = []
-            for _ in range(3):
-                os.kill(server.proc.pid, signal.SIGSTOP)
-                try:
-                    answers.append(await http.post(f"{enf.url}/v1/check", json=check_body(t, requests=1, input_tokens=TOKENS)))
-                finally:
-                    os.kill(server.proc.pid, signal.SIGCONT)
-                await asyncio.sleep(0.1)
-            await assert_no_orphans(redis, t, before, answers)
-    finally:
-        await redis.aclose()
-        server.stop()
+    server, redis, enf = stoppable
+    t = await provision(redis, **LIMITS)
+    _, before = await warm(http, enf, redis, t)
+    answers = []
+    for _ in range(3):
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            answers.append(await http.post(f"{enf.url}/v1/check", json=check(t)))
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.1)
+    await assert_no_orphans(redis, t, before, answers)
 
 
 async def evalsha_calls(redis) -> int:
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
-
-
-class DelayingProxy:
-    """A TCP proxy to Redis that passes commands at once and holds each reply for `delay` seconds
-    (in order): Redis runs every script in time, but the enforcer hears about it late."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self.delay = 0.0
-        self.server: asyncio.AbstractServer | None = None
-        self.tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> "DelayingProxy":
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def _handle(self, reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        queue: asyncio.Queue = asyncio.Queue()
-        self._spawn(self._pipe(reader, up_writer))
-        self._spawn(self._read_delayed(up_reader, queue))
-        self._spawn(self._write_delayed(queue, writer))
-
-    async def _pipe(self, reader, writer) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    async def _read_delayed(self, reader, queue) -> None:
-        while data := await reader.read(65536):
-            queue.put_nowait((time.monotonic() + self.delay, data))
-        queue.put_nowait((0, b""))
-
-    async def _write_delayed(self, queue, writer) -> None:
-        while True:
-            due, data = await queue.get()
-            if not data:
-                writer.close()
-                return
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            writer.write(data)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def close(self) -> None:
-        self.server.close()
-        for t in list(self.tasks):
-            t.cancel()
 
 
 async def test_late_replies_are_undone(redis_server, redis, http):
@@ -200,7 +151,7 @@ async def test_late_replies_are_undone(redis_server, redis, http):
         with run_enforcer({**FAIL_OPEN_ENV, "TOLLGATE_REDIS_URL": proxy.url}) as enf:
             _, before = await warm(http, enf, redis, t)
             proxy.delay = 0.03
-            bodies = [check_body(t, requests=1, input_tokens=TOKENS) for _ in range(4)]
+            bodies = [check(t) for _ in range(4)]
             answers = []
             for body in bodies:
                 answers.append(await http.post(f"{enf.url}/v1/check", json=body))
