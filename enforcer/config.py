@@ -18,7 +18,7 @@ class EnforcerConfig:
     # the gateways' own timeouts (Kong, nginx: 50 ms), so our answer is the one they act on.
     check_max_wait_ms: float = field(default_factory=lambda: float(_env("CHECK_MAX_WAIT_MS", "40")))
     # Load shedding (enforcer.loadshed): /v1/check answers 503 while the event loop's lag stays
-    # above this for a whole window (0: never shed).
+    # above this, sample after sample, for at least the window (0: never shed).
     shed_lag_ms: float = field(default_factory=lambda: float(_env("SHED_LAG_MS", "10")))
     shed_window_ms: float = field(default_factory=lambda: float(_env("SHED_WINDOW_MS", "50")))
     # A connection with no reply for this long is dropped and reopened.

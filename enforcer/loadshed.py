@@ -3,11 +3,12 @@
 A single event loop that is offered more checks than it can serve builds a standing queue: every
 request waits longer, the gateways' own timeouts (Kong and nginx 50 ms) pass, and the enforcer
 keeps working on requests nobody waits for. The queue shows as event-loop lag (how late a timer
-fires). A lag spike is normal (a collection, a burst); a lag that stays above `threshold` for a
-whole `window` (its minimum over the window, as CoDel judges a queue) is saturation. While it
-lasts, checks are answered 503 `overloaded` before any parsing or Redis call: a 5xx is what every
-gateway integration already treats as "the enforcer failed", so they fail open (Kong with
-fault_tolerant, nginx auth_request, Lambda@Edge, APIM), and a load balancer sees the overload.
+fires). One late sample is a stall (a collection, the OS running something else) that is over by
+the time we see it; samples late in a row, for at least `window`, are a standing queue (as CoDel
+judges one). While it lasts, checks are answered 503 `overloaded` before any parsing or Redis
+call; the first sample on time ends it. A 5xx is what every gateway integration already treats
+as "the enforcer failed", so they fail open (Kong with fault_tolerant, nginx auth_request,
+Lambda@Edge, APIM), and a load balancer sees the overload.
 Usage reports are never shed (a 202 there is a promise about money).
 """
 from __future__ import annotations
@@ -25,30 +26,31 @@ _HEADERS = ((b"x-tollgate-reason", b"overloaded"),)
 
 
 class LoadShedder:
-    def __init__(self, threshold: float, window: float = 0.1, interval: float = 0.005):
+    def __init__(self, threshold: float, window: float = 0.05, interval: float = 0.005):
         self.threshold = threshold  # seconds of lag; 0: never shed
         self.window = window
         self.interval = interval
         self.overloaded = False
-        self._min = float("inf")  # smallest lag seen in the current window
-        self._window_end = 0.0
+        self._behind_since: float | None = None  # when the current run of late samples began
+        self._late = 0  # samples late in a row
 
     async def run(self) -> None:
-        """Background task: sample the lag every `interval`, judge each window by its minimum."""
+        """Background task: sample the lag every `interval`."""
         if self.threshold <= 0:
             return
-        self._window_end = time.perf_counter() + self.window
         while True:
             due = time.perf_counter() + self.interval
             await asyncio.sleep(self.interval)
             now = time.perf_counter()
-            self._min = min(self._min, now - due)
-            if now >= self._window_end:
-                self.overloaded = self._min > self.threshold
-                metrics.EVENT_LOOP_LAG.set(max(self._min, 0.0))
-                self._min, self._window_end = float("inf"), now + self.window
-            elif self.overloaded and now - due <= self.threshold:
-                self.overloaded = False  # the queue has drained: serve again at once
+            lag = now - due
+            metrics.EVENT_LOOP_LAG.set(max(lag, 0.0))
+            if lag > self.threshold:
+                if self._behind_since is None:
+                    self._behind_since = due  # the loop was busy from about then
+                self._late += 1
+                self.overloaded = self._late >= 2 and now - self._behind_since >= self.window
+            else:
+                self._behind_since, self._late, self.overloaded = None, 0, False
 
     async def shed(self, send) -> None:
         metrics.SHED.inc()

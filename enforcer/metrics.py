@@ -35,7 +35,7 @@ LOST_CHECKS = Counter("tollgate_lost_checks_total", "check.lua calls written on 
 HOLDS_UNDONE = Counter("tollgate_holds_undone_total", "Holds no answer carried, released by undo_hold.lua")
 UNDO_FAILED = Counter("tollgate_hold_undo_failures_total", "undo_hold.lua calls that got no reply after retries")
 SHED = Counter("tollgate_shed_total", "Checks answered 503 at once because the process was overloaded")
-EVENT_LOOP_LAG = Gauge("tollgate_event_loop_lag_seconds", "Smallest event-loop lag over the last window",
+EVENT_LOOP_LAG = Gauge("tollgate_event_loop_lag_seconds", "How late the load shedder's last 5 ms timer fired",
                        multiprocess_mode="max")
 
 
