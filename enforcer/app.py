@@ -41,7 +41,8 @@ class Enforcer:
         self.wire = RedisWire(settings.redis_url, connect_timeout=config.redis_connect_timeout_s,
                               hang_timeout=config.redis_hang_timeout_s, prelude=(("SCRIPT", "LOAD", self.script.source),),
                               max_wait=config.check_max_wait_ms / 1000)
-        self.max_wait_s = config.check_max_wait_ms / 1000
+        # how long a check waits for Redis at most (the wire's cap): check.lua must not act after it
+        self.give_up_s = max(config.check_max_wait_ms, settings.check_deadline_ms) / 1000
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
         self.guard = Guard(self.wire, self.breaker, settings.check_deadline_ms / 1000)
         self.redis_clock = RedisClock(self.wire)  # check.lua's deadline, in Redis's clock

@@ -108,7 +108,7 @@ class CheckEndpoint:
         keys = (*info.fixed_keys, info.spend_prefix + period, info.req_prefix + request_id, *info.rate_keys)
         # check.lua acts only until we give up waiting for it (in Redis's clock): a late run places nothing
         argv = (hold_id, est["requests"], tokens, cost, plan.hold_ttl_seconds * 1000, e.idempotency_ttl_ms, info.key_id,
-                e.redis_clock.deadline_ms(e.max_wait_s))
+                e.redis_clock.deadline_ms(e.give_up_s))
         r = await e.guard.evalsha(e.script.sha, e.script.source, keys, argv)
         if type(r) is Failure:
             return self.fail_open(r.cause, key_hash, info, request_id, dims, est)
