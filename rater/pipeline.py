@@ -5,11 +5,16 @@
 
 Exactly once, with at-least-once delivery in:
 - PostgreSQL: processed_events (event_id primary key) is the idempotency record. Only events
-  without one are priced; their record, ledger lines and cumulatives commit together.
+  without one are priced; their record, ledger lines and cumulatives commit together. Each usage
+  record gets its customer's next settle sequence number in the same transaction.
 - Redis: every usage event of the batch is settled, new or already processed, from the figures
-  stored in processed_events; settle.lua ignores an event it has settled before. This covers a
-  crash between the PostgreSQL commit and the Redis settle.
-- The caller acknowledges the bus only after both; a crash before that redelivers the batch.
+  stored in processed_events; settle.lua ignores a sequence number at or below the customer's
+  settled mark. A gap below a number (another rater committed and died before its settle) is
+  settled first from its stored rows. This covers a crash between the PostgreSQL commit and the
+  Redis settle, whoever rates the customer next.
+- What settlement decided (holds released, promotions) is recorded in PostgreSQL, then taken out
+  of the customer's settle outbox in Redis; a crash in between leaves it for the redelivery.
+- The caller acknowledges the bus only after all of it; a crash before that redelivers the batch.
 
 Concurrency: customers fall into ledger.LOCK_GROUPS lock groups; a batch is split by group, and
 each lane takes the session advisory locks of the free groups (up to its share of the batch's
@@ -20,9 +25,9 @@ Kafka rebalance can too) therefore serialise, and the wallet balance read for hy
 already includes every earlier sub-batch's debits, while sub-batches of different groups run in
 parallel (other consumers, and `lanes` connections of this one). Residual gap, documented: if a
 rater dies between its commit and its settle, another consumer can rate that customer before the
-dead one's batch is redelivered and settled, and route against a wallet not yet debited; the
-wallet can then end below zero by up to that batch's debit (the charges are right, only the
-wallet/invoice split of a hybrid customer is affected).
+dead one's events are settled (its own settle fills them in, after its pricing), and route
+against a wallet not yet debited; the wallet can then end below zero by up to that batch's debit
+(the charges are right, only the wallet/invoice split of a hybrid customer is affected).
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from rater.control.lookup import plan_from_row
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
 from rater.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
-from rater.settlement import SettleItem, SettleResult, item_of, record_promotions, settle
+from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, record_promotions, settle_filling
 from rater.stages.pipeline import run_event
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
@@ -403,16 +408,22 @@ class Pipeline:
         replay_items: list[SettleItem] = []
         replay_results: list[SettleResult] = []
         current = {e.customer.id: e.current for e in rated}  # for promotions: anchored periods
+        fill = fill_from(conn)
+
         rows = await self._rate_and_commit(conn, res, rated, optimistic=True)
         if rows is None:
             done = await ledger.processed(conn, [e.id for e in rated])
             replay_items = [item_of(p) for p in done.values() if p.kind == "usage"]
-            replay_results = await settle(self.redis, replay_items, now=now, current_periods=current) if replay_items else []
+            if replay_items:
+                replay_items, replay_results = await settle_filling(self.redis, replay_items, fill, now=now,
+                                                                    current_periods=current)
             res.replayed += len(done)
             rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done],
                                                optimistic=False)
         items = [item_of(p) for p in rows if p.kind == "usage"]
-        results = await settle(self.redis, items, now=now, current_periods=current) if items else []
+        results: list[SettleResult] = []
+        if items:
+            items, results = await settle_filling(self.redis, items, fill, now=now, current_periods=current)
         await self._record_settlement(conn, replay_items + items, replay_results + results)
 
     async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event],
@@ -429,6 +440,7 @@ class Pipeline:
         try:
             async with conn.transaction():
                 cums = await ledger.read_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
+                seqs = await ledger.last_seqs(conn, {e.customer.id for e in new if e.kind == "usage"})
                 for key, quantities in cums.items():
                     known = self._cumulatives.get(key)
                     if known is not None and known == quantities:
@@ -438,7 +450,7 @@ class Pipeline:
                         rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
                         part.fail_open += 1
                     else:
-                        self._rate(e, cums, wallets, rows, lines, changed, part)
+                        self._rate(e, cums, wallets, seqs, rows, lines, changed, part)
                 try:
                     await ledger.insert_processed(conn, rows)
                 except asyncpg.UniqueViolationError:
@@ -460,7 +472,8 @@ class Pipeline:
                 res.add_dead(i, d)
         return rows
 
-    def _rate(self, e: Event, cums, wallets: dict[str, int], rows, lines, changed, res: BatchResult) -> None:
+    def _rate(self, e: Event, cums, wallets: dict[str, int], seqs: dict[str, int], rows, lines, changed,
+              res: BatchResult) -> None:
         c = e.customer
         key = (c.id, e.period)
         body = e.body
@@ -491,8 +504,11 @@ class Pipeline:
         if ctx.tax_micros:
             lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros))
         total = ctx.total_micros
+        seq = seqs[c.id] = seqs[c.id] + 1  # only a rated event takes a number: no holes
+        key_id = body.get("key_id")
         rows.append(Processed(e.id, "usage", c.id, e.period, total, ctx.wallet_micros, ctx.invoice_micros,
-                              body.get("hold_id") or None, actual_tokens(e.measurements), corr))
+                              body.get("hold_id") or None, actual_tokens(e.measurements), corr,
+                              key_id if isinstance(key_id, str) and key_id else None, seq))
         res.rated += 1
         res.spend_micros += total
 
@@ -540,3 +556,4 @@ class Pipeline:
             return
         await record_promotions(conn, items, results)
         await holds.mark_settled(conn, holds.settled_holds(items, results))
+        await clear_outbox(self.redis, items, results)
