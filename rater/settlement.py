@@ -29,6 +29,7 @@ of client CPU per command instead of ~25 through redis-py's pipeline.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -40,6 +41,8 @@ from rater import ledger, redis_raw
 from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
 from tollgate.keys import CustomerKeys
 from tollgate.periods import is_period, period_of
+
+log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
 SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for late events
@@ -187,6 +190,8 @@ async def _settle(redis, items: Sequence[SettleItem], fill: Fill | None, now: fl
                 raise SettleGap(f"customer {customer_id}: numbers {mark + 1}..{first - 1} are not all recorded")
             for it in missing:
                 _validate(it)
+            log.warning("settling %d events of customer %s (numbers %d-%d) that an earlier rater committed and did"
+                        " not settle", len(missing), customer_id, mark + 1, first - 1)
             pending[customer_id] = [(-1, it) for it in missing] + rest
     raise SettleGap(f"gaps left after {MAX_GAP_ROUNDS} fills: {sorted(pending)}")
 
