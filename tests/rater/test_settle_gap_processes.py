@@ -14,15 +14,12 @@ import pytest
 
 from tests.rater.conftest import expected, pg_totals, redis_state, usage
 from tests.rater.processes import RaterProcess
+from tests.rater.test_service import _count, _count_at_least
 from tests.settlement.conftest import check
 from tollgate.bus.redis_streams import RedisStreamsProducer
 from tollgate.keys import EVENTS_STREAM, CustomerKeys
 
 N_EVENTS = 3000
-
-
-async def _count(pg, customers) -> int:
-    return await pg.fetchval("SELECT count(*) FROM processed_events WHERE customer_id = ANY($1::text[])", customers)
 
 
 async def _wait(cond, timeout: float, what: str, raters) -> None:
@@ -104,10 +101,6 @@ async def test_two_raters_one_killed_repeatedly_leave_exact_totals(pg, pg_dsn, r
         h: ("settled", a) for h, a in hold_amounts.items()}
     gaps = sum("that an earlier rater committed and did not settle" in r.logs() for r in [live, *killed])
     print(f"gap fills seen in the rater logs: {gaps}")
-
-
-async def _count_at_least(pg, customers, n) -> bool:
-    return await _count(pg, customers) >= n
 
 
 class SlowProxy:
