@@ -126,3 +126,35 @@ async def test_redis_keeps_a_mark_per_customer_not_a_record_per_event(pg, redis,
     k = CustomerKeys(c)
     assert after - before == {k.settled.encode(), k.spend(usage(c)["timestamp"][:7].replace("-", "")).encode()}
     assert int(await redis.get(k.settled)) == 200
+
+
+async def test_hybrid_routing_counts_a_dead_raters_debits(pg, redis, plan_for, make_customer, monkeypatch):
+    """A hybrid wallet covers part of the next charge only after the dead rater's debit: the next
+    rater settles the gap before it routes, so the wallet ends at exactly 0, never below."""
+    from rater import pipeline as pipeline_mod
+
+    text = plan_for("hybrid")
+    c = await make_customer(text, wallet_micros=20_000)  # 0.02: less than two events
+    first, second = usage(c, 1500, 800), usage(c, 1500, 800)  # 16,730 micros each
+
+    class Died(Exception):
+        pass
+
+    async def dies(*args, **kw):  # the rater dies right after its commit (hybrid: it read Redis before)
+        raise Died
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline_mod, "settle_filling", dies)
+        try:
+            await Pipeline(pg, redis, cache_ttl_s=0).process_raw(raw([first]))
+            raise AssertionError("expected the simulated death")
+        except Died:
+            pass
+    assert (await redis_state(redis, c))["wallet"] == 20_000
+
+    await Pipeline(pg, redis, cache_ttl_s=0).process_raw(raw([second]))
+    rows = {r["event_id"]: (r["wallet_micros"], r["invoice_micros"]) for r in await pg.fetch(
+        "SELECT event_id, wallet_micros, invoice_micros FROM processed_events WHERE customer_id = $1", c)}
+    assert rows == {first["id"]: (16_730, 0), second["id"]: (3_270, 13_460)}
+    assert await redis_state(redis, c) == {"wallet": 0, "spend": 2 * 16_730, "held": 0}
+    assert int(await redis.get(CustomerKeys(c).settled)) == 2
