@@ -2,6 +2,7 @@
 
     .venv/bin/python loadtest/bench_settle_memory.py                     # the figures in BENCHMARKS.md
     .venv/bin/python loadtest/bench_settle_memory.py --events 20000 --customers 200 --checks 2000   # smoke
+    .venv/bin/python loadtest/bench_settle_memory.py --requests-only     # only check.lua's records
 
 Everything runs on a private redis-server (no persistence) on a free port; memory is INFO memory
 `used_memory`, read after the work and compared with a reading taken before it.
@@ -17,12 +18,18 @@ Everything runs on a private redis-server (no persistence) on a free port; memor
    Reported: memory after minus before (target: under 50 MB for 1,000,000 events), and per
    customer. For comparison, the marker per event that settlement kept before (`tg:{c}:evt:<id>`,
    the stored reply, PX 7 days) is written for --old-markers events and measured per event.
-2. Per-request records of the hot path, with real check.lua calls (ALLOW, a new request id each,
-   the enforcer's key and argument shapes: request ids of 36 characters as a UUID, hold ids as
-   the enforcer makes them): bytes per idempotency record `tg:{c}:req:<request id>` and per open
-   hold (its `holds` field and `hold_exp` member), from the memory before and after --checks
-   calls and again after deleting the idempotency records. Then what a steady --rate checks/s
-   keeps: records x TTL (TOLLGATE_IDEMPOTENCY_TTL_S, 900 s), holds x how long they stay open.
+2. Per-request records of the hot path, with real check.lua ALLOWs (a new request id each, the
+   enforcer's key and argument shapes: request ids of 36 characters as a UUID, hold ids as the
+   enforcer makes them): bytes per idempotency record `tg:{c}:req:<request id>` and per open hold
+   (its `holds` field and `hold_exp` member), from the memory before and after --checks calls and
+   again after deleting the idempotency records; Redis CPU per call (INFO commandstats, evalsha
+   usec_per_call, reset before) of those ALLOWs and of --checks/10 replays (the same request ids
+   again). Three variants in alternating order, --rounds times, Redis flushed between; medians:
+   "before" is check.lua at --before-ref (the whole reply as the record, TTL 900 s), "now" this
+   check.lua (the hold id only, TTL Settings().idempotency_ttl_s), and "now" with the key spelt
+   `tg:{c}:r:` (the shorter-key option, measured, not adopted). Then what a steady --rate
+   checks/s keeps: bytes per record x rate x TTL; open holds x how long they stay open.
+   --requests-only skips part 1.
 """
 from __future__ import annotations
 
@@ -159,6 +166,12 @@ async def evalsha_usec(redis) -> float:
     return float((await redis.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"])
 
 
+async def cpu_seconds(redis) -> float:
+    """Redis's process CPU (user + sys): unlike usec_per_call, not inflated by time it waited for a core."""
+    cpu = await redis.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 async def request_records(redis, script: lua.Script, n: int, plan, period: str, ttl_ms: int,
                           short_key: bool = False) -> dict:
     """Bytes per idempotency record and per open hold, from n real check.lua ALLOWs, and Redis's
@@ -191,9 +204,11 @@ async def request_records(redis, script: lua.Script, n: int, plan, period: str, 
         req_keys.append(request_key(c, rid, short_key))
     before = await used_memory(redis)
     await redis.config_resetstat()
+    cpu0 = await cpu_seconds(redis)
     for i in range(0, n, 1000):
         replies = await eval_many(redis, script, calls[i:i + 1000])
         assert all(r[0] == 1 and r[12] == 0 for r in replies), replies[:1]
+    allow_cpu_us = (await cpu_seconds(redis) - cpu0) / n * 1e6
     allow_usec = await evalsha_usec(redis)
     after = await used_memory(redis)
     await redis.config_resetstat()
@@ -208,7 +223,7 @@ async def request_records(redis, script: lua.Script, n: int, plan, period: str, 
         await redis.delete(*req_keys[i:i + 1000])
     holds_only = await used_memory(redis)
     return {"checks": n, "req_bytes": (after - holds_only) / n, "hold_bytes": (holds_only - before) / n,
-            "req_value_len": len(sample), "req_key_len": len(req_keys[0]), "allow_usec": allow_usec,
+            "req_value_len": len(sample), "req_key_len": len(req_keys[0]), "allow_usec": allow_usec, "allow_cpu_us": allow_cpu_us,
             "replay_usec": replay_usec}
 
 
@@ -235,6 +250,7 @@ async def request_records_compared(redis, args, plan, period: str) -> dict:
         med["ttl_s"] = ttl_ms // 1000
         med["steady_bytes"] = round(args.rate * ttl_ms / 1000 * med["req_bytes"])
         med["allow_usec_all"] = [r["allow_usec"] for r in rs]
+        med["allow_cpu_us_all"] = [round(r["allow_cpu_us"], 1) for r in rs]
         out[name] = {k: round(v, 2) if isinstance(v, float) else v for k, v in med.items()}
     return out
 
@@ -298,7 +314,8 @@ def report(r: dict) -> str:
         lines.append(
             f"    {label:34} {x['req_bytes']:6.1f} bytes a record (key {x['req_key_len']}, value {x['req_value_len']} bytes),"
             f" TTL {x['ttl_s']} s: {x['steady_bytes'] * mb:,.0f} MB at {r['rate']:,.0f}/s;"
-            f" Redis CPU {x['allow_usec']} us per ALLOW {x['allow_usec_all']}, {x['replay_usec']} per replay")
+            f" Redis usec_per_call {x['allow_usec']} per ALLOW {x['allow_usec_all']}, {x['replay_usec']} per replay;"
+            f" Redis process CPU {x['allow_cpu_us']} us per ALLOW {x['allow_cpu_us_all']}")
     lines.append(f"  open holds          {a['hold_bytes']} bytes each: {r['holds_steady_bytes_at_10s'] * mb:,.1f} MB"
                  f" if settled in 10 s, {r['holds_steady_bytes_at_ttl'] * mb:,.0f} MB if all live their 300 s TTL")
     return "\n".join(lines)
