@@ -31,6 +31,7 @@ log = logging.getLogger("tollgate.enforcer.check")
 
 _JSON = (b"content-type", b"application/json")
 _DEGRADED = (b"x-tollgate-degraded", b"fail-open")
+_REPLAYED = (b"x-tollgate-replayed", b"true")
 _ALLOW = {r: metrics.decision_counter("ALLOW", r) for r in ("ok", "fail_open")}
 _DENY = {r: metrics.decision_counter("DENY", r) for r in metrics.REASONS[1:-1]}
 _FAIL_OPEN_REMAINING = {"requests": None, "tokens": None, "balance": None, "spend_cap": None}
@@ -134,6 +135,8 @@ class CheckEndpoint:
         headers.append((b"x-tollgate-reason", reason.encode()))
         if hold:  # for gateways that see only headers (nginx auth_request): the usage report names it
             headers.append((b"x-tollgate-hold-id", hold.encode()))
+        if replayed:  # a retry of an allowed request id: its hold, nothing charged again
+            headers.append(_REPLAYED)
         event_id = f"dec_{request_id}"
         if allowed:
             _ALLOW["ok"].inc()

@@ -9,6 +9,9 @@
 -- That covers a command Redis runs late: after a SIGSTOP/SIGCONT, from a dropped connection.
 -- A hold is stored as "amount:estimated tokens:key id": settlement releases the amount and
 -- corrects the key's tokens/min budget by (actual - estimated) tokens.
+-- Idempotency: an ALLOW stores only its hold id under the request id (KEYS 7, PX ARGV 6), the
+-- one thing a retry cannot recompute. A retry (the record exists) is a replay: the same ALLOW and
+-- hold id, nothing charged or written, 'remaining' as it is now, replayed 1. A DENY stores nothing.
 -- Reply: {allowed 1|0, reason, hold_id, retry_after_ms, remaining_requests, remaining_tokens,
 --         available_balance (micros), remaining_cap (micros; nil when there is no cap), tier,
 --         limit_requests, limit_tokens, reset_ms, replayed 1|0}
@@ -18,17 +21,11 @@
 
 local WINDOW = 60000
 
-local replay = redis.call('GET', KEYS[7])
-if replay then
-  local r = cjson.decode(replay)
-  r[13] = 1
-  return r
-end
-
+local replay = redis.call('GET', KEYS[7])  -- the hold id of this request's ALLOW, if any
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = tonumber(ARGV[8])
-if deadline and now > deadline then
+if not replay and deadline and now > deadline then  -- a replay writes nothing: no deadline
   return {0, 'expired', '', 0, 0, 0, 0, false, '', 0, 0, 0, 0}
 end
 
@@ -48,6 +45,7 @@ local hold_id = ARGV[1]
 local n_req = tonumber(ARGV[2])
 local n_tok = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
+if replay then n_req, n_tok = 0, 0 end  -- charged once already: read what is left now
 
 -- GCRA for a cost of n against a limit per minute. Returns: allowed, new_tat, retry_ms, remaining, reset_ms
 local function gcra(key, limit, n)
@@ -74,6 +72,12 @@ local available = balance - held
 -- false (a nil reply) means no cap: any integer, -1 included, is a real remainder (over cap)
 local cap_left = false
 if cap >= 0 then cap_left = cap - tonumber(redis.call('GET', KEYS[6]) or '0') - held end
+
+if replay then
+  -- A record of a version that stored the whole reply (JSON) during a rolling upgrade: its hold id.
+  if string.byte(replay) == 91 then replay = cjson.decode(replay)[3] end
+  return {1, 'ok', replay, 0, rem_r, rem_t, available, cap_left, tier, rpm, tpm, reset_r, 1}
+end
 
 local reason = 'ok'
 local retry = 0
@@ -103,6 +107,5 @@ redis.call('INCRBY', KEYS[3], ARGV[4])
 redis.call('ZADD', KEYS[5], now + ttl, hold_id)
 available = available - cost
 if cap >= 0 then cap_left = cap_left - cost end
-local reply = {1, 'ok', hold_id, 0, rem_r, rem_t, available, cap_left, tier, rpm, tpm, reset_r, 0}
-redis.call('SET', KEYS[7], cjson.encode(reply), 'PX', tonumber(ARGV[6]))
-return reply
+redis.call('SET', KEYS[7], hold_id, 'PX', ARGV[6])
+return {1, 'ok', hold_id, 0, rem_r, rem_t, available, cap_left, tier, rpm, tpm, reset_r, 0}

@@ -16,7 +16,7 @@ local amount = string.match(hold, '^(-?%d+)') or '0'
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DECRBY', KEYS[1], amount)
--- The stored reply names this hold: a retry of the request must be decided afresh, not replayed.
+-- The request id's record is this hold's id: a retry of the request must be decided afresh, not replayed.
 redis.call('DEL', KEYS[4])
 
 local t = redis.call('TIME')

@@ -22,7 +22,10 @@ class Settings:
     key_cache_ttl_s: float = field(default_factory=lambda: float(_env("KEY_CACHE_TTL_S", "30")))
     spool_path: str = field(default_factory=lambda: _env("SPOOL_PATH", "./tollgate-spool.jsonl"))
     admin_token: str = field(default_factory=lambda: _env("ADMIN_TOKEN", ""))
-    idempotency_ttl_s: int = field(default_factory=lambda: int(_env("IDEMPOTENCY_TTL_S", "900")))
+    # How long a check's request id is remembered (its hold id, for gateway retries). A retry after
+    # it is decided afresh (a second hold, released by the sweeper if no usage report names it).
+    # Gateway retries come within seconds; memory is ~200 bytes x checks/s x this (docs/ARCHITECTURE.md).
+    idempotency_ttl_s: int = field(default_factory=lambda: int(_env("IDEMPOTENCY_TTL_S", "60")))
 
 
 def settings() -> Settings:

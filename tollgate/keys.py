@@ -80,7 +80,7 @@ class CustomerKeys:
     def rate_tokens(self, key_id: str) -> str:
         return f"{self.tag}:rl:{key_id}:t"
 
-    def request(self, request_id: str) -> str:  # idempotency: the first ALLOW reply
+    def request(self, request_id: str) -> str:  # idempotency: the hold id of the request's ALLOW
         return f"{self.tag}:req:{request_id}"
 
     @property

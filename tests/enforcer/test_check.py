@@ -59,10 +59,61 @@ async def test_a_retried_request_id_places_no_second_hold(enforcer, http, redis)
     # Sent six times at once (a gateway retrying eagerly), then once more later.
     replies = await asyncio.gather(*(http.post(f"{enforcer.url}/v1/check", json=body) for _ in range(6)))
     replies.append(await http.post(f"{enforcer.url}/v1/check", json=body))
-    assert all(r.status_code == 200 and r.json() == replies[0].json() for r in replies)
-    assert replies[0].json()["hold_id"].startswith("hold_")
+    same = {"decision": "ALLOW", "reason": "ok", "hold_id": replies[0].json()["hold_id"], "tier": "default"}
+    assert all(r.status_code == 200 and r.json().items() >= same.items() for r in replies), [r.text for r in replies]
+    assert same["hold_id"].startswith("hold_")
+    assert all(r.headers["x-tollgate-hold-id"] == same["hold_id"] for r in replies)
+    # One decision, six replays (Redis ran them one after another: whichever came first decided)
+    assert sorted(r.headers.get("x-tollgate-replayed", "") for r in replies) == [""] + ["true"] * 6
     assert await redis.hlen(t.keys.holds) == 1
     assert int(await redis.get(t.keys.held)) == PER_REQUEST + 300
+    # Every answer's balance is the wallet less the one hold: a replay charged nothing.
+    assert {r.json()["remaining"]["balance"] for r in replies} == {"99.9897"}
+    # The record is the hold id, kept TOLLGATE_IDEMPOTENCY_TTL_S (60 s by default)
+    assert await redis.get(t.keys.request(body["request_id"])) == same["hold_id"].encode()
+    assert 0 < await redis.pttl(t.keys.request(body["request_id"])) <= 60_000
+
+
+async def test_a_replay_reports_what_is_left_now_and_charges_nothing(enforcer, http, redis):
+    t = await provision(redis, plan_doc(requests_per_minute=60, tokens_per_minute=6_000), wallet=1_000_000)
+    url = f"{enforcer.url}/v1/check"
+    first_body = check_body(t, requests=1, input_tokens=1000)
+    first = await http.post(url, json=first_body)
+    assert first.status_code == 200 and "x-tollgate-replayed" not in first.headers
+    assert first.json()["remaining"] == {"requests": 59, "tokens": 5000, "balance": "0.987", "spend_cap": None}
+    other = await http.post(url, json=check_body(t, requests=1, input_tokens=2000))  # another request since
+    assert other.status_code == 200 and other.json()["remaining"]["balance"] == "0.971"
+
+    retry = await http.post(url, json=first_body)
+    assert retry.status_code == 200 and retry.headers["x-tollgate-replayed"] == "true"
+    assert retry.json() == {
+        "decision": "ALLOW", "reason": "ok", "hold_id": first.json()["hold_id"], "retry_after_ms": 0,
+        # what is left now (both requests counted once, within the 1 s / 10 ms refill of the buckets)
+        "remaining": {"requests": retry.json()["remaining"]["requests"], "tokens": retry.json()["remaining"]["tokens"],
+                      "balance": "0.971", "spend_cap": None},
+        "tier": "default",
+    }
+    assert 58 <= retry.json()["remaining"]["requests"] <= 59
+    assert 3000 <= retry.json()["remaining"]["tokens"] < 5000
+    assert retry.headers["x-tollgate-hold-id"] == first.json()["hold_id"]
+    assert await redis.hlen(t.keys.holds) == 2 and int(await redis.get(t.keys.held)) == 29_000
+    # The replay charged no rate budget: the next new request is the third charged (57 left, 58 after a refill).
+    nxt = await http.post(url, json=check_body(t, requests=1))
+    assert nxt.json()["remaining"]["requests"] in (57, 58)
+    # A wallet that has run dry since does not turn the replay into a DENY: it was allowed.
+    await redis.set(t.keys.wallet, 0)
+    again = await http.post(url, json=first_body)
+    assert again.status_code == 200 and again.json()["hold_id"] == first.json()["hold_id"]
+    assert again.json()["remaining"]["balance"] == "-0.039"
+    # The decision event of a replay repeats the ALLOW's id, flagged
+    deadline = time.monotonic() + 5
+    while len(mine := [e for e in await stream_events(redis, "decision")
+                       if e["request_id"] == first_body["request_id"]]) < 3:
+        assert time.monotonic() < deadline, mine
+        await asyncio.sleep(0.05)
+    assert [(e["id"], e.get("replayed", False)) for e in mine] == [(f"dec_{first_body['request_id']}", False)] + [
+        (f"dec_{first_body['request_id']}", True)] * 2
+    assert {e["hold_id"] for e in mine} == {first.json()["hold_id"]}
 
 
 async def test_requests_per_minute_burst_then_deny_then_refill(enforcer, http, redis):
