@@ -41,7 +41,7 @@ MAX_REDIRECTS = 3
 TIMED_OUT = Failure("deadline")  # no time left for a redirect
 UNMAPPED = Failure("unmapped")  # no master known for the slot (topology not readable)
 _RECONNECT = ("connect", "disconnected")  # failures that may mean the node is gone
-_KEYLESS = frozenset(("PING", "SCRIPT", "INFO", "TIME", "ECHO", "CLUSTER", "FUNCTION"))
+_KEYLESS = frozenset(("PING", "SCRIPT", "INFO", "TIME", "ECHO", "CLUSTER", "FUNCTION", "WAIT"))
 
 
 def key_slot(key: str | bytes) -> int:
@@ -84,6 +84,7 @@ class ClusterWire:
         self._refreshing: asyncio.Task | None = None
         self._last_refresh = float("-inf")
         self._tick: asyncio.TimerHandle | None = None
+        self._trailing: asyncio.TimerHandle | None = None  # a read put off by REFRESH_MIN_GAP_S
         self._loop: asyncio.AbstractEventLoop | None = None
         self.refreshes = 0  # topology reads that succeeded (tests, logs)
 
@@ -119,8 +120,9 @@ class ClusterWire:
         return out
 
     def close(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
+        for handle in (self._tick, self._trailing):
+            if handle is not None:
+                handle.cancel()
         if self._refreshing is not None:
             self._refreshing.cancel()
         for wire in (*self._wires.values(), *self._control.values()):
@@ -216,16 +218,23 @@ class ClusterWire:
         self._tick = self._loop.call_later(self.refresh_every_s, self._periodic)
 
     def _refresh(self, force: bool = False) -> asyncio.Task | None:
-        """Start a topology read unless one runs or one started less than REFRESH_MIN_GAP_S ago."""
+        """Start a topology read unless one runs; one asked for less than REFRESH_MIN_GAP_S after
+        the last starts when the gap is over (a change is never missed, reads stay rare)."""
         if self._refreshing is not None:
             return self._refreshing
         now = time.monotonic()
         if not force and now - self._last_refresh < REFRESH_MIN_GAP_S:
+            if self._trailing is None:
+                self._trailing = self._loop.call_later(REFRESH_MIN_GAP_S - (now - self._last_refresh), self._trail)
             return None
         self._last_refresh = now
         self._refreshing = task = self._loop.create_task(self._read_topology())
         task.add_done_callback(self._refreshed)
         return task
+
+    def _trail(self) -> None:
+        self._trailing = None
+        self._refresh(force=True)
 
     def _refreshed(self, task: asyncio.Task) -> None:
         self._refreshing = None

@@ -163,19 +163,22 @@ class LocalCluster:
              "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{node.port}.conf",
              "--cluster-node-timeout", str(self.node_timeout_ms), "--cluster-announce-ip", "127.0.0.1",
              # a replica may take over however long it was cut off (tests kill masters at will)
-             "--cluster-replica-validity-factor", "0"],
+             "--cluster-replica-validity-factor", "0",
+             "--repl-diskless-sync-delay", "0"],  # replicas in sync at once, not after 5 s
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every live node says cluster_state:ok, every slot is served and every master of
-        the layout has its replicas attached."""
+        the layout has its replicas attached and in sync."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 if all("cluster_state:ok" in n.cli("cluster", "info") for n in self.nodes if n.alive()):
                     shape = self.shape()
-                    if len(shape) == self.masters and all(len(r) == self.replicas for r in shape.values()):
+                    if (len(shape) == self.masters and all(len(r) == self.replicas for r in shape.values())
+                            and all("master_link_status:up" in self.node(r).cli("info", "replication")
+                                    for rs in shape.values() for r in rs)):
                         return
             except (subprocess.SubprocessError, OSError):
                 pass
