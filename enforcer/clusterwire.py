@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from enforcer.rediswire import Failure, RedisWire, ReplyError
+from tollgate.redis_client import seeds
 
 log = logging.getLogger("tollgate.enforcer.cluster")
 
@@ -68,9 +69,8 @@ def first_key(args: tuple) -> Any:
 class ClusterWire:
     def __init__(self, url: str, connect_timeout: float = 0.25, hang_timeout: float = 0.5, prelude: tuple[tuple, ...] = (),
                  refresh_every_s: float = REFRESH_EVERY_S):
-        parts = urlsplit(url)
-        self._url = parts
-        self._seeds = [(parts.hostname or "127.0.0.1", parts.port or 6379)]
+        first, self._seeds = seeds(url)  # `redis://h1:p1,h2:p2/0`: any live one will do
+        self._url = urlsplit(first)
         self.connect_timeout = connect_timeout
         self.hang_timeout = hang_timeout
         self._prelude = prelude

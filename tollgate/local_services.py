@@ -128,8 +128,8 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """A seed node; clients discover the rest (CLUSTER SLOTS)."""
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+        """Every node as a seed (clients discover the topology from whichever answers)."""
+        return f"redis://{','.join(n.addr for n in self.nodes)}/0"
 
     def start(self, timeout: float = 30.0) -> "LocalCluster":
         self._tmp = tempfile.TemporaryDirectory(prefix="tollgate-cluster-")

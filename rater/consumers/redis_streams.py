@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from rater import redis_raw
 from rater.consumers import Message
 from tollgate.keys import EVENTS_STREAM
+from tollgate.redis_client import connect
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class RedisStreamConsumer:
 
     @classmethod
     def from_url(cls, url: str, **kw) -> "RedisStreamConsumer":
-        c = cls(Redis.from_url(url), **kw)
+        c = cls(connect(url), **kw)
         c._owns_client = True
         return c
 
