@@ -186,6 +186,21 @@ class LocalCluster:
                 raise RuntimeError("the cluster did not reach cluster_state:ok")
             time.sleep(0.1)
 
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        """Until every live replica has every write its master has taken (before a failover test
+        kills the master)."""
+        def offset(node: ClusterNode, field: str) -> int:
+            info = node.cli("info", "replication")
+            return int(next(line.split(":")[1] for line in info.splitlines() if line.startswith(field)))
+        deadline = time.monotonic() + timeout
+        for master, replicas in self.shape().items():
+            want = offset(self.node(master), "master_repl_offset")
+            for r in replicas:
+                while offset(self.node(r), "slave_repl_offset") < want:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"replica {r} of {master} did not catch up")
+                    time.sleep(0.02)
+
     def _table(self, node: ClusterNode | None = None) -> list[list[str]]:
         node = node or next(n for n in self.nodes if n.alive())
         return [line.split() for line in node.cli("cluster", "nodes").splitlines()]
