@@ -165,6 +165,7 @@ class KeyCache:
             client = connect(redis_url, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
+                await asyncio.wait_for(client.initialize(), 2.0)  # a RedisCluster reads its topology first
                 await asyncio.wait_for(pubsub.subscribe(INVALIDATION_CHANNEL), 2.0)
                 self.clear()  # whatever changed while we were not listening is now re-read
                 wait = 0.1

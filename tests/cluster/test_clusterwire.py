@@ -12,7 +12,8 @@ from enforcer.clusterwire import ClusterWire, first_key, key_slot
 from enforcer.rediswire import Failure, ReplyError
 from tests.tenants import uid
 from tollgate.keys import CustomerKeys
-from tollgate.local_services import LocalCluster
+from tollgate.local_services import LocalCluster, free_port
+from tollgate.redis_client import connect, seeds
 
 _SUM = "return redis.call('INCRBY', KEYS[1], ARGV[1]) + redis.call('INCRBY', KEYS[2], ARGV[1])"
 
@@ -127,3 +128,24 @@ async def test_a_killed_master_fails_calls_until_its_replica_is_promoted(own_clu
         assert await wire.call(("INCRBY", k.wallet, 1), 1) == 6
     finally:
         wire.close()
+
+
+def test_a_cluster_url_may_list_several_seeds():
+    assert seeds("redis://10.0.0.1:7000,10.0.0.2:7001/0") == ("redis://10.0.0.1:7000/0", [("10.0.0.1", 7000), ("10.0.0.2", 7001)])
+    assert seeds("rediss://u:pw@[::1]:7000,h:7001/0") == ("rediss://u:pw@[::1]:7000/0", [("::1", 7000), ("h", 7001)])
+    assert seeds("redis://h/0") == ("redis://h/0", [("h", 6379)])
+
+
+async def test_a_dead_seed_is_skipped(cluster: LocalCluster):
+    """A client started while the first seed is down (e.g. a master that failed over) still
+    finds the cluster through the next one: the wire and redis-py both."""
+    dead = f"127.0.0.1:{free_port()}"
+    url = cluster.url.replace("redis://", f"redis://{dead},")
+    wire = ClusterWire(url)
+    try:
+        assert await wire.call(("SET", "tg:{seedtest}:x", "1"), 3) == "OK"
+    finally:
+        wire.close()
+    client = connect(url, cluster=True)
+    assert await client.get("tg:{seedtest}:x") == b"1"
+    await client.aclose()

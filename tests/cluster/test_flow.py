@@ -13,7 +13,8 @@ import httpx
 from tests.cluster.services import ADMIN_TOKEN, cluster_env, run_admin, tollgate_cli
 from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer
-from tests.tenants import plan_doc, uid
+from rater.projection import project_api_key
+from tests.tenants import check_body, plan_doc, provision, uid
 from tollgate.keys import CustomerKeys
 from tollgate.local_services import LocalCluster
 from tollgate.money import format_micros
@@ -103,3 +104,24 @@ def _client(cluster: LocalCluster):
     from tollgate.redis_client import connect  # noqa: PLC0415
 
     return connect(cluster.url, cluster=True)
+
+
+async def test_revocation_reaches_the_enforcer_s_cache_through_cluster_pub_sub(cluster: LocalCluster):
+    """The key cache's listener subscribes through redis-py's RedisCluster (a classic PUBLISH
+    reaches every node): a revoked key is refused at once, though its record is cached."""
+    redis = _client(cluster)
+    t = await provision(redis)
+    with run_enforcer(cluster_env(cluster)) as enf:
+        async with httpx.AsyncClient(base_url=enf.url, timeout=10) as http:
+            deadline = time.monotonic() + 15
+            while (r := await http.post("/v1/check", json=check_body(t))).json()["reason"] != "ok":
+                assert time.monotonic() < deadline, r.text
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # the listener has subscribed (it starts with the process)
+            await project_api_key(redis, t.key_hash, t.key_id, t.customer_id, t.plan.id, "revoked")
+            deadline = time.monotonic() + 3
+            while (r := await http.post("/v1/check", json=check_body(t))).status_code != 401:
+                assert r.json()["reason"] == "ok" and time.monotonic() < deadline, enf.logs()[-3000:]  # cached until the message
+                await asyncio.sleep(0.05)
+            assert r.json() == {"error": "invalid_api_key", "message": "revoked API key"}, r.text
+    await redis.aclose()
