@@ -58,7 +58,10 @@ def key_slot(key: str | bytes) -> int:
 
 def first_key(args: tuple) -> Any:
     """The key a command is routed by, None for a command without keys."""
-    name = args[0].upper() if isinstance(args[0], str) else args[0].decode().upper()
+    name = args[0]
+    if name == "EVALSHA":  # the hot path's command, first
+        return args[3] if args[2] else None
+    name = name.upper() if isinstance(name, str) else name.decode().upper()
     if name in ("EVALSHA", "EVAL", "EVALSHA_RO", "EVAL_RO", "FCALL", "FCALL_RO"):
         return args[3] if int(args[2]) > 0 else None
     if name in _KEYLESS or len(args) < 2:
