@@ -117,7 +117,7 @@ class ClusterWire:
         deadline = time.perf_counter() + timeout
         key = first_key(args)
         if key is None:
-            loop.create_task(self._broadcast(args, out, deadline))
+            self._broadcast(args, out, deadline)
         else:
             self._send(args, key_slot(key), out, deadline, 0)
         return out
@@ -190,24 +190,45 @@ class ClusterWire:
             self._refresh()  # the node may be gone: has a replica taken over?
         out.set_result(reply)
 
-    async def _broadcast(self, args: tuple, out: asyncio.Future, deadline: float) -> None:
-        if self._slots is None:
-            task = self._refresh(force=True)
-            if task is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), max(deadline - time.perf_counter(), 0))
-                except asyncio.TimeoutError:
-                    pass
+    def _broadcast(self, args: tuple, out: asyncio.Future, deadline: float) -> None:
+        """Queued on every master's wire now, in call order: a SCRIPT LOAD issued before an
+        EVALSHA (the Guard's NOSCRIPT reload) reaches the EVALSHA's node first."""
         left = deadline - time.perf_counter()
-        if not self._masters or left <= 0:
-            out.set_result(UNMAPPED if left > 0 else TIMED_OUT)
+        if self._slots is None or not self._masters:
+            self._loop.create_task(self._broadcast_after_refresh(args, out, deadline))
             return
-        replies = await asyncio.gather(*(self._wire(a).call(args, left) for a in self._masters))
-        if not out.done():
+        if left <= 0:
+            out.set_result(TIMED_OUT)
+            return
+        futures = [self._wire(a).call(args, left) for a in self._masters]
+        waiting = [len(futures)]
+
+        def one_done(_: asyncio.Future) -> None:
+            waiting[0] -= 1
+            if waiting[0] or out.done():
+                return
+            replies = [f.result() for f in futures]
             bad = [r for r in replies if isinstance(r, (Failure, ReplyError))]
             out.set_result(bad[0] if bad else replies[0])
             if any(type(r) is Failure and r.cause in _RECONNECT for r in replies):
                 self._refresh()
+
+        for f in futures:
+            f.add_done_callback(one_done)
+
+    async def _broadcast_after_refresh(self, args: tuple, out: asyncio.Future, deadline: float) -> None:
+        task = self._refresh(force=True)
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), max(deadline - time.perf_counter(), 0))
+            except asyncio.TimeoutError:
+                pass
+        if out.done():
+            return
+        if self._masters:
+            self._broadcast(args, out, deadline)
+        else:
+            out.set_result(UNMAPPED if time.perf_counter() < deadline else TIMED_OUT)
 
     # ------------------------------------------------------------------ topology
 

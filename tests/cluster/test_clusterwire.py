@@ -8,9 +8,11 @@ import time
 
 from redis.crc import key_slot as redis_py_slot
 
+import lua
 from enforcer.clusterwire import ClusterWire, first_key, key_slot
+from enforcer.failopen import Breaker, Guard
 from enforcer.rediswire import Failure, ReplyError
-from tests.tenants import uid
+from tests.tenants import provision, uid
 from tollgate.keys import CustomerKeys
 from tollgate.local_services import LocalCluster, free_port
 from tollgate.redis_client import connect, seeds
@@ -149,3 +151,24 @@ async def test_a_dead_seed_is_skipped(cluster: LocalCluster):
     client = connect(url, cluster=True)
     assert await client.get("tg:{seedtest}:x") == b"1"
     await client.aclose()
+
+
+async def test_the_guard_reloads_a_flushed_script_on_the_customer_s_master(cluster: LocalCluster):
+    """NOSCRIPT (a master restarted, or a replica promoted, without the script): the Guard's
+    SCRIPT LOAD has no key, so it goes to every master, queued ahead of the retried EVALSHA."""
+    script = lua.load("check")
+    wire = ClusterWire(cluster.url, prelude=(("SCRIPT", "LOAD", script.source),))
+    guard = Guard(wire, Breaker(), 2.0)
+    try:
+        t = await provision(_client := connect(cluster.url, cluster=True))
+        await _client.aclose()
+        assert await guard.call(("PING",)) == "PONG"  # connected: the prelude loaded the script
+        for master in cluster.shape():
+            assert cluster.node(master).cli("script", "flush") == "OK"
+        k = t.keys
+        keys = (k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend("202601"), k.request(uid("req")),
+                k.rate_requests(t.key_id), k.rate_tokens(t.key_id))
+        reply = await guard.evalsha(script.sha, script.source, keys, ("hold_1", 1, 10, 100, 300_000, 60_000, t.key_id))
+        assert isinstance(reply, list) and reply[1] == "ok", reply
+    finally:
+        wire.close()
