@@ -13,6 +13,7 @@ import httpx
 from tests.cluster.services import ADMIN_TOKEN, cluster_env, run_admin, tollgate_cli
 from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer
+from rater import holds
 from rater.projection import project_api_key
 from tests.tenants import check_body, plan_doc, provision, uid
 from tollgate.keys import CustomerKeys
@@ -31,7 +32,8 @@ async def test_control_plane_enforcer_rater_and_rebuild_on_a_cluster(own_cluster
         async with httpx.AsyncClient(base_url=admin, headers=auth, timeout=10) as http:
             r = await http.post("/admin/plans", json=doc)
             assert r.status_code == 201, r.text
-            r = await http.post("/admin/customers", json={"name": "Acme", "plan_id": doc["id"]})
+            # hybrid: the rater reads the wallet before routing (its redis-py fallback on a cluster)
+            r = await http.post("/admin/customers", json={"name": "Acme", "plan_id": doc["id"], "billing_mode": "hybrid"})
             assert r.status_code == 201, r.text
             c = r.json()["id"]
             r = await http.post(f"/admin/customers/{c}/keys")
@@ -75,6 +77,7 @@ async def test_control_plane_enforcer_rater_and_rebuild_on_a_cluster(own_cluster
         finally:
             assert rater.stop() == 0, rater.logs()[-3000:]
         assert int(await redis.get(k.wallet)) == 10_000_000 - spend
+        assert await pg.fetchval("SELECT sum(wallet_micros) FROM processed_events WHERE customer_id = $1", c) == spend
         ledger = await pg.fetchval("SELECT sum(amount_micros) FROM ledger_lines WHERE customer_id = $1", c)
         assert ledger == spend
         assert {r["event_id"] for r in await pg.fetch(
@@ -86,7 +89,6 @@ async def test_control_plane_enforcer_rater_and_rebuild_on_a_cluster(own_cluster
         out = tollgate_cli(env, "redis", "rebuild")
         assert "customers" in out, out
         assert int(await redis.get(k.wallet)) == 10_000_000 - spend
-        await redis.aclose()
         async with httpx.AsyncClient(base_url=enf.url, timeout=10) as http:
             deadline = time.monotonic() + 15
             while True:  # the enforcer's cache may still hold the key; its buckets were reset
@@ -98,6 +100,14 @@ async def test_control_plane_enforcer_rater_and_rebuild_on_a_cluster(own_cluster
                 await asyncio.sleep(0.1)
             # the rebuilt wallet, less this check's own hold ($0.01, one request)
             assert r.json()["remaining"]["balance"] == format_micros(10_000_000 - spend - 10_000), r.text
+
+    # The sweeper (release_expired.lua per customer, pipelined over the masters) releases that hold
+    # once it expires (`now` an hour on), and PostgreSQL records it.
+    expired = await holds.sweep_expired(redis, pg, now_ms=int(time.time() * 1000) + 3_600_000)
+    assert [(e.customer_id, e.hold_id, e.amount_micros) for e in expired] == [(c, r.json()["hold_id"], 10_000)]
+    assert int(await redis.get(k.held)) == 0
+    assert await pg.fetchval("SELECT status FROM holds WHERE hold_id = $1", r.json()["hold_id"]) == "expired"
+    await redis.aclose()
 
 
 def _client(cluster: LocalCluster):
