@@ -16,10 +16,13 @@ import time
 import httpx
 
 from enforcer.clusterwire import key_slot
+from rater.control import api_keys, customers, plans, wallets
 from tests.cluster.services import cluster_env, stream_event_ids
+from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer
-from tests.tenants import Tenant, check_body, provision, uid
-from tollgate.keys import EVENTS_STREAM
+from tests.tenants import Tenant, check_body, plan_doc, provision, uid
+from tollgate.keys import EVENTS_STREAM, CustomerKeys
+from tollgate.plans import parse_plan
 from tollgate.local_services import LocalCluster
 from tollgate.redis_client import connect
 
@@ -143,3 +146,59 @@ async def test_failover_of_a_customer_s_master_without_restart(own_cluster: Loca
     assert all(h for _, _, r, h in gap if r == "ok") and all(h is None for _, _, r, h in gap if r == "fail_open")
     await _all_on_the_bus(redis, accepted)
     await redis.aclose()
+
+
+async def test_the_rater_settles_across_a_failover_without_restart(own_cluster: LocalCluster, pg, pg_dsn):
+    """The rater (redis-py RedisCluster) keeps consuming while the master of a customer's slot is
+    SIGKILLed and replaced: every accepted usage event, real or fail-open, is rated once, and
+    the wallet in Redis is the top-up less what PostgreSQL says was debited."""
+    cluster = own_cluster
+    redis = connect(cluster.url, cluster=True)
+    # The customer is on the master of slot 0, which is not the bus's (slot 13529) and is the node
+    # redis-py's RedisCluster first takes as its default (it asks that node where XREADGROUP's
+    # key is): the consumer must not stay stuck on it once it is gone.
+    target = cluster.master_of(0)
+    assert target is not cluster.master_of(key_slot(EVENTS_STREAM))
+    plan = await plans.apply_plan(pg, redis, plan_doc())
+    while True:
+        c = (await customers.create_customer(pg, redis, name="Acme", plan_id=plan["id"]))["id"]
+        if cluster.master_of(key_slot(CustomerKeys(c).cfg)) is target:
+            break
+    key = (await api_keys.create_api_key(pg, redis, c))["api_key"]
+    await wallets.topup(pg, redis, c, "10.00")
+    t = Tenant(key, c, "", parse_plan(plan_doc()))
+    env = cluster_env(cluster, pg_dsn)
+    answers, accepted = [], []
+    rater = RaterProcess(env, ["--sweep-interval", "0"]).start().wait_started()
+    try:
+        with run_enforcer(env) as enf:
+            async with httpx.AsyncClient(base_url=enf.url, timeout=10) as http:
+                for _ in range(10):
+                    await _check_and_report(http, t, answers, accepted)
+                await _rated(pg, c, len(accepted), rater)
+                await asyncio.to_thread(cluster.wait_replicated)
+                cluster.kill(cluster.master_of(key_slot(CustomerKeys(c).cfg)))
+                killed_at = time.monotonic()
+                while not any(a[2] == "ok" and a[0] > killed_at + 0.5 for a in answers):
+                    await _check_and_report(http, t, answers, accepted)
+                    assert time.monotonic() < killed_at + 30, answers[-3:]
+                    await asyncio.sleep(0.05)
+                for _ in range(10):
+                    await _check_and_report(http, t, answers, accepted)
+        await _rated(pg, c, len(accepted), rater)
+        assert rater.alive()
+    finally:
+        assert rater.stop() == 0, rater.logs()[-3000:]
+    assert any(a[2] == "fail_open" for a in answers)  # the gap was crossed
+    rated = {r["event_id"] for r in await pg.fetch("SELECT event_id FROM processed_events WHERE customer_id = $1 AND kind = 'usage'", c)}
+    assert rated == set(accepted)
+    debited = await pg.fetchval("SELECT sum(wallet_micros) FROM processed_events WHERE customer_id = $1", c)
+    assert debited > 0 and int(await redis.get(CustomerKeys(c).wallet)) == 10_000_000 - debited
+    await redis.aclose()
+
+
+async def _rated(pg, c: str, n: int, rater: RaterProcess) -> None:
+    deadline = time.monotonic() + 60
+    while await pg.fetchval("SELECT count(*) FROM processed_events WHERE customer_id = $1 AND kind = 'usage'", c) < n:
+        assert rater.alive() and time.monotonic() < deadline, rater.logs()[-3000:]
+        await asyncio.sleep(0.1)
