@@ -147,13 +147,17 @@ class ClusterWire:
             return
         wire.call(args, left).add_done_callback(partial(self._result, args, slot, out, deadline, redirects))
 
-    async def _send_after_refresh(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, redirects: int) -> None:
-        task = self._refresh(force=self._slots is None)
+    async def _topology_read(self, force: bool, deadline: float) -> None:
+        """Wait (until the deadline at most) for a topology read: the running one, or a new one."""
+        task = self._refresh(force=force)
         if task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(task), max(deadline - time.perf_counter(), 0))
             except asyncio.TimeoutError:
                 pass
+
+    async def _send_after_refresh(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, redirects: int) -> None:
+        await self._topology_read(self._slots is None, deadline)
         if out.done():
             return
         if self._slots is None or self._slots[slot] is None:
@@ -217,12 +221,7 @@ class ClusterWire:
             f.add_done_callback(one_done)
 
     async def _broadcast_after_refresh(self, args: tuple, out: asyncio.Future, deadline: float) -> None:
-        task = self._refresh(force=True)
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), max(deadline - time.perf_counter(), 0))
-            except asyncio.TimeoutError:
-                pass
+        await self._topology_read(True, deadline)
         if out.done():
             return
         if self._masters:
