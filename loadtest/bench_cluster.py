@@ -6,7 +6,8 @@ For each topology (a plain Redis, the enforcer on RedisWire; a 1-master cluster 
 cluster, the enforcer on ClusterWire with TOLLGATE_REDIS_CLUSTER=1):
 (a) the Redis side: check.lua by EVALSHA through the enforcer's own wire (RedisWire or
     ClusterWire), 200 callers back to back, for --duration seconds: the most checks/s the
-    topology gives one Python process;
+    topology gives one Python process, and its CPU per check; on the 1-master cluster also
+    through a RedisWire on the node itself, which singles out ClusterWire's own cost;
 (b) /v1/check over HTTP on a real enforcer process: requests offered at --rate/s (more than it
     can take), on --max-conns keep-alive connections, for --duration seconds; what counts is the
     rate of real decisions (answers not degraded to fail-open; the deadline is --deadline-ms, set
@@ -84,10 +85,14 @@ async def provision(url: str, cluster: bool, customers: int) -> list[tuple[str, 
     return tenants
 
 
-async def raw_checks(t: Topology, tenants, seconds: float, concurrency: int = 200) -> tuple[float, float]:
-    """(checks/s, this process's CPU µs per check: the wire's own cost, steadier than a rate on a busy box)."""
+async def raw_checks(t: Topology, tenants, seconds: float, concurrency: int = 200, plain: bool = False) -> tuple[float, float]:
+    """(checks/s, this process's CPU µs per check: the wire's own cost, steadier than a rate on a busy box).
+    `plain`: a 1-master cluster's node through RedisWire, to single out ClusterWire's own cost."""
     script = lua.load("check")
-    wire = (ClusterWire if t.cluster else RedisWire)(t.url, prelude=(("SCRIPT", "LOAD", script.source),))
+    if plain:
+        wire = RedisWire(f"redis://{t.server.nodes[0].addr}/0", prelude=(("SCRIPT", "LOAD", script.source),))
+    else:
+        wire = (ClusterWire if t.cluster else RedisWire)(t.url, prelude=(("SCRIPT", "LOAD", script.source),))
     await wire.call(("PING",), 2.0)
     failed = 0
 
@@ -141,11 +146,16 @@ async def main_async(args) -> None:
               f"deadline {args.deadline_ms} ms, offered {args.rate:,}/s on {args.max_conns} connections, "
               f"{args.duration:.0f} s per run, {args.rounds} rounds, {args.customers} customers, "
               f"cluster replicas {args.replicas}", flush=True)
+        plain_cpu: list[float] = []
         for r in range(args.rounds):
             for t in topologies:
                 rate, cpu = await raw_checks(t, tenants, args.duration)
                 t.raw.append(rate)
                 t.raw_cpu.append(cpu)
+                if t.name == "cluster-1":
+                    plain_cpu.append((await raw_checks(t, tenants, args.duration, plain=True))[1])
+                    print(f"  round {r + 1} cluster-1 node through RedisWire: {plain_cpu[-1]:4.0f} us CPU/check "
+                          f"(ClusterWire {cpu:4.0f})", flush=True)
                 await asyncio.sleep(0.3)
                 real, fo, cpu = await http_checks(t, tenants, args.rate, args.duration, args.max_conns)
                 t.http.append(real)
@@ -159,6 +169,9 @@ async def main_async(args) -> None:
             print(f"{t.name:<10} (a) check.lua through the wire {spread(t.raw)}, {statistics.median(t.raw_cpu):.0f} us CPU/check  "
                   f"(b) /v1/check real decisions {spread(t.http)}  fail-open max {max(t.fail_open):.2%}"
                   f"  enforcer {statistics.median(t.cpu):.0f} us CPU/check")
+        print(f"# ClusterWire's own cost: {statistics.median(topologies[1].raw_cpu) - statistics.median(plain_cpu):+.1f} us "
+              f"CPU per check over RedisWire on the same node (medians {statistics.median(topologies[1].raw_cpu):.1f} "
+              f"and {statistics.median(plain_cpu):.1f})")
         base = statistics.median(topologies[0].http)
         for t in topologies[1:]:
             print(f"# {t.name}: (b) {statistics.median(t.http) / base:.2f} of a plain Redis's, "
