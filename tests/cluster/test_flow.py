@@ -41,6 +41,8 @@ async def test_control_plane_enforcer_rater_and_rebuild_on_a_cluster(own_cluster
             key = r.json()["api_key"]
             r = await http.post(f"/admin/customers/{c}/wallet/topups", json={"amount": "10.00", "id": uid("top")})
             assert r.status_code == 201 and r.json()["balance"] == "10.00", r.text
+            r = await http.get(f"/admin/customers/{c}/wallet")  # an MGET of the customer's keys (one slot)
+            assert r.status_code == 200 and r.json()["available"] == "10.00", r.text
     k = CustomerKeys(c)
 
     with run_enforcer(env) as enf:
