@@ -145,7 +145,7 @@ class LocalCluster:
                     raise RuntimeError(f"cluster node did not start on port {node.port}")
                 time.sleep(0.02)
         if self.masters == 1 and self.replicas == 0:  # `--cluster create` wants 3 masters at least
-            self.nodes[0].cli("cluster", "addslotsrange", "0", "16383")
+            self.nodes[0].cli("cluster", "addslots", *map(str, range(16384)))  # (ADDSLOTSRANGE: Redis 7 only)
         else:
             create = [_redis_cli(), "--cluster", "create", *(n.addr for n in self.nodes),
                       "--cluster-replicas", str(self.replicas), "--cluster-yes"]
