@@ -1,8 +1,9 @@
 """Faults on a real Redis Cluster while the real enforcer (TOLLGATE_REDIS_CLUSTER=1) takes traffic:
 - the slot of a customer's hash tag is resharded to another master (IMPORTING/MIGRATING, MIGRATE of
-  its keys: ASK and TRYAGAIN; then SETSLOT NODE: MOVED): every answer is a real decision or
-  fail_open, a tight rate limit holds (real ALLOWs <= the limit), real decisions come back on the
-  new master, and every accepted usage event is on the bus;
+  its keys: ASK and TRYAGAIN; then SETSLOT NODE: MOVED) while the rater settles: every answer is a
+  real decision or fail_open, a tight rate limit holds (real ALLOWs <= the limit), real decisions
+  come back on the new master, every accepted usage event is on the bus and rated once, and the
+  wallet is exact;
 - the master owning a customer's slot is SIGKILLed: checks fail open during the gap, and real
   decisions (reason ok, with a hold id) come back once its replica is promoted, with the same
   enforcer process, never restarted.
@@ -37,6 +38,35 @@ async def _tenant_off_the_bus(redis, cluster: LocalCluster, **limits) -> Tenant:
             return t
 
 
+async def _paying_customer(pg, redis, master, **limits) -> Tenant:
+    """A customer made by the control plane (PostgreSQL and Redis) whose slot is on `master`,
+    with an API key and a $10 top-up."""
+    doc = plan_doc(**limits)
+    plan = await plans.apply_plan(pg, redis, doc)
+    while True:
+        c = (await customers.create_customer(pg, redis, name="Acme", plan_id=plan["id"]))["id"]
+        if master.port == _master_port(redis, CustomerKeys(c).cfg):
+            break
+    key = (await api_keys.create_api_key(pg, redis, c))["api_key"]
+    await wallets.topup(pg, redis, c, "10.00")
+    return Tenant(key, c, "", parse_plan(doc))
+
+
+def _master_port(redis, key: str) -> int:
+    return redis.get_node_from_key(key).port
+
+
+async def _rated_exactly(pg, redis, c: str, accepted: list[str], rater: RaterProcess) -> None:
+    """Every accepted usage event rated once, and the wallet in Redis is the top-up less what
+    PostgreSQL says was debited."""
+    await _rated(pg, c, len(accepted), rater)
+    rated = {r["event_id"] for r in await pg.fetch(
+        "SELECT event_id FROM processed_events WHERE customer_id = $1 AND kind = 'usage'", c)}
+    assert rated == set(accepted)
+    debited = await pg.fetchval("SELECT sum(wallet_micros) FROM processed_events WHERE customer_id = $1", c)
+    assert debited > 0 and int(await redis.get(CustomerKeys(c).wallet)) == 10_000_000 - debited
+
+
 async def _check_and_report(http: httpx.AsyncClient, t: Tenant, answers: list, accepted: list) -> dict:
     """One check; an ALLOW (real or fail-open) is followed by its usage report, as a gateway does."""
     r = await http.post("/v1/check", json=check_body(t, requests=1, input_tokens=10, output_tokens=10))
@@ -60,15 +90,18 @@ async def _all_on_the_bus(redis, accepted: list[str]) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_reshard_of_a_customer_slot_under_traffic(own_cluster: LocalCluster):
+async def test_reshard_of_a_customer_slot_under_traffic(own_cluster: LocalCluster, pg, pg_dsn):
     cluster = own_cluster
     redis = connect(cluster.url, cluster=True)
-    t = await _tenant_off_the_bus(redis, cluster, requests_per_minute=RPM)
+    await redis.initialize()
+    bus_master = cluster.master_of(key_slot(EVENTS_STREAM))
+    src, dst = [cluster.node(a) for a in cluster.shape() if cluster.node(a) is not bus_master]
+    t = await _paying_customer(pg, redis, src, requests_per_minute=RPM)
     slot = key_slot(t.keys.cfg)
-    src = cluster.master_of(slot)
-    dst = next(cluster.node(a) for a in cluster.shape() if cluster.node(a) not in (src, cluster.master_of(key_slot(EVENTS_STREAM))))
     answers, accepted, phases = [], [], {}
-    with run_enforcer(cluster_env(cluster)) as enf:
+    env = cluster_env(cluster, pg_dsn)
+    rater = RaterProcess(env, ["--sweep-interval", "0"]).start().wait_started()  # settles while the slot moves
+    with run_enforcer(env) as enf:
         async with httpx.AsyncClient(base_url=enf.url, timeout=10) as http:
             while (await _check_and_report(http, t, answers, accepted))["reason"] != "ok":
                 await asyncio.sleep(0.05)  # the enforcer's first real decision
@@ -94,6 +127,10 @@ async def test_reshard_of_a_customer_slot_under_traffic(own_cluster: LocalCluste
             await reshard()
             stop.set()
             await running
+    try:
+        await _rated_exactly(pg, redis, t.customer_id, accepted, rater)  # no event lost or settled twice
+    finally:
+        assert rater.stop() == 0, rater.logs()[-3000:]
     assert phases["moved"] >= 5  # the customer's keys did move (cfg, wallet, holds, buckets, ...)
     assert cluster.master_of(slot) is dst and dst.cli("exists", t.keys.cfg) == "1"
     kinds = {(d, r) for _, d, r, _ in answers}
@@ -159,14 +196,9 @@ async def test_the_rater_settles_across_a_failover_without_restart(own_cluster: 
     # key is): the consumer must not stay stuck on it once it is gone.
     target = cluster.master_of(0)
     assert target is not cluster.master_of(key_slot(EVENTS_STREAM))
-    plan = await plans.apply_plan(pg, redis, plan_doc())
-    while True:
-        c = (await customers.create_customer(pg, redis, name="Acme", plan_id=plan["id"]))["id"]
-        if cluster.master_of(key_slot(CustomerKeys(c).cfg)) is target:
-            break
-    key = (await api_keys.create_api_key(pg, redis, c))["api_key"]
-    await wallets.topup(pg, redis, c, "10.00")
-    t = Tenant(key, c, "", parse_plan(plan_doc()))
+    await redis.initialize()
+    t = await _paying_customer(pg, redis, target)
+    c = t.customer_id
     env = cluster_env(cluster, pg_dsn)
     answers, accepted = [], []
     rater = RaterProcess(env, ["--sweep-interval", "0"]).start().wait_started()
@@ -185,15 +217,10 @@ async def test_the_rater_settles_across_a_failover_without_restart(own_cluster: 
                     await asyncio.sleep(0.05)
                 for _ in range(10):
                     await _check_and_report(http, t, answers, accepted)
-        await _rated(pg, c, len(accepted), rater)
-        assert rater.alive()
+        await _rated_exactly(pg, redis, c, accepted, rater)
     finally:
         assert rater.stop() == 0, rater.logs()[-3000:]
     assert any(a[2] == "fail_open" for a in answers)  # the gap was crossed
-    rated = {r["event_id"] for r in await pg.fetch("SELECT event_id FROM processed_events WHERE customer_id = $1 AND kind = 'usage'", c)}
-    assert rated == set(accepted)
-    debited = await pg.fetchval("SELECT sum(wallet_micros) FROM processed_events WHERE customer_id = $1", c)
-    assert debited > 0 and int(await redis.get(CustomerKeys(c).wallet)) == 10_000_000 - debited
     await redis.aclose()
 
 
