@@ -36,13 +36,9 @@ import uvloop
 import lua
 from enforcer.clusterwire import ClusterWire
 from enforcer.rediswire import RedisWire
-from loadtest.bench_check import PLAN, OpenLoop, _closed_loop, cpu_seconds, script_args
-from rater.projection import project_api_key, project_customer, project_plan, set_wallet
+from loadtest.bench_check import OpenLoop, _closed_loop, cpu_seconds, provision, script_args
 from tests.servers import EnforcerProcess
-from tollgate.keys import api_key_hash
 from tollgate.local_services import start_cluster, start_redis
-from tollgate.plans import parse_plan
-from tollgate.redis_client import connect
 
 
 class Topology:
@@ -68,21 +64,6 @@ class Topology:
         if self.enforcer:
             self.enforcer.cleanup()
         self.server.stop()
-
-
-async def provision(url: str, cluster: bool, customers: int) -> list[tuple[str, str, str]]:
-    r = connect(url, cluster=cluster)
-    plan = parse_plan(PLAN)
-    await project_plan(r, plan)
-    tenants = []
-    for i in range(customers):
-        cid, kid, key = f"cust_b{i}", f"key_b{i}", f"tg_bench_{i:04d}"
-        await project_customer(r, cid, plan, "prepaid", "default")
-        await project_api_key(r, api_key_hash(key), kid, cid, plan.id, "active")
-        await set_wallet(r, cid, 10**15)
-        tenants.append((cid, kid, key))
-    await r.aclose()
-    return tenants
 
 
 async def raw_checks(t: Topology, tenants, seconds: float, concurrency: int = 200, plain: bool = False) -> tuple[float, float]:
@@ -135,7 +116,8 @@ async def main_async(args) -> None:
         topologies.append(Topology("cluster-3", True, start_cluster(3, args.replicas)))
         tenants = None
         for t in topologies:
-            tenants = await provision(t.url, t.cluster, args.customers)
+            os.environ["TOLLGATE_REDIS_CLUSTER"] = "1" if t.cluster else "0"  # what connect() reads
+            tenants = await provision(t.url, args.customers)
             env = {"TOLLGATE_REDIS_URL": t.url, "TOLLGATE_REDIS_CLUSTER": "1" if t.cluster else "0",
                    "TOLLGATE_CHECK_DEADLINE_MS": str(args.deadline_ms), "TOLLGATE_STREAM_MAXLEN": "200000",
                    "TOLLGATE_BUS": "redis"}
