@@ -129,6 +129,8 @@ async def test_revocation_reaches_the_enforcer_s_cache_through_cluster_pub_sub(c
             while (r := await http.post("/v1/check", json=check_body(t))).json()["reason"] != "ok":
                 assert time.monotonic() < deadline, r.text
                 await asyncio.sleep(0.1)
+            r = await http.get("/readyz")  # a PING of every master
+            assert r.status_code == 200 and r.json()["status"] == "ready", r.text
             await asyncio.sleep(0.5)  # the listener has subscribed (it starts with the process)
             await project_api_key(redis, t.key_hash, t.key_id, t.customer_id, t.plan.id, "revoked")
             deadline = time.monotonic() + 3
