@@ -160,8 +160,9 @@ async def test_the_guard_reloads_a_flushed_script_on_the_customer_s_master(clust
     wire = ClusterWire(cluster.url, prelude=(("SCRIPT", "LOAD", script.source),))
     guard = Guard(wire, Breaker(), 2.0)
     try:
-        t = await provision(_client := connect(cluster.url, cluster=True))
-        await _client.aclose()
+        client = connect(cluster.url, cluster=True)
+        t = await provision(client)
+        await client.aclose()
         assert await guard.call(("PING",)) == "PONG"  # connected: the prelude loaded the script
         for master in cluster.shape():
             assert cluster.node(master).cli("script", "flush") == "OK"

@@ -19,6 +19,7 @@ from tests.tenants import check_body, plan_doc, provision, uid
 from tollgate.keys import CustomerKeys
 from tollgate.local_services import LocalCluster
 from tollgate.money import format_micros
+from tollgate.redis_client import connect
 
 RPM = 5
 
@@ -72,7 +73,7 @@ async def test_control_plane_enforcer_rater_and_rebuild_on_a_cluster(own_cluster
             while await pg.fetchval("SELECT count(*) FROM processed_events WHERE customer_id = $1 AND kind = 'usage'", c) < RPM:
                 assert rater.alive() and time.monotonic() < deadline, rater.logs()[-3000:]
                 await asyncio.sleep(0.1)
-            redis = _client(cluster)
+            redis = connect(cluster.url, cluster=True)
             while int(await redis.get(k.held) or 0) != 0:  # settled: holds released
                 assert time.monotonic() < deadline, rater.logs()[-3000:]
                 await asyncio.sleep(0.05)
@@ -112,16 +113,10 @@ async def test_control_plane_enforcer_rater_and_rebuild_on_a_cluster(own_cluster
     await redis.aclose()
 
 
-def _client(cluster: LocalCluster):
-    from tollgate.redis_client import connect  # noqa: PLC0415
-
-    return connect(cluster.url, cluster=True)
-
-
 async def test_revocation_reaches_the_enforcer_s_cache_through_cluster_pub_sub(cluster: LocalCluster):
     """The key cache's listener subscribes through redis-py's RedisCluster (a classic PUBLISH
     reaches every node): a revoked key is refused at once, though its record is cached."""
-    redis = _client(cluster)
+    redis = connect(cluster.url, cluster=True)
     t = await provision(redis)
     with run_enforcer(cluster_env(cluster)) as enf:
         async with httpx.AsyncClient(base_url=enf.url, timeout=10) as http:
