@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from enforcer.rediswire import Failure, RedisWire, ReplyError
+from enforcer.rediswire import SLOW, Failure, RedisWire, ReplyError
 from tollgate.redis_client import seeds
 
 log = logging.getLogger("tollgate.enforcer.cluster")
@@ -39,7 +39,7 @@ SLOTS = 16384
 REFRESH_EVERY_S = 5.0  # a reshard with no traffic on the moved slot is noticed within this
 REFRESH_MIN_GAP_S = 0.1  # failures and MOVEDs ask for a topology read at most this often
 MAX_REDIRECTS = 3
-TIMED_OUT = Failure("deadline")  # no time left for a redirect
+TIMED_OUT = SLOW  # Redis answered (MOVED, ASK), but no time was left to follow it
 UNMAPPED = Failure("unmapped")  # no master known for the slot (topology not readable)
 _RECONNECT = ("connect", "disconnected")  # failures that may mean the node is gone
 _KEYLESS = frozenset(("PING", "SCRIPT", "INFO", "TIME", "ECHO", "CLUSTER", "FUNCTION", "WAIT"))
@@ -69,16 +69,33 @@ def first_key(args: tuple) -> Any:
     return args[1]
 
 
+def _hook(name: str) -> property:
+    """A RedisWire callback (on_reply, on_late, on_lost): set on every node's wire, now and later."""
+    def get(self):
+        return self._hooks.get(name)
+
+    def set(self, callback) -> None:
+        self._hooks[name] = callback
+        for wire in self._wires.values():
+            setattr(wire, name, callback)
+    return property(get, set)
+
+
 class ClusterWire:
+    on_reply = _hook("on_reply")  # each reply as it arrives
+    on_late = _hook("on_late")  # (args, reply) of a reply whose call already gave up
+    on_lost = _hook("on_lost")  # args of a written command whose reply will never come
+
     def __init__(self, url: str, connect_timeout: float = 0.25, hang_timeout: float = 0.5, prelude: tuple[tuple, ...] = (),
-                 refresh_every_s: float = REFRESH_EVERY_S):
+                 max_wait: float = 0.04, refresh_every_s: float = REFRESH_EVERY_S):
         first, self._seeds = seeds(url)  # `redis://h1:p1,h2:p2/0`: any live one will do
         self._url = urlsplit(first)
         self.connect_timeout = connect_timeout
         self.hang_timeout = hang_timeout
+        self.max_wait = max_wait  # RedisWire's cap while Redis answers (see enforcer.rediswire)
         self._prelude = prelude
         self.refresh_every_s = refresh_every_s
-        self._on_reply = None
+        self._hooks: dict = {}
         self._wires: dict[tuple[str, int], RedisWire] = {}  # data connections, one per node used
         self._control: dict[tuple[str, int], RedisWire] = {}  # topology reads
         self._slots: list[RedisWire | None] | None = None  # None: topology not read yet
@@ -94,16 +111,6 @@ class ClusterWire:
     # ------------------------------------------------------------------ RedisWire's interface
 
     @property
-    def on_reply(self):
-        return self._on_reply
-
-    @on_reply.setter
-    def on_reply(self, callback) -> None:
-        self._on_reply = callback
-        for wire in self._wires.values():
-            wire.on_reply = callback
-
-    @property
     def connected(self) -> bool:
         """Every master of the map has a live connection."""
         return bool(self._masters) and all(
@@ -114,12 +121,13 @@ class ClusterWire:
         without a key goes to every master (the first error or failure, else the first reply)."""
         loop = self._loop or self._bind_loop()
         out = loop.create_future()
-        deadline = time.perf_counter() + timeout
+        # when a redirect gives up: the node's wire waits up to max(timeout, max_wait) for a reply
+        deadline = time.perf_counter() + max(timeout, self.max_wait)
         key = first_key(args)
         if key is None:
-            self._broadcast(args, out, deadline)
+            self._broadcast(args, out, deadline, timeout)
         else:
-            self._send(args, key_slot(key), out, deadline, 0)
+            self._send(args, key_slot(key), out, deadline, timeout, 0)
         return out
 
     def close(self) -> None:
@@ -135,17 +143,20 @@ class ClusterWire:
 
     # ------------------------------------------------------------------ routing
 
-    def _send(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, redirects: int) -> None:
+    def _send(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, timeout: float, redirects: int) -> None:
+        """Send to the slot's master with the caller's timeout (what "Redis silent" means to the
+        node's wire), never past `deadline` (when the call as a whole gives up)."""
         slots = self._slots
         wire = slots[slot] if slots is not None else None
         if wire is None:
-            self._loop.create_task(self._send_after_refresh(args, slot, out, deadline, redirects))
+            self._loop.create_task(self._send_after_refresh(args, slot, out, deadline, timeout, redirects))
             return
         left = deadline - time.perf_counter()
         if left <= 0:
             out.set_result(TIMED_OUT)
             return
-        wire.call(args, left).add_done_callback(partial(self._result, args, slot, out, deadline, redirects))
+        wire.call(args, min(timeout, left)).add_done_callback(
+            partial(self._result, args, slot, out, deadline, timeout, redirects))
 
     async def _topology_read(self, force: bool, deadline: float) -> None:
         """Wait (until the deadline at most) for a topology read: the running one, or a new one."""
@@ -156,16 +167,17 @@ class ClusterWire:
             except asyncio.TimeoutError:
                 pass
 
-    async def _send_after_refresh(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, redirects: int) -> None:
+    async def _send_after_refresh(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, timeout: float,
+                                  redirects: int) -> None:
         await self._topology_read(self._slots is None, deadline)
         if out.done():
             return
         if self._slots is None or self._slots[slot] is None:
             out.set_result(UNMAPPED if time.perf_counter() < deadline else TIMED_OUT)
         else:
-            self._send(args, slot, out, deadline, redirects)
+            self._send(args, slot, out, deadline, timeout, redirects)
 
-    def _result(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, redirects: int,
+    def _result(self, args: tuple, slot: int, out: asyncio.Future, deadline: float, timeout: float, redirects: int,
                 fut: asyncio.Future) -> None:
         if out.done():
             return
@@ -177,7 +189,7 @@ class ClusterWire:
                 if self._slots is not None:
                     self._slots[int(moved_slot)] = self._wire(_parse_addr(addr))
                 self._refresh()  # more than this slot has probably moved (reshard, failover)
-                self._send(args, slot, out, deadline, redirects + 1)
+                self._send(args, slot, out, deadline, timeout, redirects + 1)
                 return
             if text.startswith("ASK ") and redirects < MAX_REDIRECTS:
                 left = deadline - time.perf_counter()
@@ -185,8 +197,9 @@ class ClusterWire:
                     out.set_result(TIMED_OUT)
                     return
                 wire = self._wire(_parse_addr(text.split(" ", 2)[2]))
-                wire.call(("ASKING",), left)  # queued in the same pass: one write with the command
-                wire.call(args, left).add_done_callback(partial(self._result, args, slot, out, deadline, redirects + 1))
+                wire.call(("ASKING",), min(timeout, left))  # queued in the same pass: one write with the command
+                wire.call(args, min(timeout, left)).add_done_callback(
+                    partial(self._result, args, slot, out, deadline, timeout, redirects + 1))
                 return
             if text.startswith("CLUSTERDOWN"):
                 self._refresh()
@@ -194,17 +207,17 @@ class ClusterWire:
             self._refresh()  # the node may be gone: has a replica taken over?
         out.set_result(reply)
 
-    def _broadcast(self, args: tuple, out: asyncio.Future, deadline: float) -> None:
+    def _broadcast(self, args: tuple, out: asyncio.Future, deadline: float, timeout: float) -> None:
         """Queued on every master's wire now, in call order: a SCRIPT LOAD issued before an
         EVALSHA (the Guard's NOSCRIPT reload) reaches the EVALSHA's node first."""
         left = deadline - time.perf_counter()
         if self._slots is None or not self._masters:
-            self._loop.create_task(self._broadcast_after_refresh(args, out, deadline))
+            self._loop.create_task(self._broadcast_after_refresh(args, out, deadline, timeout))
             return
         if left <= 0:
             out.set_result(TIMED_OUT)
             return
-        futures = [self._wire(a).call(args, left) for a in self._masters]
+        futures = [self._wire(a).call(args, min(timeout, left)) for a in self._masters]
         waiting = [len(futures)]
 
         def one_done(_: asyncio.Future) -> None:
@@ -220,12 +233,12 @@ class ClusterWire:
         for f in futures:
             f.add_done_callback(one_done)
 
-    async def _broadcast_after_refresh(self, args: tuple, out: asyncio.Future, deadline: float) -> None:
+    async def _broadcast_after_refresh(self, args: tuple, out: asyncio.Future, deadline: float, timeout: float) -> None:
         await self._topology_read(True, deadline)
         if out.done():
             return
         if self._masters:
-            self._broadcast(args, out, deadline)
+            self._broadcast(args, out, deadline, timeout)
         else:
             out.set_result(UNMAPPED if time.perf_counter() < deadline else TIMED_OUT)
 
@@ -307,8 +320,9 @@ class ClusterWire:
         wire = self._wires.get(addr)
         if wire is None:
             wire = self._wires[addr] = RedisWire(self._node_url(addr), self.connect_timeout, self.hang_timeout,
-                                                 prelude=self._prelude)
-            wire.on_reply = self._on_reply
+                                                 prelude=self._prelude, max_wait=self.max_wait)
+            for name, callback in self._hooks.items():
+                setattr(wire, name, callback)
         return wire
 
     def _node_url(self, addr: tuple[str, int]) -> str:

@@ -11,9 +11,19 @@ import hashlib
 import re
 
 PREFIX = "tg"
-INVALIDATION_CHANNEL = "tg:invalidate"  # pub/sub: "key:<hash>", "plan:<id>", "customer:<id>"
+INVALIDATION_CHANNEL = "tg:invalidate"  # pub/sub: "key:<hash>", "plan:<id>", "customer:<id>", "projection:<gen>"
 EVENTS_STREAM = "tg:events"  # the Redis Streams bus
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+# The projection marker: present only once a complete rebuild has written everything the hot path
+# reads (string: the rebuild's generation). A Redis that lost its data lost the marker too, so the
+# enforcer can tell "no such key" (record missing, marker present) from "not projected yet".
+# Written by rater.rebuild only, never by the control plane's per-customer writes. The rebuild
+# first sets PROJECTION_BUILDING to its generation and turns it into the marker with one script
+# at the end, so a Redis that restarted mid-rebuild (losing the first half) gets no marker.
+# Both share the hash tag "@projection" ('@' is in no customer id), i.e. one cluster slot.
+PROJECTION_MARKER = "tg:{@projection}"
+PROJECTION_BUILDING = "tg:{@projection}:building"
 
 
 def api_key_hash(api_key: str) -> str:
@@ -73,8 +83,13 @@ class CustomerKeys:
     def request(self, request_id: str) -> str:  # idempotency: the first ALLOW reply
         return f"{self.tag}:req:{request_id}"
 
-    def settled(self, event_id: str) -> str:  # idempotency of settle.lua
-        return f"{self.tag}:evt:{event_id}"
+    @property
+    def settled(self) -> str:  # int: the highest settle sequence number settle.lua has settled
+        return f"{self.tag}:settled"
+
+    @property
+    def settle_outbox(self) -> str:  # hash seq -> settle.lua's result, until PostgreSQL recorded it
+        return f"{self.tag}:settle_out"
 
     def topup(self, topup_id: str) -> str:  # idempotency of wallet top-ups
         return f"{self.tag}:topup:{topup_id}"
