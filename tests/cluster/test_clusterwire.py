@@ -173,3 +173,31 @@ async def test_the_guard_reloads_a_flushed_script_on_the_customer_s_master(clust
         assert isinstance(reply, list) and reply[1] == "ok", reply
     finally:
         wire.close()
+
+
+_BUSY_20MS = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 20000
+return redis.call('INCR', KEYS[1])
+"""
+
+
+async def test_a_late_reply_reaches_on_late_through_the_node_s_wire(cluster: LocalCluster):
+    """The undo of orphaned holds hangs on `on_late`: set on the ClusterWire, it must be called by
+    whichever node's wire the late reply comes back on."""
+    late = []
+    wire = ClusterWire(cluster.url, max_wait=0.002)
+    wire.on_late = lambda args, reply: late.append((args[3], reply))
+    try:
+        key = f"tg:{{{uid('cust')}}}:late"
+        assert await wire.call(("PING",), 2) == "PONG"
+        reply = await wire.call(("EVAL", _BUSY_20MS, 1, key), 0.002)  # Redis busy 20 ms: gives up first
+        assert type(reply) is Failure, reply
+        deadline = time.monotonic() + 5
+        while not late:
+            assert time.monotonic() < deadline, "the late reply never reached on_late"
+            await asyncio.sleep(0.01)
+        assert late == [(key, 1)]
+    finally:
+        wire.close()
