@@ -14,6 +14,7 @@ from starlette.routing import Route
 import lua
 from enforcer import metrics
 from enforcer.checks import CheckEndpoint
+from enforcer.clusterwire import ClusterWire
 from enforcer.config import EnforcerConfig
 from enforcer.events import Clock, EventQueue, Ids
 from enforcer.failopen import Breaker, Guard
@@ -28,6 +29,7 @@ from tollgate.bus import make_bus
 from tollgate.bus.spool import Spool, SpooledPublisher
 from tollgate.config import Settings
 from tollgate.gc_tuning import freeze_startup_heap
+from tollgate.redis_client import cluster_mode
 
 log = logging.getLogger("tollgate.enforcer")
 
@@ -38,9 +40,10 @@ class Enforcer:
     def __init__(self, settings: Settings, config: EnforcerConfig):
         self.settings, self.config = settings, config
         self.script = lua.load("check")
-        self.wire = RedisWire(settings.redis_url, connect_timeout=config.redis_connect_timeout_s,
-                              hang_timeout=config.redis_hang_timeout_s, prelude=(("SCRIPT", "LOAD", self.script.source),),
-                              max_wait=config.check_max_wait_ms / 1000)
+        wire_class = ClusterWire if cluster_mode() else RedisWire  # TOLLGATE_REDIS_CLUSTER=1
+        self.wire = wire_class(settings.redis_url, connect_timeout=config.redis_connect_timeout_s,
+                               hang_timeout=config.redis_hang_timeout_s, prelude=(("SCRIPT", "LOAD", self.script.source),),
+                               max_wait=config.check_max_wait_ms / 1000)
         # how long a check waits for Redis at most (the wire's cap): check.lua must not act after it
         self.give_up_s = max(config.check_max_wait_ms, settings.check_deadline_ms) / 1000
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)

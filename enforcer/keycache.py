@@ -18,7 +18,6 @@ import logging
 import time
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -27,6 +26,7 @@ from enforcer.failopen import Guard
 from enforcer.rediswire import Failure, ReplyError
 from tollgate.keys import INVALIDATION_CHANNEL, PROJECTION_MARKER, CustomerKeys, api_key_record, plan_record
 from tollgate.plans import Plan, PlanError, parse_plan
+from tollgate.redis_client import connect
 
 log = logging.getLogger("tollgate.enforcer.keycache")
 
@@ -177,9 +177,10 @@ class KeyCache:
         """Background task: apply `tg:invalidate` messages; resubscribe after a gap and start afresh."""
         wait = 0.1
         while True:
-            client = Redis.from_url(redis_url, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+            client = connect(redis_url, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
+                await asyncio.wait_for(client.initialize(), 2.0)  # a RedisCluster reads its topology first
                 await asyncio.wait_for(pubsub.subscribe(INVALIDATION_CHANNEL), 2.0)
                 self.clear()  # whatever changed while we were not listening is now re-read
                 wait = 0.1

@@ -45,6 +45,7 @@ from tollgate.keys import CustomerKeys, api_key_hash
 from tollgate.local_services import free_port, start_redis
 from tollgate.periods import period_of
 from tollgate.plans import parse_plan
+from tollgate.redis_client import connect
 
 PLAN = {
     "id": "bench", "billing_mode": "prepaid",
@@ -83,7 +84,7 @@ def line(name: str, rate: float, lat: list[float], extra: str = "") -> str:
 
 
 async def provision(url: str, customers: int) -> list[tuple[str, str, str]]:
-    r = aioredis.Redis.from_url(url)
+    r = connect(url)
     plan = parse_plan(PLAN)
     await project_plan(r, plan)
     tenants = []

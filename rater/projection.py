@@ -58,8 +58,9 @@ async def project_customer(
     async with redis.pipeline(transaction=True) as p:
         p.delete(keys.cfg)  # drop fields of tiers the new plan no longer has
         p.hset(keys.cfg, mapping=customer_config(plan, billing_mode, tier, spend_cap_micros))
-        p.publish(INVALIDATION_CHANNEL, f"customer:{customer_id}")
         await p.execute()
+    # after the write, not in its MULTI: a cluster runs a transaction on one slot's keys only
+    await redis.publish(INVALIDATION_CHANNEL, f"customer:{customer_id}")
 
 
 async def project_api_key(redis: Redis, key_hash: str, key_id: str, customer_id: str, plan_id: str, status: str) -> None:
@@ -67,8 +68,8 @@ async def project_api_key(redis: Redis, key_hash: str, key_id: str, customer_id:
     async with redis.pipeline(transaction=True) as p:
         p.delete(rec)
         p.hset(rec, mapping={"customer_id": customer_id, "key_id": key_id, "plan_id": plan_id, "status": status})
-        p.publish(INVALIDATION_CHANNEL, f"key:{key_hash}")
         await p.execute()
+    await redis.publish(INVALIDATION_CHANNEL, f"key:{key_hash}")
 
 
 async def set_wallet(redis: Redis, customer_id: str, balance_micros: int) -> None:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import asyncpg
-from redis.asyncio import Redis
 
 from rater import holds
 from rater.consumers import Consumer, Message, make_consumer
@@ -25,6 +24,7 @@ from rater.pipeline import BatchResult, Pipeline
 from rater.self_heal import SelfHeal
 from tollgate.config import Settings, settings as load_settings
 from tollgate.gc_tuning import freeze_startup_heap
+from tollgate.redis_client import connect
 
 log = logging.getLogger("tollgate.rater")
 
@@ -111,7 +111,7 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
         except (NotImplementedError, RuntimeError):
             pass  # not the main thread (tests): the caller sets `stop`
     pool = await asyncpg.create_pool(cfg.database_url, min_size=1, max_size=4)
-    redis = Redis.from_url(cfg.redis_url)
+    redis = connect(cfg.redis_url)
     kw = {"name": consumer_name, "claim_idle_ms": claim_idle_ms} if cfg.bus == "redis" else {}
     consumer = make_consumer(cfg, group=group, **kw)
     await consumer.start()

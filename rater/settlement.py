@@ -279,5 +279,5 @@ async def _pipeline(redis, sha: str, calls: Sequence[tuple[list, list]]) -> list
         return await redis_raw.execute(redis, [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
     async with redis.pipeline(transaction=False) as p:
         for keys, args in calls:
-            p.evalsha(sha, len(keys), *keys, *args)
+            p.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # redis-py's cluster pipeline refuses .evalsha()
         return await p.execute(raise_on_error=False)

@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from rater import redis_raw
 from rater.consumers import Message
 from tollgate.keys import EVENTS_STREAM
+from tollgate.redis_client import connect
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class RedisStreamConsumer:
 
     @classmethod
     def from_url(cls, url: str, **kw) -> "RedisStreamConsumer":
-        c = cls(Redis.from_url(url), **kw)
+        c = cls(connect(url), **kw)
         c._owns_client = True
         return c
 
@@ -112,8 +113,13 @@ class RedisStreamConsumer:
             # an entry is [id, [field, value, ...]], fields None when it was deleted meanwhile
             streams = reply.items() if isinstance(reply, dict) else reply or ()
         else:
-            streams = await self.redis.xreadgroup(self.group, self.name, {self.stream: from_id},
-                                                  count=count, block=block_ms) or ()
+            # A RedisCluster: sent to the stream's node by name. redis-py's own xreadgroup asks a
+            # fixed node (COMMAND GETKEYS) where XREADGROUP's key is, and stays stuck, refused,
+            # once that node is gone (a failover); the node cache it reads here does heal.
+            block = ("BLOCK", block_ms) if block_ms is not None else ()
+            streams = await self.redis.execute_command(
+                "XREADGROUP", "GROUP", self.group, self.name, "COUNT", count, *block, "STREAMS", self.stream, from_id,
+                target_nodes=self.redis.get_node_from_key(self.stream)) or ()
         out: list[Message] = []
         dead: list[bytes] = []
         last = None

@@ -4,10 +4,10 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-import redis.asyncio as aioredis
 from redis.asyncio import Redis
 
 from tollgate.config import Settings
+from tollgate.redis_client import connect
 
 
 class Backends:
@@ -26,7 +26,7 @@ class Backends:
         if self._db is None or self._redis is None:
             async with self._lock:
                 if self._redis is None:
-                    self._redis = aioredis.Redis.from_url(self.settings.redis_url)
+                    self._redis = connect(self.settings.redis_url)
                     self._owned.append(self._redis)
                 if self._db is None:
                     self._db = await asyncpg.create_pool(

@@ -10,13 +10,13 @@ import asyncio
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from tollgate.bus import BusUnavailable, partition_key
 from tollgate.keys import EVENTS_STREAM
+from tollgate.redis_client import connect
 
 
 # One command per batch: packing and parsing a reply per XADD cost more Python time than the check
@@ -44,7 +44,7 @@ class RedisStreamsProducer:
         self.timeout = timeout
         self.maxlen = maxlen  # approximate trimming; None keeps everything until consumers trim
         # No client-side retries: a failed batch is spooled and replayed by the caller.
-        self._redis = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        self._redis = connect(url, socket_connect_timeout=0.5, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
     async def start(self) -> None:
         pass  # connects lazily: the enforcer must start while Redis is down
