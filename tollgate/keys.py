@@ -13,6 +13,9 @@ import re
 PREFIX = "tg"
 INVALIDATION_CHANNEL = "tg:invalidate"  # pub/sub: "key:<hash>", "plan:<id>", "customer:<id>"
 EVENTS_STREAM = "tg:events"  # the Redis Streams bus
+# The stream's incarnation (set once per stream by lua/bus_publish.lua); its hash tag is the
+# stream's name, so both live in one cluster slot and one script can touch both.
+EVENTS_EPOCH = "{tg:events}:epoch"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
