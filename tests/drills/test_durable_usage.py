@@ -1,0 +1,198 @@
+"""Drills of the promise of a 202 from /v1/usage: the event survives the loss of any one process or
+server, the bus Redis restarting empty included. All real processes: redis-server (no
+persistence, SIGKILLed and started empty on the same port), the enforcer and the rater as
+subprocesses, PostgreSQL. Success = every accepted event in the ledger exactly once."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from rater.control import api_keys, customers, plans
+from tests.rater.conftest import expected, pg_totals
+from tests.rater.processes import RaterProcess
+from tests.servers import ROOT, EnforcerProcess
+from tollgate.keys import CustomerKeys
+from tollgate.local_services import start_redis
+from tollgate.periods import period_of
+from tollgate.redis_client import connect
+
+pytestmark = pytest.mark.slow
+
+PLAN = """
+id: {pid}
+billing_mode: postpaid
+limits: {{requests_per_minute: 100000, tokens_per_minute: 100000000}}
+charges:
+  - {{id: input_tokens, model: per_unit, metric: input_tokens, unit_price: "0.0000031"}}
+  - id: output_tokens
+    model: graduated
+    metric: output_tokens
+    tiers:
+      - {{up_to: 5000, unit_price: "0.0000151"}}
+      - {{up_to: null, unit_price: "0.0000107"}}
+"""
+
+
+class Drill:
+    """A private Redis, one customer with a key, and the env the services share."""
+
+    def __init__(self, pg_dsn: str, tmp_path):
+        self.pg_dsn = pg_dsn
+        self.redis = start_redis()
+        self.spool = str(tmp_path / "spool.jsonl")
+        self.env = {"TOLLGATE_REDIS_URL": self.redis.url, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_BUS": "redis",
+                    "TOLLGATE_CHECK_DEADLINE_MS": "1000", "TOLLGATE_SPOOL_PATH": self.spool}
+        self.plan_text = PLAN.format(pid=f"plan_{uuid.uuid4().hex[:10]}")
+
+    async def provision(self, pg) -> None:
+        client = connect(self.redis.url)
+        try:
+            plan = await plans.apply_plan(pg, client, self.plan_text)
+            self.customer = (await customers.create_customer(pg, client, name="Drill", plan_id=plan["id"]))["id"]
+            self.api_key = (await api_keys.create_api_key(pg, client, self.customer))["api_key"]
+        finally:
+            await client.aclose()
+
+    def enforcer(self) -> EnforcerProcess:
+        return EnforcerProcess(self.env).start()
+
+    def rater(self) -> RaterProcess:
+        return RaterProcess(self.env, ["--sweep-interval", "0"]).start().wait_started()
+
+    def restart_redis_empty(self) -> None:
+        self.redis.stop()  # SIGKILL
+        self.redis.start()  # same port, nothing in it
+
+    def rebuild(self) -> None:
+        """`tollgate redis rebuild` (until the projection rebuilds itself)."""
+        env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", "from tollgate.cli import main; raise SystemExit(main())",
+                              "redis", "rebuild"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    async def send(self, url: str, n: int) -> list[dict]:
+        """n usage reports, each answered 202; the events as the rater prices them."""
+        sent = []
+        async with httpx.AsyncClient(timeout=10) as http:
+            for i in range(n):
+                m = [{"metric": "input_tokens", "value": 1000 + 7 * i}, {"metric": "output_tokens", "value": 100 + i}]
+                eid = f"evt_{uuid.uuid4().hex[:16]}"
+                r = await http.post(f"{url}/v1/usage", json={"event_id": eid, "api_key": self.api_key,
+                                                               "properties": {"model": "m1"}, "measurements": m})
+                assert r.status_code == 202, r.text
+                sent.append({"id": eid, "customer_id": self.customer, "properties": {"model": "m1"}, "measurements": m})
+        return sent
+
+    async def until_rated(self, pg, n: int, rater: RaterProcess, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (got := await pg.fetchval("SELECT count(*) FROM processed_events WHERE customer_id = $1",
+                                        self.customer)) < n:
+            assert rater.alive(), rater.logs()[-3000:]
+            assert time.monotonic() < deadline, f"{got} of {n} events rated:\n{rater.logs()[-3000:]}"
+            await asyncio.sleep(0.1)
+
+    async def assert_exactly_once(self, pg, events: list[dict]) -> None:
+        """Each accepted event rated once: no loss, no double charge, in PostgreSQL and in Redis."""
+        await asyncio.sleep(1.0)  # duplicates still arriving would show now
+        exp = expected(self.plan_text, events)[self.customer]
+        assert await pg_totals(pg, self.customer) == {"spend": exp["spend"], "wallet": 0, "invoice": exp["spend"],
+                                                      "events": len(events), "ledger": exp["spend"]}
+        ids = {r["event_id"] for r in await pg.fetch("SELECT event_id FROM processed_events WHERE customer_id = $1",
+                                                     self.customer)}
+        assert ids == {e["id"] for e in events}
+        client = connect(self.redis.url)
+        try:
+            spend = await client.get(CustomerKeys(self.customer).spend(period_of(_now())))
+        finally:
+            await client.aclose()
+        assert int(spend or 0) == exp["spend"]  # rebuilt from PostgreSQL, then settled once more each
+
+    def stop(self) -> None:
+        self.redis.stop()
+
+
+def _now():
+    from datetime import datetime, timezone  # noqa: PLC0415
+    return datetime.now(timezone.utc)
+
+
+@pytest.fixture
+async def drill(pg_dsn, tmp_path):
+    d = Drill(pg_dsn, tmp_path)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    await d.provision(pool)
+    d.pg = pool
+    yield d
+    await pool.close()
+    d.stop()
+
+
+async def test_redis_restarted_empty_with_the_rater_behind_loses_nothing(drill):
+    """The rater is not running; 60 events are accepted, on the stream only; Redis is SIGKILLed and
+    comes back empty. The enforcer sees the stream's new epoch and publishes its spool again."""
+    enf = drill.enforcer()
+    try:
+        events = await drill.send(enf.url, 60)
+        drill.restart_redis_empty()
+        drill.rebuild()
+        rater = drill.rater()
+        try:
+            await drill.until_rated(drill.pg, len(events), rater)
+            await drill.assert_exactly_once(drill.pg, events)
+        finally:
+            rater.stop()
+    finally:
+        enf.cleanup()
+
+
+async def test_a_running_rater_survives_redis_restarting_empty(drill):
+    """The rater is running, then frozen (SIGSTOP) with events waiting; Redis restarts empty under
+    it. Thawed, the same process recreates its consumer group and rates everything once."""
+    enf = drill.enforcer()
+    rater = drill.rater()
+    try:
+        first = await drill.send(enf.url, 10)
+        await drill.until_rated(drill.pg, 10, rater)
+        rater.proc.send_signal(signal.SIGSTOP)
+        behind = await drill.send(enf.url, 50)
+        drill.restart_redis_empty()
+        drill.rebuild()
+        pid = rater.proc.pid
+        rater.proc.send_signal(signal.SIGCONT)
+        await drill.until_rated(drill.pg, 60, rater)
+        assert rater.alive() and rater.proc.pid == pid  # never restarted
+        assert "creating it again from id 0" in rater.logs()
+        await drill.assert_exactly_once(drill.pg, first + behind)
+    finally:
+        rater.proc.send_signal(signal.SIGCONT)
+        rater.stop()
+        enf.cleanup()
+
+
+async def test_a_new_enforcer_publishes_what_a_killed_one_accepted(drill):
+    """The enforcer is SIGKILLed right after its 202s and Redis then restarts empty: the events
+    exist only in the dead enforcer's spool. The next enforcer on that spool publishes them."""
+    enf = drill.enforcer()
+    events = await drill.send(enf.url, 40)
+    enf.proc.kill()
+    enf.proc.wait()
+    drill.restart_redis_empty()
+    drill.rebuild()
+    again = drill.enforcer()  # same TOLLGATE_SPOOL_PATH
+    rater = drill.rater()
+    try:
+        await drill.until_rated(drill.pg, len(events), rater)
+        await drill.assert_exactly_once(drill.pg, events)
+    finally:
+        rater.stop()
+        again.cleanup()
+        enf.cleanup()
