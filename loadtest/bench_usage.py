@@ -9,7 +9,8 @@ by the requests waiting) and for the bus's acknowledgement. `--consumer ack` (de
 consumer group that reads and acknowledges the stream as the rater would, so the spool is trimmed
 as in steady operation; `none` leaves everything unconsumed (the spool only grows).
 Prints p50/p99/p99.9 per offered rate, the 202s answered `spooled` (should be 0: the bus is up),
-and what the spool holds at the end. Target: p99 < 5 ms at 1,000 events/s.
+and what the spool holds at the end; first, the floor of the same run: a 300-byte write + fsync
+on the spool's disk, one after another (a 202 cannot be faster than one of those). Target: p99 < 5 ms at 1,000 events/s.
 Everything runs on this machine (Redis, enforcer, generator, consumer): on a busy box the tail
 is the box's, so compare runs made together.
 """
@@ -67,6 +68,23 @@ async def consume(url: str, stop: asyncio.Event) -> int:
         await r.aclose()
 
 
+def fsync_floor(directory: str, n: int = 1000) -> list[float]:
+    """Latency of write + fsync of one event-sized line, n times, on the disk of the spool."""
+    path = os.path.join(directory, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    lat = []
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            os.write(fd, b"x" * 299 + b"\n")
+            os.fsync(fd)
+            lat.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return lat
+
+
 def spool_files(enf: EnforcerProcess) -> tuple[int, int]:
     paths = glob.glob(enf.spool_path + "*.wal.*")
     return len(paths), sum(os.path.getsize(p) for p in paths)
@@ -82,6 +100,8 @@ async def main_async(args) -> None:
         try:
             print(f"# {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), enforcer workers={args.workers}, "
                   f"{args.duration:.0f} s per step, consumer={args.consumer}, spool {enf.spool_path}", flush=True)
+            floor = fsync_floor(os.path.dirname(enf.spool_path))
+            print(line("floor: write + fsync, serial", len(floor) / sum(floor), floor), flush=True)
             gen = UsageLoop("127.0.0.1", enf.port, tenants, args.max_conns)
             await gen.run(200, 1.0)  # warm-up: connections, key cache
             for rate in args.rates:

@@ -416,6 +416,9 @@ class SpooledPublisher:
                 except BusUnavailable as e:
                     log.debug("replay: bus unavailable: %s", e)
                     wait = min(wait * 2, max_wait)
+                except Exception:  # noqa: BLE001  (a damaged segment, a bug: keep trying, loudly)
+                    log.exception("spool %s: replay failed", self.spool.path)
+                    wait = max_wait
             self._wake_replay.clear()
             try:
                 await asyncio.wait_for(self._wake_replay.wait(), None if self._direct else wait)
@@ -461,8 +464,8 @@ class SpooledPublisher:
                 await self.confirm()
             except BusUnavailable as e:
                 log.debug("confirm: bus unavailable: %s", e)
-            except OSError as e:
-                log.error("spool %s: %s", self.spool.path, e)
+            except Exception:  # noqa: BLE001  (the next round tries again)
+                log.exception("spool %s: confirmation failed", self.spool.path)
 
     async def confirm(self) -> int:
         """Drop the segments the bus has durably; returns how many events that freed."""
