@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 
 import asyncpg
 import httpx
 import pytest
 
 from rater.control import api_keys, customers, plans
-from tests.rater.conftest import expected, pg_totals
+from tests.rater.conftest import PLAN, expected, pg_totals
 from tests.rater.processes import RaterProcess
 from tests.servers import ROOT, EnforcerProcess
 from tollgate.keys import CustomerKeys
@@ -27,53 +28,44 @@ from tollgate.redis_client import connect
 
 pytestmark = pytest.mark.slow
 
-PLAN = """
-id: {pid}
-billing_mode: postpaid
-limits: {{requests_per_minute: 100000, tokens_per_minute: 100000000}}
-charges:
-  - {{id: input_tokens, model: per_unit, metric: input_tokens, unit_price: "0.0000031"}}
-  - id: output_tokens
-    model: graduated
-    metric: output_tokens
-    tiers:
-      - {{up_to: 5000, unit_price: "0.0000151"}}
-      - {{up_to: null, unit_price: "0.0000107"}}
-"""
-
 
 class Drill:
-    """A private Redis, one customer with a key, and the env the services share."""
+    """A private Redis, one postpaid customer with a key, the env the services share, and every
+    process started (stopped at the end)."""
 
-    def __init__(self, pg_dsn: str, tmp_path):
-        self.pg_dsn = pg_dsn
+    def __init__(self, pg, pg_dsn: str, tmp_path):
+        self.pg = pg
         self.redis = start_redis()
-        self.spool = str(tmp_path / "spool.jsonl")
         self.env = {"TOLLGATE_REDIS_URL": self.redis.url, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_BUS": "redis",
-                    "TOLLGATE_CHECK_DEADLINE_MS": "1000", "TOLLGATE_SPOOL_PATH": self.spool}
-        self.plan_text = PLAN.format(pid=f"plan_{uuid.uuid4().hex[:10]}")
+                    "TOLLGATE_CHECK_DEADLINE_MS": "1000", "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool.jsonl")}
+        self.plan_text = PLAN.format(pid=f"plan_{uuid.uuid4().hex[:10]}", mode="postpaid")
+        self.started: list = []
 
-    async def provision(self, pg) -> None:
+    async def provision(self) -> None:
         client = connect(self.redis.url)
         try:
-            plan = await plans.apply_plan(pg, client, self.plan_text)
-            self.customer = (await customers.create_customer(pg, client, name="Drill", plan_id=plan["id"]))["id"]
-            self.api_key = (await api_keys.create_api_key(pg, client, self.customer))["api_key"]
+            plan = await plans.apply_plan(self.pg, client, self.plan_text)
+            self.customer = (await customers.create_customer(self.pg, client, name="Drill", plan_id=plan["id"]))["id"]
+            self.api_key = (await api_keys.create_api_key(self.pg, client, self.customer))["api_key"]
         finally:
             await client.aclose()
 
     def enforcer(self) -> EnforcerProcess:
-        return EnforcerProcess(self.env).start()
+        """An enforcer on the drill's spool path (a successor takes over a dead one's spool)."""
+        enf = EnforcerProcess(self.env)
+        self.started.append(enf)
+        return enf.start()
 
     def rater(self) -> RaterProcess:
-        return RaterProcess(self.env, ["--sweep-interval", "0"]).start().wait_started()
+        rater = RaterProcess(self.env, ["--sweep-interval", "0"])
+        self.started.append(rater)
+        return rater.start().wait_started()
 
-    def restart_redis_empty(self) -> None:
-        self.redis.stop()  # SIGKILL
-        self.redis.start()  # same port, nothing in it
-
-    def rebuild(self) -> None:
-        """`tollgate redis rebuild` (until the projection rebuilds itself)."""
+    def lose_redis(self) -> None:
+        """SIGKILL Redis, start it empty on the same port, `tollgate redis rebuild` (until the
+        projection rebuilds itself)."""
+        self.redis.stop()
+        self.redis.start()
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         out = subprocess.run([sys.executable, "-c", "from tollgate.cli import main; raise SystemExit(main())",
                               "redis", "rebuild"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -92,66 +84,59 @@ class Drill:
                 sent.append({"id": eid, "customer_id": self.customer, "properties": {"model": "m1"}, "measurements": m})
         return sent
 
-    async def until_rated(self, pg, n: int, rater: RaterProcess, timeout: float = 60) -> None:
+    async def until_rated(self, n: int, rater: RaterProcess, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while (got := await pg.fetchval("SELECT count(*) FROM processed_events WHERE customer_id = $1",
-                                        self.customer)) < n:
+        while (got := await self.pg.fetchval("SELECT count(*) FROM processed_events WHERE customer_id = $1",
+                                             self.customer)) < n:
             assert rater.alive(), rater.logs()[-3000:]
             assert time.monotonic() < deadline, f"{got} of {n} events rated:\n{rater.logs()[-3000:]}"
             await asyncio.sleep(0.1)
 
-    async def assert_exactly_once(self, pg, events: list[dict]) -> None:
+    async def assert_exactly_once(self, events: list[dict]) -> None:
         """Each accepted event rated once: no loss, no double charge, in PostgreSQL and in Redis."""
         await asyncio.sleep(1.0)  # duplicates still arriving would show now
         exp = expected(self.plan_text, events)[self.customer]
-        assert await pg_totals(pg, self.customer) == {"spend": exp["spend"], "wallet": 0, "invoice": exp["spend"],
-                                                      "events": len(events), "ledger": exp["spend"]}
-        ids = {r["event_id"] for r in await pg.fetch("SELECT event_id FROM processed_events WHERE customer_id = $1",
-                                                     self.customer)}
+        assert await pg_totals(self.pg, self.customer) == {
+            "spend": exp["spend"], "wallet": 0, "invoice": exp["spend"], "events": len(events), "ledger": exp["spend"]}
+        ids = {r["event_id"] for r in await self.pg.fetch(
+            "SELECT event_id FROM processed_events WHERE customer_id = $1", self.customer)}
         assert ids == {e["id"] for e in events}
         client = connect(self.redis.url)
         try:
-            spend = await client.get(CustomerKeys(self.customer).spend(period_of(_now())))
+            spend = await client.get(CustomerKeys(self.customer).spend(period_of(datetime.now(timezone.utc))))
         finally:
             await client.aclose()
-        assert int(spend or 0) == exp["spend"]  # rebuilt from PostgreSQL, then settled once more each
+        assert int(spend or 0) == exp["spend"]  # rebuilt from PostgreSQL, then each event settled once
 
     def stop(self) -> None:
+        for p in reversed(self.started):
+            if getattr(p, "proc", None) is not None and p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGCONT)  # a frozen process cannot act on SIGTERM
+            p.cleanup() if isinstance(p, EnforcerProcess) else p.stop()
         self.redis.stop()
-
-
-def _now():
-    from datetime import datetime, timezone  # noqa: PLC0415
-    return datetime.now(timezone.utc)
 
 
 @pytest.fixture
 async def drill(pg_dsn, tmp_path):
-    d = Drill(pg_dsn, tmp_path)
     pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
-    await d.provision(pool)
-    d.pg = pool
-    yield d
-    await pool.close()
-    d.stop()
+    d = Drill(pool, pg_dsn, tmp_path)
+    try:
+        await d.provision()
+        yield d
+    finally:
+        d.stop()
+        await pool.close()
 
 
 async def test_redis_restarted_empty_with_the_rater_behind_loses_nothing(drill):
     """The rater is not running; 60 events are accepted, on the stream only; Redis is SIGKILLed and
     comes back empty. The enforcer sees the stream's new epoch and publishes its spool again."""
     enf = drill.enforcer()
-    try:
-        events = await drill.send(enf.url, 60)
-        drill.restart_redis_empty()
-        drill.rebuild()
-        rater = drill.rater()
-        try:
-            await drill.until_rated(drill.pg, len(events), rater)
-            await drill.assert_exactly_once(drill.pg, events)
-        finally:
-            rater.stop()
-    finally:
-        enf.cleanup()
+    events = await drill.send(enf.url, 60)
+    drill.lose_redis()
+    rater = drill.rater()
+    await drill.until_rated(len(events), rater)
+    await drill.assert_exactly_once(events)
 
 
 async def test_a_running_rater_survives_redis_restarting_empty(drill):
@@ -159,23 +144,17 @@ async def test_a_running_rater_survives_redis_restarting_empty(drill):
     it. Thawed, the same process recreates its consumer group and rates everything once."""
     enf = drill.enforcer()
     rater = drill.rater()
-    try:
-        first = await drill.send(enf.url, 10)
-        await drill.until_rated(drill.pg, 10, rater)
-        rater.proc.send_signal(signal.SIGSTOP)
-        behind = await drill.send(enf.url, 50)
-        drill.restart_redis_empty()
-        drill.rebuild()
-        pid = rater.proc.pid
-        rater.proc.send_signal(signal.SIGCONT)
-        await drill.until_rated(drill.pg, 60, rater)
-        assert rater.alive() and rater.proc.pid == pid  # never restarted
-        assert "creating it again from id 0" in rater.logs()
-        await drill.assert_exactly_once(drill.pg, first + behind)
-    finally:
-        rater.proc.send_signal(signal.SIGCONT)
-        rater.stop()
-        enf.cleanup()
+    first = await drill.send(enf.url, 10)
+    await drill.until_rated(10, rater)
+    rater.proc.send_signal(signal.SIGSTOP)
+    behind = await drill.send(enf.url, 50)
+    drill.lose_redis()
+    pid = rater.proc.pid
+    rater.proc.send_signal(signal.SIGCONT)
+    await drill.until_rated(60, rater)
+    assert rater.alive() and rater.proc.pid == pid  # never restarted
+    assert "creating it again from id 0" in rater.logs()
+    await drill.assert_exactly_once(first + behind)
 
 
 async def test_a_new_enforcer_publishes_what_a_killed_one_accepted(drill):
@@ -185,14 +164,8 @@ async def test_a_new_enforcer_publishes_what_a_killed_one_accepted(drill):
     events = await drill.send(enf.url, 40)
     enf.proc.kill()
     enf.proc.wait()
-    drill.restart_redis_empty()
-    drill.rebuild()
-    again = drill.enforcer()  # same TOLLGATE_SPOOL_PATH
+    drill.lose_redis()
+    drill.enforcer()  # same TOLLGATE_SPOOL_PATH
     rater = drill.rater()
-    try:
-        await drill.until_rated(drill.pg, len(events), rater)
-        await drill.assert_exactly_once(drill.pg, events)
-    finally:
-        rater.stop()
-        again.cleanup()
-        enf.cleanup()
+    await drill.until_rated(len(events), rater)
+    await drill.assert_exactly_once(events)
