@@ -5,6 +5,7 @@ subprocesses, PostgreSQL. Success = every accepted event in the ledger exactly o
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from rater.control import api_keys, customers, plans
@@ -108,6 +110,20 @@ class Drill:
             await client.aclose()
         assert int(spend or 0) == exp["spend"]  # rebuilt from PostgreSQL, then each event settled once
 
+    def spooled(self) -> list[dict]:
+        """The events in the spool's segment files, every slot."""
+        out = []
+        for p in sorted(glob.glob(self.env["TOLLGATE_SPOOL_PATH"] + "*.wal.*")):
+            with open(p, "rb") as f:
+                out += [orjson.loads(line) for line in f.read().splitlines()]
+        return out
+
+    async def until_spool_empty(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while left := self.spooled():
+            assert time.monotonic() < deadline, f"{len(left)} consumed events still in the spool"
+            await asyncio.sleep(0.2)
+
     def stop(self) -> None:
         for p in reversed(self.started):
             if getattr(p, "proc", None) is not None and p.proc.poll() is None:
@@ -155,6 +171,19 @@ async def test_a_running_rater_survives_redis_restarting_empty(drill):
     assert rater.alive() and rater.proc.pid == pid  # never restarted
     assert "creating it again from id 0" in rater.logs()
     await drill.assert_exactly_once(first + behind)
+    await drill.until_spool_empty()  # consumed in the new incarnation: the spool lets go
+
+
+async def test_the_spool_keeps_only_what_is_not_consumed(drill):
+    """Disk use is bounded by what the rater has not consumed: with the rater down the spool holds
+    every accepted event; once it has rated them, the spool is emptied."""
+    enf = drill.enforcer()
+    events = await drill.send(enf.url, 30)
+    await asyncio.sleep(2.0)  # several confirmation rounds: nothing consumed, nothing dropped
+    assert {e["id"] for e in drill.spooled()} == {e["id"] for e in events}
+    rater = drill.rater()
+    await drill.until_rated(len(events), rater)
+    await drill.until_spool_empty()
 
 
 async def test_a_new_enforcer_publishes_what_a_killed_one_accepted(drill):

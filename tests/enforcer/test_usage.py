@@ -6,6 +6,8 @@ therefore looked up by id, and a copy may appear more than once (the rater drops
 """
 from __future__ import annotations
 
+import glob
+
 import orjson
 
 from rater.projection import project_api_key
@@ -46,6 +48,8 @@ async def test_usage_is_on_the_bus_before_the_202(enforcer, http, redis):
         "properties": doc["properties"], "measurements": doc["measurements"],
     }
     assert t.api_key not in orjson.dumps(event).decode()  # the key itself never travels
+    spooled = b"".join(open(p, "rb").read() for p in glob.glob(enforcer.spool_path + "*.wal.*"))
+    assert doc["event_id"].encode() in spooled  # and written ahead (kept until the bus has it durably)
 
 
 async def test_minimal_report_gets_defaults(enforcer, http, redis):
