@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import subprocess
 import time
 
 import orjson
@@ -17,7 +18,7 @@ from tollgate.bus.kafka import KafkaProducerBus
 from tollgate.bus.redis_streams import RedisStreamsProducer, decode_entry
 from tollgate.bus.spool import Spool, SpooledPublisher
 from tollgate.keys import EVENTS_EPOCH, EVENTS_STREAM
-from tollgate.local_services import free_port, start_redis
+from tollgate.local_services import LocalRedis, free_port, redis_server_binary, start_redis
 from tollgate.redis_client import connect
 
 
@@ -355,3 +356,50 @@ async def _consume(bootstrap: str, topic: str, n: int, timeout: float = 30.0) ->
     finally:
         await consumer.stop()
     return got
+
+
+async def test_a_failover_that_lost_the_streams_tail_is_seen_and_repaired(tmp_path):
+    """Replication is asynchronous: a replica promoted in a failover may lack the last entries its
+    master acknowledged. The epoch is replicated, so it cannot tell; the producer's high-water
+    mark can. Real master and replica: the replica is cut off and promoted, the old master
+    acknowledges the tail and is SIGKILLed; the producer then talks to the new master, as a
+    cluster client does after a failover."""
+    master = start_redis()
+    replica = LocalRedis(free_port())
+    replica.proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(replica.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--replicaof", "127.0.0.1", str(master.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    on_master = RedisStreamsProducer(master.url)
+    pub = SpooledPublisher(on_master, Spool(str(tmp_path / "spool.jsonl")), confirm_every_s=3600)
+    m, r = connect(master.url), connect(replica.url)
+    try:
+        await m.xgroup_create(EVENTS_STREAM, "rater", id="0", mkstream=True)
+        head, tail = events(5), events(5)
+        assert await pub.publish(head) is True
+        await wait_for(lambda: _replicated(m, 1), "the replica did not sync")
+        await r.execute_command("REPLICAOF", "NO", "ONE")  # cut off and promoted (a partition)
+        assert await pub.publish(tail) is True  # acknowledged by the old master alone
+        master.stop()  # SIGKILL
+        assert len(await r.xrange(EVENTS_STREAM)) == 5  # the tail is gone; the epoch is not
+        assert await r.get(EVENTS_EPOCH) == pub.epoch
+
+        on_replica = RedisStreamsProducer(replica.url)
+        on_replica.producer_key = on_master.producer_key  # the same producer, its client moved over
+        pub.bus = on_replica
+        await pub.confirm()
+        assert pub.spool.depth == 10  # everything not proven consumed goes out again
+        await pub.replay()
+        ids = [decode_entry(f)["id"] for _, f in await r.xrange(EVENTS_STREAM)]
+        assert ids == [e["id"] for e in head + head + tail]
+        await on_replica.close()
+    finally:
+        pub.spool.close()
+        await on_master.close()
+        for c in (m, r):
+            await c.aclose()
+        replica.stop()
+        master.stop()
+
+
+async def _replicated(master, n: int) -> bool:
+    return await master.execute_command("WAIT", n, 100) >= n

@@ -25,18 +25,22 @@ class BusUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """Where a published batch went: the stream's incarnation and the id of its last entry."""
+    """Where a published batch went: the stream's incarnation, the id of its last entry, and the
+    producer's high-water mark found before it (None: the stream had nothing of this producer)."""
     epoch: bytes
     last_id: tuple[int, int]
+    before: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Floor:
     """What the consumer groups of a stream have durably consumed, in incarnation `epoch`.
 
-    `groups`: (last delivered id, oldest pending id or None) per group."""
+    `groups`: (last delivered id, oldest pending id or None) per group; `mark`: the producer's
+    high-water mark (the id of its latest entry the stream still has a record of)."""
     epoch: bytes | None
     groups: tuple[tuple[tuple[int, int], tuple[int, int] | None], ...]
+    mark: tuple[int, int] | None = None
 
     def consumed(self, entry_id: tuple[int, int]) -> bool:
         """Every group has read it and acknowledged it (no group: nobody has)."""

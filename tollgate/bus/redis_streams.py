@@ -24,12 +24,15 @@ from redis.exceptions import RedisError
 
 import lua
 from tollgate.bus import BusUnavailable, Floor, Receipt, parse_entry_id, partition_key
-from tollgate.keys import EVENTS_EPOCH, EVENTS_STREAM
+from tollgate.keys import EVENTS_EPOCH, EVENTS_STREAM, events_producer
 from tollgate.redis_client import connect
 
 # One command per chunk: packing and parsing a reply per XADD cost more Python time than the check
 # itself. Chunks stay small so the script never holds Redis for long (check.lua waits behind it).
 _CHUNK = 200
+# A producer's high-water mark outlives a quiet spell of this long; expired, it reads as a lost
+# tail and the producer publishes its spool again (duplicates, harmless).
+_MARK_TTL_MS = 24 * 3600 * 1000
 
 
 class RedisStreamsProducer:
@@ -42,6 +45,7 @@ class RedisStreamsProducer:
                  epoch_key: str = EVENTS_EPOCH):
         self.stream = stream
         self.epoch_key = epoch_key
+        self.producer_key = events_producer(os.urandom(8).hex())  # this process's high-water mark
         self.timeout = timeout
         self.maxlen = maxlen  # approximate trimming; None keeps everything until consumers trim
         self._publish = lua.load("bus_publish").source
@@ -59,8 +63,8 @@ class RedisStreamsProducer:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in range(0, len(events), _CHUNK):
-                    args: list = ["EVAL", self._publish, 2, self.stream, self.epoch_key, self.maxlen or 0,
-                                  os.urandom(12).hex()]
+                    args: list = ["EVAL", self._publish, 3, self.stream, self.epoch_key, self.producer_key,
+                                  self.maxlen or 0, os.urandom(12).hex(), _MARK_TTL_MS]
                     for e in events[i:i + _CHUNK]:
                         args += (partition_key(e), orjson.dumps(e))
                     pipe.execute_command(*args)
@@ -70,17 +74,19 @@ class RedisStreamsProducer:
         epochs = {r[0] for r in replies}
         if len(epochs) > 1:  # the stream was lost between two chunks of one batch: no epoch fits all
             return Receipt(b"", (0, 0))
-        return Receipt(replies[-1][0], parse_entry_id(replies[-1][1]))
+        before = replies[0][2]
+        return Receipt(replies[-1][0], parse_entry_id(replies[-1][1]), parse_entry_id(before) if before else None)
 
     async def floor(self) -> Floor:
         """What every consumer group has consumed, in the stream's current incarnation."""
         try:
-            reply = await asyncio.wait_for(self._redis.eval(self._floor, 2, self.stream, self.epoch_key), self.timeout)
+            reply = await asyncio.wait_for(
+                self._redis.eval(self._floor, 3, self.stream, self.epoch_key, self.producer_key), self.timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             raise BusUnavailable(f"redis stream {self.stream}: {type(e).__name__}: {e}") from e
         groups = tuple((parse_entry_id(last), parse_entry_id(oldest) if oldest else None)
-                       for _name, last, _pending, oldest in reply[1:])
-        return Floor(reply[0] or None, groups)
+                       for _name, last, _pending, oldest in reply[2:])
+        return Floor(reply[0] or None, groups, parse_entry_id(reply[1]) if reply[1] else None)
 
     async def close(self) -> None:
         await self._redis.aclose()
