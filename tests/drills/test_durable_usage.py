@@ -52,9 +52,9 @@ class Drill:
         finally:
             await client.aclose()
 
-    def enforcer(self) -> EnforcerProcess:
+    def enforcer(self, workers: int = 1) -> EnforcerProcess:
         """An enforcer on the drill's spool path (a successor takes over a dead one's spool)."""
-        enf = EnforcerProcess(self.env)
+        enf = EnforcerProcess(self.env, workers=workers)
         self.started.append(enf)
         return enf.start()
 
@@ -76,7 +76,8 @@ class Drill:
     async def send(self, url: str, n: int) -> list[dict]:
         """n usage reports, each answered 202; the events as the rater prices them."""
         sent = []
-        async with httpx.AsyncClient(timeout=10) as http:
+        # A connection per report, so that every worker of the enforcer gets some.
+        async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as http:
             for i in range(n):
                 m = [{"metric": "input_tokens", "value": 1000 + 7 * i}, {"metric": "output_tokens", "value": 100 + i}]
                 eid = f"evt_{uuid.uuid4().hex[:16]}"
@@ -144,11 +145,15 @@ async def drill(pg_dsn, tmp_path):
         await pool.close()
 
 
-async def test_redis_restarted_empty_with_the_rater_behind_loses_nothing(drill):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_redis_restarted_empty_with_the_rater_behind_loses_nothing(drill, workers):
     """The rater is not running; 60 events are accepted, on the stream only; Redis is SIGKILLed and
-    comes back empty. The enforcer sees the stream's new epoch and publishes its spool again."""
-    enf = drill.enforcer()
+    comes back empty. The enforcer sees the stream's new epoch and publishes its spool again
+    (with two workers, each from its own spool slot)."""
+    enf = drill.enforcer(workers)
     events = await drill.send(enf.url, 60)
+    slots = {p.rsplit(".wal.", 1)[0] for p in glob.glob(drill.env["TOLLGATE_SPOOL_PATH"] + "*.wal.*")}
+    assert len(slots) == workers
     drill.lose_redis()
     rater = drill.rater()
     await drill.until_rated(len(events), rater)
