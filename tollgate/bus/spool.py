@@ -11,8 +11,8 @@ acknowledged; on Redis Streams when every consumer group has consumed them (id b
 ack floor) in the incarnation (epoch) of the stream they were published to, and the stream still
 holds this producer's high-water mark. A Redis that came back empty shows a new epoch; a failover
 to a replica that missed the stream's tail shows a lower high-water mark: either way everything
-still in the log is published again, in order. Events
-the rater has already rated come back as duplicates, which it drops by event id.
+still in the log is published again, in order. Events the rater has already rated come back as
+duplicates, which it drops by event id.
 
 Files: one JSON line per event, in segment files `<slot>.wal.<n>`. A process claims a slot, the
 first of `path`, `path.1`, ... whose lock file it can flock; at start it takes over the segments
