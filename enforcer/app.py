@@ -69,8 +69,9 @@ class Enforcer:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.events.flush()  # what is still queued goes to the bus or the spool
-            # The spool stays on disk: what the bus has not consumed is published again by the
-            # next process on this slot, or by any that takes it over.
+            # What the bus has not consumed stays in the spool, published again by the next
+            # process on this slot (or any that takes it over); a moment for the rater first.
+            await self.publisher.finish()
             await self.bus.close()
             spool.close()
             self.wire.close()

@@ -203,3 +203,15 @@ async def test_a_new_enforcer_publishes_what_a_killed_one_accepted(drill):
     rater = drill.rater()
     await drill.until_rated(len(events), rater)
     await drill.assert_exactly_once(events)
+
+
+async def test_a_graceful_stop_leaves_little_to_publish_again(drill):
+    """SIGTERM with the rater keeping up: the enforcer waits a moment for the rater to consume
+    what its spool holds, so its successor publishes (almost) nothing again."""
+    rater = drill.rater()
+    enf = drill.enforcer()
+    events = await drill.send(enf.url, 30)
+    enf.stop()  # SIGTERM: graceful
+    assert drill.spooled() == []
+    await drill.until_rated(len(events), rater)
+    await drill.assert_exactly_once(events)

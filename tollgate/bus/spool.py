@@ -530,7 +530,21 @@ class SpooledPublisher:
             except Exception:  # noqa: BLE001  (the next round tries again)
                 log.exception("spool %s: confirmation failed", self.spool.path)
 
-    async def confirm(self) -> int:
+    async def finish(self, timeout: float = 2.0) -> None:
+        """At a graceful stop: give the consumers up to `timeout` to take what is left, so that
+        the next process on this slot has little to publish again (and the rater few duplicates)."""
+        deadline = time.monotonic() + timeout
+        while self.spool.unconfirmed and time.monotonic() < deadline:
+            try:
+                if not self.bus.durable_on_ack and not (await self.bus.floor()).groups:
+                    return  # no consumer group: nobody will take anything
+                await self.confirm(roll_now=True)
+            except BusUnavailable:
+                return
+            if self.spool.unconfirmed:
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    async def confirm(self, roll_now: bool = False) -> int:
         """Drop the segments the bus has durably; returns how many events that freed."""
         spool = self.spool
         gen, mark = self._gen, self._mark
@@ -558,7 +572,7 @@ class SpooledPublisher:
         if gone:
             spool.drop(gone)
             await asyncio.to_thread(spool.unlink_sync, gone)
-        if active is not None and active.count and time.monotonic() - active.created >= self.roll_after_s:
+        if active is not None and active.count and (roll_now or time.monotonic() - active.created >= self.roll_after_s):
             async with self._file_lock:  # close it, so that it can go once consumed
                 if spool.active is active:
                     await self._files.run(spool.roll_sync)
