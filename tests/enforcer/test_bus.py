@@ -368,7 +368,7 @@ async def test_a_failover_that_lost_the_streams_tail_is_seen_and_repaired(tmp_pa
     replica = LocalRedis(free_port())
     replica.proc = subprocess.Popen(
         [redis_server_binary(), "--port", str(replica.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--replicaof", "127.0.0.1", str(master.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--dir", str(tmp_path), "--replicaof", "127.0.0.1", str(master.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     on_master = RedisStreamsProducer(master.url)
     pub = SpooledPublisher(on_master, Spool(str(tmp_path / "spool.jsonl")), confirm_every_s=3600)
     m, r = connect(master.url), connect(replica.url)

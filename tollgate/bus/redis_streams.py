@@ -7,9 +7,10 @@ acknowledges events one by one.
 The stream's Redis may lose everything (no persistence; a restart comes back empty), so an
 acknowledged publish is not durable: the producer's write-ahead spool keeps each event until
 `floor()` shows every consumer group has consumed it in the same incarnation of the stream
-(lua/bus_publish.lua sets and returns the epoch, lua/bus_floor.lua reads both atomically).
-Both scripts touch only `tg:events` and `{tg:events}:epoch`, one cluster slot: on a Redis
-Cluster the bus lives on the node of that slot.
+(lua/bus_publish.lua sets and returns the epoch and the producer's high-water mark,
+lua/bus_floor.lua reads them with the groups atomically). Both scripts touch only `tg:events`,
+`{tg:events}:epoch` and `{tg:events}:producer:<id>`, one cluster slot: on a Redis Cluster the bus
+lives on the node of that slot.
 """
 from __future__ import annotations
 
