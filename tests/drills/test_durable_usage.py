@@ -215,3 +215,50 @@ async def test_a_graceful_stop_leaves_little_to_publish_again(drill):
     assert drill.spooled() == []
     await drill.until_rated(len(events), rater)
     await drill.assert_exactly_once(events)
+
+
+async def test_redis_killed_mid_stream_with_the_rater_behind(drill):
+    """The drill of issue 8: usage flows without pause; the rater falls behind (SIGSTOP); Redis is
+    SIGKILLed and comes back empty while reports keep coming; the rater resumes. Every report
+    answered 202, before, during and after, is rated exactly once."""
+    enf = drill.enforcer()
+    rater = drill.rater()
+    accepted: list[dict] = []
+    refused: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def flow():
+        async with httpx.AsyncClient(timeout=10) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                m = [{"metric": "input_tokens", "value": 500 + i}, {"metric": "output_tokens", "value": 50 + i % 7}]
+                eid = f"evt_{uuid.uuid4().hex[:16]}"
+                try:
+                    r = await http.post(f"{enf.url}/v1/usage", json={
+                        "event_id": eid, "api_key": drill.api_key, "properties": {"model": "m1"}, "measurements": m})
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 202:
+                    accepted.append({"id": eid, "customer_id": drill.customer, "properties": {"model": "m1"},
+                                     "measurements": m})
+                else:
+                    refused[r.status_code] = refused.get(r.status_code, 0) + 1
+                await asyncio.sleep(0.005)
+
+    sender = asyncio.create_task(flow())
+    try:
+        await asyncio.sleep(1.0)
+        rater.proc.send_signal(signal.SIGSTOP)  # behind from here on
+        await asyncio.sleep(1.5)
+        before_kill = len(accepted)
+        await asyncio.to_thread(drill.lose_redis)  # reports keep coming meanwhile
+        await asyncio.sleep(1.0)
+        rater.proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await sender
+    assert before_kill > 20 and len(accepted) > before_kill, (before_kill, len(accepted), refused)
+    await drill.until_rated(len(accepted), rater)
+    await drill.assert_exactly_once(accepted)
