@@ -19,6 +19,9 @@ from enforcer.events import Clock, EventQueue, Ids
 from enforcer.failopen import Breaker, Guard
 from enforcer.health import healthz, metrics_endpoint, readyz
 from enforcer.keycache import KeyCache
+from enforcer.loadshed import LoadShedder
+from enforcer.orphans import Undo
+from enforcer.redisclock import RedisClock
 from enforcer.rediswire import RedisWire
 from enforcer.usage import UsageEndpoint
 from tollgate.bus import make_bus
@@ -36,9 +39,15 @@ class Enforcer:
         self.settings, self.config = settings, config
         self.script = lua.load("check")
         self.wire = RedisWire(settings.redis_url, connect_timeout=config.redis_connect_timeout_s,
-                              hang_timeout=config.redis_hang_timeout_s, prelude=(("SCRIPT", "LOAD", self.script.source),))
+                              hang_timeout=config.redis_hang_timeout_s, prelude=(("SCRIPT", "LOAD", self.script.source),),
+                              max_wait=config.check_max_wait_ms / 1000)
+        # how long a check waits for Redis at most (the wire's cap): check.lua must not act after it
+        self.give_up_s = max(config.check_max_wait_ms, settings.check_deadline_ms) / 1000
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_s)
         self.guard = Guard(self.wire, self.breaker, settings.check_deadline_ms / 1000)
+        self.redis_clock = RedisClock(self.wire)  # check.lua's deadline, in Redis's clock
+        self.undo = Undo(self.wire, self.redis_clock, self.script.sha)  # holds no answer carried are released
+        self.shedder = LoadShedder(config.shed_lag_ms / 1000, config.shed_window_ms / 1000)
         self.keys = KeyCache(self.guard, settings.key_cache_ttl_s, config.negative_cache_ttl_s)
         self.idempotency_ttl_ms = settings.idempotency_ttl_s * 1000
         self.ids = Ids()
@@ -56,8 +65,10 @@ class Enforcer:
         self.events = EventQueue(self.publisher, linger=self.config.event_linger_ms / 1000)
         await self.bus.start()
         tasks = [asyncio.create_task(t) for t in
-                 (self.keys.listen(self.settings.redis_url), self.publisher.run(), self.events.run())]
+                 (self.keys.listen(self.settings.redis_url), self.publisher.run(), self.events.run(),
+                  self.shedder.run())]
         await self.wire.call(("PING",), 0.5)  # connect (and load check.lua) before the first request
+        tasks.append(asyncio.create_task(self.redis_clock.run()))
         if self.config.gc_tuning:
             freeze_startup_heap()
         log.info("enforcer ready: redis %s, bus %s, spool %s (%d events to publish again)",
@@ -74,6 +85,8 @@ class Enforcer:
             await self.publisher.finish()
             await self.bus.close()
             spool.close()
+            if self.undo.pending:  # holds no answer carried: release them before we go
+                await asyncio.wait(self.undo.pending, timeout=1.0)
             self.wire.close()
 
 

@@ -2,7 +2,8 @@
 
 A raw ASGI endpoint (Starlette only routes to it): no Request/Response objects on the hot path.
 Status codes per the contract: 200 ALLOW, 429 DENY, 401 unknown or revoked key, 400/413/415 bad
-input. Whenever Redis gave no decision (down, too slow, breaker open, script error, customer not
+input; 503 at once while the process is overloaded (enforcer.loadshed: gateways fail open on it).
+Whenever Redis gave no decision (silent, too slow, breaker open, script error, customer not
 projected) the answer is ALLOW `fail_open`, flagged `X-Tollgate-Degraded: fail-open`, and a
 `fail_open` event lets the rater bill the request from its usage report.
 """
@@ -67,6 +68,8 @@ class CheckEndpoint:
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["method"] != "POST":
             return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST"), ((b"allow", b"POST"),))
+        if self.e.shedder.overloaded:
+            return await self.e.shedder.shed(send)
         t0 = time.perf_counter()
         try:
             doc = await v.read_json(scope, receive)
@@ -103,7 +106,9 @@ class CheckEndpoint:
         hold_id = "hold_" + e.ids.next()
         period = self.period.now(plan.billing_anchor_day)  # the customer's plan's billing period
         keys = (*info.fixed_keys, info.spend_prefix + period, info.req_prefix + request_id, *info.rate_keys)
-        argv = (hold_id, est["requests"], tokens, cost, plan.hold_ttl_seconds * 1000, e.idempotency_ttl_ms, info.key_id)
+        # check.lua acts only until we give up waiting for it (in Redis's clock): a late run places nothing
+        argv = (hold_id, est["requests"], tokens, cost, plan.hold_ttl_seconds * 1000, e.idempotency_ttl_ms, info.key_id,
+                e.redis_clock.deadline_ms(e.give_up_s))
         r = await e.guard.evalsha(e.script.sha, e.script.source, keys, argv)
         if type(r) is Failure:
             return self.fail_open(r.cause, key_hash, info, request_id, dims, est)
@@ -115,6 +120,8 @@ class CheckEndpoint:
         if reason == "not_provisioned":  # the key exists but its customer was never projected
             log.error("customer %s has no cfg in Redis: failing open", info.customer_id)
             return self.fail_open("not_provisioned", key_hash, info, request_id, dims, est)
+        if reason == "expired":  # Redis ran it past its deadline, so it wrote nothing
+            return self.fail_open("expired", key_hash, info, request_id, dims, est)
         info.limits = (rpm, tpm)
         body = orjson.dumps({
             "decision": "ALLOW" if allowed else "DENY", "reason": reason, "hold_id": hold or None,

@@ -1,9 +1,11 @@
 """Fail open: every Redis call of a request runs under a deadline, behind a circuit breaker.
 
-A timeout, a refused or lost connection, or a Redis that says it cannot serve (LOADING, BUSY, ...)
-counts as a failure. After `failures` in a row the breaker opens: for `cooldown` seconds requests
-fail open at once instead of each paying the deadline. Then one request at a time is let through
-as a probe (half-open); its success closes the breaker. Any reply from Redis, even one that came
+A deadline (Redis silent, see enforcer.rediswire), a refused or lost connection, or a Redis that
+says it cannot serve (LOADING, BUSY, ...) counts as a failure; a call that waited its cap while
+Redis was answering (SLOW) does not: Redis is alive, and our own overload must not open it.
+After `failures` in a row the breaker opens: for `cooldown` seconds requests fail open at once
+instead of each paying the deadline. Then one request at a time is let through as a probe
+(half-open); its success closes the breaker. Any reply from Redis, even one that came
 after its deadline, counts as a success: a Redis that answers late is slow, not down, and a burst
 of missed deadlines while this process was busy (CPU, GC) must not cut it off for a cool-down.
 """
@@ -13,7 +15,7 @@ import time
 from typing import Any
 
 from enforcer import metrics
-from enforcer.rediswire import DEADLINE, Failure, RedisWire, ReplyError
+from enforcer.rediswire import SLOW, Failure, RedisWire, ReplyError
 
 BREAKER_OPEN = Failure("breaker_open")
 UNAVAILABLE = Failure("unavailable")  # Redis replied that it cannot serve now
@@ -78,19 +80,14 @@ class Guard:
         return self._no_reply(await self.wire.call(args, self.deadline))
 
     async def evalsha(self, sha: str, source: str, keys: tuple, argv: tuple) -> Any:
-        start = time.monotonic()
         args = ("EVALSHA", sha, len(keys), *keys, *argv)
         reply = await self.call(args)
         if type(reply) is ReplyError and str(reply).startswith("NOSCRIPT"):
             # Redis lost its script cache (restart, SCRIPT FLUSH): load and retry once, both in
-            # one write, within what is left of the deadline.
+            # one write. The script's own deadline (in argv) still bounds when it may act.
             metrics.NOSCRIPT.inc()
-            left = self.deadline - (time.monotonic() - start)
-            if left <= 0:
-                self.wire.call(("SCRIPT", "LOAD", source), self.wire.hang_timeout)  # ready for the next request
-                return DEADLINE
-            self.wire.call(("SCRIPT", "LOAD", source), left)
-            reply = self._no_reply(await self.wire.call(args, left))
+            self.wire.call(("SCRIPT", "LOAD", source), self.wire.hang_timeout)
+            reply = self._no_reply(await self.wire.call(args, self.deadline))
         return reply
 
     def _on_reply(self, reply: Any) -> None:
@@ -104,7 +101,8 @@ class Guard:
         """A call that got no reply counts as a failure (one that did was counted on arrival);
         an unavailable error reply becomes UNAVAILABLE, so callers fail open with that cause."""
         if type(reply) is Failure:
-            self.breaker.failure()
+            if reply is not SLOW:
+                self.breaker.failure()
         elif type(reply) is ReplyError and str(reply).startswith(_UNAVAILABLE):
             return UNAVAILABLE
         return reply

@@ -1,6 +1,10 @@
 """API key -> customer, key, plan: an in-process cache in front of `tg:key:<hash>` and `tg:plan:<id>`.
 
-A hit costs no Redis call. A miss costs one (two when the plan is not cached either). Unknown keys
+A hit costs no Redis call. A miss costs one round trip (the key record and the projection marker,
+read together), two when the plan is not cached either. A key is unknown only when its record is
+missing from a complete projection (the marker is there); with the marker missing too, Redis has
+lost its projection (restarted empty, rebuild under way) and the lookup is a Failure
+("not_projected"): the caller fails open, never 401, until the rater's rebuild is done. Unknown keys
 are cached too, briefly, so a flood of bad keys is answered 401 without Redis. The control plane
 announces changes on `tg:invalidate`; a listener evicts what changed, and after any gap in the
 subscription (e.g. a Redis outage) drops the whole cache, since messages may have been missed.
@@ -21,7 +25,7 @@ from redis.backoff import NoBackoff
 from enforcer import metrics
 from enforcer.failopen import Guard
 from enforcer.rediswire import Failure, ReplyError
-from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, api_key_record, plan_record
+from tollgate.keys import INVALIDATION_CHANNEL, PROJECTION_MARKER, CustomerKeys, api_key_record, plan_record
 from tollgate.plans import Plan, PlanError, parse_plan
 
 log = logging.getLogger("tollgate.enforcer.keycache")
@@ -29,6 +33,7 @@ log = logging.getLogger("tollgate.enforcer.keycache")
 MAX_UNKNOWN = 100_000  # unknown key hashes remembered (negative cache) at most
 UNKNOWN = "unknown"
 REDIS_ERROR = Failure("redis_error")  # an error reply to a lookup: the caller fails open
+NOT_PROJECTED = Failure("not_projected")  # no record and no projection marker: Redis lost its data
 
 
 class KeyInfo:
@@ -90,12 +95,20 @@ class KeyCache:
     async def _load(self, key_hash: str) -> KeyInfo | str | Failure:
         metrics.KEY_CACHE_MISSES.inc()
         generation = self._generation
-        rec = await self.guard.call(("HGETALL", api_key_record(key_hash)))
+        # Both in one round trip (on a cluster they may live on different nodes: two calls anyway).
+        rec, projected = await asyncio.gather(self.guard.call(("HGETALL", api_key_record(key_hash))),
+                                              self.guard.call(("EXISTS", PROJECTION_MARKER)))
         if type(rec) is Failure:
             return rec  # no answer (deadline, connect, breaker_open): the caller fails open
         if type(rec) is ReplyError:
             return REDIS_ERROR
         if not rec:
+            if type(projected) is Failure:
+                return projected
+            if type(projected) is ReplyError:
+                return REDIS_ERROR
+            if not projected:  # not "unknown": Redis does not know any key yet. Not cached.
+                return NOT_PROJECTED
             if generation == self._generation:
                 self._remember_unknown(key_hash)
             self._keys.pop(key_hash, None)
@@ -137,6 +150,8 @@ class KeyCache:
     # ------------------------------------------------------------------ invalidation
 
     def invalidate(self, message: str) -> None:
+        """"key:<hash>", "plan:<id>", "customer:<id>"; anything else (a rebuild's
+        "projection:<generation>") drops the whole cache."""
         kind, _, ident = message.partition(":")
         self._generation += 1
         if kind == "key":

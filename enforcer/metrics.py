@@ -18,7 +18,7 @@ CHECK_LATENCY = Histogram(
 )
 FAIL_OPEN = Counter(
     "tollgate_fail_open_total", "Checks allowed without a decision against Redis, by cause",
-    ["cause"],  # deadline, connect, disconnected, breaker_open, redis_error, script_error, not_provisioned, internal
+    ["cause"],  # deadline, slow, expired, connect, disconnected, breaker_open, redis_error, script_error, not_provisioned, internal
 )
 SCRIPT_ERRORS = Counter("tollgate_script_errors_total", "Error replies to check.lua (after the NOSCRIPT retry)")
 NOSCRIPT = Counter("tollgate_noscript_reloads_total", "check.lua reloaded after a NOSCRIPT reply")
@@ -30,6 +30,13 @@ EVENTS_PUBLISHED = Counter("tollgate_events_total", "Events handed to the bus, b
 USAGE_ACCEPTED = Counter("tollgate_usage_accepted_total", "Usage events answered 202, by where they went", ["to"])
 BREAKER_OPEN = Gauge("tollgate_breaker_open", "1 while the Redis circuit breaker is open", multiprocess_mode="max")
 BREAKER_TRIPS = Counter("tollgate_breaker_trips_total", "Times the Redis circuit breaker opened")
+LATE_ALLOWS = Counter("tollgate_late_allows_total", "check.lua ALLOW replies that came after the check failed open")
+LOST_CHECKS = Counter("tollgate_lost_checks_total", "check.lua calls written on a connection lost before their reply")
+HOLDS_UNDONE = Counter("tollgate_holds_undone_total", "Holds no answer carried, released by undo_hold.lua")
+UNDO_FAILED = Counter("tollgate_hold_undo_failures_total", "undo_hold.lua calls that got no reply after retries")
+SHED = Counter("tollgate_shed_total", "Checks answered 503 at once because the process was overloaded")
+EVENT_LOOP_LAG = Gauge("tollgate_event_loop_lag_seconds", "How late the load shedder's last 5 ms timer fired",
+                       multiprocess_mode="max")
 
 
 def decision_counter(decision: str, reason: str):

@@ -2,10 +2,18 @@
 
 Why not redis-py: a pooled client costs ~50 µs of Python per command and one write per command.
 Here a command is packed by hiredis, queued, and every command issued in one event-loop pass goes
-out in one write (Redis answers them in order, so replies are matched first-in first-out). Each
-call has its own deadline: a reply that comes later is dropped, so a slow batch never holds a
-request past its deadline. Replies and failures are *returned*, not raised: a miss on the hot
-path costs no exception machinery.
+out in one write (Redis answers them in order, so replies are matched first-in first-out). Replies
+and failures are *returned*, not raised: a miss on the hot path costs no exception machinery.
+
+The deadline means "Redis has been silent", not "our reply is late": a call fails with DEADLINE
+only when nothing at all was read from the connection for `timeout` since its command was written
+(after giving unread socket data one round of I/O). A busy event loop delays the write and the
+read of a reply, but Redis answering other commands in the meantime proves it is alive, so the
+call keeps waiting, up to `max(timeout, max_wait)` after it was issued (then SLOW). A hung or
+stopped Redis still fails calls at about the deadline; our own load no longer does.
+A reply that arrives after its call gave up is handed to `on_late(args, reply)`; a command that
+was written but whose reply will never come (the connection was lost) to `on_lost(args)`: Redis
+may have run it, or may still run it from its input buffer.
 """
 from __future__ import annotations
 
@@ -26,7 +34,8 @@ ReplyError = hiredis.ReplyError
 
 
 class Failure:
-    """A call that got no reply: `cause` is "deadline", "connect" or "disconnected"."""
+    """A call that got no reply: `cause` is "deadline" (Redis silent), "slow" (Redis answering,
+    but not this call within the cap), "connect" or "disconnected"."""
 
     __slots__ = ("cause",)
 
@@ -38,12 +47,25 @@ class Failure:
 
 
 DEADLINE = Failure("deadline")
+SLOW = Failure("slow")
 CONNECT = Failure("connect")
 DISCONNECTED = Failure("disconnected")
 
+_EARLY = 0.0001  # uvloop timers have millisecond resolution and may fire this much early
+
+
+class _Batch:
+    """The commands of one write: when it went out (perf_counter; None while still queued)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self):
+        self.at: float | None = None
+
 
 class RedisWire:
-    def __init__(self, url: str, connect_timeout: float = 0.25, hang_timeout: float = 0.5, prelude: tuple[tuple, ...] = ()):
+    def __init__(self, url: str, connect_timeout: float = 0.25, hang_timeout: float = 0.5,
+                 prelude: tuple[tuple, ...] = (), max_wait: float = 0.04):
         kw = parse_url(url)
         self._addr = kw.get("path") or (kw.get("host", "127.0.0.1"), kw.get("port", 6379))
         self._ssl = ssl.create_default_context() if urlsplit(url).scheme == "rediss" else None
@@ -54,14 +76,19 @@ class RedisWire:
             setup.append(("SELECT", kw["db"]))
         self._prelude = tuple(setup) + prelude  # sent first on every new connection
         self.connect_timeout = connect_timeout
-        self.hang_timeout = hang_timeout  # no reply for this long: the connection is dead, drop it
+        self.hang_timeout = hang_timeout  # silent this long with commands waiting: the connection is dead
+        self.max_wait = max_wait  # while Redis answers, a call waits at most this long (or its timeout)
         self.on_reply = None  # called with each reply as it arrives (late ones too)
+        self.on_late = None  # called with (args, reply) for a reply whose call already gave up
+        self.on_lost = None  # called with args of each written command whose reply will never come
         self._conn: _Conn | None = None  # the live connection
         self._connecting: asyncio.Task | None = None
-        # [future, deadline handle, time sent, timeout, verdict deferred], in send order
+        # [future, timer handle, time called, timeout, batch, args, deferred], in send order
         self._pending: deque[list] = deque()
         self._wbuf: list[bytes] = []
+        self._batch = _Batch()  # the batch the queued commands will go out with
         self._flush_scheduled = False
+        self._last_read = 0.0  # perf_counter of the last bytes read from the live connection
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -72,7 +99,7 @@ class RedisWire:
         """Queue one command; the future gets the reply, a ReplyError, or a Failure (never raises)."""
         loop = self._loop or self._bind_loop()
         fut = loop.create_future()
-        entry = [fut, None, time.perf_counter(), timeout, False]
+        entry = [fut, None, time.perf_counter(), timeout, self._batch, args, False]
         entry[1] = loop.call_later(timeout, self._expire, entry)
         self._pending.append(entry)
         self._wbuf.append(hiredis.pack_command(args))
@@ -100,29 +127,49 @@ class RedisWire:
         if self._conn is not None and self._wbuf:
             data = b"".join(self._wbuf)
             self._wbuf.clear()
+            self._batch.at = time.perf_counter()
+            self._batch = _Batch()
             self._conn.transport.write(data)
 
     def _expire(self, entry: list) -> None:
-        fut, _, sent, timeout, deferred = entry
-        now = time.perf_counter()
-        if now - sent < timeout - 0.0001:
-            # uvloop's timers have millisecond resolution and start from the time cached at the top
-            # of the loop iteration: they can fire early. Wait out the rest of the deadline.
-            entry[1] = self._loop.call_later(timeout - (now - sent), self._expire, entry)
+        """The call's timer: fail it if Redis has been silent for its timeout since it was written,
+        or if it has waited its cap; otherwise look again when that could next be true."""
+        fut, _, called, timeout, batch, _, deferred = entry
+        if fut.done():
             return
-        if not fut.done():
-            if not deferred and now - sent > timeout + 0.001:
-                # The timer is late: this process was stalled (CPU, GC), and the reply may be
-                # sitting unread in the socket. uvloop runs timers before reading sockets, so look
-                # again after one round of I/O (two hops of call_soon get past it).
-                entry[4] = True
-                self._loop.call_soon(self._loop.call_soon, self._expire, entry)
+        loop, now = self._loop, time.perf_counter()
+        cap = called + max(timeout, self.max_wait)
+        if batch.at is None:  # not written yet
+            if self._conn is not None:  # connected: our own loop has not run the flush yet
+                return self._again(entry, min(now + timeout, cap) - now)
+            if now < called + timeout - _EARLY:  # still connecting
+                return self._again(entry, called + timeout - now)
+            fut.set_result(DEADLINE)  # no connection within the deadline
+            return
+        quiet_since = max(batch.at, self._last_read)
+        if now - quiet_since < timeout - _EARLY:  # Redis spoke recently: it is alive, keep waiting
+            if now >= cap - _EARLY:
+                fut.set_result(SLOW)
                 return
-            fut.set_result(DEADLINE)
-        # The oldest command has waited too long: Redis (or the path to it) is hung.
-        if self._conn is not None and self._pending and now - self._pending[0][2] > self.hang_timeout:
-            log.warning("redis: no reply for %.0f ms, dropping the connection", self.hang_timeout * 1000)
-            self._drop()
+            return self._again(entry, min(quiet_since + timeout, cap) - now)
+        if not deferred:
+            # Silent for the deadline, as far as we have read: the reply may be sitting unread in
+            # the socket (uvloop runs timers before it reads sockets). Look again after one round
+            # of I/O (two hops of call_soon get past it).
+            entry[6] = True
+            loop.call_soon(loop.call_soon, self._expire, entry)
+            return
+        fut.set_result(DEADLINE)
+        # The oldest command has had no answer for too long: Redis (or the path to it) is hung.
+        if self._conn is not None and self._pending:
+            head = self._pending[0][4].at
+            if head is not None and now - max(head, self._last_read) > self.hang_timeout:
+                log.warning("redis: silent for %.0f ms, dropping the connection", self.hang_timeout * 1000)
+                self._drop()
+
+    def _again(self, entry: list, delay: float) -> None:
+        entry[6] = False
+        entry[1] = self._loop.call_later(max(delay, 0.0), self._expire, entry)
 
     def _drop(self) -> None:
         """Forget the current connection and fail what waits on it."""
@@ -146,13 +193,14 @@ class RedisWire:
         finally:
             self._connecting = None
         self._conn = conn
+        self._last_read = 0.0
         # The prelude goes before everything queued while connecting.
         now = time.perf_counter()
         first = []
         for cmd in self._prelude:
             fut = loop.create_future()
             fut.add_done_callback(_check_prelude_reply(cmd[0]))
-            entry = [fut, None, now, self.hang_timeout, True]
+            entry = [fut, None, now, self.hang_timeout, self._batch, cmd, False]
             entry[1] = loop.call_later(self.hang_timeout, self._expire, entry)
             first.append(entry)
         self._pending.extendleft(reversed(first))
@@ -162,16 +210,19 @@ class RedisWire:
     def _replies(self, conn: _Conn, data: bytes) -> None:
         if conn is not self._conn:
             return  # a connection already given up on
+        self._last_read = time.perf_counter()
         reader, pending = conn.reader, self._pending
         reader.feed(data)
         while (reply := reader.gets()) is not False:
             if not pending:  # cannot happen with a well-behaved server
                 log.error("redis: unexpected reply %r", reply)
                 continue
-            fut, handle, _, _, _ = pending.popleft()
+            fut, handle, _, _, _, args, _ = pending.popleft()
             handle.cancel()
             if not fut.done():
                 fut.set_result(reply)
+            elif self.on_late is not None:
+                self.on_late(args, reply)
             if self.on_reply is not None:
                 self.on_reply(reply)
 
@@ -182,11 +233,14 @@ class RedisWire:
 
     def _fail_all(self, failure: Failure) -> None:
         self._wbuf.clear()
+        self._batch = _Batch()  # a batch already written keeps its time: on_lost tells them apart
         while self._pending:
-            fut, handle, _, _, _ = self._pending.popleft()
+            fut, handle, _, _, batch, args, _ = self._pending.popleft()
             handle.cancel()
             if not fut.done():
                 fut.set_result(failure)
+            if batch.at is not None and self.on_lost is not None:
+                self.on_lost(args)
 
 
 class _Conn(asyncio.Protocol):

@@ -1,7 +1,10 @@
 """`tollgate-enforcer`: the enforcer on uvicorn (uvloop, httptools, no access log).
 
 Configuration is the TOLLGATE_* environment (tollgate.config, enforcer.config); the command line
-only says where to listen and how many worker processes to run.
+only says where to listen and how many worker processes to run. The HTTP protocol is uvicorn's
+httptools one with bounds on the request head's size and read time (enforcer.http_bounds);
+TOLLGATE_HTTP_BOUNDS=0 runs uvicorn's own instead (an escape hatch, and the A/B benchmark's
+baseline: loadtest/bench_http_bounds.py).
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import shutil
 import tempfile
 
 import uvicorn
+
+from enforcer.http_bounds import BoundedHttpToolsProtocol
 
 
 def from_env():
@@ -33,9 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         d = tempfile.mkdtemp(prefix="tollgate-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
         atexit.register(shutil.rmtree, d, True)
+    http = "httptools" if os.environ.get("TOLLGATE_HTTP_BOUNDS", "1") == "0" else BoundedHttpToolsProtocol
     uvicorn.run(
         "enforcer.server:from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
-        loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level=args.log_level,
+        loop="uvloop", http=http, lifespan="on", access_log=False, log_level=args.log_level,
         backlog=4096, timeout_keep_alive=75, proxy_headers=False, server_header=False,
     )
 

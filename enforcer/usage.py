@@ -4,8 +4,10 @@
 bus, or, when the bus is unreachable, in the spool alone (then `"spooled": true` and
 `X-Tollgate-Degraded: spooled`) and replayed in order later. The spool keeps it until the bus has it
 durably (tollgate.bus.spool), so a bus Redis restarted empty does not lose it. A revoked key still
-reports usage (the call was allowed before the revocation); an unknown key is 401. When Redis cannot resolve the key, the event carries `api_key_hash` instead
-of `customer_id` and the rater resolves it from PostgreSQL.
+reports usage (the call was allowed before the revocation); an unknown key is 401. When Redis
+cannot resolve the key (unreachable, or it lost its projection: never 401 then), the event carries
+`api_key_hash` instead of `customer_id` and the rater resolves it from PostgreSQL (an unknown hash
+there is a dead letter).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import orjson
 from enforcer import metrics
 from enforcer import validation as v
 from enforcer.checks import unauthorized
-from enforcer.keycache import UNKNOWN
+from enforcer.keycache import UNKNOWN, KeyInfo
 from enforcer.rediswire import Failure
 from enforcer.responses import send_error, send_json
 from tollgate.keys import ID_PATTERN, api_key_hash
@@ -64,7 +66,7 @@ def parse_usage(doc: dict) -> dict:
         seen.add(metric)
         if "value" not in m:
             raise v.invalid(f"{f}.value", "required")
-        measurements.append({"metric": metric, "value": v.count(m["value"], f"{f}.value")})
+        measurements.append({"metric": metric, "value": v.quantity(m["value"], f"{f}.value")})
     out["measurements"] = measurements
     return out
 
@@ -87,6 +89,12 @@ class UsageEndpoint:
         if info is UNKNOWN:
             status, headers, body = unauthorized("unknown")
             return await send_json(send, status, body, headers)
+        if type(info) is KeyInfo and info.plan is not None:  # else parse_usage's ceiling; the rater checks again
+            try:
+                v.within_plan(u["measurements"], info.plan)
+            except v.BadRequest as err:
+                metrics.BAD_REQUESTS.labels(str(err.status)).inc()
+                return await send_error(send, err)
         received = e.clock.now_iso()
         event = {"kind": "usage", "id": u.pop("event_id")}
         if type(info) is Failure:

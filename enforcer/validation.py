@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from tollgate.keys import ID_PATTERN
+from tollgate.plans import MAX_QUANTITY_PER_EVENT_CEILING, Plan
 
 MAX_BODY = 64 * 1024
 MAX_COUNT = 2**40  # far above any real estimate, far below where Lua's doubles stop being exact
@@ -98,6 +99,34 @@ def count(v: Any, field: str) -> int:
     return v
 
 
+def quantity(v: Any, field: str) -> int:
+    """A usage measurement's value: a count (400 otherwise), at most the largest maximum per event
+    any plan may set (422 beyond: the key's own plan is checked once it is known, `within_plan`)."""
+    if isinstance(v, float) and v.is_integer() and v > MAX_QUANTITY_PER_EVENT_CEILING:
+        v = int(v)  # JSON integers past 64 bits arrive as floats: too large, not fractional
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise invalid(field, "must be a whole number")
+    if v < 0:
+        raise invalid(field, "must not be negative")
+    if v > MAX_QUANTITY_PER_EVENT_CEILING:
+        raise _too_large(field, v, f"the ceiling of {MAX_QUANTITY_PER_EVENT_CEILING} units per event "
+                                   "(the most limits.max_quantity_per_event may allow)")
+    return v
+
+
+def within_plan(measurements: list[dict], plan: Plan) -> None:
+    """Each measurement at most its plan's `limits.max_quantity_per_event` (422 naming it otherwise)."""
+    for i, m in enumerate(measurements):
+        limit = plan.max_quantity(m["metric"])
+        if m["value"] > limit:
+            raise _too_large(f"measurements[{i}].value", m["value"],
+                             f"the plan's maximum of {limit} {m['metric']} per event (limits.max_quantity_per_event)")
+
+
+def _too_large(field: str, value: int, limit: str) -> BadRequest:
+    return BadRequest(422, "quantity_too_large", f"{field}: {value} is over {limit}", field)
+
+
 def dimensions(doc: dict) -> dict[str, Any]:
     v = doc.get("dimensions")
     if v is None:
@@ -128,22 +157,34 @@ def estimate(doc: dict) -> dict[str, int]:
     return out
 
 
+# RFC 3339 section 5.6 date-time, checked before parsing: datetime.fromisoformat alone also takes
+# ISO 8601 forms RFC 3339 does not (a trailing space, '+0100', a comma before the fraction).
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII)
+_TS_FORMAT = "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z"
+
+
 def timestamp(doc: dict, field: str = "timestamp") -> str | None:
     """RFC 3339 with an offset, normalised to UTC ('...Z'); None when absent."""
     v = doc.get(field)
     if v is None:
         return None
-    if not isinstance(v, str) or len(v) < 20 or v[10] not in "Tt":
-        raise invalid(field, "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z")
+    m = _RFC3339.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
+        raise invalid(field, _TS_FORMAT)
+    text, frac, zone = m.groups()
+    if frac:  # to microseconds, truncated: nanosecond clocks send 9 digits
+        text += "." + frac[:6]
     try:
-        dt = datetime.fromisoformat(v[:-1] + "+00:00" if v[-1] in "Zz" else v)
-    except ValueError:
-        raise invalid(field, "must be an RFC 3339 date-time, e.g. 2026-11-21T10:00:00Z") from None
-    if dt.tzinfo is None:
-        raise invalid(field, "needs a UTC offset, e.g. 'Z' or '+02:00'")
-    return iso_utc(dt)
+        dt = datetime.fromisoformat(text + ("+00:00" if zone in "Zz" else zone))
+        return iso_utc(dt)
+    except ValueError:  # month 13, Feb 30, hour 24, offset +25:00
+        raise invalid(field, _TS_FORMAT) from None
+    except OverflowError:  # inside years 1-9999 locally, outside them in UTC
+        raise invalid(field, "out of range: the UTC time must lie within years 0001-9999") from None
 
 
 def iso_utc(dt: datetime) -> str:
+    """'YYYY-MM-DDTHH:MM:SS[.ffffff]Z' (four-digit year: strftime's %Y writes year 1 as '1')."""
     dt = dt.astimezone(timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{dt.microsecond:06d}Z" if dt.microsecond else "Z")
+    base = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    return base + (f".{dt.microsecond:06d}Z" if dt.microsecond else "Z")

@@ -3,7 +3,10 @@
 -- KEYS: 1 cfg  2 wallet  3 held  4 holds  5 hold_exp  6 spend(period)  7 request(idem)
 --       8 rate_requests(key)  9 rate_tokens(key)            -- all carry the customer hash tag
 -- ARGV: 1 hold_id  2 requests  3 tokens  4 estimated cost (micros)  5 hold ttl (ms)
---       6 idempotency ttl (ms)  7 key id
+--       6 idempotency ttl (ms)  7 key id  8 deadline (ms since epoch in Redis's clock, optional)
+-- Past the deadline (Redis TIME) the script writes nothing and replies reason 'expired': the
+-- enforcer has given up on it (answered fail_open), so a hold placed now would have no owner.
+-- That covers a command Redis runs late: after a SIGSTOP/SIGCONT, from a dropped connection.
 -- A hold is stored as "amount:estimated tokens:key id": settlement releases the amount and
 -- corrects the key's tokens/min budget by (actual - estimated) tokens.
 -- Reply: {allowed 1|0, reason, hold_id, retry_after_ms, remaining_requests, remaining_tokens,
@@ -22,6 +25,13 @@ if replay then
   return r
 end
 
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(ARGV[8])
+if deadline and now > deadline then
+  return {0, 'expired', '', 0, 0, 0, 0, false, '', 0, 0, 0, 0}
+end
+
 -- Only the fields used, with HMGET: cfg holds every tier's limits, and HGETALL into a table
 -- cost Redis ~6 us per call (as measured for settle.lua). No tier: never provisioned.
 local cfg = redis.call('HMGET', KEYS[1], 'tier', 'mode')
@@ -38,9 +48,6 @@ local hold_id = ARGV[1]
 local n_req = tonumber(ARGV[2])
 local n_tok = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 -- GCRA for a cost of n against a limit per minute. Returns: allowed, new_tat, retry_ms, remaining, reset_ms
 local function gcra(key, limit, n)

@@ -193,7 +193,7 @@ def decode(index: int, raw: bytes, now_period: str) -> Event | DeadLetter:
             ev.measurements = decompose(body.get("measurements"))
             # A clock in the future must not open a period that does not exist yet.
             ev.period = min(parse_period(body.get("timestamp") or body.get("received_at") or time.time()), now_period)
-        except ValueError as e:
+        except (ValueError, OverflowError, OSError) as e:  # overflow: a time outside years 1-9999 in UTC
             return _dead(raw, "invalid_value", str(e), body)
     return ev
 

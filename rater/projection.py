@@ -12,6 +12,22 @@ from redis.asyncio import Redis
 from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, api_key_record, plan_record
 from tollgate.plans import Plan
 
+# PostgreSQL advisory locks (two-int form) around the projection. A rebuild reads PostgreSQL, then
+# writes Redis; a control-plane write (customer, key, plan, top-up) writes PostgreSQL and Redis in
+# one transaction. Interleaved, the rebuild could put back what was just changed (a revoked key
+# active again, a top-up's credit overwritten by the older balance). So control-plane transactions
+# hold PROJECTION_WRITES shared (hold_off_rebuild) and a rebuild holds it exclusively; ONE_REBUILD
+# makes rebuilds run one at a time across processes.
+PROJECTION_LOCK_NAMESPACE = 0x7072_6A6E  # 'prjn'
+ONE_REBUILD = 1
+PROJECTION_WRITES = 2
+
+
+async def hold_off_rebuild(conn) -> None:
+    """First thing in a control-plane transaction that writes the projection: a rebuild waits for
+    it to commit, and it waits for a rebuild under way (seconds at most)."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1, $2)", PROJECTION_LOCK_NAMESPACE, PROJECTION_WRITES)
+
 
 async def project_plan(redis: Redis, plan: Plan) -> None:
     await redis.set(plan_record(plan.id), orjson.dumps(plan.document))

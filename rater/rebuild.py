@@ -1,4 +1,5 @@
-"""`tollgate redis rebuild`: reconstruct the Redis projection from PostgreSQL after a Redis loss.
+"""Rebuild the Redis projection from PostgreSQL after a Redis loss: by itself (rater.self_heal,
+in every rater process) or with `tollgate redis rebuild`.
 
 Redis keeps nothing on disk; PostgreSQL has everything needed to put back what check.lua and
 settle.lua read:
@@ -19,37 +20,105 @@ settle.lua read:
 Not rebuilt, on purpose: rate-limit buckets (every key starts with a full minute's budget) and
 gateway-retry records (a retry after the loss is decided again).
 
-Every value is written absolutely (DEL then SET), so running it twice gives the same Redis. Run it
-with the rater stopped: events settled while it runs could be overwritten by older figures.
+Order of the writes, so that the hot path never decides on half a projection:
+1. `PROJECTION_BUILDING` = this rebuild's generation;
+2. plans, then each customer's state in one lua/rebuild_customer.lua run (wallet, spend, holds,
+   then cfg, atomically: check.lua sees the customer as before or as rebuilt), then the
+   settled-event markers;
+3. API key records (HSET of their four fields, never deleted first: a live lookup never sees a
+   record missing), after every customer: a key the enforcer can resolve has its customer's
+   state in place;
+4. the projection marker, by lua/projection_done.lua only if the building record is still there
+   (a Redis that restarted meanwhile gets no marker, and the next rebuild starts over); then
+   `projection:<generation>` on the invalidation channel, so enforcers drop their caches.
+Until 4, the enforcer fails open (`not_projected`) for a key it cannot find, instead of 401.
+
+Every value is written absolutely, so running it twice gives the same Redis. `rebuild_locked`
+runs it safely beside live traffic: one rebuild at a time (ONE_REBUILD), no control-plane write
+meanwhile (PROJECTION_WRITES, see rater.projection) and no settlement or period close meanwhile
+(every lock group's advisory lock, as the rating lanes take them): the figures read from
+PostgreSQL are still the truth when they are written to Redis.
 """
 from __future__ import annotations
 
+import secrets
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
+import asyncpg
 import orjson
+from redis.exceptions import NoScriptError
 
+import lua
+from rater import ledger, redis_raw
 from rater.control.lookup import plan_from_row
-from rater.projection import project_api_key, project_customer, project_plan
-from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS
+from rater.projection import ONE_REBUILD, PROJECTION_LOCK_NAMESPACE, PROJECTION_WRITES, customer_config
+from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS, eval_many
 from rater.tiers import tier_index, tier_reached
-from tollgate.keys import CustomerKeys
+from tollgate.keys import (INVALIDATION_CHANNEL, PROJECTION_BUILDING, PROJECTION_MARKER, CustomerKeys,
+                           api_key_record, plan_record)
 from tollgate.periods import next_period, period_of
 from tollgate.plans import Plan
 
-BATCH = 500  # customers per Redis pipeline
+BATCH = 1000  # customers (or records) per Redis round trip
+BUILDING_TTL_MS = 3600_000  # a rebuild that died leaves its building record this long at most
 
 
-async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]:
-    """Rebuild everything; returns counts of what was written."""
+class ProjectionLost(RuntimeError):
+    """Redis lost this rebuild's writes while it ran (it restarted empty): no marker was written."""
+
+
+async def projected(redis) -> bool:
+    """Whether Redis holds a complete projection (the marker of a finished rebuild)."""
+    return bool(await redis.exists(PROJECTION_MARKER))
+
+
+async def rebuild_locked(redis, conn: asyncpg.Connection, *, wait: bool = True,
+                         only_if_missing: bool = False, now: datetime | None = None) -> dict | None:
+    """`rebuild` under the locks that make it safe beside running raters and control-plane writes.
+
+    wait=False: None at once if another rebuild runs. only_if_missing: None if, once this one may
+    run, the marker is there (another process has just rebuilt)."""
+    ns = PROJECTION_LOCK_NAMESPACE
+    if wait:
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", ns, ONE_REBUILD)
+    elif not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", ns, ONE_REBUILD):
+        return None
+    try:
+        if only_if_missing and await projected(redis):
+            return None
+        started = time.monotonic()
+        # Control-plane transactions in flight commit first; new ones wait for us.
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", ns, PROJECTION_WRITES)
+        try:
+            # In order, one at a time: a rating lane or the period close holding one finishes its
+            # transaction and settle, and never waits for a lock while it holds one, so no cycle.
+            for group in range(ledger.LOCK_GROUPS):
+                await ledger.lock_group_wait(conn, group)
+            try:
+                locked_after = time.monotonic() - started
+                counts = await rebuild(redis, conn, now=now)
+                counts["lock_wait_seconds"] = round(locked_after, 3)
+                return counts
+            finally:
+                await ledger.unlock_groups(conn, range(ledger.LOCK_GROUPS))
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", ns, PROJECTION_WRITES)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", ns, ONE_REBUILD)
+
+
+async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
+    """Rebuild everything and write the marker; returns counts of what was written. Takes no lock:
+    callers beside live raters use rebuild_locked."""
     now = now or datetime.now(timezone.utc)
+    started = time.monotonic()
+    generation = f"{int(time.time() * 1000)}-{secrets.token_hex(4)}"
+    await redis.set(PROJECTION_BUILDING, generation, px=BUILDING_TTL_MS)
     has_events = await conn.fetchval("SELECT to_regclass('processed_events') IS NOT NULL")
 
-    plans = {}
-    for r in await conn.fetch("SELECT id, document FROM plans ORDER BY id"):
-        plans[r["id"]] = plan_from_row(r)
-        await project_plan(redis, plans[r["id"]])
+    plans = {r["id"]: plan_from_row(r) for r in await conn.fetch("SELECT id, document FROM plans ORDER BY id")}
     anchors = {p.billing_anchor_day for p in plans.values()} | {1}
     periods = sorted({p for a in anchors for p in _periods(now - timedelta(milliseconds=SPEND_TTL_MS), now, a)})
 
@@ -57,48 +126,96 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict[str, int]
     spend = await _spend(conn, has_events, periods)
     holds = await _open_holds(conn, has_events, now)
     markers = await _markers(conn, has_events, now, wallets, spend)
-
     customers = await conn.fetch("SELECT id, plan_id, billing_mode, tier, spend_cap_micros FROM customers ORDER BY id")
-    for c in customers:
-        plan = plans[c["plan_id"]]
-        current = period_of(now, plan.billing_anchor_day)
-        tier = _tier(plan, c["tier"], spend.get(c["id"], {}).get(current, 0))
-        await project_customer(redis, c["id"], plan, c["billing_mode"], tier, c["spend_cap_micros"])
-
     keys = await conn.fetch(
         "SELECT k.id, k.key_hash, k.customer_id, c.plan_id, k.status FROM api_keys k"
         " JOIN customers c ON c.id = k.customer_id ORDER BY k.id"
     )
-    for k in keys:
-        await project_api_key(redis, k["key_hash"], k["id"], k["customer_id"], k["plan_id"], k["status"])
-
     counts = {"plans": len(plans), "customers": len(customers), "api_keys": len(keys), "wallets": 0,
               "spend_keys": 0, "holds": 0, "markers": 0}
-    ids = [c["id"] for c in customers]
-    for start in range(0, len(ids), BATCH):
-        async with redis.pipeline(transaction=False) as p:
-            for cid in ids[start:start + BATCH]:
-                k = CustomerKeys(cid)
-                p.delete(k.wallet, k.held, k.holds, k.hold_expiry, *(k.spend(x) for x in periods))
-                if cid in wallets:
-                    p.set(k.wallet, wallets[cid])
-                    counts["wallets"] += 1
-                for period, amount in spend.get(cid, {}).items():
-                    p.set(k.spend(period), amount, px=SPEND_TTL_MS)
-                    counts["spend_keys"] += 1
-                if cid in holds:
-                    p.hset(k.holds, mapping={h: v for h, v, _, _ in holds[cid]})
-                    p.zadd(k.hold_expiry, {h: exp for h, _, exp, _ in holds[cid]})
-                    p.set(k.held, sum(a for _, _, _, a in holds[cid]))
-                    counts["holds"] += len(holds[cid])
-            await p.execute()
-    for start in range(0, len(markers), BATCH * 10):
-        async with redis.pipeline(transaction=False) as p:
-            for key, value, ttl in markers[start:start + BATCH * 10]:
-                p.set(key, value, px=ttl)
-            await p.execute()
+    read_done = time.monotonic()
+
+    await _execute(redis, [("SET", plan_record(pid), orjson.dumps(p.document)) for pid, p in plans.items()])
+
+    script = lua.load("rebuild_customer")
+    current = {pid: period_of(now, p.billing_anchor_day) for pid, p in plans.items()}
+    cfgs: dict[tuple, tuple] = {}  # customers of a plan mostly share their cfg: built once
+    calls = []
+    for c in customers:
+        cid, plan = c["id"], plans[c["plan_id"]]
+        cust_spend = spend.get(cid, {})
+        tier = _tier(plan, c["tier"], cust_spend.get(current[plan.id], 0))
+        shape = (plan.id, c["billing_mode"], tier, c["spend_cap_micros"])
+        cfg = cfgs.get(shape)
+        if cfg is None:
+            fields = customer_config(plan, c["billing_mode"], tier, c["spend_cap_micros"])
+            cfg = cfgs[shape] = tuple(x for pair in fields.items() for x in pair)
+        open_holds = holds.get(cid, ())
+        k = CustomerKeys(cid)
+        wallet = wallets.get(cid)
+        counts["wallets"] += wallet is not None
+        counts["spend_keys"] += len(cust_spend)
+        counts["holds"] += len(open_holds)
+        args: list = ["" if wallet is None else wallet, sum(a for _, _, _, a in open_holds), SPEND_TTL_MS,
+                      len(cfg) // 2, len(open_holds)]
+        args += [cust_spend.get(p, "") for p in periods]
+        args += cfg
+        for hold_id, value, expiry, _ in open_holds:
+            args += (hold_id, value, expiry)
+        calls.append(([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, *(k.spend(p) for p in periods)], args))
+    for start in range(0, len(calls), BATCH):
+        await _eval(redis, script, calls[start:start + BATCH])
+
+    await _execute(redis, [("SET", key, value, "PX", ttl) for key, value, ttl in markers])
     counts["markers"] = len(markers)
+
+    await _execute(redis, [("HSET", api_key_record(k["key_hash"]), "customer_id", k["customer_id"], "key_id", k["id"],
+                            "plan_id", k["plan_id"], "status", k["status"]) for k in keys])
+
+    (done,) = await _eval(redis, lua.load("projection_done"), [([PROJECTION_BUILDING, PROJECTION_MARKER], [generation])])
+    if not int(done):
+        raise ProjectionLost("Redis lost the rebuild's writes while it ran (restarted?): no marker written")
+    await redis.publish(INVALIDATION_CHANNEL, f"projection:{generation}")
+    counts["generation"] = generation
+    counts["read_seconds"] = round(read_done - started, 3)  # PostgreSQL
+    counts["write_seconds"] = round(time.monotonic() - read_done, 3)  # Redis (and building the commands)
     return counts
+
+
+async def _eval(redis, script: lua.Script, calls: list[tuple[list, list]]) -> list:
+    """Each (keys, args) run of `script`, in one pipeline: rater.settlement.eval_many, or on a
+    RedisCluster its pipeline (which routes EVALSHA by the keys' slot; only its `evalsha` method is
+    refused in pipelines), loading the script on every node first if one lacks it."""
+    if redis_raw.supported(redis):
+        return await eval_many(redis, script, calls)
+    replies = await _cluster_pipeline(redis, [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
+    if any(isinstance(r, NoScriptError) for r in replies):
+        await redis.script_load(script.source)  # every primary
+        replies = await _cluster_pipeline(redis, [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls])
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies
+
+
+async def _cluster_pipeline(redis, commands: list[tuple]) -> list:
+    async with redis.pipeline(transaction=False) as p:
+        for cmd in commands:
+            p.execute_command(*cmd)
+        return await p.execute(raise_on_error=False)
+
+
+async def _execute(redis, commands: list[tuple]) -> None:
+    """Plain commands, BATCH per round trip; an error reply raises."""
+    for start in range(0, len(commands), BATCH):
+        chunk = commands[start:start + BATCH]
+        if redis_raw.supported(redis):
+            replies = await redis_raw.execute(redis, chunk)
+        else:  # RedisCluster: its pipeline routes each command to its slot's node
+            replies = await _cluster_pipeline(redis, chunk)
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
 
 
 def _tier(plan: Plan, recorded: str, period_spend: int) -> str:
@@ -202,7 +319,8 @@ def register(sub) -> None:
 
     redis_cmds = group(sub, "redis", "the Redis projection")
     command(redis_cmds, "rebuild", _cli_rebuild,
-            "reconstruct balances, spend, tiers, holds and keys in Redis from PostgreSQL (run with the rater stopped)")
+            "reconstruct balances, spend, tiers, holds and keys in Redis from PostgreSQL (safe while raters run;"
+            " they also do it by themselves when Redis lost its projection)")
 
 
 async def _cli_rebuild(ctx) -> int:
@@ -210,7 +328,7 @@ async def _cli_rebuild(ctx) -> int:
 
     started = time.monotonic()
     async with Backends(ctx.settings, max_pool=2) as (pool, redis), pool.acquire() as conn:
-        counts = await rebuild(redis, conn)
+        counts = await rebuild_locked(redis, conn)
     counts["seconds"] = round(time.monotonic() - started, 3)
     ctx.emit(counts, "rebuilt: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

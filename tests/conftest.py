@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from rater.schema import migrate
 from tests.servers import run_enforcer
-from tests.tenants import DECISION_ENV
+from tests.tenants import DECISION_ENV, mark_projected
 from tollgate.local_services import start_postgres, start_redis
 
 ADMIN_DSN = os.environ.get("TOLLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -41,11 +41,13 @@ def enforcer(redis_server):
 
 @pytest_asyncio.fixture
 async def redis(redis_server):
-    """A client on the session's Redis, emptied before each test."""
+    """A client on the session's Redis, emptied before each test and marked as completely
+    projected (what a finished rebuild leaves: unknown keys are 401, not failed open)."""
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()  # a fail-open test may have stopped it
     client = aioredis.Redis.from_url(redis_server.url)
     await client.flushall()
+    await mark_projected(client)
     yield client
     await client.aclose()
 

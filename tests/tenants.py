@@ -1,6 +1,8 @@
 """Tenants for tests that talk to a real enforcer: a plan, customer and API key of their own,
 projected into Redis through the control plane's projection (rater.projection), and the events
-the enforcer put on the Redis stream."""
+the enforcer put on the Redis stream. Tenants exist in Redis only (not in PostgreSQL), so the
+projection marker is set by hand: the Redis they are in counts as completely projected, and an
+unknown key is 401 (without the marker the enforcer would fail open, `not_projected`)."""
 from __future__ import annotations
 
 import uuid
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 import orjson
 
 from rater.projection import project_api_key, project_customer, project_plan, set_wallet
-from tollgate.keys import EVENTS_STREAM, CustomerKeys, api_key_hash
+from tollgate.keys import EVENTS_STREAM, PROJECTION_MARKER, CustomerKeys, api_key_hash
 from tollgate.plans import Plan, parse_plan
 
 # Decisions under test must be real even on a busy 2-core machine: a generous Redis deadline;
@@ -71,6 +73,12 @@ async def project_tenant(redis, t: Tenant, mode: str = "prepaid", tier: str | No
     await project_customer(redis, t.customer_id, t.plan, mode, tier or t.plan.tiers[0].name, spend_cap)
     await project_api_key(redis, t.key_hash, t.key_id, t.customer_id, t.plan.id, status)
     await set_wallet(redis, t.customer_id, wallet)
+    await mark_projected(redis)
+
+
+async def mark_projected(redis) -> None:
+    """What a finished `redis rebuild` leaves: this Redis holds the whole projection."""
+    await redis.set(PROJECTION_MARKER, "tests")
 
 
 

@@ -11,7 +11,7 @@ import hashlib
 import re
 
 PREFIX = "tg"
-INVALIDATION_CHANNEL = "tg:invalidate"  # pub/sub: "key:<hash>", "plan:<id>", "customer:<id>"
+INVALIDATION_CHANNEL = "tg:invalidate"  # pub/sub: "key:<hash>", "plan:<id>", "customer:<id>", "projection:<gen>"
 EVENTS_STREAM = "tg:events"  # the Redis Streams bus
 # The stream's incarnation (set once per stream by lua/bus_publish.lua); its hash tag is the
 # stream's name, so both live in one cluster slot and one script can touch both.
@@ -22,6 +22,16 @@ def events_producer(producer_id: str) -> str:
     """A producer's high-water mark on the stream (lua/bus_publish.lua): the id of its latest entry."""
     return f"{{{EVENTS_STREAM}}}:producer:{producer_id}"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+# The projection marker: present only once a complete rebuild has written everything the hot path
+# reads (string: the rebuild's generation). A Redis that lost its data lost the marker too, so the
+# enforcer can tell "no such key" (record missing, marker present) from "not projected yet".
+# Written by rater.rebuild only, never by the control plane's per-customer writes. The rebuild
+# first sets PROJECTION_BUILDING to its generation and turns it into the marker with one script
+# at the end, so a Redis that restarted mid-rebuild (losing the first half) gets no marker.
+# Both share the hash tag "@projection" ('@' is in no customer id), i.e. one cluster slot.
+PROJECTION_MARKER = "tg:{@projection}"
+PROJECTION_BUILDING = "tg:{@projection}:building"
 
 
 def api_key_hash(api_key: str) -> str:

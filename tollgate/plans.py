@@ -19,6 +19,12 @@ from tollgate.money import MoneyError, parse_decimal, to_micros, to_micros_ceil
 from tollgate.periods import MAX_ANCHOR_DAY
 
 BILLING_MODES = ("prepaid", "postpaid", "hybrid")
+# limits.max_quantity_per_event: the most units of one metric a single usage event may carry.
+# The default is far above any real call (50x the largest LLM context window in tokens) and far
+# below a typo or an overflow (2**40); a plan may set any metric (or its default) up to the ceiling,
+# which is also what the enforcer holds an event to when it cannot read the key's plan.
+DEFAULT_MAX_QUANTITY_PER_EVENT = 10**8
+MAX_QUANTITY_PER_EVENT_CEILING = 10**12
 CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "flat", "percentage", "composite")
 
 
@@ -117,7 +123,18 @@ class Plan:
     tax_percent: Decimal = Decimal(0)
     # billing_period.anchor_day: periods start at 00:00 UTC on this day of each month (tollgate.periods)
     billing_anchor_day: int = 1
+    # limits.max_quantity_per_event: (metric, most units per usage event), "default" for the rest
+    max_quantity_per_event: tuple[tuple[str, int], ...] = ()
+    max_quantity_default: int = DEFAULT_MAX_QUANTITY_PER_EVENT
     document: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def max_quantity(self, metric: str) -> int:
+        """The most units of `metric` one usage event may carry (beyond: refused, never billed)."""
+        return self._max_quantity.get(metric, self.max_quantity_default)
+
+    @cached_property
+    def _max_quantity(self) -> dict[str, int]:
+        return dict(self.max_quantity_per_event)
 
     def tier(self, name: str) -> SpendTier:
         for t in self.tiers:
@@ -176,6 +193,7 @@ def parse_plan(doc: Any) -> Plan:
     tiers = _parse_tiers(doc.get("tiers"))
     charges = _parse_charges(doc.get("charges"))
     cap = limits.get("monthly_spend_cap")
+    max_quantity = _max_quantity_per_event(limits.get("max_quantity_per_event"))
     return Plan(
         id=_ident(doc.get("id"), "id"),
         name=str(doc.get("name") or doc.get("id")),
@@ -191,6 +209,8 @@ def parse_plan(doc: Any) -> Plan:
         discounts=_parse_discounts(doc.get("discounts", [])),
         tax_percent=_dec(_mapping(doc.get("tax", {}), "tax").get("percent", 0), "tax.percent", 0, 100),
         billing_anchor_day=_anchor_day(doc.get("billing_period")),
+        max_quantity_default=max_quantity.pop("default", DEFAULT_MAX_QUANTITY_PER_EVENT),
+        max_quantity_per_event=tuple(sorted(max_quantity.items())),
         document=doc,
     )
 
@@ -202,6 +222,19 @@ def _anchor_day(raw: Any) -> int:
     if day > MAX_ANCHOR_DAY:
         raise PlanError("billing_period.anchor_day", f"must be <= {MAX_ANCHOR_DAY} (every month has that day)")
     return day
+
+
+def _max_quantity_per_event(raw: Any) -> dict[str, int]:
+    """`limits.max_quantity_per_event: {default: N, <metric>: M}`, each 1 .. the ceiling."""
+    f = "limits.max_quantity_per_event"
+    out = {}
+    for metric, n in _mapping(raw, f).items():
+        if metric != "default" and not (isinstance(metric, str) and ID_PATTERN.match(metric)):
+            raise PlanError(f, f"{str(metric)[:64]!r} is neither 'default' nor a metric name (1-64 letters, digits, '_', '-', '.')")
+        out[metric] = _int(n, f"{f}.{metric}", 1)
+        if out[metric] > MAX_QUANTITY_PER_EVENT_CEILING:
+            raise PlanError(f"{f}.{metric}", f"must be <= {MAX_QUANTITY_PER_EVENT_CEILING}")
+    return out
 
 
 def _parse_tiers(raw: Any) -> tuple[SpendTier, ...]:

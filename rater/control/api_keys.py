@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from rater.control.errors import NotFound
 from rater.control.fields import iso
 from rater.control.lookup import known_id, require_customer
-from rater.projection import project_api_key
+from rater.projection import hold_off_rebuild, project_api_key
 from tollgate.keys import api_key_hash
 
 KEY_PREFIX = "tg_live_"
@@ -25,6 +25,7 @@ async def create_api_key(db: asyncpg.Pool, redis: Redis, customer_id: str) -> di
     key = new_api_key()
     key_hash = api_key_hash(key)
     async with db.acquire() as conn, conn.transaction():
+        await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
         customer = await require_customer(conn, customer_id)
         row = await conn.fetchrow(
             "INSERT INTO api_keys (id, customer_id, key_hash, prefix) VALUES ($1, $2, $3, $4) RETURNING *",
@@ -40,6 +41,7 @@ async def revoke_api_key(db: asyncpg.Pool, redis: Redis, key_id: str) -> dict:
     if not known_id(key_id):
         raise NotFound("key_id", f"no API key {key_id!r}")
     async with db.acquire() as conn, conn.transaction():
+        await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
         row = await conn.fetchrow(
             """UPDATE api_keys k SET status = 'revoked', revoked_at = coalesce(k.revoked_at, now())
                FROM customers c WHERE k.id = $1 AND c.id = k.customer_id

@@ -10,7 +10,7 @@ from rater.control import wallets
 from rater.control.errors import Conflict, InvalidInput
 from rater.control.fields import choice, ident, iso, money_micros, text
 from rater.control.lookup import require_customer, require_plan
-from rater.projection import project_customer
+from rater.projection import hold_off_rebuild, project_customer
 from tollgate.keys import CustomerKeys
 from tollgate.money import format_micros
 from tollgate.plans import BILLING_MODES, Plan
@@ -32,6 +32,7 @@ async def create_customer(
     plan_id = ident(plan_id, "plan_id")
     cap = None if spend_cap is None else money_micros(spend_cap, "spend_cap", positive=False)
     async with db.acquire() as conn, conn.transaction():
+        await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
         # FOR SHARE: a concurrent `plans apply` waits until this customer is projected.
         plan = await require_plan(conn, plan_id, lock=True, missing=InvalidInput)
         mode = plan.billing_mode if billing_mode is None else choice(billing_mode, BILLING_MODES, "billing_mode")

@@ -12,7 +12,7 @@ from rater.control import customers
 from rater.control.errors import Conflict, InvalidInput, NotFound
 from rater.control.fields import iso
 from rater.control.lookup import known_id, plan_from_row
-from rater.projection import project_plan
+from rater.projection import hold_off_rebuild, project_plan
 from tollgate.plans import Plan, PlanError, parse_plan
 
 
@@ -60,6 +60,7 @@ async def apply_plan(db: asyncpg.Pool, redis: Redis, source: str | dict) -> dict
     plan = validate(source)
     doc = orjson.dumps(plan.document).decode()
     async with db.acquire() as conn, conn.transaction():
+        await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
         old = await conn.fetchrow("SELECT * FROM plans WHERE id = $1 FOR UPDATE", plan.id)
         if old is not None and plan_from_row(old).billing_anchor_day != plan.billing_anchor_day:
             n = await conn.fetchval("SELECT count(*) FROM customers WHERE plan_id = $1", plan.id)

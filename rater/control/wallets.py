@@ -16,6 +16,7 @@ import lua
 from rater.control.errors import Conflict
 from rater.control.fields import ident, iso, money_micros, text
 from rater.control.lookup import require_customer, require_plan
+from rater.projection import hold_off_rebuild
 from tollgate.keys import CustomerKeys
 from tollgate.money import format_micros
 from tollgate.plans import Plan
@@ -35,6 +36,7 @@ async def topup(db: asyncpg.Pool, redis: Redis, customer_id: str, amount: object
     note = text(note, "note", max_len=500, required=False)
     keys = CustomerKeys(customer_id)
     async with db.acquire() as conn, conn.transaction():
+        await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
         await require_customer(conn, customer_id)
         row = await conn.fetchrow(
             """INSERT INTO wallet_transactions (id, customer_id, kind, amount_micros, note)

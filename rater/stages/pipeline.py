@@ -1,4 +1,4 @@
-"""The pure rating pipeline: allowance -> rate -> commit -> discount -> tax -> route.
+"""The pure rating pipeline: quantities -> allowance -> rate -> commit -> discount -> tax -> route.
 
 Settlement (Redis settle.lua, PostgreSQL ledger) comes after and is not here. Each run is a pure
 function of its inputs: the rater passes the period's cumulatives and stores
@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from rater.pricing.base import UsageKey
-from rater.stages import allowance, commit, discount, rate, route, tax
+from rater.stages import allowance, commit, discount, quantities, rate, route, tax
 from rater.stages.context import RatingContext
 from tollgate.plans import Plan
 
-STAGES = (allowance.run, rate.run, commit.run, discount.run, tax.run, route.run)
+STAGES = (quantities.run, allowance.run, rate.run, commit.run, discount.run, tax.run, route.run)
 
 
 def run(ctx: RatingContext) -> RatingContext:

@@ -18,6 +18,17 @@ def test_sample_plan_loads_and_uses_every_feature():
         ("free", 0, 1), ("build", 5_000_000, 2), ("scale", 50_000_000, 10)]
     assert plan.charges[0].overrides and plan.spend_cap_micros and plan.minimum_commit_micros and plan.discounts
     assert plan.tax_percent == 0
+    assert (plan.max_quantity("input_tokens"), plan.max_quantity("cache_read_tokens")) == (100_000_000, 400_000_000)
+
+
+def test_max_quantity_per_event_defaults_to_ten_to_the_eighth_for_every_metric():
+    from tollgate.plans import DEFAULT_MAX_QUANTITY_PER_EVENT, parse_plan
+
+    doc = yaml.safe_load(SAMPLE_PLAN.read_text())
+    del doc["limits"]["max_quantity_per_event"]
+    plan = parse_plan(doc)
+    assert DEFAULT_MAX_QUANTITY_PER_EVENT == 10**8
+    assert plan.max_quantity("input_tokens") == plan.max_quantity("anything") == 10**8
 
 
 def test_the_hold_estimate_is_each_charges_highest_price_for_the_matching_override():
@@ -130,6 +141,11 @@ async def test_concurrent_applies_all_count(pg, redis):
 @pytest.mark.parametrize(("replace", "field"), [
     ({'unit_price: "0.000003"': "unit_price: 0.000003"}, "charges[0].unit_price"),
     ({"requests_per_minute: 60": "requests_per_minute: -1"}, "limits.requests_per_minute"),
+    ({"default: 100000000 ": "default: 0 "}, "limits.max_quantity_per_event.default"),
+    ({"cache_read_tokens: 400000000": "cache_read_tokens: 1000000000001"}, "limits.max_quantity_per_event.cache_read_tokens"),
+    ({"cache_read_tokens: 400000000": "cache_read_tokens: many"}, "limits.max_quantity_per_event.cache_read_tokens"),
+    ({"cache_read_tokens: 400000000": "cache read: 4"}, "limits.max_quantity_per_event"),
+    ({"    default: 100000000 ": "    - 100000000 ", "    cache_read_tokens: 400000000": ""}, "limits.max_quantity_per_event"),
     ({'threshold: "5.00"': 'threshold: "0"'}, "tiers[1].threshold"),
     ({"base_charges: [input_tokens,": "base_charges: [nope,"}, "charges[5].base_charges[0]"),
     ({"model: graduated": "model: banded"}, "charges[1].model"),

@@ -12,6 +12,7 @@ import time
 import redis.asyncio as aioredis
 
 from tests.tenants import check_body, project_tenant, provision, stream_events, uid
+from tests.enforcer.redis_proxies import FreezableProxy
 from tests.servers import run_enforcer
 from tollgate.local_services import start_redis
 
@@ -163,57 +164,6 @@ async def test_usage_with_the_bus_down_is_spooled_and_replayed_in_order(redis_se
         while (await http.get(f"{enf.url}/readyz")).json()["spool_depth"]:
             assert time.monotonic() < deadline, "the spool still has events to publish after the replay"
             await asyncio.sleep(0.1)
-
-
-class FreezableProxy:
-    """A TCP proxy to Redis that can go silent: while frozen, nothing passes in either direction
-    and connections are left hanging (a Redis that accepts and never answers). Connections that
-    froze stay dead after a thaw: the enforcer has to notice and reconnect."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self.frozen = False
-        self.server: asyncio.AbstractServer | None = None
-        self.tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> "FreezableProxy":
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def _handle(self, reader, writer) -> None:
-        if self.frozen:
-            self._spawn(self._swallow(reader))
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        dead = asyncio.Event()
-        self._spawn(self._pipe(reader, up_writer, dead))
-        self._spawn(self._pipe(up_reader, writer, dead))
-
-    async def _pipe(self, reader, writer, dead: asyncio.Event) -> None:
-        while data := await reader.read(65536):
-            if self.frozen:
-                dead.set()
-            if dead.is_set():
-                continue  # swallowed: this connection hangs for good
-            writer.write(data)
-
-    async def _swallow(self, reader) -> None:
-        while await reader.read(65536):
-            pass
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def close(self) -> None:
-        self.server.close()
-        for t in list(self.tasks):
-            t.cancel()
 
 
 # Busy in Lua for `ms` milliseconds: past busy-reply-threshold, Redis answers BUSY to everyone else.

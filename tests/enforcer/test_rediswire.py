@@ -7,7 +7,7 @@ import time
 
 import uvloop
 
-from enforcer.rediswire import CONNECT, DEADLINE, DISCONNECTED, RedisWire, ReplyError
+from enforcer.rediswire import CONNECT, DEADLINE, DISCONNECTED, SLOW, RedisWire, ReplyError
 from tollgate.local_services import free_port
 
 
@@ -77,3 +77,66 @@ def test_a_stalled_loop_still_takes_a_reply_that_arrived_in_time(redis_server):
         wire.close()
         return reply
     assert run(go()) == "PONG"
+
+
+def test_a_command_our_busy_loop_wrote_late_is_not_failed_by_its_deadline(redis_server):
+    """The deadline counts from the write, not from the call: our own loop being busy between the
+    two (CPU, a long callback) is not Redis being silent."""
+    async def go():
+        loop = asyncio.get_running_loop()
+        wire = RedisWire(redis_server.url)
+        await wire.call(("PING",), 1.0)  # connected
+        loop.call_soon(time.sleep, 0.02)  # runs before the flush this call schedules
+        return await wire.call(("PING",), 0.003), wire
+    reply, wire = run(go())
+    assert reply == "PONG"
+
+
+class TrickleProxy:
+    """Passes commands to Redis at once and its replies back one byte per millisecond: Redis is
+    answering all the time, but a reply behind a long one takes a while."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+
+    async def start(self) -> "TrickleProxy":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+        self.tasks = []
+        return self
+
+    async def _handle(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def commands():
+            while data := await reader.read(65536):
+                up_writer.write(data)
+
+        async def replies():
+            while data := await up_reader.read(65536):
+                for i in range(len(data)):
+                    writer.write(data[i:i + 1])
+                    await asyncio.sleep(0.001)
+        self.tasks += [asyncio.ensure_future(commands()), asyncio.ensure_future(replies())]
+
+    def close(self) -> None:
+        self.server.close()
+        for t in self.tasks:
+            t.cancel()
+
+
+def test_while_redis_answers_a_call_waits_up_to_its_cap_then_fails_slow(redis_server):
+    async def go():
+        proxy = await TrickleProxy(redis_server.port).start()
+        wire = RedisWire(proxy.url, max_wait=0.05)
+        key = f"wire:{time.time_ns()}"
+        assert await wire.call(("SET", key, "x" * 300), 1.0) == "OK"
+        long = wire.call(("GET", key), 2.0)  # ~300 ms of bytes to come
+        behind = await wire.call(("PING",), 0.003)  # silent for 3 ms? never: bytes keep coming
+        value = await long
+        wire.close()
+        proxy.close()
+        return behind, value
+    behind, value = run(go())
+    assert behind is SLOW
+    assert value == "x" * 300

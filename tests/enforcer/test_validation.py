@@ -99,6 +99,10 @@ USAGE_CASES = [
     ("metric twice", dict(measurements=[{"metric": "a", "value": 1}, {"metric": "a", "value": 2}]), "measurements[1].metric"),
     ("bad timestamp", dict(timestamp="yesterday"), "timestamp"),
     ("timestamp without offset", dict(timestamp="2026-11-21T10:00:00"), "timestamp"),
+    ("timestamp before year 1 in UTC", dict(timestamp="0001-01-01T00:00:00+01:00"), "timestamp"),
+    ("timestamp after year 9999 in UTC", dict(timestamp="9999-12-31T23:59:59-01:00"), "timestamp"),
+    ("timestamp not RFC 3339", dict(timestamp="2026-11-21T10:00:00+0100"), "timestamp"),
+    ("timestamp a number", dict(timestamp=1700000000), "timestamp"),
     ("properties not an object", dict(properties=["x"]), "properties"),
 ]
 

@@ -6,11 +6,13 @@ import time
 import orjson
 
 from rater.holds import mark_settled, settled_holds
-from rater.rebuild import rebuild
+import lua
+from rater.rebuild import projected, rebuild
+from rater.settlement import eval_many
 from rater.settlement import SettleItem, record_promotions, settle
 from tests.settlement.conftest import BUILD_MICROS, check, figures, make_customer, uid
 from tests.settlement.test_holds import place
-from tollgate.keys import api_key_hash, api_key_record, plan_record
+from tollgate.keys import PROJECTION_BUILDING, PROJECTION_MARKER, api_key_hash, api_key_record, plan_record
 from tollgate.periods import period_of
 
 
@@ -122,6 +124,7 @@ async def test_cli_registers_redis_rebuild(redis, pg, pg_dsn, redis_server):
     args = build_parser(["rater.rebuild"]).parse_args(["redis", "rebuild", "--json"])
     await args.handler(Context(args, Settings(database_url=pg_dsn, redis_url=redis_server.url)))
     assert int(await redis.get(c.keys.wallet)) == 3_000
+    assert await projected(redis)  # the marker, written last
 
 
 async def test_a_promotion_not_yet_recorded_survives_a_rebuild(redis, pg):
@@ -136,3 +139,23 @@ async def test_a_promotion_not_yet_recorded_survives_a_rebuild(redis, pg):
         await redis.flushall()
         await rebuild(redis, conn)
     assert (await figures(redis, c))["tier"] == "build"  # no demotion by a Redis loss
+
+
+async def test_the_marker_is_written_only_if_redis_kept_the_whole_rebuild(redis, pg):
+    await redis.flushall()
+    async with pg.acquire() as conn:
+        counts = await rebuild(redis, conn)
+    assert await redis.get(PROJECTION_MARKER) == counts["generation"].encode()
+    assert not await redis.exists(PROJECTION_BUILDING)
+
+    # The end of a rebuild whose first writes Redis lost (restarted empty meanwhile): no marker.
+    await redis.flushall()
+    done = lua.load("projection_done")
+    assert await eval_many(redis, done, [([PROJECTION_BUILDING, PROJECTION_MARKER], ["gen-1"])]) == [0]
+    assert not await projected(redis)
+    # ... and one whose building record is another rebuild's: no marker either.
+    await redis.set(PROJECTION_BUILDING, "gen-2")
+    assert await eval_many(redis, done, [([PROJECTION_BUILDING, PROJECTION_MARKER], ["gen-1"])]) == [0]
+    assert await eval_many(redis, done, [([PROJECTION_BUILDING, PROJECTION_MARKER], ["gen-2"])]) == [1]
+    assert await redis.get(PROJECTION_MARKER) == b"gen-2"
+

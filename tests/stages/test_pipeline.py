@@ -19,7 +19,7 @@ PLAN = make_plan(
 
 def test_stage_order():
     names = [s.__module__.rsplit(".", 1)[1] for s in pipeline.STAGES]
-    assert names == ["allowance", "rate", "commit", "discount", "tax", "route"]
+    assert names == ["quantities", "allowance", "rate", "commit", "discount", "tax", "route"]
 
 
 def test_event_through_every_stage():
