@@ -169,9 +169,11 @@ async def test_a_running_rater_survives_redis_restarting_empty(drill):
     await drill.until_rated(10, rater)
     rater.proc.send_signal(signal.SIGSTOP)
     behind = await drill.send(enf.url, 50)
-    drill.lose_redis()
+    lost = asyncio.create_task(asyncio.to_thread(drill.lose_redis))  # its rebuild may wait for the rater's locks
+    await asyncio.sleep(1.5)
     pid = rater.proc.pid
     rater.proc.send_signal(signal.SIGCONT)
+    await lost
     await drill.until_rated(60, rater)
     assert rater.alive() and rater.proc.pid == pid  # never restarted
     assert "creating it again from id 0" in rater.logs()
@@ -252,9 +254,12 @@ async def test_redis_killed_mid_stream_with_the_rater_behind(drill):
         rater.proc.send_signal(signal.SIGSTOP)  # behind from here on
         await asyncio.sleep(1.5)
         before_kill = len(accepted)
-        await asyncio.to_thread(drill.lose_redis)  # reports keep coming meanwhile
-        await asyncio.sleep(1.0)
+        # Reports keep coming meanwhile. The rebuild waits for the lock groups, which the frozen
+        # rater may hold mid-batch: it goes through once the rater is thawed.
+        lost = asyncio.create_task(asyncio.to_thread(drill.lose_redis))
+        await asyncio.sleep(1.5)
         rater.proc.send_signal(signal.SIGCONT)
+        await lost
         await asyncio.sleep(1.0)
     finally:
         stop.set()
