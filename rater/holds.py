@@ -159,9 +159,11 @@ async def mark_settled(conn, hold_ids_with_event: Sequence[tuple]) -> None:
 
 
 def settled_holds(items, results) -> list[tuple[str, str, int, str]]:
-    """The mark_settled rows of a settle() call: every item that named a hold."""
+    """The mark_settled rows of a settle() call: every item that named a hold, unless its result
+    is a replay whose settlement PostgreSQL has recorded already (settle.lua no longer has what
+    it released: to_record is False)."""
     return [(i.hold_id, i.event_id, r.hold_released_micros, i.customer_id)
-            for i, r in zip(items, results, strict=True) if i.hold_id]
+            for i, r in zip(items, results, strict=True) if i.hold_id and r.to_record]
 
 
 # ----------------------------------------------------------------------------------- expired

@@ -39,7 +39,7 @@ LEDGER_COLUMNS = (
 
 PROCESSED_COLUMNS = (
     "event_id", "kind", "customer_id", "period", "spend_micros", "wallet_micros", "invoice_micros",
-    "hold_id", "actual_tokens", "correlation_id",
+    "hold_id", "actual_tokens", "correlation_id", "key_id", "settle_seq",
 )
 
 
@@ -57,6 +57,10 @@ class Processed(NamedTuple):
     hold_id: str | None
     actual_tokens: int
     correlation_id: str | None
+    key_id: str | None = None  # the API key of a usage event (settle.lua corrects its tokens/min bucket)
+    # The customer's settle sequence number: 1, 2, ... over its usage and close rows, given in the
+    # rating transaction (under the customer's lock group, from last_seqs); None for fail_open.
+    settle_seq: int | None = None
 
 
 def lock_group(customer_id: str) -> int:
@@ -88,18 +92,45 @@ async def unlock_groups(conn: asyncpg.Connection, groups: Sequence[int]) -> None
     await conn.execute("SELECT pg_advisory_unlock($1, g) FROM unnest($2::int[]) AS g", LOCK_NAMESPACE, list(groups))
 
 
+_SELECT_PROCESSED = "SELECT " + ", ".join(f"p.{c}" for c in PROCESSED_COLUMNS) + " FROM "
+
+
 async def processed(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, Processed]:
     if not event_ids:
         return {}
     # A join on unnest, not `= ANY($1)`: with a thousand ids the planner prefers a sequential
     # scan with a hashed filter, whose cost grows with the table; this stays index lookups.
     rows = await conn.fetch(
-        "SELECT p.event_id, p.kind, p.customer_id, p.period, p.spend_micros, p.wallet_micros, p.invoice_micros,"
-        " p.hold_id, p.actual_tokens, p.correlation_id"
-        " FROM unnest($1::text[]) AS u(id) JOIN processed_events p ON p.event_id = u.id",
+        _SELECT_PROCESSED + "unnest($1::text[]) AS u(id) JOIN processed_events p ON p.event_id = u.id",
         list(event_ids),
     )
     return {r["event_id"]: Processed(*r.values()) for r in rows}
+
+
+async def last_seqs(conn: asyncpg.Connection, customer_ids: Iterable[str]) -> dict[str, int]:
+    """Each customer's highest settle sequence number so far (0: none). Read under the
+    customers' lock groups, so the numbers a transaction gives next are free; the unique index
+    on (customer_id, settle_seq) would refuse a second writer's duplicate anyway. One backward
+    index probe per customer."""
+    ids = list(customer_ids)
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT c, (SELECT p.settle_seq FROM processed_events p WHERE p.customer_id = c AND p.settle_seq IS NOT NULL"
+        " ORDER BY p.settle_seq DESC LIMIT 1) FROM unnest($1::text[]) AS c",
+        ids,
+    )
+    return {c: s or 0 for c, s in rows}
+
+
+async def processed_by_seq(conn: asyncpg.Connection, customer_id: str, first: int, last: int) -> list[Processed]:
+    """The customer's rows with settle sequence numbers first..last, in order (a settle gap)."""
+    rows = await conn.fetch(
+        _SELECT_PROCESSED + "processed_events p WHERE p.customer_id = $1 AND p.settle_seq BETWEEN $2 AND $3"
+        " ORDER BY p.settle_seq",
+        customer_id, first, last,
+    )
+    return [Processed(*r.values()) for r in rows]
 
 
 async def read_cumulatives(
@@ -182,7 +213,7 @@ _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r\x00]").search
 
 _TEXT, _INT, _NUMERIC = "text", "integer", "numeric"
 _LEDGER_KINDS = (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _NUMERIC, _INT)
-_PROCESSED_KINDS = (_TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _TEXT, _INT, _TEXT)
+_PROCESSED_KINDS = (_TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _TEXT, _INT, _TEXT, _TEXT, _INT)
 
 
 def _ledger_text(lines: Sequence[tuple]) -> memoryview:
@@ -240,7 +271,7 @@ def _processed_text_fast(rows, _null=_NULL, _special=_SPECIAL, _str=str, _type=t
     add = out.append
     nulls = 0
     try:
-        for ev, kind, cus, period, spend, wallet, invoice, hold, tokens, corr in rows:
+        for ev, kind, cus, period, spend, wallet, invoice, hold, tokens, corr, key, seq in rows:
             if not (_type(spend) is _type(wallet) is _type(invoice) is _type(tokens) is _int):
                 return None
             if hold is None:
@@ -249,13 +280,24 @@ def _processed_text_fast(rows, _null=_NULL, _special=_SPECIAL, _str=str, _type=t
             if corr is None:
                 nulls += 1
                 corr = _null
-            add("\t".join((ev, kind, cus, period, _str(spend), _str(wallet), _str(invoice), hold, _str(tokens), corr)))
+            if key is None:
+                nulls += 1
+                key = _null
+            if seq is None:
+                nulls += 1
+                seq = _null
+            elif _type(seq) is _int:
+                seq = _str(seq)
+            else:
+                return None
+            add("\t".join((ev, kind, cus, period, _str(spend), _str(wallet), _str(invoice), hold, _str(tokens), corr,
+                           key, seq)))
         add("")
         data = "\n".join(out).encode()
     except (TypeError, ValueError):
         return None
-    # 9 tabs and a newline per row, a backslash per NULL.
-    if len(data) - len(data.translate(None, _special)) != 10 * len(rows) + nulls:
+    # 11 tabs and a newline per row, a backslash per NULL.
+    if len(data) - len(data.translate(None, _special)) != 12 * len(rows) + nulls:
         return None
     return data
 

@@ -38,7 +38,7 @@ from rater import ledger
 from rater.control.backends import Backends
 from rater.ledger import Processed
 from rater.pipeline import Directory
-from rater.settlement import SettleItem, item_of, settle
+from rater.settlement import fill_from, item_of, settle_filling
 from rater.stages.pipeline import run_batch, run_close
 from rater.tiers import reset_for_next_period
 from tollgate.keys import CustomerKeys
@@ -128,7 +128,7 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
     if existing is not None:
         done = (await ledger.processed(conn, [eid])).get(eid)
         if done is not None:
-            await settle(redis, [item_of(done)], now=now)
+            await _settle(conn, redis, done, now)
         tier = await reset_for_next_period(conn, redis, customer_id, customer.plan, period, now)
         return {**_summary(existing), **tier, "already_closed": True}
 
@@ -175,8 +175,10 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
 
     inv_id = f"inv_{period}_{customer_id}"
     async with conn.transaction():
-        await ledger.insert_processed(conn, [Processed(eid, "close", customer_id, period, ctx.total_micros,
-                                                       ctx.wallet_micros, ctx.invoice_micros, None, 0, None)])
+        seq = (await ledger.last_seqs(conn, [customer_id]))[customer_id] + 1  # settled in sequence, like an event
+        close = Processed(eid, "close", customer_id, period, ctx.total_micros, ctx.wallet_micros, ctx.invoice_micros,
+                          None, 0, None, None, seq)
+        await ledger.insert_processed(conn, [close])
         await ledger.copy_lines(conn, close_ledger)
         row = await conn.fetchrow(
             """INSERT INTO invoices (id, customer_id, period, plan_id, currency, billing_mode, subtotal_micros,
@@ -190,10 +192,15 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
             [(inv_id, i, x.kind, x.charge_id, x.metric, x.dimension_key, x.description, x.quantity,
               x.amount_micros, list(x.ledger_kinds), x.ledger_lines) for i, x in enumerate(lines)])
-    if ctx.total_micros or ctx.wallet_micros:
-        await settle(redis, [SettleItem(customer_id, eid, period, ctx.wallet_micros, ctx.total_micros, None, 0)], now=now)
+    await _settle(conn, redis, close, now)  # even at zero: its number advances the mark
     tier = await reset_for_next_period(conn, redis, customer_id, plan, period, now)
     return {**_summary(row), **tier, "already_closed": False}
+
+
+async def _settle(conn, redis, close: Processed, now: float) -> None:
+    """Settle the close like an event; earlier numbers of the customer a dead rater left
+    unsettled go first (settle_filling)."""
+    await settle_filling(redis, [item_of(close)], fill_from(conn), now=now)
 
 
 async def _ledger_summary(conn, customer_id: str, period: str) -> list[InvoiceLine]:

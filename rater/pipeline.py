@@ -5,11 +5,16 @@
 
 Exactly once, with at-least-once delivery in:
 - PostgreSQL: processed_events (event_id primary key) is the idempotency record. Only events
-  without one are priced; their record, ledger lines and cumulatives commit together.
+  without one are priced; their record, ledger lines and cumulatives commit together. Each usage
+  record gets its customer's next settle sequence number in the same transaction.
 - Redis: every usage event of the batch is settled, new or already processed, from the figures
-  stored in processed_events; settle.lua ignores an event it has settled before. This covers a
-  crash between the PostgreSQL commit and the Redis settle.
-- The caller acknowledges the bus only after both; a crash before that redelivers the batch.
+  stored in processed_events; settle.lua ignores a sequence number at or below the customer's
+  settled mark. A gap below a number (another rater committed and died before its settle) is
+  settled first from its stored rows. This covers a crash between the PostgreSQL commit and the
+  Redis settle, whoever rates the customer next.
+- What settlement decided (holds released, promotions) is recorded in PostgreSQL, then taken out
+  of the customer's settle outbox in Redis; a crash in between leaves it for the redelivery.
+- The caller acknowledges the bus only after all of it; a crash before that redelivers the batch.
 
 Concurrency: customers fall into ledger.LOCK_GROUPS lock groups; a batch is split by group, and
 each lane takes the session advisory locks of the free groups (up to its share of the batch's
@@ -18,11 +23,10 @@ idempotency check until after the Redis settle; a lane waits for a lock only whi
 none. Two consumers rating the same customer (Redis Streams hands any entry to any consumer; a
 Kafka rebalance can too) therefore serialise, and the wallet balance read for hybrid routing
 already includes every earlier sub-batch's debits, while sub-batches of different groups run in
-parallel (other consumers, and `lanes` connections of this one). Residual gap, documented: if a
-rater dies between its commit and its settle, another consumer can rate that customer before the
-dead one's batch is redelivered and settled, and route against a wallet not yet debited; the
-wallet can then end below zero by up to that batch's debit (the charges are right, only the
-wallet/invoice split of a hybrid customer is affected).
+parallel (other consumers, and `lanes` connections of this one). If a rater died between its
+commit and its settle, the next rater of a hybrid customer sees it before routing (the customer's
+settled mark in Redis is below its last number in PostgreSQL) and settles those events first, so
+the wallet it routes against includes their debits too.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ from rater.control.lookup import plan_from_row
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
 from rater.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
-from rater.settlement import SettleItem, SettleResult, item_of, record_promotions, settle
+from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, record_promotions, settle_filling
 from rater.stages.pipeline import run_event
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
@@ -403,24 +407,32 @@ class Pipeline:
         replay_items: list[SettleItem] = []
         replay_results: list[SettleResult] = []
         current = {e.customer.id: e.current for e in rated}  # for promotions: anchored periods
-        rows = await self._rate_and_commit(conn, res, rated, optimistic=True)
+        fill = fill_from(conn)
+
+        settled_first: list[tuple[SettleItem, SettleResult]] = []  # gaps of hybrid customers, before routing
+        rows = await self._rate_and_commit(conn, res, rated, optimistic=True, settled_first=settled_first)
         if rows is None:
             done = await ledger.processed(conn, [e.id for e in rated])
             replay_items = [item_of(p) for p in done.values() if p.kind == "usage"]
-            replay_results = await settle(self.redis, replay_items, now=now, current_periods=current) if replay_items else []
+            if replay_items:
+                replay_items, replay_results = await settle_filling(self.redis, replay_items, fill, now=now,
+                                                                    current_periods=current)
             res.replayed += len(done)
             rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done],
-                                               optimistic=False)
+                                               optimistic=False, settled_first=settled_first)
         items = [item_of(p) for p in rows if p.kind == "usage"]
-        results = await settle(self.redis, items, now=now, current_periods=current) if items else []
-        await self._record_settlement(conn, replay_items + items, replay_results + results)
+        results: list[SettleResult] = []
+        if items:
+            items, results = await settle_filling(self.redis, items, fill, now=now, current_periods=current)
+        await self._record_settlement(conn, [it for it, _ in settled_first] + replay_items + items,
+                                      [r for _, r in settled_first] + replay_results + results)
 
-    async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event],
-                               optimistic: bool) -> list[Processed] | None:
+    async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event], optimistic: bool,
+                               settled_first: list[tuple[SettleItem, SettleResult]]) -> list[Processed] | None:
         """Price `new` in one transaction; None (rolled back) when optimistic and some event
         turned out to be processed already."""
         await self._late_events(conn, new)
-        wallets = await self._wallets({e.customer.id for e in new if e.customer.billing_mode == "hybrid"})
+        wallets, marks = await self._wallets({e.customer.id for e in new if e.customer.billing_mode == "hybrid"})
         new = sorted(new, key=lambda e: (e.customer.id, e.index))
         rows: list[Processed] = []
         lines: list[tuple] = []
@@ -429,6 +441,11 @@ class Pipeline:
         try:
             async with conn.transaction():
                 cums = await ledger.read_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
+                seqs = await ledger.last_seqs(conn, {e.customer.id for e in new if e.kind == "usage"})
+                behind = [c for c in wallets if seqs.get(c, 0) > marks[c]]
+                if behind:  # a dead rater's committed events: their debits count before routing
+                    current = {e.customer.id: e.current for e in new}
+                    await self._settle_behind(conn, behind, marks, seqs, wallets, current, settled_first)
                 for key, quantities in cums.items():
                     known = self._cumulatives.get(key)
                     if known is not None and known == quantities:
@@ -438,7 +455,7 @@ class Pipeline:
                         rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
                         part.fail_open += 1
                     else:
-                        self._rate(e, cums, wallets, rows, lines, changed, part)
+                        self._rate(e, cums, wallets, seqs, rows, lines, changed, part)
                 try:
                     await ledger.insert_processed(conn, rows)
                 except asyncpg.UniqueViolationError:
@@ -460,7 +477,8 @@ class Pipeline:
                 res.add_dead(i, d)
         return rows
 
-    def _rate(self, e: Event, cums, wallets: dict[str, int], rows, lines, changed, res: BatchResult) -> None:
+    def _rate(self, e: Event, cums, wallets: dict[str, int], seqs: dict[str, int], rows, lines, changed,
+              res: BatchResult) -> None:
         c = e.customer
         key = (c.id, e.period)
         body = e.body
@@ -491,8 +509,11 @@ class Pipeline:
         if ctx.tax_micros:
             lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros))
         total = ctx.total_micros
+        seq = seqs[c.id] = seqs[c.id] + 1  # only a rated event takes a number: no holes
+        key_id = body.get("key_id")
         rows.append(Processed(e.id, "usage", c.id, e.period, total, ctx.wallet_micros, ctx.invoice_micros,
-                              body.get("hold_id") or None, actual_tokens(e.measurements), corr))
+                              body.get("hold_id") or None, actual_tokens(e.measurements), corr,
+                              key_id if isinstance(key_id, str) and key_id else None, seq))
         res.rated += 1
         res.spend_micros += total
 
@@ -517,26 +538,45 @@ class Pipeline:
             if (e.customer.id if e.customer else None, e.period) in closed:
                 e.period = e.current
 
-    async def _wallets(self, customer_ids: set[str]) -> dict[str, int]:
+    async def _settle_behind(self, conn, customer_ids: list[str], marks: dict[str, int], seqs: dict[str, int],
+                             wallets: dict[str, int], current: dict[str, str],
+                             settled: list[tuple[SettleItem, SettleResult]]) -> None:
+        """Settle the numbers a dead rater committed and left unsettled (marks[c] + 1 .. seqs[c])
+        of these hybrid customers, then read their wallets again: routing must see those debits.
+        Their results are recorded with the batch's (`settled`)."""
+        fill = fill_from(conn)
+        missing = [it for c in customer_ids for it in await fill(c, marks[c] + 1, seqs[c])]
+        log.warning("settling %d events of %d hybrid customers that an earlier rater committed and did not settle,"
+                    " before routing", len(missing), len(customer_ids))
+        items, results = await settle_filling(self.redis, missing, fill, current_periods=current)
+        settled += zip(items, results)
+        fresh, _ = await self._wallets(set(customer_ids))
+        wallets.update(fresh)
+
+    async def _wallets(self, customer_ids: set[str]) -> tuple[dict[str, int], dict[str, int]]:
         """Prepaid balances of hybrid customers (holds are not subtracted: this settlement
-        releases the event's own hold, and the others are estimates, not debits)."""
+        releases the event's own hold, and the others are estimates, not debits), and their
+        settled marks: a balance is only complete if the mark is the customer's last number."""
         if not customer_ids:
-            return {}
+            return {}, {}
         ids = sorted(customer_ids)
-        if redis_raw.supported(self.redis):  # a GET per customer, hiredis-packed in one write
-            values = await redis_raw.execute(self.redis, [("GET", CustomerKeys(c).wallet) for c in ids])
+        keys = [k for c in ids for k in (CustomerKeys(c).wallet, CustomerKeys(c).settled)]
+        if redis_raw.supported(self.redis):  # GETs hiredis-packed in one write
+            values = await redis_raw.execute(self.redis, [("GET", k) for k in keys])
             for v in values:
                 if isinstance(v, Exception):
                     raise v
         else:
             async with self.redis.pipeline(transaction=False) as p:
-                for c in ids:
-                    p.get(CustomerKeys(c).wallet)
+                for k in keys:
+                    p.get(k)
                 values = await p.execute()
-        return {c: int(v or 0) for c, v in zip(ids, values)}
+        return ({c: int(v or 0) for c, v in zip(ids, values[0::2])},
+                {c: int(v or 0) for c, v in zip(ids, values[1::2])})
 
     async def _record_settlement(self, conn, items: list[SettleItem], results: list[SettleResult]) -> None:
         if not items:
             return
         await record_promotions(conn, items, results)
         await holds.mark_settled(conn, holds.settled_holds(items, results))
+        await clear_outbox(self.redis, items, results)

@@ -12,11 +12,12 @@ settle.lua read:
 - spend of every period a spend key would still live for (SPEND_TTL_MS back from now)
   = sum(processed_events.spend_micros);
 - open holds (holds: status open, not yet expired) and `held`, their sum;
-- settled-event markers of the events processed within settlement.MARKER_TTL_MS, so an event the
-  bus redelivers after the rebuild is not settled a second time (its debit is already in the
-  rebuilt wallet). A processed event whose hold PostgreSQL still shows open (a crash between
-  settle and mark_settled) gets a marker saying it released that hold, and the hold is not put
-  back: exactly the state a completed settlement would have left.
+- each customer's settled mark (settle.lua's idempotency) = its highest processed_events
+  settle_seq: every processed event's figures are in the sums above, so an event the bus
+  redelivers after the rebuild is a replay, not settled a second time. A processed event whose
+  hold PostgreSQL still shows open (a crash between settle and mark_settled) gets an outbox entry
+  saying it released that hold, and the hold is not put back: exactly the state a completed
+  settlement would have left, and the redelivery records the release.
 Not rebuilt, on purpose: rate-limit buckets (every key starts with a full minute's budget) and
 gateway-retry records (a retry after the loss is decided again).
 
@@ -54,7 +55,7 @@ import lua
 from rater import ledger, redis_raw
 from rater.control.lookup import plan_from_row
 from rater.projection import ONE_REBUILD, PROJECTION_LOCK_NAMESPACE, PROJECTION_WRITES, customer_config
-from rater.settlement import MARKER_TTL_MS, SPEND_TTL_MS, eval_many
+from rater.settlement import SPEND_TTL_MS, eval_many
 from rater.tiers import tier_index, tier_reached
 from tollgate.keys import (INVALIDATION_CHANNEL, PROJECTION_BUILDING, PROJECTION_MARKER, CustomerKeys,
                            api_key_record, plan_record)
@@ -125,7 +126,7 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     wallets = await _wallets(conn, has_events)
     spend = await _spend(conn, has_events, periods)
     holds = await _open_holds(conn, has_events, now)
-    markers = await _markers(conn, has_events, now, wallets, spend)
+    markers = await _markers(conn, has_events, wallets, spend)
     customers = await conn.fetch("SELECT id, plan_id, billing_mode, tier, spend_cap_micros FROM customers ORDER BY id")
     keys = await conn.fetch(
         "SELECT k.id, k.key_hash, k.customer_id, c.plan_id, k.status FROM api_keys k"
@@ -136,6 +137,16 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     read_done = time.monotonic()
 
     await _execute(redis, [("SET", plan_record(pid), orjson.dumps(p.document)) for pid, p in plans.items()])
+
+    # Settled marks (and outboxes) before any cfg: settle.lua refuses a customer without cfg, so
+    # a settlement that finds the rebuilt cfg also finds the mark that makes a redelivery a replay.
+    mark_commands: list[tuple] = []
+    for cid, mark, outbox in markers:
+        k = CustomerKeys(cid)
+        mark_commands += [("DEL", k.settle_outbox), ("SET", k.settled, mark)]
+        if outbox:
+            mark_commands.append(("HSET", k.settle_outbox, *(x for pair in outbox.items() for x in pair)))
+    await _execute(redis, mark_commands)
 
     script = lua.load("rebuild_customer")
     current = {pid: period_of(now, p.billing_anchor_day) for pid, p in plans.items()}
@@ -165,8 +176,6 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
         calls.append(([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, *(k.spend(p) for p in periods)], args))
     for start in range(0, len(calls), BATCH):
         await _eval(redis, script, calls[start:start + BATCH])
-
-    await _execute(redis, [("SET", key, value, "PX", ttl) for key, value, ttl in markers])
     counts["markers"] = len(markers)
 
     await _execute(redis, [("HSET", api_key_record(k["key_hash"]), "customer_id", k["customer_id"], "key_id", k["id"],
@@ -276,39 +285,30 @@ async def _open_holds(conn, has_events: bool, now: datetime) -> dict[str, list[t
     return out
 
 
-async def _markers(conn, has_events: bool, now: datetime, wallets: dict[str, int],
-                   spend: dict[str, dict[str, int]]) -> list[tuple[str, bytes, int]]:
-    """(key, stored result, ttl ms) for settle.lua's idempotency markers of recent events.
-
-    The stored result is what a replay returns: the hold released by that event (recorded, or
-    the still-open hold it names), the promotion it made (tier_transitions), and as
-    wallet/spend "after" the figures as rebuilt (the historical ones are not kept anywhere).
-    """
+async def _markers(conn, has_events: bool, wallets: dict[str, int],
+                   spend: dict[str, dict[str, int]]) -> list[tuple[str, int, dict[int, bytes]]]:
+    """(customer, settled mark, outbox) for settle.lua's idempotency: the mark is the customer's
+    highest settle sequence number; the outbox has, per event whose hold PostgreSQL still shows
+    open, what a replay returns: that hold released, and as wallet/spend "after" the figures as
+    rebuilt (the historical ones are not kept anywhere). A promotion not recorded before the loss
+    is not known here; the tier itself is rebuilt from the period's spend (_tier)."""
     if not has_events:
         return []
-    since = now - timedelta(milliseconds=MARKER_TTL_MS)
-    rows = await conn.fetch(
-        """SELECT pe.event_id, pe.customer_id, pe.period, pe.processed_at,
-                  CASE WHEN h.event_id = pe.event_id THEN h.released_micros
-                       WHEN h.status = 'open' THEN h.amount_micros ELSE 0 END AS released,
-                  t.old_tier, t.new_tier
-             FROM processed_events pe
-             LEFT JOIN holds h ON h.hold_id = pe.hold_id AND h.customer_id = pe.customer_id
-             LEFT JOIN tier_transitions t ON t.event_id = pe.event_id
-            WHERE pe.processed_at > $1""",
-        since,
+    marks = await conn.fetch(
+        "SELECT c.id, (SELECT p.settle_seq FROM processed_events p WHERE p.customer_id = c.id"
+        " AND p.settle_seq IS NOT NULL ORDER BY p.settle_seq DESC LIMIT 1) AS mark FROM customers c"
     )
-    out = []
-    now_ms = now.timestamp() * 1000
-    for r in rows:
-        ttl = int(r["processed_at"].timestamp() * 1000 + MARKER_TTL_MS - now_ms)
-        if ttl <= 0:
-            continue
+    open_released = await conn.fetch(
+        """SELECT pe.customer_id, pe.settle_seq, pe.period, h.amount_micros
+             FROM holds h JOIN processed_events pe ON pe.hold_id = h.hold_id AND pe.customer_id = h.customer_id
+            WHERE h.status = 'open' AND h.amount_micros IS NOT NULL AND pe.settle_seq IS NOT NULL"""
+    )
+    outboxes: dict[str, dict[int, bytes]] = defaultdict(dict)
+    for r in open_released:
         cid = r["customer_id"]
-        result = [0, str(r["released"] or 0), str(wallets.get(cid, 0)), str(spend.get(cid, {}).get(r["period"], 0)),
-                  r["old_tier"] or "", r["new_tier"] or ""]
-        out.append((CustomerKeys(cid).settled(r["event_id"]), orjson.dumps(result), ttl))
-    return out
+        outboxes[cid][r["settle_seq"]] = orjson.dumps(
+            [0, str(r["amount_micros"]), str(wallets.get(cid, 0)), str(spend.get(cid, {}).get(r["period"], 0)), "", ""])
+    return [(r["id"], r["mark"], outboxes.get(r["id"], {})) for r in marks if r["mark"]]
 
 
 # --------------------------------------------------------------------------------------- CLI

@@ -1,44 +1,53 @@
 """Settlement of rated events on Redis: lua/settle.lua, one script run per customer of a call.
 
-The rating pipeline calls `settle` with one item per event, after its ledger transaction, then
-`record_promotions` and `rater.holds.mark_settled` with the results, then acks. Each step is
-idempotent by event id, so a crash anywhere and the redelivery that follows change nothing twice:
-- Redis: `tg:{c}:evt:<event id>` stores the first result; a replay returns it (replayed=True)
-  and touches nothing. It lives MARKER_TTL_MS (TOLLGATE_SETTLED_MARKER_TTL_H, default 7 days,
-  Kafka's default retention), which must be longer than any redelivery window; each costs ~100
-  bytes of Redis memory, i.e. ~8.6 GB per 1,000 events/s sustained over a day. Sizing it is an
-  operator's choice; a per-customer settle sequence would remove the per-event cost (not built).
+The rating pipeline calls `settle_filling` with one item per event, after its ledger
+transaction, then `record_promotions` and `rater.holds.mark_settled` with the results, then
+`clear_outbox`, then acks. Each step is idempotent, so a crash anywhere and the redelivery that
+follows change nothing twice:
+- Redis: the rating transaction gave each of a customer's events the next settle sequence number
+  (processed_events.settle_seq); `tg:{c}:settled` is the highest one settled. A number at or
+  below it is a replay and touches nothing; the next one is settled; a higher one is a gap (a
+  rater died between its commit and its settle while another went on): the missing numbers are
+  settled first from their stored figures (`fill`: rater.ledger.processed_by_seq), then the rest.
+  Redis memory is one mark per customer, not a marker per event.
+- What PostgreSQL must still record of a settlement (the hold released, a promotion) stays in
+  the customer's outbox `tg:{c}:settle_out` until `clear_outbox` runs after the record; a replay
+  returns it (replayed=True, to_record=True), so a crash between settle and record is repaired by
+  the redelivery. A replay whose results were recorded already says so (to_record=False).
 - PostgreSQL: tier_transitions.event_id and holds/hold_events are unique, writes are upserts.
 
-The items of one call are grouped by customer, each customer's in their order: one settle.lua run
-settles up to CHUNK events of one customer, each event as if settled alone (its own marker, hold,
+The items of one call are grouped by customer, each customer's in sequence order: one settle.lua
+run settles up to CHUNK events of one customer, each event as if settled alone (its own hold,
 debit, spend and promotion, against the tier the earlier ones left). A batch holds several events
 per customer (~3 for 1,000 events over 300 customers), and a run's fixed cost (EVALSHA dispatch,
 the cfg read, each spend key's PEXPIRE) is paid once per customer instead of once per event.
 CHUNK bounds how long one run blocks Redis. All the runs go out as one pipeline (one round trip);
-each is atomic and touches one customer's keys only, so this works unchanged on Redis Cluster.
+each is atomic and touches one customer's keys only, all declared in KEYS (the event's tokens/min
+bucket too), so this works unchanged on Redis Cluster.
 The pipeline is packed by hiredis and read by the connection's parser (rater.redis_raw): ~4 µs
 of client CPU per command instead of ~25 through redis-py's pipeline.
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from redis.exceptions import NoScriptError
 
 import lua
-from rater import redis_raw
+from rater import ledger, redis_raw
 from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
-from tollgate.config import settings
 from tollgate.keys import CustomerKeys
 from tollgate.periods import is_period, period_of
 
+log = logging.getLogger(__name__)
+
 DAY_MS = 24 * 3600 * 1000
-MARKER_TTL_MS = settings().settled_marker_ttl_h * 3600 * 1000  # settled-event markers: longer than any redelivery
 SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for late events
 CHUNK = 200  # events of one customer per settle.lua run at most: no single run blocks Redis long
+MAX_GAP_ROUNDS = 4  # gap fills per call before giving up (a gap needs one; more means a rebuild raced)
 
 
 # NamedTuples: immutable, and ~4x cheaper to build than frozen dataclasses (one of each per event).
@@ -52,11 +61,14 @@ class SettleItem(NamedTuple):
     spend_micros: int  # total charge added to period spend (wallet + invoice parts)
     hold_id: str | None  # the hold to release, if any
     actual_tokens: int  # tokens actually used (for the tokens/min correction)
+    key_id: str | None = None  # the API key of the event: its tokens/min bucket is corrected
+    seq: int = 0  # the customer's settle sequence number (processed_events.settle_seq), >= 1
 
 
 def item_of(p) -> SettleItem:
     """The SettleItem of a rater.ledger.Processed row (its figures are what settle.lua replays)."""
-    return SettleItem(p.customer_id, p.event_id, p.period, p.wallet_micros, p.spend_micros, p.hold_id, p.actual_tokens)
+    return SettleItem(p.customer_id, p.event_id, p.period, p.wallet_micros, p.spend_micros, p.hold_id, p.actual_tokens,
+                      p.key_id, p.settle_seq)
 
 
 class SettleResult(NamedTuple):
@@ -67,72 +79,154 @@ class SettleResult(NamedTuple):
     spend_after_micros: int
     promoted_from: str | None
     promoted_to: str | None
+    # False for a replay whose results PostgreSQL has recorded already (its figures are today's,
+    # its hold release and promotion are not repeated): record_promotions and mark_settled skip it
+    to_record: bool = True
+
+
+class SettleGap(RuntimeError):
+    """A customer's events settled out of sequence: some numbers below are not settled yet."""
+
+
+class NotProjected(RuntimeError):
+    """Redis has no cfg for the customer (its projection was lost): retry after the rebuild."""
+
+
+# (customer id, first missing seq, last missing seq) -> the stored items of exactly those numbers
+Fill = Callable[[str, int, int], Awaitable[Sequence[SettleItem]]]
+
+
+def fill_from(conn) -> Fill:
+    """The Fill that reads a gap's rows from PostgreSQL on `conn` (rater.ledger.processed_by_seq)."""
+    async def fill(customer_id: str, first: int, last: int) -> list[SettleItem]:
+        return [item_of(p) for p in await ledger.processed_by_seq(conn, customer_id, first, last)]
+    return fill
 
 
 async def settle(redis, items: Sequence[SettleItem], *, now: float | None = None,
                  current_periods: Mapping[str, str] | None = None) -> list[SettleResult]:
-    """Settle each item atomically, in order; results in the same order.
+    """Settle each item atomically, in its customer's sequence order; results in item order.
+
+    Raises SettleGap when a customer's sequence has a gap (settle_filling fills it), NotProjected
+    when Redis has no cfg for a customer. See settle_filling for the rest."""
+    _, results = await _settle(redis, items, None, now, current_periods)
+    return results
+
+
+async def settle_filling(redis, items: Sequence[SettleItem], fill: Fill, *, now: float | None = None,
+                         current_periods: Mapping[str, str] | None = None
+                         ) -> tuple[list[SettleItem], list[SettleResult]]:
+    """Settle `items`, and first any earlier sequence numbers of their customers not settled yet
+    (`fill` loads them). Returns every item settled (the filled ones, then `items`) and its
+    result, in that order: what PostgreSQL must record.
 
     Only an event of its customer's current period may promote the tier; one of an earlier
     period adds to that period's spend and nothing more. The current period is the customer's
     entry in `current_periods` (its plan's billing anchor), else the calendar month of `now`.
-    Each customer's items are settled in their order (a script run per up to CHUNK of them);
-    customers are independent, so their order among each other does not matter.
+    Customers are independent, so their order among each other does not matter.
     On an error the call raises after the pipeline ran: some items may be settled, and retrying
-    the whole batch is safe because settled ones replay.
-    """
+    the whole batch is safe because settled ones replay."""
+    filled, results = await _settle(redis, items, fill, now, current_periods)
+    return [it for it, _ in filled] + list(items), [r for _, r in filled] + results
+
+
+async def _settle(redis, items: Sequence[SettleItem], fill: Fill | None, now: float | None,
+                  current_periods: Mapping[str, str] | None
+                  ) -> tuple[list[tuple[SettleItem, SettleResult]], list[SettleResult]]:
     for item in items:
         _validate(item)
     if not items:
-        return []
+        return [], []
     current = period_of(time.time() if now is None else now)
-    by_customer: dict[str, list[SettleItem]] = {}  # each customer's items, in item order
-    for item in items:
-        group = by_customer.get(item.customer_id)
+    # each customer's (position in items, item), in sequence order (-1: an item filled in)
+    pending: dict[str, list[tuple[int, SettleItem]]] = {}
+    for i, item in enumerate(items):
+        group = pending.get(item.customer_id)
         if group is None:
-            by_customer[item.customer_id] = [item]
+            pending[item.customer_id] = [(i, item)]
         else:
-            group.append(item)
-    calls, owners = [], []  # each run's customer
-    for customer_id, group in by_customer.items():
-        k = CustomerKeys(customer_id)
-        cur = current_periods.get(customer_id, current) if current_periods else current
-        if len(group) <= CHUNK:
-            calls.append(_call(k, group, cur))
-            owners.append(customer_id)
-        else:
+            group.append((i, item))
+    for group in pending.values():
+        if len(group) > 1:
+            group.sort(key=lambda x: x[1].seq)
+    results: list[SettleResult | None] = [None] * len(items)
+    filled: list[tuple[SettleItem, SettleResult]] = []
+    script = lua.load("settle")
+    for _ in range(MAX_GAP_ROUNDS + 1):
+        calls, runs = [], []  # each run's (customer, its part of the group)
+        for customer_id, group in pending.items():
+            k = CustomerKeys(customer_id)
+            cur = current_periods.get(customer_id, current) if current_periods else current
             for j in range(0, len(group), CHUNK):
-                calls.append(_call(k, group[j:j + CHUNK], cur))
-                owners.append(customer_id)
-    replies = await eval_many(redis, lua.load("settle"), calls)
-    for (_, args), reply in zip(calls, replies):
-        if len(reply) != (len(args) - 2) // 5:
-            raise RuntimeError(f"settle.lua replied {len(reply)} results for {(len(args) - 2) // 5} events")
-    if len(calls) == len(items):  # one event per customer: the runs are in item order
-        return [_result(item, reply[0]) for item, reply in zip(items, replies)]
-    # each customer's replies, in its items' order, dealt back to the items in item order
-    by_customer_replies: dict[str, list] = {}
-    for customer_id, reply in zip(owners, replies):
-        got = by_customer_replies.get(customer_id)
-        by_customer_replies[customer_id] = reply if got is None else [*got, *reply]  # > CHUNK events
-    dealt = {customer_id: iter(r) for customer_id, r in by_customer_replies.items()}
-    return [_result(item, next(dealt[item.customer_id])) for item in items]
+                part = group[j:j + CHUNK]
+                calls.append(_call(k, [it for _, it in part], cur))
+                runs.append((customer_id, part))
+        replies = await eval_many(redis, script, calls)
+        gaps: dict[str, tuple[int, list[tuple[int, SettleItem]]]] = {}  # customer -> (mark, unsettled)
+        for (customer_id, part), reply in zip(runs, replies):
+            done, mark = int(reply[0]), int(reply[1])
+            if done < 0:
+                raise NotProjected(f"Redis has no cfg for customer {customer_id}: its projection must be rebuilt")
+            if len(reply) != 2 + done or done > len(part):
+                raise RuntimeError(f"settle.lua replied {len(reply) - 2} results for {done} of {len(part)} events")
+            for (i, item), r in zip(part, reply[2:]):
+                res = _result(item, r)
+                if i < 0:
+                    filled.append((item, res))
+                else:
+                    results[i] = res
+            if done < len(part):  # a gap; a later run of the customer in this pipeline stops too
+                got = gaps.get(customer_id)
+                gaps[customer_id] = (mark, part[done:]) if got is None else (got[0], got[1] + part[done:])
+        if not gaps:
+            return filled, results  # type: ignore[return-value]
+        pending = {}
+        for customer_id, (mark, rest) in gaps.items():
+            first = rest[0][1].seq
+            if fill is None:
+                raise SettleGap(f"customer {customer_id}: sequence {first} after {mark} settled")
+            missing = sorted(await fill(customer_id, mark + 1, first - 1), key=lambda it: it.seq)
+            if [it.seq for it in missing] != list(range(mark + 1, first)):
+                raise SettleGap(f"customer {customer_id}: numbers {mark + 1}..{first - 1} are not all recorded")
+            for it in missing:
+                _validate(it)
+            log.warning("settling %d events of customer %s (numbers %d-%d) that an earlier rater committed and did"
+                        " not settle", len(missing), customer_id, mark + 1, first - 1)
+            pending[customer_id] = [(-1, it) for it in missing] + rest
+    raise SettleGap(f"gaps left after {MAX_GAP_ROUNDS} fills: {sorted(pending)}")
 
 
 def _call(k: CustomerKeys, items: Sequence[SettleItem], current_period: str) -> tuple[list[str], list[str | int]]:
-    """One settle.lua run for `items`, all of the customer of `k`, in their order."""
-    if len(items) == 1:  # one event of this customer in the batch: no loop
-        item = items[0]
-        return ([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(item.period), k.settled(item.event_id)],
-                [MARKER_TTL_MS, SPEND_TTL_MS, item.hold_id or "", item.wallet_debit_micros, item.spend_micros,
-                 item.actual_tokens, 1 if item.period >= current_period else 0])
-    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry]
-    args: list[str | int] = [MARKER_TTL_MS, SPEND_TTL_MS]
+    """One settle.lua run for `items`, all of the customer of `k`, in sequence order."""
+    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.settled, k.settle_outbox]
+    args: list[str | int] = [SPEND_TTL_MS]
     for item in items:
-        keys += (k.spend(item.period), k.settled(item.event_id))
-        args += (item.hold_id or "", item.wallet_debit_micros, item.spend_micros, item.actual_tokens,
+        keys += (k.spend(item.period), k.rate_tokens(item.key_id) if item.key_id else k.cfg)
+        args += (item.seq, item.hold_id or "", item.wallet_debit_micros, item.spend_micros, item.actual_tokens,
                  1 if item.period >= current_period else 0)
     return keys, args
+
+
+async def clear_outbox(redis, items: Sequence[SettleItem], results: Sequence[SettleResult]) -> None:
+    """Once PostgreSQL has recorded `results`: take them out of their customers' outboxes
+    (settle.lua keeps the result of each event that named a hold or promoted)."""
+    fields: dict[str, list[int]] = {}
+    for it, r in zip(items, results, strict=True):
+        if r.to_record and (it.hold_id or r.promoted_to):
+            fields.setdefault(it.customer_id, []).append(it.seq)
+    if not fields:
+        return
+    commands = [("HDEL", CustomerKeys(c).settle_outbox, *seqs) for c, seqs in fields.items()]
+    if redis_raw.supported(redis):
+        replies = await redis_raw.execute(redis, commands)
+    else:
+        async with redis.pipeline(transaction=False) as p:
+            for c in commands:
+                p.execute_command(*c)
+            replies = await p.execute(raise_on_error=False)
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
 
 
 def _validate(item: SettleItem) -> None:
@@ -147,6 +241,8 @@ def _validate(item: SettleItem) -> None:
         raise ValueError(f"{item.event_id}: period must be 'YYYYMM', got {item.period!r}")
     if not item.customer_id or not item.event_id:
         raise ValueError("customer_id and event_id are required")
+    if type(item.seq) is not int or item.seq < 1:
+        raise ValueError(f"{item.event_id}: seq (its customer's settle sequence number) must be an int >= 1, got {item.seq!r}")
 
 
 def _s(v) -> str:
@@ -155,9 +251,10 @@ def _s(v) -> str:
 
 def _result(item: SettleItem, reply: list) -> SettleResult:
     replayed, released, wallet, spend, frm, to = reply
+    replayed = int(replayed)  # 0 settled now, 1 a replay still to record, 2 a replay recorded already
     # int() takes the decimal bytes Redis sends as they are; from/to are '' unless promoted
-    return SettleResult(item.event_id, bool(int(replayed)), int(released), int(wallet), int(spend),
-                        _s(frm) or None, _s(to) or None)
+    return SettleResult(item.event_id, replayed != 0, int(released), int(wallet), int(spend),
+                        _s(frm) or None, _s(to) or None, replayed != 2)
 
 
 async def eval_many(redis, script: lua.Script, calls: Sequence[tuple[list, list]]) -> list:

@@ -51,11 +51,11 @@ WHERE c.id = $1 AND p.id = c.plan_id AND c.tier <> $2
 async def record_promotions(conn, items: Sequence[SettleItem], results: Sequence[SettleResult]) -> None:
     """Write a tier_transitions row per promotion (idempotent by event id) and raise customers.tier.
 
-    Replayed results carry the promotion of their first run, so calling this again after a crash
-    between settle and here still records it, once.
+    A replay still to record (settle.lua's outbox kept its result) carries the promotion of its
+    first run, so calling this again after a crash between settle and here still records it, once.
     """
     rows = [(i.customer_id, i.period, r.promoted_from, r.promoted_to, i.event_id, r.spend_after_micros)
-            for i, r in zip(items, results, strict=True) if r.promoted_to]
+            for i, r in zip(items, results, strict=True) if r.promoted_to and r.to_record]
     if not rows:
         return
     async with conn.transaction():

@@ -23,10 +23,6 @@ class Settings:
     spool_path: str = field(default_factory=lambda: _env("SPOOL_PATH", "./tollgate-spool.jsonl"))
     admin_token: str = field(default_factory=lambda: _env("ADMIN_TOKEN", ""))
     idempotency_ttl_s: int = field(default_factory=lambda: int(_env("IDEMPOTENCY_TTL_S", "900")))
-    # How long Redis remembers that an event was settled (rater.settlement): longer than an event
-    # can wait on the bus delivered but unacknowledged (Kafka: the topic's retention; Redis
-    # Streams: the longest all raters could be down). ~100 bytes per event while it lives.
-    settled_marker_ttl_h: int = field(default_factory=lambda: int(_env("SETTLED_MARKER_TTL_H", "168")))
 
 
 def settings() -> Settings:

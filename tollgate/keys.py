@@ -91,8 +91,13 @@ class CustomerKeys:
     def request(self, request_id: str) -> str:  # idempotency: the first ALLOW reply
         return f"{self.tag}:req:{request_id}"
 
-    def settled(self, event_id: str) -> str:  # idempotency of settle.lua
-        return f"{self.tag}:evt:{event_id}"
+    @property
+    def settled(self) -> str:  # int: the highest settle sequence number settle.lua has settled
+        return f"{self.tag}:settled"
+
+    @property
+    def settle_outbox(self) -> str:  # hash seq -> settle.lua's result, until PostgreSQL recorded it
+        return f"{self.tag}:settle_out"
 
     def topup(self, topup_id: str) -> str:  # idempotency of wallet top-ups
         return f"{self.tag}:topup:{topup_id}"

@@ -329,7 +329,8 @@ def test_ledger_payload_decodes_to_the_values_sent(rows):
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.builds(Processed, some_text, some_text, some_text, some_text, int64, int64, int64,
-                          st.none() | some_text, int64, st.none() | some_text), min_size=1, max_size=8))
+                          st.none() | some_text, int64, st.none() | some_text, st.none() | some_text,
+                          st.none() | int64), min_size=1, max_size=8))
 def test_processed_payload_decodes_to_the_values_sent(rows):
     decoded = parse_copy_text(bytes(ledger._processed_text(rows)), len(PROCESSED_COLUMNS))
     assert decoded == [[as_copy_text(v) for v in r] for r in rows]

@@ -17,7 +17,15 @@ from tollgate.periods import period_of
 from tollgate.plans import parse_plan
 from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 
-RPM, TPM = 60, 60_000  # the free tier; build is x2, scale x10
+RPM, TPM = 60, 60_000
+_SEQS: dict[str, int] = {}
+
+
+def next_seq(customer_id: str) -> int:
+    """The customer's next settle sequence number, as the rating transaction would give it
+    (the tests that settle without PostgreSQL number their items here, in creation order)."""
+    _SEQS[customer_id] = _SEQS.get(customer_id, 0) + 1
+    return _SEQS[customer_id]  # the free tier; build is x2, scale x10
 BUILD_MICROS, SCALE_MICROS = 5_000_000, 50_000_000
 
 

@@ -8,12 +8,13 @@ import lua
 from rater import holds
 from rater.holds import _sweep_call, mark_settled, record_placed_holds, settled_holds, sweep_expired
 from rater.settlement import SettleItem, eval_many, settle
-from tests.settlement.conftest import check, figures, make_customer, uid
+from tests.settlement.conftest import check, figures, make_customer, next_seq, uid
 from tollgate.periods import period_of
 
 
 def usage(c, hold_id, charge=0, event=None) -> SettleItem:
-    return SettleItem(c.id, event or uid("evt"), period_of(time.time()), charge, charge, hold_id, 0)
+    return SettleItem(c.id, event or uid("evt"), period_of(time.time()), charge, charge, hold_id, 0, c.key_id,
+                      next_seq(c.id))
 
 
 async def place(redis, conn, c, cost: int, ttl_ms: int = 300_000) -> dict:

@@ -8,9 +8,8 @@ import orjson
 from rater.holds import mark_settled, settled_holds
 import lua
 from rater.rebuild import projected, rebuild
-from rater.settlement import eval_many
-from rater.settlement import SettleItem, record_promotions, settle
-from tests.settlement.conftest import BUILD_MICROS, check, figures, make_customer, uid
+from rater.settlement import SettleItem, clear_outbox, eval_many, record_promotions, settle
+from tests.settlement.conftest import BUILD_MICROS, check, figures, make_customer, next_seq, uid
 from tests.settlement.test_holds import place
 from tollgate.keys import PROJECTION_BUILDING, PROJECTION_MARKER, api_key_hash, api_key_record, plan_record
 from tollgate.periods import period_of
@@ -18,15 +17,22 @@ from tollgate.periods import period_of
 
 async def rate(conn, redis, c, charge: int, hold_id=None, wallet=True) -> tuple[SettleItem, object]:
     """What the pipeline does per event: processed_events row, then settle, then record."""
-    it = SettleItem(c.id, uid("evt"), period_of(time.time()), charge if wallet else 0, charge, hold_id, 0)
-    await conn.execute(
-        "INSERT INTO processed_events (event_id, kind, customer_id, period, spend_micros, wallet_micros, hold_id)"
-        " VALUES ($1, 'usage', $2, $3, $4, $5, $6)",
-        it.event_id, c.id, it.period, it.spend_micros, it.wallet_debit_micros, hold_id)
+    it = SettleItem(c.id, uid("evt"), period_of(time.time()), charge if wallet else 0, charge, hold_id, 0, c.key_id,
+                    next_seq(c.id))
+    await insert_processed(conn, it)
     results = await settle(redis, [it])
     await record_promotions(conn, [it], results)
     await mark_settled(conn, settled_holds([it], results))
+    await clear_outbox(redis, [it], results)
     return it, results[0]
+
+
+async def insert_processed(conn, it: SettleItem) -> None:
+    """The event's processed_events row, as the rating transaction writes it."""
+    await conn.execute(
+        "INSERT INTO processed_events (event_id, kind, customer_id, period, spend_micros, wallet_micros, hold_id,"
+        " key_id, settle_seq) VALUES ($1, 'usage', $2, $3, $4, $5, $6, $7, $8)",
+        it.event_id, it.customer_id, it.period, it.spend_micros, it.wallet_debit_micros, it.hold_id, it.key_id, it.seq)
 
 
 async def snapshot(redis, c) -> dict:
@@ -36,6 +42,7 @@ async def snapshot(redis, c) -> dict:
         "cfg": await redis.hgetall(k.cfg),
         "key": await redis.hgetall(api_key_record(api_key_hash(c.key_id))),
         "plan": orjson.loads(await redis.get(plan_record(c.plan_id))),  # jsonb reorders keys
+        "settled": await redis.get(k.settled),
     }
 
 
@@ -98,10 +105,8 @@ async def test_crash_between_settle_and_mark_settled_then_rebuild(redis, pg):
     c = await make_customer(pg, redis, wallet_micros=10_000_000)
     async with pg.acquire() as conn:
         h = await place(redis, conn, c, 5_000)
-        it = SettleItem(c.id, uid("evt"), period_of(time.time()), 4_000, 4_000, h["hold_id"], 0)
-        await conn.execute(
-            "INSERT INTO processed_events (event_id, kind, customer_id, period, spend_micros, wallet_micros, hold_id)"
-            " VALUES ($1, 'usage', $2, $3, 4000, 4000, $4)", it.event_id, c.id, it.period, h["hold_id"])
+        it = SettleItem(c.id, uid("evt"), period_of(time.time()), 4_000, 4_000, h["hold_id"], 0, c.key_id, next_seq(c.id))
+        await insert_processed(conn, it)
         await settle(redis, [it])  # ... and the rater dies here
         await redis.flushall()
         await rebuild(redis, conn)
@@ -129,11 +134,9 @@ async def test_cli_registers_redis_rebuild(redis, pg, pg_dsn, redis_server):
 
 async def test_a_promotion_not_yet_recorded_survives_a_rebuild(redis, pg):
     c = await make_customer(pg, redis)
-    it = SettleItem(c.id, uid("evt"), period_of(time.time()), 0, BUILD_MICROS, None, 0)
+    it = SettleItem(c.id, uid("evt"), period_of(time.time()), 0, BUILD_MICROS, None, 0, None, next_seq(c.id))
     async with pg.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO processed_events (event_id, kind, customer_id, period, spend_micros)"
-            " VALUES ($1, 'usage', $2, $3, $4)", it.event_id, c.id, it.period, BUILD_MICROS)
+        await insert_processed(conn, it)
         (r,) = await settle(redis, [it])  # promoted in Redis; the rater dies before recording it
         assert r.promoted_to == "build"
         await redis.flushall()

@@ -4,12 +4,13 @@ from __future__ import annotations
 import time
 
 from rater.settlement import SettleItem, record_promotions, settle
-from tests.settlement.conftest import BUILD_MICROS, RPM, SCALE_MICROS, TPM, check, figures, uid
+from tests.settlement.conftest import BUILD_MICROS, RPM, SCALE_MICROS, TPM, check, figures, next_seq, uid
 from tollgate.periods import period_of
 
 
 def spend_item(c, micros: int, period: str | None = None, event: str | None = None) -> SettleItem:
-    return SettleItem(c.id, event or uid("evt"), period or period_of(time.time()), micros, micros, None, 0)
+    return SettleItem(c.id, event or uid("evt"), period or period_of(time.time()), micros, micros, None, 0,
+                      seq=next_seq(c.id))
 
 
 async def test_crossing_a_threshold_mid_cycle_changes_the_next_check(redis, pg, customer):
