@@ -68,13 +68,13 @@ class Enforcer:
         self.events = EventQueue(self.publisher, linger=self.config.event_linger_ms / 1000)
         await self.bus.start()
         tasks = [asyncio.create_task(t) for t in
-                 (self.keys.listen(self.settings.redis_url), self.publisher.run_replay(), self.events.run(),
+                 (self.keys.listen(self.settings.redis_url), self.publisher.run(), self.events.run(),
                   self.shedder.run())]
         await self.wire.call(("PING",), 0.5)  # connect (and load check.lua) before the first request
         tasks.append(asyncio.create_task(self.redis_clock.run()))
         if self.config.gc_tuning:
             freeze_startup_heap()
-        log.info("enforcer ready: redis %s, bus %s, spool %s (%d waiting)",
+        log.info("enforcer ready: redis %s, bus %s, spool %s (%d events to publish again)",
                  self.settings.redis_url, self.settings.bus, spool.path, spool.depth)
         try:
             yield
@@ -83,6 +83,9 @@ class Enforcer:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.events.flush()  # what is still queued goes to the bus or the spool
+            # What the bus has not consumed stays in the spool, published again by the next
+            # process on this slot (or any that takes it over); a moment for the rater first.
+            await self.publisher.finish()
             await self.bus.close()
             spool.close()
             if self.undo.pending:  # holds no answer carried: release them before we go

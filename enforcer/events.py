@@ -2,6 +2,10 @@
 
 The check answers after its one Redis call; a background task hands the queue to the bus every few
 milliseconds (one pipelined XADD or one Kafka batch), and to the spool when the bus is down.
+They are best effort (not written ahead like usage): one per check would double the spool's
+writes for records that matter less. What a Redis loss takes with them is the audit of holds the
+same loss took away; fail-open records are spooled (the bus is down with Redis) and billing comes
+from the usage events anyway.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ class EventQueue:
         while self._buf:
             batch, self._buf = self._buf[: self.max_batch], self._buf[self.max_batch:]
             try:
-                to_bus = await self.publisher.publish(batch)
+                to_bus = await self.publisher.publish(batch, durable=False)
                 metrics.EVENTS_PUBLISHED.labels("bus" if to_bus else "spooled").inc(len(batch))
             except Exception:  # the spool itself failed (disk): nothing else can keep them
                 log.exception("lost %d events: neither the bus nor the spool took them", len(batch))

@@ -1,11 +1,13 @@
 """POST /v1/usage: what a call actually consumed, as one compound event, onto the bus.
 
-202 only once the event is durable: acknowledged by the bus, or, when the bus is unreachable,
-fsync'd to the local spool (then `"spooled": true` and `X-Tollgate-Degraded: spooled`) and replayed
-in order later. A revoked key still reports usage (the call was allowed before the revocation);
-an unknown key is 401. When Redis cannot resolve the key (unreachable, or it lost its projection:
-never 401 then), the event carries `api_key_hash` instead of `customer_id` and the rater resolves
-it from PostgreSQL (an unknown hash there is a dead letter).
+202 only once the event is durable: fsync'd to the local write-ahead spool and acknowledged by the
+bus, or, when the bus is unreachable, in the spool alone (then `"spooled": true` and
+`X-Tollgate-Degraded: spooled`) and replayed in order later. The spool keeps it until the bus has it
+durably (tollgate.bus.spool), so a bus Redis restarted empty does not lose it. A revoked key still
+reports usage (the call was allowed before the revocation); an unknown key is 401. When Redis
+cannot resolve the key (unreachable, or it lost its projection: never 401 then), the event carries
+`api_key_hash` instead of `customer_id` and the rater resolves it from PostgreSQL (an unknown hash
+there is a dead letter).
 """
 from __future__ import annotations
 

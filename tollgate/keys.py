@@ -13,6 +13,14 @@ import re
 PREFIX = "tg"
 INVALIDATION_CHANNEL = "tg:invalidate"  # pub/sub: "key:<hash>", "plan:<id>", "customer:<id>", "projection:<gen>"
 EVENTS_STREAM = "tg:events"  # the Redis Streams bus
+# The stream's incarnation (set once per stream by lua/bus_publish.lua); its hash tag is the
+# stream's name, so both live in one cluster slot and one script can touch both.
+EVENTS_EPOCH = "{tg:events}:epoch"
+
+
+def events_producer(producer_id: str) -> str:
+    """A producer's high-water mark on the stream (lua/bus_publish.lua): the id of its latest entry."""
+    return f"{{{EVENTS_STREAM}}}:producer:{producer_id}"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 # The projection marker: present only once a complete rebuild has written everything the hot path

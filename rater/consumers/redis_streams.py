@@ -9,6 +9,11 @@ pending list until XACK. Recovery, in the order a poll tries it:
 A slow consumer whose entries are claimed meanwhile causes a second delivery, which the pipeline's
 idempotency absorbs.
 
+The bus Redis may restart empty: the stream and the group are gone (NOGROUP). The consumer then
+creates the group again from id 0 and goes on; the enforcers publish again, from their spools,
+everything the lost stream held that the group had not consumed. A batch in hand from the lost
+stream is rated as usual; its ack has nothing left to acknowledge.
+
 XREADGROUP and XACK, once per batch each, go through rater.redis_raw: redis-py's packing of a
 thousand ids and its parsing of a thousand entries (into dicts, via its RESP3 -> RESP2 legacy
 conversion) cost ~3 µs per event.
@@ -21,7 +26,7 @@ import socket
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from rater import redis_raw
 from rater.consumers import Message
@@ -89,7 +94,23 @@ class RedisStreamConsumer:
             if "BUSYGROUP" not in str(e):
                 raise
 
+    async def _group_lost(self, e: ResponseError) -> None:
+        """The stream or the group is gone (the bus Redis restarted empty): start over on the new one."""
+        log.warning("consumer group %s on %s is gone (%s): creating it again from id 0", self.group, self.stream, e)
+        self._own_pending_from = b"0"
+        self._claim_cursor = b"0-0"
+        await self.start()
+
     async def poll(self, max_records: int, timeout_ms: int) -> list[Message]:
+        try:
+            return await self._poll(max_records, timeout_ms)
+        except ResponseError as e:
+            if not _is_nogroup(e):
+                raise
+            await self._group_lost(e)
+            return []
+
+    async def _poll(self, max_records: int, timeout_ms: int) -> list[Message]:
         while self._own_pending_from is not None:
             msgs, last = await self._read(self._own_pending_from, max_records, None)
             self._own_pending_from = last  # None: our old pending list is drained
@@ -156,15 +177,23 @@ class RedisStreamConsumer:
     async def ack(self, messages: list[Message]) -> None:
         if messages:
             ids = [m.token for m in messages]
-            if redis_raw.supported(self.redis):
-                (reply,) = await redis_raw.execute(self.redis, [("XACK", self.stream, self.group, *ids)])
-                if isinstance(reply, Exception):
-                    raise reply
-            else:
-                await self.redis.xack(self.stream, self.group, *ids)
+            try:
+                if redis_raw.supported(self.redis):
+                    (reply,) = await redis_raw.execute(self.redis, [("XACK", self.stream, self.group, *ids)])
+                    if isinstance(reply, Exception):
+                        raise reply
+                else:
+                    await self.redis.xack(self.stream, self.group, *ids)
+            except ResponseError as e:
+                if not _is_nogroup(e):
+                    raise
+                await self._group_lost(e)  # their stream is gone: nothing left to acknowledge
         if self.trim_every_s and time.monotonic() >= self._next_trim:
             self._next_trim = time.monotonic() + self.trim_every_s
-            await self.trim()
+            try:
+                await self.trim()
+            except RedisError as e:  # trimming can wait; the batch is acknowledged
+                log.warning("trimming %s failed: %s", self.stream, e)
 
     async def trim(self) -> int:
         """Drop entries every consumer group is done with: older than each group's oldest pending
@@ -186,6 +215,10 @@ class RedisStreamConsumer:
     async def stop(self) -> None:
         if self._owns_client:
             await self.redis.aclose()
+
+
+def _is_nogroup(e: ResponseError) -> bool:
+    return str(e).startswith("NOGROUP") or "no such key" in str(e).lower()
 
 
 def _split(entries, out: list[Message], gone: list) -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
+from redis.exceptions import RedisError
 
 from rater.consumers.redis_streams import RedisStreamConsumer
 from tollgate.bus.redis_streams import RedisStreamsProducer
 from tollgate.keys import EVENTS_STREAM
+from tollgate.local_services import start_redis
+from tollgate.redis_client import connect
 
 
 async def _publish(redis_server, n: int, prefix: str) -> list[str]:
@@ -80,3 +84,31 @@ async def test_trim_keeps_every_entry_a_group_still_needs(redis, redis_server):
     await c.ack(await c.poll(200, 10))
     n2 = await c.trim()  # all acknowledged: only the node with the last delivered entry stays
     assert n2 > 0 and n1 + n2 < 300 and await left() == ids[n1 + n2:]
+
+
+async def test_a_consumer_recreates_its_group_after_redis_restarts_empty():
+    """No persistence on the bus Redis: the stream and the group vanish under a running consumer,
+    which creates the group again and reads what is published next, without a restart."""
+    server = start_redis()
+    client = connect(server.url)
+    c = RedisStreamConsumer(client, name="rater-r", trim_every_s=0)
+    try:
+        await c.start()
+        ids = await _publish(server, 3, "before")
+        held = await c.poll(100, 10)
+        assert _ids(held) == ids  # read, not yet acknowledged, when Redis dies
+        server.stop()
+        server.start()
+        with pytest.raises(RedisError):  # the pooled connection died with the server
+            await c.poll(100, 10)
+        await c.ack(held)  # rated meanwhile; their stream is gone, so nothing to acknowledge
+        after = await _publish(server, 2, "after")
+        got = []
+        for _ in range(5):
+            got += await c.poll(100, 10)
+        assert _ids(got) == after
+        await c.ack(got)
+        assert (await client.xpending(EVENTS_STREAM, "rater"))["pending"] == 0
+    finally:
+        await client.aclose()
+        server.stop()

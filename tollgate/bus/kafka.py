@@ -12,11 +12,14 @@ from tollgate.bus import BusUnavailable, partition_key
 
 
 class KafkaProducerBus:
-    """acks=all, so an acknowledged event survives the loss of the partition leader.
+    """acks=all, so an acknowledged event survives the loss of the partition leader (with the
+    topic replicated and min.insync.replicas >= 2): the producer's spool forgets it on the ack.
 
     Idempotence (no duplicates from producer retries) is on for Apache Kafka; brokers without it
     (the Tansu test broker) turn it off: duplicates are harmless downstream anyway.
     """
+
+    durable_on_ack = True
 
     def __init__(self, bootstrap: str, topic: str, idempotence: bool = True, timeout: float = 5.0, linger_ms: int = 2):
         self.bootstrap = bootstrap
@@ -52,6 +55,9 @@ class KafkaProducerBus:
             await asyncio.wait_for(self._send_all(events), self.timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as e:
             raise BusUnavailable(f"kafka {self.bootstrap}/{self.topic}: {type(e).__name__}: {e}") from e
+
+    async def floor(self) -> None:
+        return None  # durable on the ack: nothing to wait for
 
     async def _send_all(self, events: list[dict[str, Any]]) -> None:
         producer = await self._ensure_started()
