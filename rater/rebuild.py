@@ -23,9 +23,10 @@ gateway-retry records (a retry after the loss is decided again).
 
 Order of the writes, so that the hot path never decides on half a projection:
 1. `PROJECTION_BUILDING` = this rebuild's generation;
-2. plans, then each customer's state in one lua/rebuild_customer.lua run (wallet, spend, holds,
-   then cfg, atomically: check.lua sees the customer as before or as rebuilt), then the
-   settled-event markers;
+2. plans, then the settled marks and settlement outboxes (before any cfg: settle.lua refuses a
+   customer without cfg), then each customer's state in one lua/rebuild_customer.lua run
+   (wallet, spend, holds, then cfg, atomically: check.lua sees the customer as before or as
+   rebuilt);
 3. API key records (HSET of their four fields, never deleted first: a live lookup never sees a
    record missing), after every customer: a key the enforcer can resolve has its customer's
    state in place;
