@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rates", default="1000,3000,5000,7000,9000")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per step")
-    p.add_argument("--deadline-ms", type=float, default=3.0)
+    p.add_argument("--deadline-ms", type=float, default=10.0)
     p.add_argument("--customers", type=int, default=100)
     p.add_argument("--max-conns", type=int, default=256)
     p.add_argument("--redis-url", help="use this Redis instead of starting one (it gets bench keys)")

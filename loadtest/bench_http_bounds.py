@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=6, help="(2): ABBA rounds; 0 skips (2)")
     p.add_argument("--duration", type=float, default=4.0, help="seconds per step")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--deadline-ms", type=float, default=3.0)
+    p.add_argument("--deadline-ms", type=float, default=10.0)
     p.add_argument("--customers", type=int, default=100)
     p.add_argument("--max-conns", type=int, default=256)
     p.add_argument("--blocks", type=int, default=10, help="(1): alternating blocks per class; 0 skips (1)")

@@ -15,7 +15,7 @@ from tollgate.keys import EVENTS_STREAM, PROJECTION_MARKER, CustomerKeys, api_ke
 from tollgate.plans import Plan, parse_plan
 
 # Decisions under test must be real even on a busy 2-core machine: a generous Redis deadline;
-# the fail-open tests start their own enforcers with the 3 ms default.
+# the fail-open tests start their own enforcers with short deadlines of their own.
 DECISION_ENV = {"TOLLGATE_CHECK_DEADLINE_MS": "1000", "TOLLGATE_BUS": "redis"}
 
 

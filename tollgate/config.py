@@ -18,7 +18,11 @@ class Settings:
     kafka_topic: str = field(default_factory=lambda: _env("KAFKA_TOPIC", "tollgate.events"))
     # Idempotent producer: on for Apache Kafka; the Tansu test broker has none, so tests turn it off.
     kafka_idempotence: bool = field(default_factory=lambda: _env("KAFKA_IDEMPOTENCE", "1") == "1")
-    check_deadline_ms: float = field(default_factory=lambda: float(_env("CHECK_DEADLINE_MS", "3")))
+    # How long Redis may stay silent (no byte on the connection) before a check fails open. 10, not
+    # 3: on a 2-core box shared by generator, enforcer and Redis, Redis waits for a core for over
+    # 3 ms often enough to fail 0.05 % of checks open with Redis healthy; at 10 none did up to
+    # saturation (BENCHMARKS.md). A dead Redis costs the first checks 10 ms until the breaker opens.
+    check_deadline_ms: float = field(default_factory=lambda: float(_env("CHECK_DEADLINE_MS", "10")))
     key_cache_ttl_s: float = field(default_factory=lambda: float(_env("KEY_CACHE_TTL_S", "30")))
     spool_path: str = field(default_factory=lambda: _env("SPOOL_PATH", "./tollgate-spool.jsonl"))
     admin_token: str = field(default_factory=lambda: _env("ADMIN_TOKEN", ""))
