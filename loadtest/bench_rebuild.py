@@ -7,7 +7,7 @@ Everything is private to the run: a redis-server (--redis-port, default a free p
 PostgreSQL database (TOLLGATE_BENCH_PG_DSN, default the local server, else the embedded
 pgserver), dropped at the end. PostgreSQL is filled by COPY: one plan, N prepaid customers, each
 with an API key, a top-up, --events-per-customer processed usage events of this period (their
-settled-event markers are rebuilt too) and, for one customer in ten, an open hold.
+settle sequence numbers give each customer its settled mark) and, for one customer in ten, an open hold.
 
 1. In-process: `rebuild_locked` on an empty Redis, --repeat times (its PostgreSQL read and Redis
    write times as it reports them, and the CPU time of this process and of Redis: on a shared
@@ -80,12 +80,13 @@ async def fill(dsn: str, n: int, events_per_customer: int) -> dict:
                                                   for i, c in enumerate(cids)])
         await conn.copy_records_to_table("wallet_transactions", columns=("id", "customer_id", "kind", "amount_micros"),
                                          records=[(f"top_{c}", c, "topup", 100_000_000) for c in cids])
-        events = [(f"evt_{i:08d}_{j}", "usage", c, period, 4_000, 4_000, 0, now - timedelta(seconds=j))
+        # each customer's events numbered 1..n, as the rater's settle sequence numbers them
+        events = [(f"evt_{i:08d}_{j}", "usage", c, period, 4_000, 4_000, 0, now - timedelta(seconds=j), j + 1)
                   for i, c in enumerate(cids) for j in range(events_per_customer)]
         await conn.copy_records_to_table(
             "processed_events", records=events,
             columns=("event_id", "kind", "customer_id", "period", "spend_micros", "wallet_micros", "invoice_micros",
-                     "processed_at"))
+                     "processed_at", "settle_seq"))
         holds = [(f"hold_{c}", c, f"key_{i:08d}", 5_000, 100, now, now + timedelta(minutes=5))
                  for i, c in enumerate(cids) if i % 10 == 0]
         await conn.copy_records_to_table(
@@ -209,7 +210,7 @@ def report(r: dict) -> str:
         f"                       CPU: this process {statistics.median(x['cpu_seconds'] for x in runs)} s, Redis "
         f"{statistics.median(x['redis_cpu_seconds'] for x in runs)} s (medians; PostgreSQL not counted)",
         f"                       wrote {first['customers']:,} customers, {first['api_keys']:,} keys, {first['wallets']:,} wallets, "
-        f"{first['spend_keys']:,} spend keys, {first['holds']:,} holds, {first['markers']:,} settled-event markers",
+        f"{first['spend_keys']:,} spend keys, {first['holds']:,} holds, {first['markers']:,} settled marks",
         f"  drill (Redis SIGKILLed, started empty; enforcer + rater running)",
         f"    marker back after  {d['marker_seconds']} s   (the rater: {d['rater_log']})",
         f"    real decisions     {d['real_decisions_seconds']} s   (every sampled key ALLOW ok; /v1/check statuses meanwhile "

@@ -12,7 +12,7 @@ import time
 import redis.asyncio as aioredis
 
 from tests.tenants import check_body, project_tenant, provision, stream_events, uid
-from tests.enforcer.redis_proxies import FreezableProxy
+from tests.redis_proxies import FreezableProxy
 from tests.servers import run_enforcer
 from tollgate.local_services import start_redis
 

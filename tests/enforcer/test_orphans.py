@@ -13,7 +13,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 import lua
-from tests.enforcer.redis_proxies import DelayingProxy
+from tests.redis_proxies import DelayingProxy
 from tests.enforcer.test_failopen import FAIL_OPEN_ENV, metric, until_real_decision
 from tests.tenants import check_body, provision
 from tests.servers import run_enforcer

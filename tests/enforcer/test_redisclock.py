@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from enforcer.redisclock import RedisClock
 from enforcer.rediswire import RedisWire
-from tests.enforcer.redis_proxies import DelayingProxy
+from tests.redis_proxies import DelayingProxy
 
 
 async def redis_now_ms(redis) -> float:

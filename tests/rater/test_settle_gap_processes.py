@@ -15,6 +15,7 @@ import pytest
 from tests.rater.conftest import expected, pg_totals, redis_state, usage
 from tests.rater.processes import RaterProcess
 from tests.rater.test_service import _count, _count_at_least
+from tests.redis_proxies import SlowProxy
 from tests.settlement.conftest import check
 from tollgate.bus.redis_streams import RedisStreamsProducer
 from tollgate.keys import EVENTS_STREAM, CustomerKeys
@@ -103,45 +104,6 @@ async def test_two_raters_one_killed_repeatedly_leave_exact_totals(pg, pg_dsn, r
     print(f"gap fills seen in the rater logs: {gaps}")
 
 
-class SlowProxy:
-    """A TCP proxy to Redis that holds every chunk `delay_s` before passing it on, and drops
-    everything once `cut` is set (what was not passed on by then never arrives): the rater behind
-    it has a wide window between its PostgreSQL commit and its settle reaching Redis."""
-
-    def __init__(self, upstream_port: int, delay_s: float):
-        self.upstream_port, self.delay_s = upstream_port, delay_s
-        self.cut = False
-        self.server = None
-        self.tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> "SlowProxy":
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def _handle(self, reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        for a, b in ((reader, up_writer), (up_reader, writer)):
-            t = asyncio.ensure_future(self._pipe(a, b))
-            self.tasks.add(t)
-            t.add_done_callback(self.tasks.discard)
-
-    async def _pipe(self, reader, writer) -> None:
-        while data := await reader.read(65536):
-            await asyncio.sleep(self.delay_s)
-            if self.cut:
-                return
-            writer.write(data)
-
-    async def close(self) -> None:
-        self.server.close()
-        for t in list(self.tasks):
-            t.cancel()
-
-
 async def _unsettled(pg, redis, customers) -> list[str]:
     """Customers with an event committed in PostgreSQL and not settled on Redis."""
     rows = await pg.fetch("SELECT customer_id, max(settle_seq) AS m FROM processed_events"
@@ -153,7 +115,8 @@ async def _unsettled(pg, redis, customers) -> list[str]:
 @pytest.mark.slow
 async def test_a_rater_killed_between_commit_and_settle_leaves_a_gap_the_next_rater_fills(
         pg, pg_dsn, redis, redis_server, plan_for, make_customer):
-    """Deterministic: the first rater reaches Redis through a slow proxy; it is SIGKILLed (and
+    """Deterministic: the first rater reaches Redis through a slow proxy (SlowProxy: the rater behind it
+    has a wide window between its PostgreSQL commit and its settle reaching Redis); it is SIGKILLed (and
     the proxy cut) the moment PostgreSQL has events of a customer that Redis has not settled.
     A second rater then rates the rest of the stream: it meets the gap, settles the dead one's
     events first, and takes over its pending entries (replays)."""

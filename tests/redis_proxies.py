@@ -1,5 +1,6 @@
-"""TCP proxies between the enforcer and a real Redis, to cause faults on the path: silence
-(FreezableProxy) and replies held back (DelayingProxy). They run on the test's event loop."""
+"""TCP proxies between a service (the enforcer, a rater) and a real Redis, to cause faults on the
+path: silence (FreezableProxy), replies held back (DelayingProxy), every chunk held back and then
+the link cut (SlowProxy). They run on the test's event loop."""
 from __future__ import annotations
 
 import asyncio
@@ -99,4 +100,26 @@ class DelayingProxy(RedisProxy):
                 writer.close()
                 return
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+            writer.write(data)
+
+
+class SlowProxy(RedisProxy):
+    """Holds every chunk, both ways, `delay_s` before passing it on, and drops everything once
+    `cut` is set (what was not passed on by then never arrives)."""
+
+    def __init__(self, upstream_port: int, delay_s: float):
+        super().__init__(upstream_port)
+        self.delay_s = delay_s
+        self.cut = False
+
+    async def _handle(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._spawn(self._pipe(reader, up_writer))
+        self._spawn(self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader, writer) -> None:
+        while data := await reader.read(65536):
+            await asyncio.sleep(self.delay_s)
+            if self.cut:
+                return
             writer.write(data)
