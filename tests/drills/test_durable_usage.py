@@ -102,7 +102,7 @@ class Drill:
         assert await pg_totals(self.pg, self.customer) == {
             "spend": exp["spend"], "wallet": 0, "invoice": exp["spend"], "events": len(events), "ledger": exp["spend"]}
         ids = {r["event_id"] for r in await self.pg.fetch(
-            "SELECT event_id FROM processed_events WHERE customer_id = $1", self.customer)}
+            "SELECT event_id FROM processed_events WHERE customer_id = $1 AND kind = 'usage'", self.customer)}
         assert ids == {e["id"] for e in events}
         client = connect(self.redis.url)
         try:
@@ -220,13 +220,15 @@ async def test_a_graceful_stop_leaves_little_to_publish_again(drill):
 
 
 async def test_redis_killed_mid_stream_with_the_rater_behind(drill):
-    """The drill of issue 8: usage flows without pause; the rater falls behind (SIGSTOP); Redis is
-    SIGKILLed and comes back empty while reports keep coming; the rater resumes. Every report
-    answered 202, before, during and after, is rated exactly once."""
+    """The drill of issue 8: checks and usage flow without pause; the rater falls behind (SIGSTOP);
+    Redis is SIGKILLed and comes back empty while they keep coming; the rater resumes. Every
+    report is answered 202 and every check 200 (real or fail_open), before, during and after: no
+    valid key is refused; every accepted report is rated exactly once."""
     enf = drill.enforcer()
     rater = drill.rater()
     accepted: list[dict] = []
-    refused: dict[int, int] = {}
+    refused: dict = {}  # usage answers other than 202, and transport errors
+    checks: dict[int, int] = {}  # /v1/check statuses
     stop = asyncio.Event()
 
     async def flow():
@@ -237,9 +239,14 @@ async def test_redis_killed_mid_stream_with_the_rater_behind(drill):
                 m = [{"metric": "input_tokens", "value": 500 + i}, {"metric": "output_tokens", "value": 50 + i % 7}]
                 eid = f"evt_{uuid.uuid4().hex[:16]}"
                 try:
+                    c = await http.post(f"{enf.url}/v1/check", json={
+                        "api_key": drill.api_key, "request_id": f"req_{eid}", "dimensions": {"model": "m1"},
+                        "estimate": {"requests": 1, "input_tokens": 10}})
+                    checks[c.status_code] = checks.get(c.status_code, 0) + 1
                     r = await http.post(f"{enf.url}/v1/usage", json={
                         "event_id": eid, "api_key": drill.api_key, "properties": {"model": "m1"}, "measurements": m})
-                except httpx.HTTPError:
+                except httpx.HTTPError as e:  # the enforcer never went away: none expected
+                    refused[type(e).__name__] = refused.get(type(e).__name__, 0) + 1
                     continue
                 if r.status_code == 202:
                     accepted.append({"id": eid, "customer_id": drill.customer, "properties": {"model": "m1"},
@@ -265,5 +272,6 @@ async def test_redis_killed_mid_stream_with_the_rater_behind(drill):
         stop.set()
         await sender
     assert before_kill > 20 and len(accepted) > before_kill, (before_kill, len(accepted), refused)
+    assert refused == {} and set(checks) == {200}, (refused, checks)  # 0 refused valid keys
     await drill.until_rated(len(accepted), rater)
     await drill.assert_exactly_once(accepted)
