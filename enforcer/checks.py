@@ -1,6 +1,7 @@
 """POST /v1/check: the pre-flight decision, one EVALSHA of lua/check.lua per request.
 
-A raw ASGI endpoint (Starlette only routes to it): no Request/Response objects on the hot path.
+A raw ASGI endpoint, reached straight from enforcer.app.HotPath (not through Starlette): no
+Request/Response objects, no middleware or router on the hot path.
 Status codes per the contract: 200 ALLOW, 429 DENY, 401 unknown or revoked key, 400/413/415 bad
 input; 503 at once while the process is overloaded (enforcer.loadshed: gateways fail open on it).
 Whenever Redis gave no decision (silent, too slow, breaker open, script error, customer not
