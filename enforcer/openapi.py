@@ -20,6 +20,12 @@ _REQUEST_ID = {"type": "string", "pattern": r"^[\x21-\x7e]{1,128}$",
 _API_KEY = {"type": "string", "minLength": 1, "maxLength": 256}
 _INT = {"type": "integer"}
 
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: null is taken as absent (the validators read a missing field as None)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
 _RATE_HEADERS = {
     "X-RateLimit-Limit": header("Requests per minute of the key's tier.", _INT),
     "X-RateLimit-Remaining": header("Requests left in the current window.", _INT),
@@ -62,12 +68,13 @@ _CHECK_REQUEST = {
         "api_key": _API_KEY,
         "request_id": {**_REQUEST_ID, "description": "The gateway's request id: a retry with the same id "
                        "never places a second hold."},
-        "dimensions": {"type": "object", "maxProperties": 64,
-                       "additionalProperties": {"type": ["string", "number", "boolean"]},
-                       "description": "What the price depends on, e.g. {\"model\": \"claude-sonnet-4-6\"}."},
-        "estimate": {"type": "object", "propertyNames": _ID,
-                     "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
-                     "description": "Units the request is expected to use, by metric; `requests` defaults to 1."},
+        "dimensions": _or_null({"type": "object", "maxProperties": 64,
+                                "additionalProperties": {"type": ["string", "number", "boolean"]},
+                                "description": "What the price depends on, e.g. {\"model\": \"claude-sonnet-4-6\"}."}),
+        "estimate": _or_null({"type": "object", "propertyNames": _ID,
+                              "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
+                              "description": "Units the request is expected to use, by metric; `requests` "
+                                             "defaults to 1. Counts are JSON integers: 3.0 is refused (400)."}),
     },
 }
 
@@ -77,15 +84,15 @@ _USAGE_REQUEST = {
     "properties": {
         "event_id": {**_REQUEST_ID, "description": "Idempotency key: the same id is billed once."},
         "api_key": _API_KEY,
-        "correlation_id": _REQUEST_ID,
-        "hold_id": _REQUEST_ID,
-        "event_type": _REQUEST_ID,
-        "timestamp": {"type": "string", "format": "date-time", "description": "RFC 3339 with an offset; "
-                      "default: when the enforcer received it."},
-        "properties": {"type": "object"},
+        "correlation_id": _or_null(_REQUEST_ID),
+        "hold_id": _or_null(_REQUEST_ID),
+        "event_type": _or_null(_REQUEST_ID),
+        "timestamp": _or_null({"type": "string", "format": "date-time", "description": "RFC 3339 with an "
+                               "offset; default: when the enforcer received it."}),
+        "properties": _or_null({"type": "object"}),
         "measurements": {
             "type": "array", "minItems": 1, "maxItems": MAX_MEASUREMENTS,
-            "description": "Each metric at most once.",
+            "description": "Each metric at most once (400 otherwise). Values are JSON integers: 3.0 is refused.",
             "items": {"type": "object", "required": ["metric", "value"], "properties": {
                 "metric": _ID,
                 "value": {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY_PER_EVENT_CEILING,

@@ -27,6 +27,11 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: null is taken as absent (the services read a missing field as None)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
     return {"type": "object", "required": required, "properties": props}
 
@@ -62,16 +67,16 @@ _SCHEMAS["NewApiKey"] = {"allOf": [_ref("ApiKey"), _obj(["api_key"], api_key={
 _SCHEMAS["CustomerWallet"] = {"allOf": [_obj(["customer_id"], customer_id=_ID), _ref("Wallet")]}
 
 _NEW_CUSTOMER = {"type": "object", "required": ["name", "plan_id"], "additionalProperties": False, "properties": {
-    "id": {**_ID, "description": "Default: cus_<random>."},
+    "id": _or_null({**_ID, "description": "Default: cus_<random>."}),
     "name": {"type": "string", "minLength": 1, "maxLength": 200},
     "plan_id": _ID,
-    "billing_mode": {"enum": list(BILLING_MODES), "description": "Default: the plan's."},
-    "spend_cap": {**_MONEY_IN, "description": "Overrides the plan's monthly cap. " + _MONEY_IN["description"]},
+    "billing_mode": _or_null({"enum": list(BILLING_MODES), "description": "Default: the plan's."}),
+    "spend_cap": _or_null({**_MONEY_IN, "description": "Overrides the plan's monthly cap. " + _MONEY_IN["description"]}),
 }}
 _NEW_TOPUP = {"type": "object", "required": ["amount"], "additionalProperties": False, "properties": {
     "amount": {**_MONEY_IN, "description": "Greater than 0. " + _MONEY_IN["description"]},
-    "id": {**_ID, "description": "Idempotency key: the same id credits once (default: top_<random>)."},
-    "note": {"type": "string", "minLength": 1, "maxLength": 500},
+    "id": _or_null({**_ID, "description": "Idempotency key: the same id credits once (default: top_<random>)."}),
+    "note": _or_null({"type": "string", "minLength": 1, "maxLength": 500}),
 }}
 _PLAN_DOCUMENT = {"type": "object", "description": "A plan document (see examples/plans/): id, charges, limits, "
                   "tiers, billing mode, ...; validated in full by the server (422 naming the field)."}
