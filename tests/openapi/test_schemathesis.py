@@ -8,11 +8,10 @@ events and database rows, not only the 4xx of unknown keys and ids.
 """
 from __future__ import annotations
 
-import asyncio
+import itertools
 import os
 import subprocess
 import sys
-import itertools
 import time
 from pathlib import Path
 
@@ -103,7 +102,8 @@ def test_enforcer_answers_as_documented(enforcer_url, tenant, method, path):
 
     statuses = fuzz(load(enforcer_url), method, path, enforcer_url, prepare)
     print(method, path, dict(statuses))
-    assert statuses
+    # the run went past the refusals: answers of the kinds that change state came too
+    assert set(statuses) >= {"/v1/check": {200, 429, 401, 400}, "/v1/usage": {202, 401, 400}}.get(path, {200})
 
 
 # --------------------------------------------------------------------------- the admin API
@@ -171,4 +171,6 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
 
     statuses = fuzz(load(admin_url), method, path, admin_url, prepare)
     print(method, path, dict(statuses))
-    assert statuses
+    assert any(200 <= s < 300 for s in statuses), statuses  # real work was done, not only refusals
+    if path != "/openapi.json":
+        assert 401 in statuses, statuses
