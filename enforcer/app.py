@@ -21,6 +21,7 @@ from enforcer.failopen import Breaker, Guard
 from enforcer.health import healthz, metrics_endpoint, readyz
 from enforcer.keycache import KeyCache
 from enforcer.loadshed import LoadShedder
+from enforcer.openapi import SPEC
 from enforcer.orphans import Undo
 from enforcer.redisclock import RedisClock
 from enforcer.rediswire import RedisWire
@@ -29,6 +30,7 @@ from tollgate.bus import make_bus
 from tollgate.bus.spool import Spool, SpooledPublisher
 from tollgate.config import Settings
 from tollgate.gc_tuning import freeze_startup_heap
+from tollgate.openapi import openapi_route
 from tollgate.redis_client import cluster_mode
 
 log = logging.getLogger("tollgate.enforcer")
@@ -125,6 +127,7 @@ def create_app(settings: Settings | None = None, config: EnforcerConfig | None =
         Route("/healthz", healthz),
         Route("/readyz", readyz(enforcer)),
         Route("/metrics", metrics_endpoint),
+        openapi_route(SPEC),  # last: the checks never try it
     ]
     app = Starlette(routes=routes, lifespan=enforcer.lifespan, exception_handlers={HTTPException: _http_error})
     app.state.enforcer = enforcer

@@ -27,6 +27,7 @@ from rater.control.backends import Backends
 from rater.control.errors import ControlError, InvalidInput
 from tollgate.config import Settings
 from tollgate.config import settings as env_settings
+from tollgate.openapi import openapi_route
 
 log = logging.getLogger("tollgate.admin")
 
@@ -254,8 +255,10 @@ def create_app(settings: Settings | None = None, *, db: asyncpg.Pool | None = No
         yield
         await backends.close()
 
+    from rater.admin_openapi import SPEC  # noqa: PLC0415  (here: it reads this module's constants)
+
     app = Starlette(
-        routes=[Route(path, _guarded(h, token, backends), methods=[m]) for m, path, h in ROUTES],
+        routes=[Route(path, _guarded(h, token, backends), methods=[m]) for m, path, h in ROUTES] + [openapi_route(SPEC)],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
         lifespan=lifespan,
     )

@@ -1,0 +1,184 @@
+"""The enforcer's HTTP contract as an OpenAPI 3.1 document, served at GET /openapi.json.
+
+Written by hand from enforcer.validation (the bounds below are its constants) and the endpoints;
+tests/openapi checks that its operations are the app's routes and runs schemathesis against a real
+enforcer (no 5xx, every answer's status, content type, body and headers as documented).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from enforcer.usage import MAX_MEASUREMENTS
+from enforcer.validation import MAX_BODY, MAX_COUNT
+from tollgate.keys import ID_PATTERN
+from tollgate.openapi import ERROR_SCHEMA, OPENAPI_VERSION, error_response, header, json_content
+from tollgate.plans import MAX_QUANTITY_PER_EVENT_CEILING
+
+_ID = {"type": "string", "pattern": ID_PATTERN.pattern}
+_REQUEST_ID = {"type": "string", "pattern": r"^[\x21-\x7e]{1,128}$",
+               "description": "1-128 printable ASCII characters without spaces."}
+_API_KEY = {"type": "string", "minLength": 1, "maxLength": 256}
+_INT = {"type": "integer"}
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: null is taken as absent (the validators read a missing field as None)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_RATE_HEADERS = {
+    "X-RateLimit-Limit": header("Requests per minute of the key's tier.", _INT),
+    "X-RateLimit-Remaining": header("Requests left in the current window.", _INT),
+    "X-RateLimit-Reset": header("Seconds until the request window is full again.", _INT),
+    "RateLimit-Policy": header('IETF draft: `"requests";q=N;w=60, "tokens";q=N;w=60`.'),
+    "RateLimit": header('IETF draft: `"requests";r=N;t=S, "tokens";r=N;t=S`.'),
+    "X-Tollgate-Reason": header("The decision's reason (as in the body), or `invalid_api_key`/`overloaded`."),
+    "X-Tollgate-Degraded": header("`fail-open`: decided without Redis (ALLOW, billed from the usage report)."),
+    "X-Tollgate-Hold-Id": header("The hold an ALLOW placed: the usage report names it."),
+    "X-Tollgate-Replayed": header("`true`: a retry of an allowed request id; nothing was held again."),
+}
+
+_DECISION = {
+    "type": "object",
+    "required": ["decision", "reason", "hold_id", "retry_after_ms", "remaining", "tier"],
+    "properties": {
+        "decision": {"enum": ["ALLOW", "DENY"]},
+        "reason": {"type": "string", "description": "ok, rate_limited_requests, rate_limited_tokens, "
+                   "insufficient_balance, spend_cap, fail_open, ... (reasons grow with the product)."},
+        "hold_id": {"type": ["string", "null"]},
+        "retry_after_ms": {"type": "integer", "minimum": 0},
+        "remaining": {
+            "type": "object",
+            "required": ["requests", "tokens", "balance", "spend_cap"],
+            "properties": {
+                "requests": {"type": ["integer", "null"]},
+                "tokens": {"type": ["integer", "null"]},
+                "balance": {"type": ["string", "null"], "description": "Currency units, a decimal string."},
+                "spend_cap": {"type": ["string", "null"], "description": "Left of the cap; null: no cap."},
+            },
+        },
+        "tier": {"type": ["string", "null"]},
+    },
+}
+
+_CHECK_REQUEST = {
+    "type": "object",
+    "required": ["api_key", "request_id"],
+    "properties": {
+        "api_key": _API_KEY,
+        "request_id": {**_REQUEST_ID, "description": "The gateway's request id: a retry with the same id "
+                       "never places a second hold."},
+        "dimensions": _or_null({"type": "object", "maxProperties": 64,
+                                "additionalProperties": {"type": ["string", "number", "boolean"]},
+                                "description": "What the price depends on, e.g. {\"model\": \"claude-sonnet-4-6\"}."}),
+        "estimate": _or_null({"type": "object", "propertyNames": _ID,
+                              "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
+                              "description": "Units the request is expected to use, by metric; `requests` "
+                                             "defaults to 1. Counts are JSON integers: 3.0 is refused (400)."}),
+    },
+}
+
+_USAGE_REQUEST = {
+    "type": "object",
+    "required": ["event_id", "api_key", "measurements"],
+    "properties": {
+        "event_id": {**_REQUEST_ID, "description": "Idempotency key: the same id is billed once."},
+        "api_key": _API_KEY,
+        "correlation_id": _or_null(_REQUEST_ID),
+        "hold_id": _or_null(_REQUEST_ID),
+        "event_type": _or_null(_REQUEST_ID),
+        "timestamp": _or_null({"type": "string", "format": "date-time", "description": "RFC 3339 with an "
+                               "offset; default: when the enforcer received it."}),
+        "properties": _or_null({"type": "object"}),
+        "measurements": {
+            "type": "array", "minItems": 1, "maxItems": MAX_MEASUREMENTS,
+            "description": "Each metric at most once (400 otherwise). Values are JSON integers: 3.0 is refused.",
+            "items": {"type": "object", "required": ["metric", "value"], "properties": {
+                "metric": _ID,
+                "value": {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY_PER_EVENT_CEILING,
+                          "description": "At most the plan's limits.max_quantity_per_event (422 beyond)."},
+            }},
+        },
+    },
+}
+
+_BAD_INPUT = {
+    "400": error_response("Malformed JSON or an invalid field (`field` names it)."),
+    "413": error_response(f"The body is over {MAX_BODY} bytes."),
+    "415": error_response("Content-Type is not application/json."),
+}
+_UNAUTHORIZED = error_response("Unknown (or, for /v1/check, revoked) API key.",
+                               {"WWW-Authenticate": header("`Bearer realm=\"tollgate\"`")})
+_TRANSPORT = {
+    "408": error_response("The request did not arrive within the read timeout (the connection is closed)."),
+    "431": error_response("The request line and headers are over the head limit (the connection is closed)."),
+}
+
+SPEC: dict[str, Any] = {
+    "openapi": OPENAPI_VERSION,
+    "info": {"title": "tollgate enforcer", "version": "1",
+             "description": "Pre-flight quota checks and usage reports at the gateway edge."},
+    "paths": {
+        "/v1/check": {"post": {
+            "operationId": "check",
+            "summary": "Decide whether a request may go ahead; ALLOW places a hold on its estimated cost.",
+            "requestBody": {"required": True, "content": json_content(_CHECK_REQUEST)},
+            "responses": {
+                "200": {"description": "ALLOW (also `fail_open`, flagged X-Tollgate-Degraded, when Redis gave no decision).",
+                        "headers": _RATE_HEADERS, "content": json_content(_DECISION)},
+                "429": {"description": "DENY; Retry-After when waiting helps (rate limits).",
+                        "headers": {**_RATE_HEADERS, "Retry-After": header("Seconds, >= 1.", _INT)},
+                        "content": json_content(_DECISION)},
+                "401": _UNAUTHORIZED,
+                **_BAD_INPUT,
+                "503": error_response("Overloaded: answered at once without a decision (gateways fail open).",
+                                      {"X-Tollgate-Reason": header("`overloaded`")}),
+                **_TRANSPORT,
+            },
+        }},
+        "/v1/usage": {"post": {
+            "operationId": "reportUsage",
+            "summary": "Report what a call consumed; 202 once the event is durable.",
+            "requestBody": {"required": True, "content": json_content(_USAGE_REQUEST)},
+            "responses": {
+                "202": {"description": "Accepted: on the bus, or (`spooled`) in the local write-ahead spool.",
+                        "headers": {"X-Tollgate-Degraded": header("`spooled`: the bus was unreachable.")},
+                        "content": json_content({
+                            "type": "object", "required": ["status", "event_id", "spooled"],
+                            "properties": {"status": {"const": "accepted"}, "event_id": {"type": "string"},
+                                           "spooled": {"type": "boolean"}}})},
+                "401": _UNAUTHORIZED,
+                **_BAD_INPUT,
+                "422": error_response("A measurement is over the plan's (or the global) maximum per event."),
+                "503": error_response("Neither the bus nor the spool could store it: retry (idempotent by event_id).",
+                                      {"Retry-After": header("Seconds.", _INT)}),
+                **_TRANSPORT,
+            },
+        }},
+        "/healthz": {"get": {
+            "operationId": "healthz", "summary": "The process serves.",
+            "responses": {"200": {"description": "Serving.", "content": json_content(
+                {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})}},
+        }},
+        "/readyz": {"get": {
+            "operationId": "readyz", "summary": "Redis answers (past the breaker).",
+            "responses": {s: {"description": d, "content": json_content({"$ref": "#/components/schemas/Readiness"})}
+                          for s, d in (("200", "Ready."), ("503", "Redis unreachable."))},
+        }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics.",
+            "responses": {"200": {"description": "The text exposition format.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document.",
+            "responses": {"200": {"description": "OpenAPI 3.1.", "content": json_content({"type": "object"})}},
+        }},
+    },
+    "components": {"schemas": {
+        "Error": ERROR_SCHEMA,
+        "Readiness": {"type": "object", "required": ["status", "breaker_open", "spool_depth"], "properties": {
+            "status": {"enum": ["ready", "redis_unreachable"]}, "breaker_open": {"type": "boolean"},
+            "spool_depth": {"type": "integer", "minimum": 0}}},
+    }},
+}
