@@ -8,7 +8,6 @@ PostgreSQL here is a private server (the pgserver wheel's binaries) so the test 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import asyncpg
@@ -20,6 +19,7 @@ from rater.control import api_keys, customers, plans, wallets
 from rater.schema import migrate
 from tests.rater.conftest import PLAN, expected, pg_totals, redis_state
 from tests.rater.processes import RaterProcess
+from tests.rater.test_service import _wait
 from tests.servers import run_enforcer
 from tests.tenants import DECISION_ENV, uid
 from tollgate.money import format_micros
@@ -46,16 +46,6 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self.server.cleanup()
-
-
-async def _until(cond, timeout: float, what: str, rater: RaterProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if not rater.alive():
-            raise AssertionError(f"the rater exited waiting for {what}:\n{rater.logs()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}:\n{rater.logs()[-3000:]}")
-        await asyncio.sleep(0.1)
 
 
 async def _usage(http: httpx.AsyncClient, url: str, key: str, c: str, n: int, salt: int) -> list[dict]:
@@ -98,7 +88,7 @@ async def test_rater_survives_a_postgres_crash_and_rates_everything_once(tmp_pat
                             return (await pg_totals(pool, c))["events"] == n
                         return cond
 
-                    await _until(await rated(20), 60, "the first events to be rated", rater)
+                    await _wait(await rated(20), 60, "the first events to be rated", rater)
                     await pool.close()
                     pgsrv.crash()
                     # Usage keeps being accepted while PostgreSQL is down: the bus holds it.
@@ -109,7 +99,7 @@ async def test_rater_survives_a_postgres_crash_and_rates_everything_once(tmp_pat
                     pgsrv.start()
                     pool = await asyncpg.create_pool(pgsrv.dsn, min_size=1, max_size=2)
                     events += await _usage(http, enf.url, key, c, 10, 2)
-                    await _until(await rated(60), 90, "every event after the restart", rater)
+                    await _wait(await rated(60), 90, "every event after the restart", rater)
                     totals = await pg_totals(pool, c)
             finally:
                 await pool.close()
