@@ -39,7 +39,7 @@ import uvloop
 
 import lua
 from enforcer.rediswire import RedisWire
-from rater.projection import project_api_key, project_customer, project_plan, set_wallet
+from control.projection.writes import project_api_key, project_customer, project_plan, set_wallet
 from tests.servers import ROOT, EnforcerProcess, stop_process
 from tollgate.keys import CustomerKeys, api_key_hash
 from tollgate.local_services import free_port, start_redis

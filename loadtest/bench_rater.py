@@ -41,14 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lua  # noqa: E402
 from rater.consumers.redis_streams import RedisStreamConsumer  # noqa: E402
-from rater.control import customers as customers_svc  # noqa: E402
-from rater.control import plans as plans_svc  # noqa: E402
-from rater.control import wallets as wallets_svc  # noqa: E402
+from control import customers as customers_svc  # noqa: E402
+from control import plans as plans_svc  # noqa: E402
+from control import wallets as wallets_svc  # noqa: E402
 from rater import ledger  # noqa: E402
 from rater.pipeline import Pipeline  # noqa: E402
 from rater.schema import migrate  # noqa: E402
 from rater.service import DEFAULT_BATCH, Rater  # noqa: E402
-from rater.settlement import SPEND_TTL_MS, eval_many  # noqa: E402
+from tollgate.keys import SPEND_TTL_MS  # noqa: E402
+from tollgate.redis_raw import eval_many  # noqa: E402
 from tollgate.keys import EVENTS_STREAM, CustomerKeys  # noqa: E402
 from tollgate.gc_tuning import freeze_startup_heap  # noqa: E402
 from tollgate.local_services import start_postgres, start_redis  # noqa: E402

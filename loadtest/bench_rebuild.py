@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loadtest.bench_rater import drop_database, make_database  # noqa: E402
-from rater.rebuild import rebuild_locked  # noqa: E402
+from control.projection.rebuild import rebuild_locked  # noqa: E402
 from tests.rater.processes import RaterProcess  # noqa: E402
 from tests.servers import EnforcerProcess  # noqa: E402
 from tollgate.keys import PROJECTION_MARKER, api_key_hash  # noqa: E402

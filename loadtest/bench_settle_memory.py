@@ -53,8 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lua  # noqa: E402
-from rater.projection import customer_config  # noqa: E402
-from rater.settlement import SPEND_TTL_MS, SettleItem, clear_outbox, eval_many, settle  # noqa: E402
+from control.projection.writes import customer_config  # noqa: E402
+from rater.settlement import SettleItem, clear_outbox, settle  # noqa: E402
+from tollgate.keys import SPEND_TTL_MS  # noqa: E402
+from tollgate.redis_raw import eval_many  # noqa: E402
 from tollgate.config import Settings  # noqa: E402
 from tollgate.keys import CustomerKeys  # noqa: E402
 from tollgate.local_services import start_redis  # noqa: E402

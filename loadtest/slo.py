@@ -3,7 +3,7 @@
     python -m loadtest.slo --rate 200 --duration 30            # own Redis + enforcer, the 5 ms gate
     python -m loadtest.slo --host http://127.0.0.1:8080 --redis-url redis://127.0.0.1:6379/0
 
-Provisions many customers and keys (rater.projection, the control plane's Redis writes): 90 % of
+Provisions many customers and keys (control.projection.writes, the control plane's Redis writes): 90 % of
 the traffic on keys with room (ALLOW), 5 % on keys limited to 6 requests/min (some 429
 rate_limited_requests), 5 % on empty prepaid wallets (429 insufficient_balance). Then runs
 loadtest/locustfile.py: each task is a check and, for an ALLOW, the usage report.
@@ -67,7 +67,7 @@ async def provision(redis_url: str, customers: int, keys_per_customer: int) -> d
     """Customers split by MIX (at least one of each kind); returns the API keys by kind."""
     from redis.asyncio import Redis  # noqa: PLC0415
 
-    from rater.projection import project_api_key, project_customer, project_plan, set_wallet  # noqa: PLC0415
+    from control.projection.writes import project_api_key, project_customer, project_plan, set_wallet  # noqa: PLC0415
     from tollgate.keys import api_key_hash  # noqa: PLC0415
     from tollgate.plans import parse_plan  # noqa: PLC0415
 

@@ -1,4 +1,4 @@
--- The end of a rebuild (rater.rebuild): the projection marker is written only while the rebuild's
+-- The end of a rebuild (control.projection.rebuild): the projection marker is written only while the rebuild's
 -- own "building" record is still there, i.e. Redis kept every write of this rebuild. A Redis that
 -- restarted empty meanwhile lost the record with the first half of the writes: no marker then,
 -- and the next rebuild starts over.

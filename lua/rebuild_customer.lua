@@ -1,4 +1,4 @@
--- One customer's hot-path state as rebuilt from PostgreSQL (rater.rebuild), written atomically:
+-- One customer's hot-path state as rebuilt from PostgreSQL (control.projection.rebuild), written atomically:
 -- a check.lua running meanwhile sees the customer entirely as it was or entirely as rebuilt, never
 -- a wallet deleted and not yet set. Every value is absolute: running it twice changes nothing.
 --

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from rater.control.backends import Backends
+from tollgate.backends import Backends
 
 REASONS = ("unknown_customer", "unknown_metric", "invalid_value", "invalid_event", "rating_error")
 

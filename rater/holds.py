@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import lua
-from rater.settlement import eval_many
+from tollgate.redis_raw import eval_many
 from tollgate.keys import CustomerKeys
 
 log = logging.getLogger(__name__)

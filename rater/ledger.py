@@ -15,21 +15,13 @@ processed_events rows: backend ~1.5 against ~2.1, client ~0.95 against ~1.2. Bui
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import NamedTuple
 
 import asyncpg
 
-from rater.pricing import UsageKey
-
-# Advisory locks serialising the rating of a customer across processes: one per lock group
-# (crc32 of the customer id mod LOCK_GROUPS), two-int form (namespace, group). Every rater and the
-# period close must agree on LOCK_GROUPS, hence a constant. A batch is split by lock group into
-# sub-batches, so two consumers (or two connections of one) rate disjoint groups in parallel.
-LOCK_NAMESPACE = 0x7261_7465  # 'rate'
-LOCK_GROUPS = 8
+from tollgate.rating.pricing import UsageKey
 
 LEDGER_COLUMNS = (
     "event_id", "line_no", "correlation_id", "customer_id", "plan_id", "period", "kind",
@@ -61,35 +53,6 @@ class Processed(NamedTuple):
     # The customer's settle sequence number: 1, 2, ... over its usage and close rows, given in the
     # rating transaction (under the customer's lock group, from last_seqs); None for fail_open.
     settle_seq: int | None = None
-
-
-def lock_group(customer_id: str) -> int:
-    """Stable across processes (unlike hash())."""
-    return zlib.crc32(customer_id.encode()) % LOCK_GROUPS
-
-
-async def try_lock_groups(conn: asyncpg.Connection, groups: Sequence[int]) -> list[bool]:
-    """Take each group's session-level lock if it is free, in one round trip: whether each was
-    taken. Held from before the idempotency check until after the Redis settle: the cumulatives,
-    the idempotency check and the wallet read for routing all see another consumer's sub-batch
-    of the same customers entirely or not at all."""
-    rows = await conn.fetch(
-        "SELECT pg_try_advisory_lock($1, g) FROM unnest($2::int[]) WITH ORDINALITY AS t(g, i) ORDER BY i",
-        LOCK_NAMESPACE, list(groups),
-    )
-    return [r[0] for r in rows]
-
-
-async def lock_group_wait(conn: asyncpg.Connection, group: int) -> None:
-    await conn.execute("SELECT pg_advisory_lock($1, $2)", LOCK_NAMESPACE, group)
-
-
-async def unlock_group(conn: asyncpg.Connection, group: int) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, group)
-
-
-async def unlock_groups(conn: asyncpg.Connection, groups: Sequence[int]) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1, g) FROM unnest($2::int[]) AS g", LOCK_NAMESPACE, list(groups))
 
 
 _SELECT_PROCESSED = "SELECT " + ", ".join(f"p.{c}" for c in PROCESSED_COLUMNS) + " FROM "

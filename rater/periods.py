@@ -7,13 +7,13 @@ Month-to-date counters need no reset job: cumulatives (rating_cumulatives) and s
 Closing period P (by default each customer's last period that is over), for each customer that
 existed in it and whose P is over (an anchored plan's P ends after calendar month P: until then
 the customer is skipped, reported as `open_until`):
-1. the close step of the stages (rater.stages.pipeline.run_close) over P's cumulatives: flat
+1. the close step of the stages (tollgate.rating.stages.pipeline.run_close) over P's cumulatives: flat
    fees, percentage minimums, the minimum-commit true-up, and the discount and tax on them;
 2. in one transaction: the close's own processed_events row (kind 'close', so `redis rebuild`
    counts its wallet debit and spend like any event's) and ledger lines, the invoice and its
    lines; then the close is settled on Redis like an event (idempotent by its id);
 3. checks before anything is written: the invoice total equals the period's recorded spend plus
-   the close, and equals the batch rating of P's totals (rater.stages.pipeline.run_batch);
+   the close, and equals the batch rating of P's totals (tollgate.rating.stages.pipeline.run_batch);
 4. the spend tier it enters the next period with (rater.tiers.reset_for_next_period): the tier
    P's spend reached, never lower than what the new period's own spend has already reached;
    customers.tier, a tier_transitions row (reason 'period_reset') and Redis cfg `tier`. Only
@@ -35,15 +35,16 @@ from dataclasses import dataclass
 import asyncpg
 
 from rater import ledger
-from rater.control.backends import Backends
 from rater.ledger import Processed
 from rater.pipeline import Directory
 from rater.settlement import fill_from, item_of, settle_filling
-from rater.stages.pipeline import run_batch, run_close
 from rater.tiers import reset_for_next_period
+from tollgate import locks
+from tollgate.backends import Backends
 from tollgate.keys import CustomerKeys
 from tollgate.money import format_micros
 from tollgate.periods import period_bounds, period_of, prev_period
+from tollgate.rating.stages.pipeline import run_batch, run_close
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,8 @@ async def close_period(pool: asyncpg.Pool, redis, period: str | None, *, custome
                 if not allow_open and end.timestamp() > now:
                     out.append({"customer_id": cid, "period": p, "open_until": end.isoformat()})
                     continue
-            group = ledger.lock_group(cid)
-            await ledger.lock_group_wait(conn, group)  # no event of this customer is rated meanwhile
+            group = locks.lock_group(cid)
+            await locks.lock_group_wait(conn, group)  # no event of this customer is rated meanwhile
             try:
                 if customer is None:
                     raise PeriodCloseError(f"no customer {cid!r}")
@@ -117,7 +118,7 @@ async def close_period(pool: asyncpg.Pool, redis, period: str | None, *, custome
                 log.error("closing %s for %s failed: %s", p, cid, e)
                 out.append({"customer_id": cid, "period": p, "error": str(e)})
             finally:
-                await ledger.unlock_group(conn, group)
+                await locks.unlock_group(conn, group)
     return out
 
 

@@ -1,6 +1,6 @@
 """The rating pipeline: a batch of bus messages in, its effect applied exactly once.
 
-    decode -> resolve customer -> decompose -> stages (rater.stages) -> PostgreSQL transaction
+    decode -> resolve customer -> decompose -> stages (tollgate.rating.stages) -> PostgreSQL transaction
     -> settle on Redis (rater.settlement) -> record promotions and settled holds -> (caller acks)
 
 Exactly once, with at-least-once delivery in:
@@ -16,7 +16,7 @@ Exactly once, with at-least-once delivery in:
   of the customer's settle outbox in Redis; a crash in between leaves it for the redelivery.
 - The caller acknowledges the bus only after all of it; a crash before that redelivers the batch.
 
-Concurrency: customers fall into ledger.LOCK_GROUPS lock groups; a batch is split by group, and
+Concurrency: customers fall into locks.LOCK_GROUPS lock groups; a batch is split by group, and
 each lane takes the session advisory locks of the free groups (up to its share of the batch's
 groups) and rates their sub-batches in one transaction, the locks held from before the
 idempotency check until after the Redis settle; a lane waits for a lock only while it holds
@@ -41,16 +41,16 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import dead_letters, holds, ledger, redis_raw
-from rater.control.lookup import plan_from_row
+from rater import dead_letters, holds, ledger
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
-from rater.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
 from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, record_promotions, settle_filling
-from rater.stages.pipeline import run_event
+from tollgate import locks, redis_raw
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
-from tollgate.plans import Plan
+from tollgate.plans import Plan, plan_from_row
+from tollgate.rating.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
+from tollgate.rating.stages.pipeline import run_event
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class Pipeline:
             elif ev.kind == "decision":
                 decisions.append(ev)
             else:
-                groups[ledger.lock_group(ev.customer.id)].append(ev)
+                groups[locks.lock_group(ev.customer.id)].append(ev)
 
         todo, claimed = sorted(groups), set()
         lanes = min(self.lanes, len(todo))
@@ -338,7 +338,7 @@ class Pipeline:
                     try:
                         await self._locked(conn, res, [e for g in got for e in groups[g]], now)
                     finally:
-                        await ledger.unlock_groups(conn, got)
+                        await locks.unlock_groups(conn, got)
 
         try:
             async with asyncio.TaskGroup() as tg:  # a failing lane cancels the others
@@ -374,7 +374,7 @@ class Pipeline:
         g = free[0]
         claimed.add(g)
         todo.remove(g)
-        await ledger.lock_group_wait(conn, g)  # another consumer has it: queue behind it
+        await locks.lock_group_wait(conn, g)  # another consumer has it: queue behind it
         return [g, *await Pipeline._try_lock(conn, todo, claimed, share - 1)]
 
     @staticmethod
@@ -388,7 +388,7 @@ class Pipeline:
                 break
             claimed.update(candidates)
             tried.update(candidates)
-            for g, locked in zip(candidates, await ledger.try_lock_groups(conn, candidates)):
+            for g, locked in zip(candidates, await locks.try_lock_groups(conn, candidates)):
                 if locked:
                     todo.remove(g)
                     got.append(g)

@@ -1,5 +1,6 @@
-"""`tollgate-rater`: the bus consumer, the rating pipeline, the hold sweeper and the projection's
-self-healing (rater.self_heal) in one process.
+"""`tollgate-rater`: the bus consumer, the rating pipeline and the hold sweeper in one process.
+A Redis without its projection (restarted empty) makes settlement wait (NotProjected, retried
+with backoff) until the control plane's self-healing has rebuilt it (control.service).
 
 Loop: poll a batch -> Pipeline.process_raw -> ack. A batch that fails (PostgreSQL or Redis
 unreachable) is retried as it is, with backoff, and acknowledged only once it went through;
@@ -21,7 +22,6 @@ import asyncpg
 from rater import holds
 from rater.consumers import Consumer, Message, make_consumer
 from rater.pipeline import BatchResult, Pipeline
-from rater.self_heal import SelfHeal
 from tollgate.config import Settings, settings as load_settings
 from tollgate.gc_tuning import freeze_startup_heap
 from tollgate.redis_client import connect
@@ -118,16 +118,12 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
     rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch_size)
     sweeper = asyncio.create_task(holds.run_sweeper(redis, pool, sweep_interval_s, stop)) if sweep_interval_s > 0 else None
     freeze_startup_heap()  # long-lived objects made so far never need collecting
-    heal = SelfHeal(redis, cfg.database_url)
-    await heal.check()  # a fresh install or an emptied Redis: projected before the first batch
-    healer = asyncio.create_task(heal.run(stop))
     log.info("rater started: bus=%s group=%s", cfg.bus, group)
     started = time.monotonic()
     try:
         await rater.run(stop)
     finally:
         stop.set()
-        await healer
         if sweeper:
             await sweeper
         await consumer.stop()

@@ -24,7 +24,7 @@ the cfg read, each spend key's PEXPIRE) is paid once per customer instead of onc
 CHUNK bounds how long one run blocks Redis. All the runs go out as one pipeline (one round trip);
 each is atomic and touches one customer's keys only, all declared in KEYS (the event's tokens/min
 bucket too), so this works unchanged on Redis Cluster.
-The pipeline is packed by hiredis and read by the connection's parser (rater.redis_raw): ~4 µs
+The pipeline is packed by hiredis and read by the connection's parser (tollgate.redis_raw): ~4 µs
 of client CPU per command instead of ~25 through redis-py's pipeline.
 """
 from __future__ import annotations
@@ -34,18 +34,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from redis.exceptions import NoScriptError
-
 import lua
-from rater import ledger, redis_raw
+from rater import ledger
 from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
-from tollgate.keys import CustomerKeys
+from tollgate import redis_raw
+from tollgate.keys import SPEND_TTL_MS, CustomerKeys
 from tollgate.periods import is_period, period_of
+from tollgate.redis_raw import eval_many
 
 log = logging.getLogger(__name__)
 
-DAY_MS = 24 * 3600 * 1000
-SPEND_TTL_MS = 70 * DAY_MS  # spend keys: the previous period stays readable for late events
 CHUNK = 200  # events of one customer per settle.lua run at most: no single run blocks Redis long
 MAX_GAP_ROUNDS = 4  # gap fills per call before giving up (a gap needs one; more means a rebuild raced)
 
@@ -255,29 +253,3 @@ def _result(item: SettleItem, reply: list) -> SettleResult:
     # int() takes the decimal bytes Redis sends as they are; from/to are '' unless promoted
     return SettleResult(item.event_id, replayed != 0, int(released), int(wallet), int(spend),
                         _s(frm) or None, _s(to) or None, replayed != 2)
-
-
-async def eval_many(redis, script: lua.Script, calls: Sequence[tuple[list, list]]) -> list:
-    """EVALSHA each (keys, args) in one pipeline; NOSCRIPT (a restarted or new Redis) loads the
-    script and re-runs only the calls that failed with it, which never ran."""
-    replies = await _pipeline(redis, script.sha, calls)
-    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-    if missing:
-        await redis.script_load(script.source)
-        again = await _pipeline(redis, script.sha, [calls[i] for i in missing])
-        for i, r in zip(missing, again):
-            replies[i] = r
-    for r in replies:
-        if isinstance(r, Exception):
-            raise r
-    return replies
-
-
-async def _pipeline(redis, sha: str, calls: Sequence[tuple[list, list]]) -> list:
-    """The EVALSHA replies in order, error replies as their exceptions."""
-    if redis_raw.supported(redis):
-        return await redis_raw.execute(redis, [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls])
-    async with redis.pipeline(transaction=False) as p:
-        for keys, args in calls:
-            p.execute_command("EVALSHA", sha, len(keys), *keys, *args)  # redis-py's cluster pipeline refuses .evalsha()
-        return await p.execute(raise_on_error=False)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from tollgate.keys import CustomerKeys
 from tollgate.periods import next_period, period_of
+from tollgate.tiers import tier_index, tier_reached
 
 if TYPE_CHECKING:
     from rater.settlement import SettleItem, SettleResult
@@ -64,16 +65,6 @@ async def record_promotions(conn, items: Sequence[SettleItem], results: Sequence
 
 
 # ----------------------------------------------------------------------------- period boundary
-
-
-def tier_reached(plan: Plan, spend_micros: int) -> int:
-    """Index of the highest tier whose threshold `spend_micros` meets (0: the first tier)."""
-    return max((i for i, t in enumerate(plan.tiers) if t.threshold_micros <= spend_micros), default=0)
-
-
-def tier_index(plan: Plan, name: str | None) -> int:
-    names = [t.name for t in plan.tiers]
-    return names.index(name) if name in names else 0
 
 
 async def reached_in(conn, plan: Plan, customer_id: str, periods: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -148,3 +148,46 @@ class HungServer:
         for c in self.conns:
             c.close()
         self.sock.close()
+
+
+class ControlProcess:
+    """The real `tollgate-control` (python -m control.service): the admin API and the control
+    plane's background work (the projection's self-healing), on a free port."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None):
+        self.env = env
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="tollgate-control-")
+        self.log_path = Path(self._tmp.name) / "control.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "ControlProcess":
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "control.service", "--port", str(self.port)],
+                                         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/openapi.json", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tollgate-control did not start:\n{self.logs()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return stop_process(self.proc, timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,5 +1,5 @@
 """Tenants for tests that talk to a real enforcer: a plan, customer and API key of their own,
-projected into Redis through the control plane's projection (rater.projection), and the events
+projected into Redis through the control plane's projection (control.projection.writes), and the events
 the enforcer put on the Redis stream. Tenants exist in Redis only (not in PostgreSQL), so the
 projection marker is set by hand: the Redis they are in counts as completely projected, and an
 unknown key is 401 (without the marker the enforcer would fail open, `not_projected`)."""
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from rater.projection import project_api_key, project_customer, project_plan, set_wallet
+from control.projection.writes import project_api_key, project_customer, project_plan, set_wallet
 from tollgate.keys import EVENTS_STREAM, PROJECTION_MARKER, CustomerKeys, api_key_hash
 from tollgate.plans import Plan, parse_plan
 

@@ -22,8 +22,8 @@ from tollgate.config import Settings, settings
 
 # Add your module here; its register(sub) is called with the top-level subparsers.
 COMMAND_MODULES = [
-    "rater.control.commands",  # db, plans, customers, keys, wallets, admin
-    "rater.rebuild",  # redis rebuild
+    "control.commands",  # db, plans, customers, keys, wallets, admin
+    "control.projection.rebuild",  # redis rebuild
     "rater.dead_letters",  # dead-letters list / replay / discard
     "rater.service",  # rater run
     "rater.periods",  # periods close / invoice

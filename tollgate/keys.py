@@ -16,6 +16,8 @@ EVENTS_STREAM = "tg:events"  # the Redis Streams bus
 # The stream's incarnation (set once per stream by lua/bus_publish.lua); its hash tag is the
 # stream's name, so both live in one cluster slot and one script can touch both.
 EVENTS_EPOCH = "{tg:events}:epoch"
+DAY_MS = 24 * 3600 * 1000
+SPEND_TTL_MS = 70 * DAY_MS  # spend keys (settle.lua, rebuild): the previous period stays readable for late events
 
 
 def events_producer(producer_id: str) -> str:
@@ -26,7 +28,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 # The projection marker: present only once a complete rebuild has written everything the hot path
 # reads (string: the rebuild's generation). A Redis that lost its data lost the marker too, so the
 # enforcer can tell "no such key" (record missing, marker present) from "not projected yet".
-# Written by rater.rebuild only, never by the control plane's per-customer writes. The rebuild
+# Written by control.projection.rebuild only, never by the control plane's per-customer writes. The rebuild
 # first sets PROJECTION_BUILDING to its generation and turns it into the marker with one script
 # at the end, so a Redis that restarted mid-rebuild (losing the first half) gets no marker.
 # Both share the hash tag "@projection" ('@' is in no customer id), i.e. one cluster slot.

@@ -2,7 +2,7 @@
 
 Why micros: Redis and Lua hold balances as integers; Lua numbers are doubles, exact up to 2**53,
 i.e. up to 9 billion currency units in micros. LLM unit prices are far below a micro per token, so
-prices stay Decimal and only amounts (rounded at fixed points, see rater.pricing) become micros.
+prices stay Decimal and only amounts (rounded at fixed points, see tollgate.rating.pricing) become micros.
 """
 from __future__ import annotations
 

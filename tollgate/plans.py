@@ -12,6 +12,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
+import orjson
 import yaml
 
 from tollgate.keys import ID_PATTERN
@@ -402,3 +403,10 @@ def _dec(v: Any, f: str, lo: int | None = None, hi: int | None = None) -> Decima
 
 def _money(v: Any, f: str) -> int:
     return to_micros(_dec(v, f, 0))
+
+
+def plan_from_row(row) -> Plan:
+    """Stored documents were validated when applied; parsing again gives the Plan object. The
+    jsonb column arrives as text, or decoded where a connection has a json codec."""
+    doc = row["document"]
+    return parse_plan(orjson.loads(doc) if isinstance(doc, (str, bytes)) else doc)

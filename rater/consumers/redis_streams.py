@@ -14,7 +14,7 @@ creates the group again from id 0 and goes on; the enforcers publish again, from
 everything the lost stream held that the group had not consumed. A batch in hand from the lost
 stream is rated as usual; its ack has nothing left to acknowledge.
 
-XREADGROUP and XACK, once per batch each, go through rater.redis_raw: redis-py's packing of a
+XREADGROUP and XACK, once per batch each, go through tollgate.redis_raw: redis-py's packing of a
 thousand ids and its parsing of a thousand entries (into dicts, via its RESP3 -> RESP2 legacy
 conversion) cost ~3 µs per event.
 """
@@ -28,7 +28,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from rater import redis_raw
+from tollgate import redis_raw
 from rater.consumers import Message
 from tollgate.keys import EVENTS_STREAM
 from tollgate.redis_client import connect

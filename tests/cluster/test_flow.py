@@ -14,7 +14,7 @@ from tests.cluster.services import ADMIN_TOKEN, cluster_env, run_admin, tollgate
 from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer
 from rater import holds
-from rater.projection import project_api_key
+from control.projection.writes import project_api_key
 from tests.tenants import check_body, plan_doc, provision, uid
 from tollgate.keys import CustomerKeys
 from tollgate.local_services import LocalCluster

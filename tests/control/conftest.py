@@ -8,8 +8,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from rater.admin_api import create_app
-from rater.control import customers, plans
+from control.http.app import create_app
+from control import customers, plans
 from tollgate.config import Settings
 from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 

@@ -3,7 +3,7 @@ import json
 import httpx
 import pytest
 
-from rater.admin_api import MAX_BODY, create_app
+from control.http.app import MAX_BODY, create_app
 from tests.control.conftest import TOKEN, plan_text, uid
 from tollgate.config import Settings
 from tollgate.keys import CustomerKeys, api_key_hash, api_key_record

@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from rater.control import api_keys
-from rater.control.errors import NotFound
+from control import api_keys
+from control.errors import NotFound
 from tollgate.keys import INVALIDATION_CHANNEL, api_key_hash, api_key_record
 
 

@@ -4,8 +4,8 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from rater.control import api_keys, customers, wallets
-from rater.control.errors import Conflict, InvalidInput, NotFound
+from control import api_keys, customers, wallets
+from control.errors import Conflict, InvalidInput, NotFound
 from tests.control.conftest import uid
 from tollgate.keys import CustomerKeys
 from tollgate.local_services import free_port

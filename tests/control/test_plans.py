@@ -4,8 +4,8 @@ import orjson
 import pytest
 import yaml
 
-from rater.control import customers, plans
-from rater.control.errors import Conflict, InvalidInput, NotFound
+from control import customers, plans
+from control.errors import Conflict, InvalidInput, NotFound
 from tests.control.conftest import SAMPLE_PLAN, plan_text, uid
 from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, plan_record
 from tollgate.plans import load_plan_text

@@ -3,8 +3,8 @@ import asyncio
 import pytest
 
 import lua
-from rater.control import wallets
-from rater.control.errors import Conflict, InvalidInput, NotFound
+from control import wallets
+from control.errors import Conflict, InvalidInput, NotFound
 from tests.control.conftest import uid
 from tollgate.keys import CustomerKeys
 

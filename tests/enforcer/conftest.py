@@ -1,5 +1,5 @@
 """Enforcer tests: a real enforcer process on the session's Redis, provisioned through the
-control plane's Redis projection (rater.projection). Every test provisions its own plan, customer
+control plane's Redis projection (control.projection.writes). Every test provisions its own plan, customer
 and key ids, so the enforcer's cache never carries one test's keys into another."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from tests.tenants import check_body, plan_doc, provision, stream_events, uid
 from tollgate.periods import period_of
-from rater.projection import project_api_key
+from control.projection.writes import project_api_key
 
 PER_REQUEST = 10_000  # micros: plan_doc prices a request at $0.01
 

@@ -10,7 +10,7 @@ import glob
 
 import orjson
 
-from rater.projection import project_api_key
+from control.projection.writes import project_api_key
 from tests.tenants import check_body, provision, stream_events, uid
 
 

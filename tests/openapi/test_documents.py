@@ -3,8 +3,8 @@ import httpx
 
 from enforcer.app import create_app as create_enforcer
 from enforcer.openapi import SPEC as ENFORCER_SPEC
-from rater.admin_api import create_app as create_admin
-from rater.admin_openapi import SPEC as ADMIN_SPEC
+from control.http.app import create_app as create_admin
+from control.http.openapi import SPEC as ADMIN_SPEC
 from tollgate.config import Settings
 from tollgate.openapi import documented_operations, routed_operations
 

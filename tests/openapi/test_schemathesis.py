@@ -21,7 +21,7 @@ import pytest_asyncio
 import yaml
 
 from enforcer.openapi import SPEC as ENFORCER_SPEC
-from rater.admin_openapi import SPEC as ADMIN_SPEC
+from control.http.openapi import SPEC as ADMIN_SPEC
 from tests.control.conftest import TOKEN, plan_text
 from tests.openapi.fuzz import fuzz, load
 from tests.servers import run_enforcer, stop_process

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from rater import periods
-from rater.rebuild import rebuild
+from control.projection.rebuild import rebuild
 from rater.settlement import SettleItem, SettleResult, record_promotions
 from tests.periods.conftest import RPM, check, uid, usage, utc
 from tollgate.keys import CustomerKeys

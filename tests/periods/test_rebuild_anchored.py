@@ -2,7 +2,7 @@
 plan's, not the calendar month."""
 from __future__ import annotations
 
-from rater.rebuild import rebuild
+from control.projection.rebuild import rebuild
 from tests.periods.conftest import usage, utc
 from tollgate.keys import CustomerKeys
 

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from rater.pricing import (
+from tollgate.rating.pricing import (
     InvalidMeasurementError,
     RatingError,
     StateError,
@@ -16,7 +16,7 @@ from rater.pricing import (
     rate_event,
     rate_period,
 )
-from rater.pricing.engine import pricing_for_key
+from tollgate.rating.pricing.engine import pricing_for_key
 from tests.pricing.helpers import TIERS_A, make_plan
 
 D = Decimal

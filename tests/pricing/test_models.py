@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from rater.pricing import composite, flat, graduated, included, per_unit, percentage, volume
-from rater.pricing.base import TierLine
+from tollgate.rating.pricing import composite, flat, graduated, included, per_unit, percentage, volume
+from tollgate.rating.pricing.base import TierLine
 from tests.pricing.helpers import TIERS_A, make_plan
 from tollgate.money import to_micros
 from tollgate.plans import Pricing

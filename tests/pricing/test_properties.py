@@ -7,9 +7,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rater.pricing import graduated, known_metrics, volume
-from rater.pricing.engine import USAGE_MODELS, pricing_for_key
-from rater.stages.pipeline import run_batch, run_close, run_event
+from tollgate.rating.pricing import graduated, known_metrics, volume
+from tollgate.rating.pricing.engine import USAGE_MODELS, pricing_for_key
+from tollgate.rating.stages.pipeline import run_batch, run_close, run_event
 from tollgate.money import to_micros
 from tollgate.plans import PriceTier, Pricing, parse_plan
 

@@ -10,9 +10,9 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from rater.control import customers, plans, wallets
+from control import customers, plans, wallets
 from rater.pipeline import Pipeline, decompose
-from rater.stages.pipeline import run_event
+from tollgate.rating.stages.pipeline import run_event
 from tollgate.keys import CustomerKeys
 from tollgate.money import format_micros
 from tollgate.periods import period_of

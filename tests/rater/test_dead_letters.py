@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from rater import dead_letters
-from rater.control import customers, plans
+from control import customers, plans
 from tests.rater.conftest import expected, pg_totals, raw, redis_state, uid, usage
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from rater import periods
 from rater.pipeline import decompose
-from rater.stages.pipeline import run_batch, run_close, run_event
+from tollgate.rating.stages.pipeline import run_batch, run_close, run_event
 from tests.rater.conftest import PERIOD, raw, redis_state, uid, usage
 from tollgate.plans import load_plan_text
 

@@ -10,8 +10,8 @@ import orjson
 import pytest_asyncio
 
 import lua
-from rater.projection import project_api_key, project_customer, project_plan
-from rater.settlement import eval_many
+from control.projection.writes import project_api_key, project_customer, project_plan
+from tollgate.redis_raw import eval_many
 from tollgate.keys import CustomerKeys, api_key_hash
 from tollgate.periods import period_of
 from tollgate.plans import parse_plan

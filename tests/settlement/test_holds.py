@@ -7,7 +7,8 @@ import time
 import lua
 from rater import holds
 from rater.holds import _sweep_call, mark_settled, record_placed_holds, settled_holds, sweep_expired
-from rater.settlement import SettleItem, eval_many, settle
+from rater.settlement import SettleItem, settle
+from tollgate.redis_raw import eval_many
 from tests.settlement.conftest import check, figures, make_customer, next_seq, uid
 from tollgate.periods import period_of
 

@@ -7,8 +7,9 @@ import orjson
 
 from rater.holds import mark_settled, settled_holds
 import lua
-from rater.rebuild import projected, rebuild
-from rater.settlement import SettleItem, clear_outbox, eval_many, record_promotions, settle
+from control.projection.rebuild import projected, rebuild
+from rater.settlement import SettleItem, clear_outbox, record_promotions, settle
+from tollgate.redis_raw import eval_many
 from tests.settlement.conftest import BUILD_MICROS, check, figures, make_customer, next_seq, uid
 from tests.settlement.test_holds import place
 from tollgate.keys import PROJECTION_BUILDING, PROJECTION_MARKER, api_key_hash, api_key_record, plan_record
@@ -123,10 +124,10 @@ async def test_cli_registers_redis_rebuild(redis, pg, pg_dsn, redis_server):
     from tollgate.cli import COMMAND_MODULES, Context, build_parser
     from tollgate.config import Settings
 
-    assert "rater.rebuild" in COMMAND_MODULES
+    assert "control.projection.rebuild" in COMMAND_MODULES
     c = await make_customer(pg, redis, wallet_micros=3_000)
     await redis.flushall()
-    args = build_parser(["rater.rebuild"]).parse_args(["redis", "rebuild", "--json"])
+    args = build_parser(["control.projection.rebuild"]).parse_args(["redis", "rebuild", "--json"])
     await args.handler(Context(args, Settings(database_url=pg_dsn, redis_url=redis_server.url)))
     assert int(await redis.get(c.keys.wallet)) == 3_000
     assert await projected(redis)  # the marker, written last

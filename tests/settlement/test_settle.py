@@ -172,7 +172,7 @@ class _NoPool:
 
 @pytest.mark.parametrize("client", ["resp2", "resp3", "decoded", "no_pool"])
 async def test_same_results_whatever_the_client(redis, redis_server, customer, client):
-    """Replies are read unparsed (rater.redis_raw): RESP2 and RESP3, bytes or decoded, give the
+    """Replies are read unparsed (tollgate.redis_raw): RESP2 and RESP3, bytes or decoded, give the
     same results, and so does the redis-py pipeline of a client without a pool."""
     import redis.asyncio as aioredis
 

@@ -9,7 +9,9 @@ from redis.exceptions import ResponseError
 
 import lua
 from rater import settlement
-from rater.settlement import SPEND_TTL_MS, NotProjected, SettleGap, eval_many, settle
+from rater.settlement import NotProjected, SettleGap, settle
+from tollgate.keys import SPEND_TTL_MS
+from tollgate.redis_raw import eval_many
 from tests.settlement.conftest import BUILD_MICROS, SCALE_MICROS, check, figures, make_customer
 from tests.settlement.test_settle import _tat, item
 from tollgate.periods import period_of

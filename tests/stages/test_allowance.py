@@ -1,5 +1,5 @@
-from rater.stages import allowance
-from rater.stages.context import Allowance, RatingContext
+from tollgate.rating.stages import allowance
+from tollgate.rating.stages.context import Allowance, RatingContext
 from tests.pricing.helpers import make_plan
 
 PLAN = make_plan([

@@ -1,7 +1,7 @@
 import pytest
 
-from rater.stages import commit
-from rater.stages.context import RatingContext
+from tollgate.rating.stages import commit
+from tollgate.rating.stages.context import RatingContext
 from tests.pricing.helpers import make_plan
 
 PLAN = make_plan([{"id": "tok", "model": "per_unit", "metric": "tokens", "unit_price": "1"}],

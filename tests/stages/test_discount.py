@@ -1,7 +1,7 @@
 from decimal import Decimal
 
-from rater.stages import discount
-from rater.stages.context import RatingContext
+from tollgate.rating.stages import discount
+from tollgate.rating.stages.context import RatingContext
 from tests.pricing.helpers import make_plan
 from tollgate.plans import Discount
 

@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from rater.stages import pipeline
+from tollgate.rating.stages import pipeline
 from tests.pricing.helpers import make_plan
 
 PLAN = make_plan(

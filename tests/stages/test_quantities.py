@@ -2,8 +2,8 @@
 it); the period close and batch rating, whose totals are sums of events, are not bounded."""
 import pytest
 
-from rater.pricing import InvalidMeasurementError, RatingError
-from rater.stages import pipeline
+from tollgate.rating.pricing import InvalidMeasurementError, RatingError
+from tollgate.rating.stages import pipeline
 from tests.pricing.helpers import make_plan
 from tollgate.plans import DEFAULT_MAX_QUANTITY_PER_EVENT
 

@@ -1,8 +1,8 @@
 import pytest
 
-from rater.pricing import UnknownMetricError
-from rater.stages import rate
-from rater.stages.context import RatingContext
+from tollgate.rating.pricing import UnknownMetricError
+from tollgate.rating.stages import rate
+from tollgate.rating.stages.context import RatingContext
 from tests.pricing.helpers import make_plan
 
 PLAN = make_plan([

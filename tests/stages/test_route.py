@@ -1,8 +1,8 @@
 import pytest
 
-from rater.pricing.base import ChargeLine
-from rater.stages import route
-from rater.stages.context import RatingContext
+from tollgate.rating.pricing.base import ChargeLine
+from tollgate.rating.stages import route
+from tollgate.rating.stages.context import RatingContext
 from tests.pricing.helpers import make_plan
 
 

@@ -1,7 +1,7 @@
 from decimal import Decimal
 
-from rater.stages import tax
-from rater.stages.context import RatingContext
+from tollgate.rating.stages import tax
+from tollgate.rating.stages.context import RatingContext
 from tests.pricing.helpers import make_plan
 
 D = Decimal

@@ -1,4 +1,0 @@
-"""Pure stages of the rater, in order: allowance, rate, commit, discount, tax, route.
-
-Entry points: rater.stages.pipeline.run_event / run_close / run_batch -> RatingContext.
-"""
