@@ -1,0 +1,127 @@
+"""Usage rollups: per customer, UTC hour, metric, dimension set and API key, the units measured
+and the amount charged, upserted in the rating transaction so the read API never scans the ledger.
+
+One statement per (sub-)batch: the batch is aggregated here first (events of one customer, hour,
+metric, dimension set and key add up into one row), then one INSERT ... ON CONFLICT DO UPDATE from
+unnested arrays. Rows are sent sorted by their key, so two transactions touching the same rows
+(they cannot today: a customer's rows are written under its lock group) would lock them in the
+same order and never deadlock.
+
+Dimensions are the event's `properties` (model, tool, agent, ...): scalar values only, at most
+MAX_DIMENSIONS of them (by name order), values cut at MAX_VALUE characters: a rollup row per
+distinct combination, so a property with a value per request (a prompt, a session id) would make
+a row per event. Kept as a JSON object (`dims`), so any dimension can be grouped by or filtered on.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+import asyncpg
+import orjson
+
+MAX_DIMENSIONS = 8
+MAX_VALUE = 64
+_NO_DIMS = "{}"
+
+
+def hour_of(ts: object, default: float) -> str:
+    """The UTC hour an event happened in, as PostgreSQL timestamptz text ('2026-11-21 10:00:00+00')."""
+    if isinstance(ts, str):
+        # Fast path: the enforcer's RFC 3339 UTC ("2026-11-21T10:00:00.123Z").
+        if len(ts) >= 20 and ts[10] == "T" and ts[4] == "-" and (ts[-1] == "Z" or ts.endswith("+00:00")):
+            return f"{ts[:10]} {ts[11:13]}:00:00+00"
+        try:
+            dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        except ValueError:
+            dt = None
+        if dt is not None:
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=timezone.utc)
+            return dt.astimezone(timezone.utc).strftime("%Y-%m-%d %H:00:00+00")
+    elif isinstance(ts, (int, float)) and not isinstance(ts, bool):
+        default = ts / 1000 if ts > 1e11 else ts
+    return datetime.fromtimestamp(default, timezone.utc).strftime("%Y-%m-%d %H:00:00+00")
+
+
+def dims_of(properties: object) -> str:
+    """The canonical JSON text of an event's dimensions (sorted names, string values)."""
+    if not isinstance(properties, dict) or not properties:
+        return _NO_DIMS
+    out: dict[str, str] = {}
+    for name in sorted(properties)[:MAX_DIMENSIONS]:
+        v = properties[name]
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            v = str(v)
+        elif not isinstance(v, str):
+            continue
+        if isinstance(name, str) and name:
+            out[name] = v[:MAX_VALUE]
+    return orjson.dumps(out, option=orjson.OPT_SORT_KEYS).decode() if out else _NO_DIMS
+
+
+def aggregate(events: Iterable, lines: Sequence[tuple], now: float) -> list[tuple]:
+    """Rollup rows (customer, hour, metric, dims, key_id, quantity, amount, events), sorted by key.
+
+    `events`: the rated usage events (rater.pipeline.Event); `lines`: their ledger lines
+    (rater.ledger.LEDGER_COLUMNS order). Quantities come from the measurements, amounts from the
+    lines; a line without a metric (discount, tax) counts under its kind."""
+    amounts: dict[str, dict[str, int]] = {}
+    for ln in lines:
+        per = amounts.get(ln[0])
+        if per is None:
+            per = amounts[ln[0]] = {}
+        m = ln[8] or ln[6]
+        per[m] = per.get(m, 0) + ln[12]
+    acc: dict[tuple, list[int]] = {}
+    for e in events:
+        body = e.body
+        key_id = body.get("key_id")
+        key_id = key_id if isinstance(key_id, str) else ""
+        head = (e.customer.id, hour_of(body.get("timestamp") or body.get("received_at"), now))
+        dims = dims_of(body.get("properties"))
+        per = amounts.get(e.id, {})
+        for metric, q in e.measurements.items():
+            _add(acc, (*head, metric, dims, key_id), q, per.get(metric, 0))
+        for metric, a in per.items():
+            if metric not in e.measurements:
+                _add(acc, (*head, metric, dims, key_id), 0, a)
+    return [(*k, *v) for k, v in sorted(acc.items())]
+
+
+def _add(acc: dict, key: tuple, quantity: int, amount: int) -> None:
+    row = acc.get(key)
+    if row is None:
+        acc[key] = [quantity, amount, 1]
+    else:
+        row[0] += quantity
+        row[1] += amount
+        row[2] += 1
+
+
+async def upsert(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
+    """Add aggregated rows to the rollups: one statement."""
+    if not rows:
+        return
+    cols = list(zip(*rows))
+    await conn.execute(
+        """INSERT INTO usage_rollups AS u (customer_id, hour, metric, dims, key_id, quantity, amount_micros, events)
+           SELECT c, h::timestamptz, m, d::jsonb, k, q, a, n
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[])
+                AS r(c, h, m, d, k, q, a, n)
+           ON CONFLICT (customer_id, hour, metric, dims, key_id) DO UPDATE
+           SET quantity = u.quantity + EXCLUDED.quantity, amount_micros = u.amount_micros + EXCLUDED.amount_micros,
+               events = u.events + EXCLUDED.events""",
+        *[list(c) for c in cols],
+    )
+
+
+async def write(conn: asyncpg.Connection, events: Sequence, rows: Sequence, lines: Sequence[tuple]) -> None:
+    """The rollups of a rating transaction: its usage events that were rated (`rows`: their
+    processed_events records; an event dead-lettered meanwhile has none) and their ledger lines."""
+    rated = {r.event_id for r in rows if r.kind == "usage"}
+    if rated:
+        await upsert(conn, aggregate([e for e in events if e.id in rated], lines, time.time()))
