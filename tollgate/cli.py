@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "rater.dead_letters",  # dead-letters list / replay / discard
     "rater.service",  # rater run
     "rater.periods",  # periods close / invoice
+    "control.read_commands",  # usage, preview, invoices, trace
 ]
 
 EXIT_BAD_INPUT = 2
