@@ -1,6 +1,6 @@
 """Usage reads: per customer or per API key, by metric and by any dimension, bucketed by hour or
 day (UTC), over any range, from the rollups the rater writes in its rating transaction
-(usage_rollups, rater/rollups.py): never the ledger.
+(usage_rollups and the deltas not yet folded into them, rater/rollups.py): never the ledger.
 
 One customer's range of hours is one index range scan (the rollups' key leads with customer and
 hour); a key's usage is the same scan filtered on the key; grouping by a dimension reads it out of
@@ -106,6 +106,8 @@ async def customer_usage(db: asyncpg.Pool, customer_id: str, *, start: datetime 
 
 async def _query(conn, customer_id: str, start: datetime, end: datetime, bucket: str, dims: list[str],
                  by_key: bool, metric: str | None, key_id: str | None) -> list[asyncpg.Record]:
+    """One statement (one snapshot) over the rollups and the deltas not compacted yet: the
+    compactor moves rows from one to the other atomically, so nothing counts twice or not at all."""
     args: list = [customer_id, start, end]
     cols = ["date_trunc('day', hour, 'UTC') AS bucket" if bucket == "day" else "hour AS bucket", "metric"]
     for i, d in enumerate(dims):
@@ -120,9 +122,13 @@ async def _query(conn, customer_id: str, start: datetime, end: datetime, bucket:
     if key_id is not None:
         args.append(key_id)
         where.append(f"key_id = ${len(args)}")
+    cond = " AND ".join(where)
     group = ", ".join(str(i + 1) for i in range(len(cols)))
     sql = (f"SELECT {', '.join(cols)}, sum(quantity)::int8 AS quantity, sum(amount_micros)::int8 AS amount_micros,"
-           f" sum(events)::int8 AS events FROM usage_rollups WHERE {' AND '.join(where)}"
+           f" sum(events)::int8 AS events FROM ("
+           f"SELECT hour, metric, dims, key_id, quantity, amount_micros, events FROM usage_rollups WHERE {cond}"
+           f" UNION ALL SELECT hour, metric, dims::jsonb, key_id, quantity, amount_micros, events"
+           f" FROM usage_rollup_deltas WHERE {cond}) r"
            f" GROUP BY {group} ORDER BY {group}")
     return await conn.fetch(sql, *args)
 

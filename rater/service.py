@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import asyncpg
 
-from rater import holds
+from rater import holds, rollups
 from rater.consumers import Consumer, Message, make_consumer
 from rater.pipeline import BatchResult, Pipeline
 from tollgate.config import Settings, settings as load_settings
@@ -49,6 +49,15 @@ class Rater:
         self.events = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Beside rating: folding the usage rollup deltas that rating transactions append (rater.rollups).
+        compactor = asyncio.create_task(rollups.run_compactor(self.pipeline.pool, stop))
+        try:
+            await self._consume(stop)
+        finally:
+            compactor.cancel()
+            await asyncio.gather(compactor, return_exceptions=True)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 msgs = await self.consumer.poll(self.batch_size, self.poll_ms)

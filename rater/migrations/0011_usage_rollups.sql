@@ -1,6 +1,8 @@
 -- Usage rollups: what the read API sums instead of the ledger (control/usage.py). One row per
--- (customer, UTC hour, metric, dimension set, API key), upserted in the rater's rating transaction
--- (rater/rollups.py), so a rollup is exactly as durable as the ledger lines it sums.
+-- (customer, UTC hour, metric, dimension set, API key). The rater's rating transaction appends its
+-- aggregated rows to usage_rollup_deltas (text COPY, as the ledger: rater/rollups.py), so they are
+-- exactly as durable as the ledger lines they sum; a compactor in the rater folds the deltas into
+-- usage_rollups about once a second (one DELETE ... RETURNING feeding one upsert). Reads sum both.
 --
 -- dims: the event's properties (model, tool, ...) as a JSON object of strings, '{}' when none;
 --   "by model" groups by dims->>'model'. Only scalar properties, at most rollups.MAX_DIMENSIONS
@@ -23,6 +25,19 @@ CREATE TABLE usage_rollups (
     events         bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (customer_id, hour, metric, dims, key_id)
 ) WITH (fillfactor = 80);  -- free space for HOT updates: the current hour's rows are rewritten often
+
+-- Appended by rating transactions, emptied by the compactor: no index (it holds a few seconds of
+-- rows; a read scans it), so an append costs what a ledger line's COPY costs, not an upsert.
+CREATE TABLE usage_rollup_deltas (
+    customer_id    text NOT NULL,
+    hour           timestamptz NOT NULL,
+    metric         text NOT NULL,
+    dims           text NOT NULL,             -- canonical JSON (sorted names), cast at compaction
+    key_id         text NOT NULL,
+    quantity       bigint NOT NULL,
+    amount_micros  bigint NOT NULL,
+    events         bigint NOT NULL
+);
 
 -- The trace by correlation id (GET /admin/trace/{id}) finds a decision's hold by its request id
 -- (the gateway's correlation id) without a scan: an equality lookup, a hash index (~1-2 µs a row).

@@ -71,3 +71,30 @@ async def test_bad_usage_queries_are_4xx_naming_the_field(client, customer_id):
     assert r.status_code == 404
     r = await client.get("/admin/keys/nope/usage", headers=ADMIN)
     assert r.status_code == 404
+
+
+async def test_compaction_moves_deltas_into_rollups_and_reads_stay_exact(pg, redis, client, pipeline, plan_for,
+                                                                         make_customer):
+    from rater import rollups  # noqa: PLC0415
+
+    c = await make_customer(plan_for())
+    q = {"from": DAY.date().isoformat(), "to": (DAY + timedelta(days=1)).date().isoformat(), "group_by": "model,key"}
+
+    async def read() -> list:
+        r = await client.get(f"/admin/customers/{c}/usage", params=q, headers=ADMIN)
+        return [(x["metric"], x["dimensions"]["model"], x["key_id"], x["quantity"], x["amount"], x["events"])
+                for x in r.json()["rows"]]
+
+    await pipeline.process_raw(raw([usage(c, 100, 10, ts=_ts(5), model="tab\there\\"), usage(c, 1, 1, ts=_ts(5))]))
+    before = await read()
+    async with pg.acquire() as conn:
+        assert await rollups.compact(conn) >= 4
+    assert await pg.fetchval("SELECT count(*) FROM usage_rollup_deltas WHERE customer_id = $1", c) == 0
+    assert await read() == before
+    assert ("input_tokens", "tab\there\\", "key_1", 100, "0.00031", 1) in before  # escaped through COPY
+    await pipeline.process_raw(raw([usage(c, 100, 10, ts=_ts(5), model="tab\there\\")]))  # half in deltas
+    after = await read()
+    assert ("input_tokens", "tab\there\\", "key_1", 200) in [x[:4] for x in after]
+    async with pg.acquire() as conn:
+        await rollups.compact(conn)
+    assert await read() == after
