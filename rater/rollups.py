@@ -4,8 +4,8 @@ and the amount charged, written in the rating transaction so the read API never 
 One statement per (sub-)batch: the batch is aggregated here first (events of one customer, hour,
 metric, dimension set and key add up into one row), then appended to usage_rollup_deltas by one
 text COPY. A compactor (run_compactor, in the rater process) folds the deltas into usage_rollups
-about once a second: one DELETE ... RETURNING feeding one INSERT ... ON CONFLICT DO UPDATE, rows
-sorted by key, under an advisory lock (one compactor at a time: no two upserts lock the same rows
+(per hour) and usage_rollups_daily (per UTC day) about once a second: one statement, a DELETE ...
+RETURNING feeding an INSERT ... ON CONFLICT DO UPDATE into each, rows sorted by key, under an advisory lock (one compactor at a time: no two upserts lock the same rows
 in different orders). Reads sum both tables (control.usage).
 
 Why not upsert usage_rollups in the rating transaction: the benchmark's batches (2,000 events over
@@ -182,25 +182,28 @@ COMPACT_INTERVAL_S = 1.0
 _COMPACT_LOCK = 0x70_11_A6_C0  # one compactor at a time: two would upsert the same rows in any order
 # The deltas are grouped by their jsonb value (two texts of one dimension set would otherwise be
 # two rows of one conflict key in one statement, which PostgreSQL refuses), sorted by the key.
-_COMPACT = """
-WITH moved AS (DELETE FROM usage_rollup_deltas RETURNING *)
-INSERT INTO usage_rollups AS u (customer_id, hour, metric, dims, key_id, quantity, amount_micros, events)
-SELECT customer_id, hour, metric, dims::jsonb, key_id, sum(quantity), sum(amount_micros), sum(events)
-FROM moved GROUP BY customer_id, hour, metric, dims::jsonb, key_id ORDER BY 1, 2, 3, 4, 5
-ON CONFLICT (customer_id, hour, metric, dims, key_id) DO UPDATE
+_UPSERT = """
+INSERT INTO {table} AS u (customer_id, {bucket}, metric, dims, key_id, quantity, amount_micros, events)
+SELECT customer_id, {expr}, metric, dims::jsonb, key_id, sum(quantity), sum(amount_micros), sum(events)
+FROM moved GROUP BY 1, 2, 3, dims::jsonb, key_id ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (customer_id, {bucket}, metric, dims, key_id) DO UPDATE
 SET quantity = u.quantity + EXCLUDED.quantity, amount_micros = u.amount_micros + EXCLUDED.amount_micros,
     events = u.events + EXCLUDED.events"""
+_COMPACT = ("WITH moved AS (DELETE FROM usage_rollup_deltas RETURNING *), hourly AS ("
+            + _UPSERT.format(table="usage_rollups", bucket="hour", expr="hour") + " RETURNING 1)"
+            + _UPSERT.format(table="usage_rollups_daily", bucket="day", expr="(hour AT TIME ZONE 'UTC')::date")
+            + " RETURNING (SELECT count(*) FROM hourly)")
 
 
 async def compact(conn: asyncpg.Connection) -> int:
-    """Fold every committed delta into usage_rollups, atomically (a read sees either the deltas
-    or their sums, never both); rows of transactions still open stay for the next run. Returns
-    the rollup rows written, or -1 if another compactor is running."""
+    """Fold every committed delta into usage_rollups and usage_rollups_daily, atomically (a read
+    sees either the deltas or their sums, never both); rows of transactions still open stay for
+    the next run. Returns the hourly rollup rows written, or -1 if another compactor is running."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _COMPACT_LOCK):
             return -1
-        status = await conn.execute(_COMPACT)
-    return int(status.split()[-1])
+        written = await conn.fetch(_COMPACT)
+    return written[0][0] if written else 0
 
 
 async def run_compactor(pool: asyncpg.Pool, stop, interval_s: float = COMPACT_INTERVAL_S) -> None:

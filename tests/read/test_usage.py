@@ -80,17 +80,17 @@ async def test_compaction_moves_deltas_into_rollups_and_reads_stay_exact(pg, red
     c = await make_customer(plan_for())
     q = {"from": DAY.date().isoformat(), "to": (DAY + timedelta(days=1)).date().isoformat(), "group_by": "model,key"}
 
-    async def read() -> list:
-        r = await client.get(f"/admin/customers/{c}/usage", params=q, headers=ADMIN)
+    async def read(bucket: str = "day") -> list:
+        r = await client.get(f"/admin/customers/{c}/usage", params={**q, "bucket": bucket}, headers=ADMIN)
         return [(x["metric"], x["dimensions"]["model"], x["key_id"], x["quantity"], x["amount"], x["events"])
                 for x in r.json()["rows"]]
 
     await pipeline.process_raw(raw([usage(c, 100, 10, ts=_ts(5), model="tab\there\\"), usage(c, 1, 1, ts=_ts(5))]))
-    before = await read()
+    before, hourly = await read(), await read("hour")
     async with pg.acquire() as conn:
         assert await rollups.compact(conn) >= 4
     assert await pg.fetchval("SELECT count(*) FROM usage_rollup_deltas WHERE customer_id = $1", c) == 0
-    assert await read() == before
+    assert (await read(), await read("hour")) == (before, hourly) == (hourly, before)
     assert ("input_tokens", "tab\there\\", "key_1", 100, "0.00031", 1) in before  # escaped through COPY
     await pipeline.process_raw(raw([usage(c, 100, 10, ts=_ts(5), model="tab\there\\")]))  # half in deltas
     after = await read()
