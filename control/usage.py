@@ -84,12 +84,14 @@ async def customer_usage(db: asyncpg.Pool, customer_id: str, *, start: datetime 
     async with db.acquire() as conn:
         await require_customer(conn, customer_id)
         rows = await _query(conn, customer_id, start, end, bucket, dims, "key" in group_by, metric, key_id)
-    out_rows, totals = [], {}
+    out_rows, totals, stamps = [], {}, {}
     for r in rows:
         q, a, n = r["quantity"], r["amount_micros"], r["events"]
         b = r["b"]
-        row = {"bucket": (b if bucket == "hour" else datetime(b.year, b.month, b.day, tzinfo=timezone.utc)).isoformat(),
-               "metric": r["metric"], "quantity": q,
+        stamp = stamps.get(b)
+        if stamp is None:  # a bucket repeats once per series
+            stamp = stamps[b] = (b if bucket == "hour" else datetime(b.year, b.month, b.day, tzinfo=timezone.utc)).isoformat()
+        row = {"bucket": stamp, "metric": r["metric"], "quantity": q,
                "amount": format_micros(a), "events": n}
         if dims:
             row["dimensions"] = {d: r[f"g{i}"] for i, d in enumerate(dims)}
