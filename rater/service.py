@@ -136,7 +136,8 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
         if sweeper:
             await sweeper
         await consumer.stop()
-        await rater.pipeline.charges.close()
+        if rater.pipeline.charges is not None:
+            await rater.pipeline.charges.close()
         await redis.aclose()
         await pool.close()
         log.info("rater stopped after %d events in %.1f s", rater.events, time.monotonic() - started)

@@ -16,10 +16,11 @@ from tollgate.money import to_micros
 async def _published(redis, customer_id: str) -> list[dict]:
     out = []
     for _, fields in await redis.xrange(charges.STREAM):
-        msg = orjson.loads(fields[b"message"])
-        assert msg["schema"] == charges.SCHEMA and fields[b"customer_id"].decode() == msg["customer_id"]
-        if msg["customer_id"] == customer_id:
-            out += msg["lines"]
+        assert fields[b"schema"].decode() == charges.SCHEMA
+        for row in fields[b"rows"].split(b"\n"):  # JSONCompactEachRow: an array per line, COLUMNS order
+            line = dict(zip(charges.COLUMNS, orjson.loads(row), strict=True))
+            if line["customer_id"] == customer_id:
+                out.append(line)
     return out
 
 
