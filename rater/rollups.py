@@ -10,14 +10,10 @@ in different orders). Reads sum both tables (control.usage).
 
 Why not upsert usage_rollups in the rating transaction: the benchmark's batches (2,000 events over
 300 customers, rated in sub-batches by lock group) aggregate to ~0.7 rollup rows per event, and an
-upsert costs PostgreSQL several times an appended row; measured (bench_rater, 2 raters) the upsert
-took ~25 % of the rater's events/s, the append ~N % (BENCHMARKS.md). Compaction aggregates a
-second of deltas at once (~0.01 rollup rows per event at 20,000 events/s).
-
-Dimensions are the event's `properties` (model, tool, agent, ...): scalar values only, at most
-MAX_DIMENSIONS of them (by name order), values cut at MAX_VALUE characters: a rollup row per
-distinct combination, so a property with a value per request (a prompt, a session id) would make
-a row per event. Kept as a JSON object (`dims`), so any dimension can be grouped by or filtered on.
+upsert costs PostgreSQL several times an appended row. Measured with bench_rater (2 raters, a busy
+shared box, BENCHMARKS.md): the upsert cost ~30 % of the events/s; the deltas and their compaction
+~+19 µs of CPU per event (rater +10, PostgreSQL +9.5) on ~87. Compaction aggregates a second of
+deltas at once (~0.01 rollup rows per event at 20,000 events/s).
 """
 from __future__ import annotations
 
@@ -180,17 +176,21 @@ async def write(conn: asyncpg.Connection, events: Sequence, rows: Sequence, line
 
 COMPACT_INTERVAL_S = 1.0
 _COMPACT_LOCK = 0x70_11_A6_C0  # one compactor at a time: two would upsert the same rows in any order
-# The deltas are grouped by their jsonb value (two texts of one dimension set would otherwise be
-# two rows of one conflict key in one statement, which PostgreSQL refuses), sorted by the key.
 _UPSERT = """
 INSERT INTO {table} AS u (customer_id, {bucket}, metric, dims, key_id, quantity, amount_micros, events)
-SELECT customer_id, {expr}, metric, dims::jsonb, key_id, sum(quantity), sum(amount_micros), sum(events)
-FROM moved GROUP BY 1, 2, 3, dims::jsonb, key_id ORDER BY 1, 2, 3, 4, 5
+SELECT customer_id, {expr}, metric, dims, key_id, sum(q), sum(a), sum(n)
+FROM g GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (customer_id, {bucket}, metric, dims, key_id) DO UPDATE
 SET quantity = u.quantity + EXCLUDED.quantity, amount_micros = u.amount_micros + EXCLUDED.amount_micros,
     events = u.events + EXCLUDED.events"""
-_COMPACT = ("WITH moved AS (DELETE FROM usage_rollup_deltas RETURNING *), hourly AS ("
-            + _UPSERT.format(table="usage_rollups", bucket="hour", expr="hour") + " RETURNING 1)"
+# `g`: the deltas summed by their text key first, so the jsonb cast runs once per series and hour,
+# not once per delta; both upserts then group by the jsonb value (two texts of one dimension set
+# would otherwise be two rows of one conflict key in one statement, which PostgreSQL refuses).
+_COMPACT = ("WITH moved AS (DELETE FROM usage_rollup_deltas RETURNING *),"
+            " g AS (SELECT customer_id, hour, metric, dims::jsonb AS dims, key_id, q, a, n FROM ("
+            "SELECT customer_id, hour, metric, dims, key_id, sum(quantity) AS q, sum(amount_micros) AS a,"
+            " sum(events) AS n FROM moved GROUP BY 1, 2, 3, 4, 5) x),"
+            " hourly AS (" + _UPSERT.format(table="usage_rollups", bucket="hour", expr="hour") + " RETURNING 1)"
             + _UPSERT.format(table="usage_rollups_daily", bucket="day", expr="(hour AT TIME ZONE 'UTC')::date")
             + " RETURNING (SELECT count(*) FROM hourly)")
 
