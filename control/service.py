@@ -16,6 +16,7 @@ from control.http.app import DISABLED, create_app
 from control.projection.self_heal import SelfHeal
 from tollgate.config import Settings
 from tollgate.config import settings as load_settings
+from tollgate.http_bounds import BoundedHttpToolsProtocol
 from tollgate.redis_client import connect
 
 
@@ -37,7 +38,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.admin_token:
         print(f"tollgate: warning: {DISABLED}; every admin route answers 503 (the background work runs)")
-    uvicorn.run(create_app(settings, workers=WORKERS), host=host, port=port, log_level="info")
+    # The same bounds on request heads and read times as the enforcer (431, 408): the admin API
+    # faces operators' tools and, for customer-scoped reads, the provider's customers.
+    uvicorn.run(create_app(settings, workers=WORKERS), host=host, port=port, log_level="info",
+                http=BoundedHttpToolsProtocol, server_header=False)
 
 
 def main(argv: list[str] | None = None) -> int:
