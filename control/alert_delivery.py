@@ -20,6 +20,7 @@ has the verification recipe).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -161,7 +162,9 @@ class Deliverer:
                     while not stop.is_set() and not conn.is_closed():
                         await asyncio.sleep(1)
                 finally:
-                    await self.db.release(conn)  # the pool resets it (UNLISTEN) before reuse
+                    with contextlib.suppress(Exception):
+                        await conn.remove_listener(NOTIFY_CHANNEL, notified)
+                    await self.db.release(conn)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 log.warning("alert listener: %r", e)
                 await asyncio.sleep(1)
