@@ -38,8 +38,8 @@ INSERT INTO alert_pace AS p (customer_id, hour, hour_micros)
 SELECT * FROM unnest($1::text[], $2::int[], $3::int8[])
 ON CONFLICT (customer_id) DO UPDATE SET
   avg_micros = CASE WHEN excluded.hour <= p.hour THEN p.avg_micros
-    ELSE floor((p.avg_micros * (11.0 / 12) + p.hour_micros / 12.0)
-               * power(11.0 / 12, least(excluded.hour - p.hour - 1, 2000)))::int8 END,
+    ELSE round((p.avg_micros * (11.0 / 12) + p.hour_micros / 12.0)
+               * power(11.0 / 12, least(excluded.hour - p.hour - 1, 2000)), 6) END,
   hours = CASE WHEN excluded.hour <= p.hour THEN p.hours ELSE p.hours + excluded.hour - p.hour END,
   hour_micros = CASE WHEN excluded.hour <= p.hour THEN p.hour_micros + excluded.hour_micros
     ELSE excluded.hour_micros END,

@@ -195,7 +195,7 @@ def commit_rows(customer_id: str, s: AlertSettings, period: str, spend_micros: i
               "commit": format_micros(commit_micros), "elapsed_percent": int(elapsed * 100 // length)}, event_id)]
 
 
-def trailing_average(avg_micros: int, hours: int) -> Decimal:
+def trailing_average(avg_micros: Decimal | int, hours: int) -> Decimal:
     """The bias-corrected weighted average of the hours before the current one (0: no history)."""
     if hours <= 0:
         return Decimal(0)
@@ -203,7 +203,7 @@ def trailing_average(avg_micros: int, hours: int) -> Decimal:
     return Decimal(avg_micros) / weight
 
 
-def spike_rows(customer_id: str, s: AlertSettings, period: str, hour: int, hour_micros: int, avg_micros: int,
+def spike_rows(customer_id: str, s: AlertSettings, period: str, hour: int, hour_micros: int, avg_micros: Decimal,
                hours: int, event_id: str | None) -> list[Row]:
     """usage.spike: this hour's spend so far is at least `factor` times the trailing average and
     at least `min_amount`. Threshold = the hour (UTC, `YYYY-MM-DDTHH`): at most one per hour."""
@@ -215,11 +215,11 @@ def spike_rows(customer_id: str, s: AlertSettings, period: str, hour: int, hour_
     label = datetime.fromtimestamp(hour * 3600, timezone.utc).strftime("%Y-%m-%dT%H")
     return [(customer_id, "usage.spike", label, period,
              {"hour": label, "hour_spend": format_micros(hour_micros),
-              "trailing_average": format_micros(int(avg)), "factor": str(s.spike_factor)}, event_id)]
+              "trailing_average": format_micros(int(avg.to_integral_value())), "factor": str(s.spike_factor)}, event_id)]
 
 
-def roll_pace(hour: int, hour_micros: int, avg_micros: int, hours: int, now_hour: int, add_micros: int
-              ) -> tuple[int, int, int, int]:
+def roll_pace(hour: int, hour_micros: int, avg_micros: Decimal, hours: int, now_hour: int, add_micros: int
+              ) -> tuple[int, int, Decimal, int]:
     """The pace state after adding `add_micros` at `now_hour` (what the rater's SQL upsert does;
     here for the tests and the documentation): a new hour folds the finished one into the
     average, then decays it over the empty hours between."""
@@ -228,4 +228,4 @@ def roll_pace(hour: int, hour_micros: int, avg_micros: int, hours: int, now_hour
     gap = now_hour - hour
     keep = 1 - SPIKE_ALPHA
     avg = (Decimal(avg_micros) * keep + SPIKE_ALPHA * hour_micros) * keep ** min(gap - 1, 2000)
-    return now_hour, add_micros, int(avg), hours + gap
+    return now_hour, add_micros, round(avg, 6), hours + gap

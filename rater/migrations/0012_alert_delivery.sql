@@ -19,7 +19,7 @@ CREATE TABLE alert_pace (
     customer_id text PRIMARY KEY,
     hour        integer NOT NULL,
     hour_micros bigint NOT NULL,
-    avg_micros  bigint NOT NULL DEFAULT 0,
+    avg_micros  numeric NOT NULL DEFAULT 0,  -- a statistic, not money: kept unrounded
     hours       integer NOT NULL DEFAULT 0
 );
 
