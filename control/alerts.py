@@ -102,9 +102,14 @@ async def disable_endpoint(db: asyncpg.Pool, endpoint_id: str) -> dict:
 
 
 async def _require_endpoint(db, endpoint_id: str) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT * FROM webhook_endpoints WHERE id = $1", endpoint_id) if known_id(endpoint_id) else None
+    return await _require(db, "webhook_endpoints", "webhook endpoint", endpoint_id)
+
+
+async def _require(db, table: str, what: str, row_id: str) -> asyncpg.Record:
+    """The row of `table` (one of ours, never input) by id, or 404 naming `id`."""
+    row = await db.fetchrow(f"SELECT * FROM {table} WHERE id = $1", row_id) if known_id(row_id) else None
     if row is None:
-        raise NotFound("id", f"no webhook endpoint {endpoint_id!r}")
+        raise NotFound("id", f"no {what} {row_id!r}")
     return row
 
 
@@ -212,10 +217,7 @@ async def redeliver(db: asyncpg.Pool, delivery_id: str) -> dict:
 
 
 async def _require_delivery(db, delivery_id: str) -> asyncpg.Record:
-    row = await db.fetchrow("SELECT * FROM webhook_deliveries WHERE id = $1", delivery_id) if known_id(delivery_id) else None
-    if row is None:
-        raise NotFound("id", f"no delivery {delivery_id!r}")
-    return row
+    return await _require(db, "webhook_deliveries", "delivery", delivery_id)
 
 
 def delivery_view(row: asyncpg.Record) -> dict:

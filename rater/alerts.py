@@ -113,22 +113,27 @@ class RaterAlerts:
         rows: list[alert_rules.Row] = []
         wallet: dict[str, tuple[int, int, str]] = {}  # customer -> (seq, wallet after, event id)
         current: dict[str, str] = {}
+        by_anchor: dict[int, str] = {}  # anchor day -> current period
         for (cid, period), (it, r) in last.items():
             c = customers.get(cid)
             if c is None:
                 continue
             s = settings[cid]
-            cur = current.get(cid) or current.setdefault(cid, period_of(now, c.plan.billing_anchor_day))
-            rows += alert_rules.spend_rows(cid, s, period, r.spend_after_micros, c.spend_cap_micros, it.event_id)
-            if period == cur:
-                start, end = period_bounds(period, c.plan.billing_anchor_day)
+            anchor = c.plan.billing_anchor_day
+            cur = current[cid] = by_anchor.get(anchor) or by_anchor.setdefault(anchor, period_of(now, anchor))
+            if c.spend_cap_micros:
+                rows += alert_rules.spend_rows(cid, s, period, r.spend_after_micros, c.spend_cap_micros, it.event_id)
+            if period == cur and c.plan.minimum_commit_micros > 0 and s.commit_after_percent is not None:
+                start, end = period_bounds(period, anchor)
                 rows += alert_rules.commit_rows(cid, s, period, r.spend_after_micros, c.plan.minimum_commit_micros,
                                                 start, end, now, it.event_id)
             w = wallet.get(cid)
             if w is None or w[0] < it.seq:
                 wallet[cid] = (it.seq, r.wallet_after_micros, it.event_id)
         for cid, (_, balance, eid) in wallet.items():
-            rows += alert_rules.balance_rows(cid, settings[cid], current[cid], customers[cid].billing_mode, balance, eid)
+            if settings[cid].balance_below_micros is not None:
+                rows += alert_rules.balance_rows(cid, settings[cid], current[cid], customers[cid].billing_mode, balance,
+                                                 eid)
         for it, r in promotions:
             if it.customer_id in customers:
                 rows += alert_rules.promotion_rows(it.customer_id, settings[it.customer_id], it.period,
