@@ -34,6 +34,7 @@ import asyncpg
 import httpx
 import orjson
 
+from control.alert_sweep import CommitSweep
 from control.alerts import event_of
 from tollgate.alerts import NOTIFY_CHANNEL
 from tollgate.config import Settings
@@ -56,6 +57,7 @@ class DeliverySettings:
     max_backoff_s: float = field(default_factory=lambda: _env_float("WEBHOOK_MAX_BACKOFF_S", 3600))
     retry_for_s: float = field(default_factory=lambda: _env_float("WEBHOOK_RETRY_FOR_S", 86400))
     timeout_s: float = field(default_factory=lambda: _env_float("WEBHOOK_TIMEOUT_S", 10))
+    sweep_s: float = field(default_factory=lambda: _env_float("ALERTS_SWEEP_S", 60))  # commit at risk, idle customers
     concurrency: int = 64  # POSTs in flight per process
 
     @property
@@ -118,8 +120,12 @@ class AlertBus:
 
 class Deliverer:
     def __init__(self, db: asyncpg.Pool, bus: AlertBus, settings: DeliverySettings | None = None,
-                 client: httpx.AsyncClient | None = None):
+                 client: httpx.AsyncClient | None = None, redis=None):
+        """`redis` (the hot-path Redis): also run the commit-at-risk sweep (control.alert_sweep)."""
         self.db = db
+        self.redis = redis
+        self.sweep = CommitSweep()
+        self._next_sweep = 0.0
         self.bus = bus
         self.s = settings or DeliverySettings()
         self.client = client or httpx.AsyncClient(timeout=self.s.timeout_s, follow_redirects=False,
@@ -178,6 +184,12 @@ class Deliverer:
                 log.warning("alerts to the bus: %r (again in 1 s)", e)
                 self._bus_retry_at = time.monotonic() + 1
         await self.deliver_due()
+        if self.redis is not None and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.s.sweep_s
+            try:
+                await self.sweep.run(self.db, self.redis)
+            except Exception as e:  # Redis away, say: the next sweep tries again
+                log.warning("commit-at-risk sweep: %r", e)
 
     async def fan_out(self, limit: int = 500) -> int:
         async with self.db.acquire() as conn, conn.transaction():
@@ -290,11 +302,13 @@ async def alert_delivery(settings: Settings, stop: asyncio.Event) -> None:
                 pass
     if db is None:
         return
-    bus = AlertBus(settings)
+    from tollgate.redis_client import connect  # noqa: PLC0415
+
+    redis = connect(settings.redis_url)
+    bus = AlertBus(settings, redis)
     try:
-        await Deliverer(db, bus).run(stop)
+        await Deliverer(db, bus, redis=redis).run(stop)
     finally:
         await bus.close()
-        if bus._redis is not None:
-            await bus._redis.aclose()
+        await redis.aclose()
         await db.close()

@@ -192,3 +192,27 @@ def test_a_plan_without_the_section_has_the_defaults():
     plan = load_plan_text(PLAN.format(pid="p1", mode="prepaid", anchor=1, commit="0", alerts=""))
     assert plan.alerts.to_json() == {"spend_cap_percents": [50, 80, 100], "balance_below": None, "tier_promoted": True,
                                      "commit_at_risk": {"after_percent": 50}, "usage_spike": None}
+
+
+async def test_the_control_plane_sweep_judges_customers_without_events(pg, redis, customer):
+    """Nothing rated at all, the period nearly over: the sweep (control.alert_sweep) raises the
+    same commit.at_risk the rater would, once."""
+    from control.alert_sweep import CommitSweep  # noqa: PLC0415
+
+    tomorrow = datetime.fromtimestamp(time.time() + 86400, timezone.utc).day
+    if tomorrow > 28:
+        pytest.skip("anchor days stop at 28")
+    idle = await customer("postpaid", anchor=tomorrow, commit="100.00")
+    off = await customer("postpaid", anchor=tomorrow, commit="100.00", overrides={"commit_at_risk": None})
+    later = datetime.fromtimestamp(time.time() + 2 * 86400, timezone.utc).day  # over 1 day left: < 97 % elapsed
+    if later > 28:
+        pytest.skip("anchor days stop at 28")
+    early = await customer("postpaid", anchor=later, commit="100.00", overrides={"commit_at_risk": {"after_percent": 99}})
+    sweep = CommitSweep()
+    ids = await sweep.run(pg, redis)
+    assert [(k, t) for k, t, _ in await fired(pg, idle)] == [("commit.at_risk", "100.00")]
+    assert await fired(pg, off) == [] and await fired(pg, early) == []
+    [a] = await svc.list_alerts(pg, customer_id=idle)
+    assert a["id"] in ids and a["data"]["spend"] == "0.00" and a["source_event_id"] is None
+    assert not set(await sweep.run(pg, redis)) & set(ids)  # once
+    assert not set(await CommitSweep().run(pg, redis)) & set(ids)  # a restarted sweep too
