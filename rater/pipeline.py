@@ -42,6 +42,7 @@ import asyncpg
 import orjson
 
 from rater import dead_letters, holds, ledger
+from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
 from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, record_promotions, settle_filling
@@ -243,6 +244,11 @@ class Directory:
             hit = self._customers.get(ids[e.index]) if ids[e.index] else None
             e.customer = hit[1] if hit else None
 
+    def cached(self, customer_id: str) -> Customer | None:
+        """The customer as last loaded, however old (alerts of a batch just rated)."""
+        hit = self._customers.get(customer_id)
+        return hit[1] if hit else None
+
     async def customer(self, conn: asyncpg.Connection, customer_id: str) -> Customer | None:
         now = time.monotonic()
         if self._customers.get(customer_id, (0,))[0] <= now:
@@ -286,6 +292,7 @@ class Pipeline:
         self.redis = redis
         self.lanes = lanes
         self.directory = Directory(cache_ttl_s)
+        self.alerts = RaterAlerts(cache_ttl_s)
         # (customer, period) -> the engine's Cumulatives after our last rating of it: reused when
         # PostgreSQL (read under the lock) has exactly these quantities, so the engine does not
         # re-price the customer's period once per transaction (~2 µs per event). Never trusted
@@ -462,6 +469,7 @@ class Pipeline:
                     raise _AlreadyProcessed from None
                 await ledger.copy_lines(conn, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
+                await self.alerts.record_pace(conn, new, rows)
         except _AlreadyProcessed:
             if optimistic:
                 return None
@@ -579,4 +587,5 @@ class Pipeline:
             return
         await record_promotions(conn, items, results)
         await holds.mark_settled(conn, holds.settled_holds(items, results))
+        await self.alerts.raise_after_settlement(conn, self.directory, items, results)  # before the outbox goes
         await clear_outbox(self.redis, items, results)

@@ -241,6 +241,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/customers/{id}/wallet/topups", topup),
     ("GET", "/admin/customers/{id}/wallet", show_wallet),
 ]
+ROUTES += __import__("control.http.alerts", fromlist=["ROUTES"]).ROUTES  # after the helpers it imports
 
 
 # Background work run beside the API for the app's life (control.service): called with the
