@@ -136,16 +136,17 @@ async def update_customer(db: asyncpg.Pool, redis: Redis, customer_id: str, chan
             raise InvalidInput(name, f"unknown field; expected {', '.join(UPDATABLE)} (and version)")
     if not changes:
         raise InvalidInput("body", f"nothing to change: give one of {', '.join(UPDATABLE)}")
+    plain: dict[str, Any] = {}  # validated before the version: bad input is 422 whatever the version
+    if "name" in changes:
+        plain["name"] = text(changes["name"], "name")
+    if "billing_mode" in changes:
+        plain["billing_mode"] = choice(changes["billing_mode"], BILLING_MODES, "billing_mode")
+    if "spend_cap" in changes:
+        cap = changes["spend_cap"]
+        plain["spend_cap_micros"] = None if cap is None else money_micros(cap, "spend_cap", positive=False)
 
     async def change(conn: asyncpg.Connection, row: asyncpg.Record, plan: Plan) -> tuple[dict, bool]:
-        cols: dict[str, Any] = {}
-        if "name" in changes:
-            cols["name"] = text(changes["name"], "name")
-        if "billing_mode" in changes:
-            cols["billing_mode"] = choice(changes["billing_mode"], BILLING_MODES, "billing_mode")
-        if "spend_cap" in changes:
-            cap = changes["spend_cap"]
-            cols["spend_cap_micros"] = None if cap is None else money_micros(cap, "spend_cap", positive=False)
+        cols = dict(plain)
         repriced = False
         if "prices" in changes:
             stored = _valid_prices(plan, changes["prices"])
