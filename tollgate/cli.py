@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "rater.dead_letters",  # dead-letters list / replay / discard
     "rater.service",  # rater run
     "rater.periods",  # periods close / invoice
+    "control.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
 ]
 
 EXIT_BAD_INPUT = 2
