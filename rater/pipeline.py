@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import dead_letters, holds, ledger
+from rater import dead_letters, holds, ledger, plan_changes
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
@@ -49,7 +49,7 @@ from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, 
 from tollgate import locks, redis_raw
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
-from tollgate.plans import Plan, plan_from_row
+from tollgate.plans import Plan
 from tollgate.rating.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
 from tollgate.rating.stages.pipeline import run_event
 
@@ -76,6 +76,7 @@ class Customer:
     billing_mode: str
     tier: str
     spend_cap_micros: int | None  # effective cap of the current tier (None: no cap)
+    next: tuple[str, Customer] | None = None  # a pending plan change: (first period, the customer under it)
 
 
 @dataclass(slots=True)
@@ -223,7 +224,7 @@ class Directory:
         self.ttl_s = ttl_s
         self._customers: dict[str, tuple[float, Customer]] = {}
         self._keys: dict[str, tuple[float, str]] = {}
-        self._plans: dict[tuple[str, int], Plan] = {}
+        self._plans = plan_changes.Plans()  # by (plan id, version, negotiated prices)
 
     async def resolve(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         now = time.monotonic()
@@ -258,18 +259,25 @@ class Directory:
 
     async def _load(self, conn: asyncpg.Connection, ids: list[str], now: float) -> None:
         rows = await conn.fetch(
-            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, p.id AS plan_id, p.version, p.document
-               FROM customers c JOIN plans p ON p.id = c.plan_id WHERE c.id = ANY($1::text[])""",
+            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period,
+                      p.id AS plan_id, p.version, p.document, n.id AS next_id, n.version AS next_version,
+                      n.document AS next_document
+               FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+               WHERE c.id = ANY($1::text[])""",
             ids,
         )
         for r in rows:
-            pk = (r["plan_id"], r["version"])
-            plan = self._plans.get(pk)
-            if plan is None:
-                plan = self._plans[pk] = plan_from_row(r)
-            tier = plan.tier(r["tier"])
-            cap = plan.limits_for_tier(tier)[2] if r["spend_cap_micros"] is None else int(r["spend_cap_micros"] * tier.multiplier)
-            self._customers[r["id"]] = (now + self.ttl_s, Customer(r["id"], plan, r["billing_mode"], tier.name, None if cap < 0 else cap))
+            c = self._customer(r, self._plans.get(r["plan_id"], r["version"], r["document"], r["prices"]))
+            if r["next_id"] is not None:
+                c.next = (r["pending_from_period"],
+                          self._customer(r, self._plans.get(r["next_id"], r["next_version"], r["next_document"], r["prices"])))
+            self._customers[r["id"]] = (now + self.ttl_s, c)
+
+    @staticmethod
+    def _customer(r, plan: Plan) -> Customer:
+        tier = plan.tier(r["tier"])
+        cap = plan.limits_for_tier(tier)[2] if r["spend_cap_micros"] is None else int(r["spend_cap_micros"] * tier.multiplier)
+        return Customer(r["id"], plan, r["billing_mode"], tier.name, None if cap < 0 else cap)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -321,6 +329,7 @@ class Pipeline:
         async with self.pool.acquire() as conn:
             await self.directory.resolve(conn, events)
         assign_periods(events, now, now_period)
+        plan_changes.switch_pending(events)  # a plan change at the boundary: exact by the event's period
         groups: dict[int, list[Event]] = defaultdict(list)
         decisions: list[Event] = []
         for ev in events:

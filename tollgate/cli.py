@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "rater.service",  # rater run
     "rater.periods",  # periods close / invoice
     "control.alerts_commands",  # webhooks, alerts
+    "control.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
 ]
 
 EXIT_BAD_INPUT = 2

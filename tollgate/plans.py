@@ -64,6 +64,9 @@ class Pricing:
 class Override:
     match: dict[str, str]
     pricing: Pricing
+    # the dimension key usage is accumulated under; None: "override<position>". A customer's
+    # negotiated price (tollgate.rating.negotiated) names its own, stable whatever the plan's list.
+    key: str | None = None
 
     def matches(self, dimensions: dict[str, Any]) -> bool:
         return all(str(dimensions.get(k)) == v for k, v in self.match.items())
@@ -92,7 +95,7 @@ class Charge:
         """Which override applies: usage is accumulated per (charge, dimension key)."""
         for i, o in enumerate(self.overrides):
             if o.matches(dimensions):
-                return f"override{i}"
+                return o.key or f"override{i}"
         return "default"
 
 

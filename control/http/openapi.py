@@ -56,6 +56,11 @@ _SCHEMAS: dict[str, Any] = {
     "Customer": _obj(["id", "name", "plan_id", "billing_mode", "tier", "spend_cap", "created_at"],
                      id=_ID, name={"type": "string"}, plan_id=_ID, billing_mode={"enum": list(BILLING_MODES)},
                      tier={"type": "string"}, spend_cap={"type": ["string", "null"]}, created_at=_TIME,
+                     status={"enum": ["active", "suspended", "archived"]},
+                     version={"type": "integer", "description": "Also the ETag: a change names it (If-Match)."},
+                     pending_plan_change={"anyOf": [_obj(["plan_id", "from_period"], plan_id=_ID,
+                                                         from_period={"type": "string"}), {"type": "null"}]},
+                     prices={"type": "array", "items": {"type": "object"}}, updated_at=_TIME,
                      api_keys=_obj(["active", "total"], active={"type": "integer"}, total={"type": "integer"}),
                      wallet=_ref("Wallet")),
     "ApiKey": _obj(["id", "customer_id", "prefix", "status", "created_at", "revoked_at"],
@@ -97,6 +102,20 @@ _SCHEMAS["NewWebhook"] = {"allOf": [_ref("Webhook"), _obj(["secret"], secret={
 _SCHEMAS["DeliveryLog"] = {"allOf": [_ref("Delivery"), _obj(["attempt_log"], attempt_log={"type": "array", "items": _obj(
     ["attempt", "at", "status_code", "error", "duration_ms"], attempt={"type": "integer"}, at=_TIME,
     status_code={"type": ["integer", "null"]}, error={"type": ["string", "null"]}, duration_ms={"type": "integer"})})]}
+_SCHEMAS["AuditEntry"] = _obj(["id", "customer_id", "at", "actor", "action", "version", "period", "before", "after"],
+                              id={"type": "integer"}, customer_id=_ID, at=_TIME,
+                              actor={"type": "string", "description": "admin:<sha256 of the token, 8 hex>, cli:<user>,"
+                                     " rater:period_close"},
+                              action={"type": "string"}, version={"type": "integer"}, period={"type": "string"},
+                              before={"type": "object"}, after={"type": "object"})
+_SCHEMAS["NegotiatedPrice"] = {
+    "type": "object", "required": ["charge_id"], "additionalProperties": False,
+    "description": "A customer's own price for a usage charge of its plan, for the events whose dimensions match "
+                   "(all of them without `match`); before the plan's overrides. Priced like the charge's model: "
+                   "`unit_price`, or `tiers` (graduated, volume), `included_units` (included).",
+    "properties": {"charge_id": _ID, "match": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+                   "unit_price": _MONEY_IN, "tiers": {"type": "array", "items": {"type": "object"}},
+                   "included_units": {"type": "integer", "minimum": 0}}}
 _SCHEMAS["NewApiKey"] = {"allOf": [_ref("ApiKey"), _obj(["api_key"], api_key={
     "type": "string", "description": "The key itself: shown this once, only its hash is stored."})]}
 _SCHEMAS["CustomerWallet"] = {"allOf": [_obj(["customer_id"], customer_id=_ID), _ref("Wallet")]}
@@ -132,6 +151,23 @@ _SETTINGS_IN = {"type": "object", "additionalProperties": False, "description": 
         "min_amount": _MONEY_IN}}),
 }}
 _PAGE = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": ALERTS_PAGE, "default": 100}}
+_VERSION_IN = {"type": "integer", "minimum": 1, "description": "The version read (instead of If-Match)."}
+_CUSTOMER_CHANGE = {"type": "object", "additionalProperties": False, "properties": {
+    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+    "billing_mode": {"enum": list(BILLING_MODES), "description": "From now on (checks and settlement)."},
+    "spend_cap": _or_null({**_MONEY_IN, "description": "The customer's own monthly cap (null: the plan's again), "
+                           "scaled by the tier multipliers like the plan's. " + _MONEY_IN["description"]}),
+    "prices": {"type": "array", "items": _ref("NegotiatedPrice"), "description": "The whole list ([]: none)."},
+    "version": _VERSION_IN,
+}}
+_PLAN_CHANGE = {"type": "object", "required": ["plan_id"], "additionalProperties": False, "properties": {
+    "plan_id": _ID,
+    "effective": {"enum": ["now", "period_end"], "description": "Default: period_end when the current or the new "
+                  "plan has a minimum commit, else now. The current plan's id cancels a pending change."},
+    "version": _VERSION_IN,
+}}
+_IF_MATCH = {"name": "If-Match", "in": "header", "schema": {"type": "string"},
+             "description": 'The customer\'s ETag as read ("<version>"); or `version` in the body.'}
 _PLAN_DOCUMENT = {"type": "object", "description": "A plan document (see examples/plans/): id, charges, limits, "
                   "tiers, billing mode, ...; validated in full by the server (422 naming the field)."}
 
@@ -158,6 +194,13 @@ _OK_SCHEMAS = {  # (method, path) -> {status: schema}
     ("GET", "/admin/deliveries"): {"200": _obj(["deliveries"], deliveries={"type": "array", "items": _ref("Delivery")})},
     ("GET", "/admin/deliveries/{id}"): {"200": _ref("DeliveryLog")},
     ("POST", "/admin/deliveries/{id}/redeliver"): {"200": _ref("Delivery")},
+    ("PATCH", "/admin/customers/{id}"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/plan-change"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/suspend"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/reactivate"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/archive"): {"200": _ref("Customer")},
+    ("GET", "/admin/customers/{id}/audit"): {"200": _obj(["entries", "next_before_id"], entries={
+        "type": "array", "items": _ref("AuditEntry")}, next_before_id={"type": ["integer", "null"]})},
 }
 _OK_TEXT = {"200": "Done (for an apply: unchanged or a new version; for a top-up: a retry, credited before).",
             "201": "Created."}
@@ -183,6 +226,17 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("GET", "/admin/deliveries"): ("listDeliveries", "The webhook delivery log, newest first."),
     ("GET", "/admin/deliveries/{id}"): ("getDelivery", "A delivery with every attempt."),
     ("POST", "/admin/deliveries/{id}/redeliver"): ("redeliver", "Send a delivery again now, with a fresh retry window."),
+    ("PATCH", "/admin/customers/{id}"): ("updateCustomer", "Change name, billing mode, spend cap or negotiated prices "
+                                         "(If-Match: the ETag read)."),
+    ("POST", "/admin/customers/{id}/plan-change"): ("changePlan", "Change the plan now or at the period's end "
+                                                    "(If-Match)."),
+    ("POST", "/admin/customers/{id}/suspend"): ("suspendCustomer", "Suspend: every check is DENY `suspended`; usage "
+                                                "is still rated (If-Match)."),
+    ("POST", "/admin/customers/{id}/reactivate"): ("reactivateCustomer", "Make a suspended customer active (If-Match)."),
+    ("POST", "/admin/customers/{id}/archive"): ("archiveCustomer", "Archive (final): keys revoked, hidden from "
+                                                "listings, no further change (If-Match)."),
+    ("GET", "/admin/customers/{id}/audit"): ("customerAudit", "Every change of the customer, newest first: when, "
+                                             "what, by which token."),
 }
 _BODIES = {
     ("POST", "/admin/plans"): {"application/json": {"schema": _PLAN_DOCUMENT},
@@ -191,11 +245,15 @@ _BODIES = {
     ("POST", "/admin/customers/{id}/wallet/topups"): json_content(_NEW_TOPUP),
     ("POST", "/admin/webhooks"): json_content(_NEW_WEBHOOK),
     ("PUT", "/admin/customers/{id}/alert-settings"): json_content(_SETTINGS_IN),
+    ("PATCH", "/admin/customers/{id}"): json_content(_CUSTOMER_CHANGE),
+    ("POST", "/admin/customers/{id}/plan-change"): json_content(_PLAN_CHANGE),
 }
 _QUERY = {("GET", "/admin/customers"): [
     {"name": "plan_id", "in": "query", "schema": _ID},
     {"name": "after", "in": "query", "schema": _ID, "description": "The last id of the previous page."},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
+    {"name": "status", "in": "query", "schema": {"enum": ["active", "suspended", "archived"]},
+     "description": "Only these; without it every customer but the archived ones."},
 ]}
 _QUERY.update({
     ("GET", "/admin/webhooks"): [{"name": "customer_id", "in": "query", "schema": _ID}],
@@ -204,6 +262,18 @@ _QUERY.update({
     ("GET", "/admin/deliveries"): [{"name": n, "in": "query", "schema": _ID} for n in ("customer_id", "alert_id", "endpoint_id")]
     + [{"name": "status", "in": "query", "schema": {"enum": list(DELIVERY_STATUSES)}}, _PAGE],
 })
+_QUERY.update({(m, p): [_IF_MATCH] for m, p in _SUMMARY if p == "/admin/customers/{id}" and m == "PATCH"
+               or p.rsplit("/", 1)[-1] in ("plan-change", "suspend", "reactivate", "archive")})
+_QUERY[("GET", "/admin/customers/{id}/audit")] = [
+    {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 0},
+     "description": "The last id of the previous page."},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
+]
+# Answers some operations give beyond the common ones (control.lifecycle: optimistic concurrency)
+_ERRORS = {k: {"409": "Conflict: archived, already in that state, or a plan change that cannot apply now.",
+               "412": "The customer changed since it was read (`field`: version): read it again.",
+               "428": "No version named: send If-Match (the ETag read) or `version`."}
+           for k in _QUERY if k[0] != "GET" and _IF_MATCH in _QUERY[k]}
 
 
 def _operation(method: str, path: str) -> dict[str, Any]:
@@ -230,6 +300,8 @@ def _operation(method: str, path: str) -> dict[str, Any]:
     if body is not None:
         responses["413"] = error_response(f"Body over {MAX_BODY} bytes.")
         responses["415"] = error_response("Unsupported Content-Type.")
+    for status, text in _ERRORS.get((method, path), {}).items():
+        responses[status] = error_response(text)
     responses["422"] = error_response("Invalid input: `field` names it.")
     responses["503"] = error_response("Admin API disabled (no TOLLGATE_ADMIN_TOKEN), no schema, or a backend unreachable.")
     op["responses"] = responses
@@ -249,7 +321,7 @@ def _paths() -> dict[str, Any]:
 SPEC: dict[str, Any] = {
     "openapi": OPENAPI_VERSION,
     "info": {"title": "tollgate admin API", "version": "1",
-             "description": "Plans, customers, API keys and prepaid wallets. Every operation but this document "
+             "description": "Plans, customers (and their lifecycle), API keys and prepaid wallets. Every operation but this document "
                             "needs `Authorization: Bearer $TOLLGATE_ADMIN_TOKEN`."},
     "security": [{"bearer": []}],
     "paths": _paths(),

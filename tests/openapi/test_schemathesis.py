@@ -148,7 +148,11 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
         r = c.post("/admin/webhooks", json={"url": DEAD_HOOK, "customer_id": cid})
         assert r.status_code == 201, r.text
         hook = r.json()["id"]
-    return {"plan": pid, "customer": cid, "key": key, "webhook": hook, "delivery": _delivery(pg_dsn, cid, admin_url)}
+        other = uid("plan")  # for plan changes
+        r = c.post("/admin/plans", content=plan_text(other), headers={"Content-Type": "application/yaml"})
+        assert r.status_code == 201, r.text
+    return {"plan": pid, "customer": cid, "key": key, "other_plan": other, "webhook": hook,
+            "delivery": _delivery(pg_dsn, cid, admin_url)}
 
 
 DEAD_HOOK = "http://127.0.0.1:9/hook"  # discard port: nothing listens, deliveries stay pending
@@ -179,6 +183,31 @@ def _delivery(pg_dsn: str, customer_id: str, admin_url: str) -> str:
     return asyncio.run(go())
 
 
+# Changes that name the customer's version (If-Match): with real ids they get the current one.
+LIFECYCLE = {("PATCH", "/admin/customers/{id}"), *(("POST", f"/admin/customers/{{id}}/{a}")
+                                                   for a in ("plan-change", "suspend", "reactivate", "archive"))}
+
+
+def _current(admin_url: str, admin_ids: dict, path: str, case) -> None:
+    """The customer's ETag as If-Match; archive works on a customer of its own (it is final),
+    reactivate on a suspended one; a plan change goes to the plan the customer is not on."""
+    with httpx.Client(base_url=admin_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
+        cid = case.path_parameters["id"]
+        if path.endswith("/archive"):
+            cid = c.post("/admin/customers", json={"name": "Archived", "plan_id": admin_ids["plan"]}).json()["id"]
+            case.path_parameters = {**case.path_parameters, "id": cid}
+        r = c.get(f"/admin/customers/{cid}")
+        if path.endswith("/reactivate") and r.json()["status"] == "active":  # something to reactivate
+            r = c.post(f"/admin/customers/{cid}/suspend", headers={"If-Match": r.headers["etag"]})
+    case.headers = {**case.headers, "If-Match": r.headers["etag"]}
+    if isinstance(case.body, dict):
+        v = case.body.get("version")
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:  # an invalid one stays invalid
+            case.body["version"] = r.json()["version"]
+        if "plan_id" in case.body:
+            case.body["plan_id"] = admin_ids["other_plan"] if r.json()["plan_id"] == admin_ids["plan"] else admin_ids["plan"]
+
+
 @pytest.mark.parametrize("method,path", sorted(documented_operations(ADMIN_SPEC)))
 def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
     real_id = admin_ids["key"] if path.startswith("/admin/keys/") else \
@@ -200,6 +229,8 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
                 case.body = {**case.body, "plan_id": admin_ids["plan"]}
             if path == "/admin/webhooks" and method == "POST" and isinstance(case.body, dict):
                 case.body = {**case.body, "url": DEAD_HOOK, "customer_id": admin_ids["customer"]}
+            if (method, path) in LIFECYCLE and case.path_parameters.get("id") == real_id:
+                _current(admin_url, admin_ids, path, case)
             if path == "/admin/plans" and method == "POST":  # a real plan, with what was generated on top
                 case.media_type = "application/json"
                 case.body = {**yaml.safe_load(plan_text(uid("plan"))),
