@@ -214,15 +214,27 @@ def actual_tokens(measurements: dict[str, int]) -> int:
 # --------------------------------------------------------------------------- customers
 
 
+# What a cached customer's rating depends on, cheaply: its own version (plan change, prices, cap,
+# mode: control.lifecycle bumps it) and its plans' versions (a plan applied again).
+_STAMPS = """SELECT c.id, c.version, p.version, n.version
+             FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+             WHERE c.id = ANY($1::text[])"""
+
+
 class Directory:
     """Customer (with plan) and API key hash -> customer, cached for ttl_s (0: no cache).
 
-    Unknown customers are not cached: one created a moment ago is found on the next batch.
+    Unknown customers are not cached: one created a moment ago is found on the next batch. A
+    cached customer is checked against PostgreSQL on every batch by its version stamp (the
+    customer's version and its plans' versions: one small query per batch), so a plan change
+    "now", a new plan version, negotiated prices or a cap override apply from the next batch
+    read after they commit, not up to ttl_s later; the documents are fetched again only then.
     """
 
     def __init__(self, ttl_s: float = 5.0):
         self.ttl_s = ttl_s
         self._customers: dict[str, tuple[float, Customer]] = {}
+        self._stamps: dict[str, tuple] = {}  # customer id -> its version stamp when loaded (_STAMP)
         self._keys: dict[str, tuple[float, str]] = {}
         self._plans = plan_changes.Plans()  # by (plan id, version, negotiated prices)
 
@@ -238,7 +250,12 @@ class Directory:
         for e in events:
             cid = e.body.get("customer_id") or self._keys.get(e.body.get("api_key_hash"), (0, None))[1]
             ids[e.index] = cid if isinstance(cid, str) else None
-        need = [c for c in set(ids.values()) if c and self._customers.get(c, (0,))[0] <= now]
+        wanted = {c for c in ids.values() if c}
+        need = [c for c in wanted if self._customers.get(c, (0,))[0] <= now]
+        cached = [c for c in wanted if c not in need]
+        if cached:
+            stamps = {r[0]: tuple(r[1:]) for r in await conn.fetch(_STAMPS, cached)}
+            need += [c for c in cached if stamps.get(c) != self._stamps.get(c)]
         if need:
             await self._load(conn, need, now)
         for e in events:
@@ -259,7 +276,7 @@ class Directory:
 
     async def _load(self, conn: asyncpg.Connection, ids: list[str], now: float) -> None:
         rows = await conn.fetch(
-            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period,
+            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period, c.version AS cv,
                       p.id AS plan_id, p.version, p.document, n.id AS next_id, n.version AS next_version,
                       n.document AS next_document
                FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
@@ -272,6 +289,7 @@ class Directory:
                 c.next = (r["pending_from_period"],
                           self._customer(r, self._plans.get(r["next_id"], r["next_version"], r["next_document"], r["prices"])))
             self._customers[r["id"]] = (now + self.ttl_s, c)
+            self._stamps[r["id"]] = (r["cv"], r["version"], r["next_version"])
 
     @staticmethod
     def _customer(r, plan: Plan) -> Customer:

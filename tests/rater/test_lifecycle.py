@@ -86,3 +86,21 @@ async def test_negotiated_prices_are_charged(pg, redis, pipeline, make_customer,
     assert keys[Decimal("0.0000031")] == "default" and keys[Decimal("0.000001")].startswith("n.")
     out = await periods.close_period(pg, redis, PERIOD, customer_ids=[cid], now=LATER)
     assert out[0].get("error") is None and Decimal(out[0]["total"]) == Decimal("0.0041")
+
+
+async def test_a_rater_with_a_warm_cache_prices_the_next_batch_with_the_changed_plan(pg, redis, make_customer,
+                                                                                     plan_for):
+    """A customer cached for 5 s is checked by its version stamp on every batch: a plan change
+    now, then negotiated prices, each apply from the very next batch."""
+    from rater.pipeline import Pipeline  # noqa: PLC0415
+
+    warm = Pipeline(pg, redis, cache_ttl_s=300)  # the cache alone would keep the old plan for 5 minutes
+    cid, a, b = await two_plans(make_customer, pg, redis, plan_for)
+    assert (await warm.process_raw(raw([usage(cid, 1000, 0)]))).rated == 1
+    await lifecycle.change_plan(pg, redis, cid, b, version=1, actor=ACTOR)
+    assert (await warm.process_raw(raw([usage(cid, 1000, 0)]))).rated == 1
+    prices = [{"charge_id": "input_tokens", "unit_price": "0.000001"}]
+    await lifecycle.update_customer(pg, redis, cid, {"prices": prices}, version=2, actor=ACTOR)
+    assert (await warm.process_raw(raw([usage(cid, 1000, 0)]))).rated == 1
+    assert [r[2] for r in await input_prices(pg, cid)] == [Decimal("0.0000031"), Decimal("0.000005"),
+                                                           Decimal("0.000001")]

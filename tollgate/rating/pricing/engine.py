@@ -148,7 +148,7 @@ class _UsageCharge:
     def dimension_key(self, dimensions: Mapping[str, Any]) -> str:
         """Charge.dimension_key, remembered by the str() of the fields the overrides match on,
         which is all Override.matches compares (~0.4 µs instead of ~1.5 per event)."""
-        if not self.match_fields:
+        if not self.charge.overrides:  # (an override matching everything has no fields, yet wins)
             return "default"
         sig = tuple([str(dimensions.get(f)) for f in self.match_fields])
         k = self.dim_keys.get(sig)
