@@ -3,6 +3,7 @@ the admin API and runs the control plane's background work beside it:
 - the projection's self-healing (control.projection.self_heal): a Redis that lost its data is
   rebuilt from PostgreSQL with no human step; the rater waits for it (NotProjected), the enforcer
   fails open meanwhile.
+- the delivery of alerts (control.alert_delivery): webhooks and bus events.
 Run at least one control process wherever the enforcer and rater run; several are safe (one
 rebuild at a time, by an advisory lock).
 """
@@ -12,10 +13,12 @@ import argparse
 import asyncio
 import logging
 
+from control.alert_delivery import alert_delivery
 from control.http.app import DISABLED, create_app
 from control.projection.self_heal import SelfHeal
 from tollgate.config import Settings
 from tollgate.config import settings as load_settings
+from tollgate.http_bounds import BoundedHttpToolsProtocol
 from tollgate.redis_client import connect
 
 
@@ -27,7 +30,7 @@ async def self_heal(settings: Settings, stop: asyncio.Event) -> None:
         await redis.aclose()
 
 
-WORKERS = (self_heal,)
+WORKERS = (self_heal, alert_delivery)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
@@ -37,7 +40,10 @@ def serve(settings: Settings, host: str, port: int) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.admin_token:
         print(f"tollgate: warning: {DISABLED}; every admin route answers 503 (the background work runs)")
-    uvicorn.run(create_app(settings, workers=WORKERS), host=host, port=port, log_level="info")
+    # The same bounds on request heads and read times as the enforcer (431, 408): the admin API
+    # faces operators' tools and, for customer-scoped reads, the provider's customers.
+    uvicorn.run(create_app(settings, workers=WORKERS), host=host, port=port, log_level="info",
+                http=BoundedHttpToolsProtocol, server_header=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Configuration is the TOLLGATE_* environment (tollgate.config, enforcer.config); the command line
 only says where to listen and how many worker processes to run. The HTTP protocol is uvicorn's
-httptools one with bounds on the request head's size and read time (enforcer.http_bounds);
+httptools one with bounds on the request head's size and read time (tollgate.http_bounds);
 TOLLGATE_HTTP_BOUNDS=0 runs uvicorn's own instead (an escape hatch, and the A/B benchmark's
 baseline: loadtest/bench_http_bounds.py).
 """
@@ -16,7 +16,7 @@ import tempfile
 
 import uvicorn
 
-from enforcer.http_bounds import BoundedHttpToolsProtocol
+from tollgate.http_bounds import BoundedHttpToolsProtocol
 
 
 def from_env():

@@ -1,4 +1,4 @@
-"""A/B of the enforcer's HTTP bounds (enforcer.http_bounds) on the hot path: is /v1/check slower?
+"""A/B of the enforcer's HTTP bounds (tollgate.http_bounds) on the hot path: is /v1/check slower?
 
     .venv/bin/python -m loadtest.bench_http_bounds [--blocks 10] [--rate 3000] [--rounds 6] [--duration 4] [--workers 1]
 
@@ -26,7 +26,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from enforcer.http_bounds import BoundedHttpToolsProtocol
+from tollgate.http_bounds import BoundedHttpToolsProtocol
 from loadtest.bench_check import OpenLoop, cpu_seconds, line, pct, provision
 from tests.servers import EnforcerProcess
 from tollgate.local_services import start_redis

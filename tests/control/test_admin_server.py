@@ -1,4 +1,5 @@
 """End to end over loopback: `tollgate admin serve` (uvicorn) in a subprocess, real HTTP."""
+import asyncio
 import os
 import subprocess
 import sys
@@ -64,3 +65,17 @@ async def test_admin_api_over_http(admin_url, redis):
 
         r = await c.post("/admin/customers", content=b'{"name": ', headers={**auth, "Content-Type": "application/json"})
         assert r.status_code == 400
+
+
+async def test_the_control_process_bounds_request_heads_like_the_enforcer(admin_url):
+    """A head over 32 KiB is 431 and the connection closed (tollgate.http_bounds), not buffered."""
+    host, port = admin_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET /admin/plans HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * (40 * 1024) + b"\r\n\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        assert status.startswith(b"HTTP/1.1 431"), status
+        await asyncio.wait_for(reader.read(), 10)  # closed by the server
+    finally:
+        writer.close()

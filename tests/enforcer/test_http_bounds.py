@@ -1,4 +1,4 @@
-"""The enforcer's HTTP bounds (enforcer.http_bounds), over real sockets against the real enforcer:
+"""The enforcer's HTTP bounds (tollgate.http_bounds), over real sockets against the real enforcer:
 a head over 32 KiB is 431 and closed, whether it comes at once or trickles; a request that does
 not arrive within the read timeout (slowloris head, stalled body) is 408 and closed; ordinary
 requests, keep-alive, pipelining and heads split across many writes are unaffected. The last
@@ -14,7 +14,7 @@ import orjson
 import pytest
 import uvicorn
 
-from enforcer.http_bounds import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from tollgate.http_bounds import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from tests.servers import run_enforcer
 from tests.tenants import DECISION_ENV, check_body, provision
 from tollgate.local_services import free_port
