@@ -19,6 +19,7 @@ from control.wallets import balances
 from tollgate.invoices import describe
 from tollgate.money import format_micros
 from tollgate.periods import period_bounds, period_of
+from tollgate.rating.negotiated import effective_plan
 from tollgate.rating.stages.pipeline import run_batch, run_close
 from tollgate.tiers import tier_index, tier_reached
 
@@ -30,7 +31,7 @@ async def preview(db: asyncpg.Pool, redis: Redis, customer_id: str, now: float |
     now = time.time() if now is None else now
     async with db.acquire() as conn:
         row = await require_customer(conn, customer_id)
-        plan = await require_plan(conn, row["plan_id"])
+        plan = effective_plan(await require_plan(conn, row["plan_id"]), row["prices"])  # negotiated prices on top
         period = period_of(now, plan.billing_anchor_day)
         cumulative = {(r["charge_id"], r["dimension_key"]): r["quantity"] for r in await conn.fetch(
             "SELECT charge_id, dimension_key, quantity FROM rating_cumulatives WHERE customer_id = $1 AND period = $2",
