@@ -3,6 +3,8 @@ the admin API and runs the control plane's background work beside it:
 - the projection's self-healing (control.projection.self_heal): a Redis that lost its data is
   rebuilt from PostgreSQL with no human step; the rater waits for it (NotProjected), the enforcer
   fails open meanwhile.
+- credits (control.credits_worker): every second, credit grants that are due expire, and
+  auto-recharge requests are raised for balances below their threshold.
 Run at least one control process wherever the enforcer and rater run; several are safe (one
 rebuild at a time, by an advisory lock).
 """
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import logging
 
+from control import credits_worker
 from control.http.app import DISABLED, create_app
 from control.projection.self_heal import SelfHeal
 from tollgate.config import Settings
@@ -28,7 +31,7 @@ async def self_heal(settings: Settings, stop: asyncio.Event) -> None:
         await redis.aclose()
 
 
-WORKERS = (self_heal,)
+WORKERS = (self_heal, credits_worker.run)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:

@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import dead_letters, holds, ledger
+from rater import dead_letters, grants, holds, ledger
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
 from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, record_promotions, settle_filling
@@ -462,6 +462,7 @@ class Pipeline:
                     raise _AlreadyProcessed from None
                 await ledger.copy_lines(conn, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
+                await grants.spend_grants(conn, rows)  # what the wallet paid, from the customers' credit grants
         except _AlreadyProcessed:
             if optimistic:
                 return None

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "rater.dead_letters",  # dead-letters list / replay / discard
     "rater.service",  # rater run
     "rater.periods",  # periods close / invoice
+    "control.credits_commands",  # wallets adjust, credits grant / list / expire / auto-recharge
 ]
 
 EXIT_BAD_INPUT = 2

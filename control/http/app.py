@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -241,6 +242,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/customers/{id}/wallet/topups", topup),
     ("GET", "/admin/customers/{id}/wallet", show_wallet),
 ]
+ROUTES += importlib.import_module("control.http.credits").ROUTES  # here: it imports this module's helpers
 
 
 # Background work run beside the API for the app's life (control.service): called with the
