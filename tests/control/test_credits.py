@@ -201,6 +201,12 @@ async def test_recharge_request_raised_once_until_the_balance_recovers(pg, redis
     assert (await auto_recharge.get_settings(pg, customer_id))["requests"] == 2
 
 
+async def test_two_pollers_at_once_raise_one_request(pg, redis, customer_id):
+    await auto_recharge.put_settings(pg, customer_id, "5", "20")  # wallet 0: below
+    await asyncio.gather(*(auto_recharge.check(pg, redis) for _ in range(4)))
+    assert [a["period"] for a in await _recharge_alerts(pg, customer_id)] == ["recharge-1"]
+
+
 async def test_recharge_waits_for_a_complete_projection_and_skips_disabled(pg, redis, customer_id):
     await auto_recharge.put_settings(pg, customer_id, "5", "20")
     await redis.delete(PROJECTION_MARKER)
