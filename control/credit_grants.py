@@ -4,8 +4,9 @@ Giving one credits the wallet at once (a `grant` wallet transaction, lua/wallet_
 records the grant (credit_grants). The wallet in Redis stays one number; the rater takes what the
 wallet pays from the live grants in spending order (tollgate.credit_grants: lowest priority
 number first, then the earliest expiry; promotional credit defaults to priority 10, purchased to
-50; top-ups and credit adjustments are spent after every grant). Idempotent by id: the same id
-with the same content is a retry (nothing credited again), with other content 409.
+50; top-ups and credit adjustments are spent after every grant). A grant spent to nothing is
+`used` (final). Idempotent by id: the same id with the same content is a retry (nothing credited
+again), with other content 409.
 
 Expiry (`expire_due`, run every second by the control process, control.service): what is left of
 a grant at its expires_at leaves the balance through the ledger, as an `expiry` wallet transaction
@@ -106,10 +107,9 @@ async def create_grant(db: asyncpg.Pool, redis: Redis, customer_id: str, amount:
 
 
 def grant_view(r: asyncpg.Record) -> dict:
-    status = r["status"] if r["status"] == "expired" or r["remaining_micros"] else "used"
     return {"id": r["id"], "customer_id": r["customer_id"], "kind": r["kind"], "priority": r["priority"],
             "amount": format_micros(r["amount_micros"]), "remaining": format_micros(r["remaining_micros"]),
-            "expires_at": iso(r["expires_at"]), "status": status,
+            "expires_at": iso(r["expires_at"]), "status": r["status"],
             "expired_amount": None if r["expired_micros"] is None else format_micros(r["expired_micros"]),
             "expired_at": iso(r["expired_at"]), "note": r["note"], "created_at": iso(r["created_at"])}
 
@@ -123,7 +123,7 @@ async def list_grants(db: asyncpg.Pool, customer_id: str, *, live_only: bool = F
         await require_customer(conn, customer_id)
         rows = await conn.fetch(
             "SELECT * FROM credit_grants WHERE customer_id = $1"
-            + (" AND status = 'active' AND remaining_micros > 0" if live_only else "") + _ORDER, customer_id)
+            + (" AND status = 'active'" if live_only else "") + _ORDER, customer_id)
     return [grant_view(r) for r in rows]
 
 

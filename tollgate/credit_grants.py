@@ -21,18 +21,21 @@ from tollgate.locks import LOCK_NAMESPACE, lock_group
 # in spending order says what lies before each grant; a grant takes what is left of the amount
 # after those, at most its remainder.
 _SPEND = """
-WITH spent AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[]) AS s(customer_id, amount)
-), live AS (
+WITH live AS (
     SELECT g.id, s.amount, g.remaining_micros AS remaining,
            sum(g.remaining_micros) OVER (PARTITION BY g.customer_id
                ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.id
                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - g.remaining_micros AS before
-    FROM credit_grants g JOIN spent s ON s.customer_id = g.customer_id
-    WHERE g.status = 'active' AND g.remaining_micros > 0 AND (g.expires_at IS NULL OR g.expires_at > now())
+    FROM unnest($1::text[], $2::bigint[]) AS s(customer_id, amount)
+    JOIN credit_grants g ON g.customer_id = s.customer_id
+    WHERE g.customer_id = ANY($1::text[])  -- the index condition: only these customers' grants are read
+      AND g.status = 'active' AND g.remaining_micros > 0 AND (g.expires_at IS NULL OR g.expires_at > now())
+), taken AS (
+    SELECT id, least(remaining, amount - before) AS t FROM live WHERE before < amount
 )
-UPDATE credit_grants g SET remaining_micros = g.remaining_micros - least(live.remaining, live.amount - live.before)
-FROM live WHERE g.id = live.id AND live.before < live.amount
+UPDATE credit_grants g SET remaining_micros = g.remaining_micros - taken.t,
+                           status = CASE WHEN g.remaining_micros = taken.t THEN 'used' ELSE g.status END
+FROM taken WHERE g.id = taken.id
 """
 
 
