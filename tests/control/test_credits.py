@@ -227,3 +227,19 @@ async def test_recharge_settings_validation(pg, redis, customer_id):
         with pytest.raises(InvalidInput) as err:
             await auto_recharge.put_settings(pg, customer_id, *args)
         assert err.value.field == field
+
+
+async def test_redis_rebuild_restores_grants_adjustments_and_expiries(pg, redis, customer_id):
+    from control.projection.rebuild import rebuild_locked
+
+    await wallets.topup(pg, redis, customer_id, "2")
+    await credit_grants.create_grant(pg, redis, customer_id, "3", expires_at=_in(0.2))
+    await adjustments.adjust(pg, redis, customer_id, "-1.25", "fee")
+    await asyncio.sleep(0.3)
+    await credit_grants.expire_due(pg, redis)
+    before = await _wallet(redis, customer_id)
+    assert before == 2_000_000  # 2 + 3 - 1.25 (from the grant) - 1.75 (what was left of it)
+    await redis.flushall()
+    async with pg.acquire() as conn:
+        await rebuild_locked(redis, conn)
+    assert await _wallet(redis, customer_id) == before
