@@ -26,9 +26,9 @@ import asyncpg
 from redis.asyncio import Redis
 
 from control.credits import record_change
-from control.errors import Conflict, InvalidInput, NotFound
+from control.errors import Conflict, InvalidInput
 from control.fields import choice, ident, iso, money_micros, text
-from control.lookup import known_id, require_customer
+from control.lookup import require_customer
 from control.projection.writes import hold_off_rebuild
 from tollgate.credit_grants import lock_customer
 from tollgate.keys import CustomerKeys
@@ -125,13 +125,6 @@ async def list_grants(db: asyncpg.Pool, customer_id: str, *, live_only: bool = F
             "SELECT * FROM credit_grants WHERE customer_id = $1"
             + (" AND status = 'active'" if live_only else "") + _ORDER, customer_id)
     return [grant_view(r) for r in rows]
-
-
-async def get_grant(db: asyncpg.Pool, grant_id: str) -> dict:
-    row = await db.fetchrow("SELECT * FROM credit_grants WHERE id = $1", grant_id) if known_id(grant_id) else None
-    if row is None:
-        raise NotFound("id", f"no credit grant {grant_id!r}")
-    return grant_view(row)
 
 
 # --------------------------------------------------------------------------- expiry
