@@ -25,7 +25,7 @@ WITH live AS (
     SELECT g.id, s.amount, g.remaining_micros AS remaining,
            sum(g.remaining_micros) OVER (PARTITION BY g.customer_id
                ORDER BY g.priority, g.expires_at NULLS LAST, g.created_at, g.id
-               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - g.remaining_micros AS before
+               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)::bigint - g.remaining_micros AS before
     FROM unnest($1::text[], $2::bigint[]) AS s(customer_id, amount)
     JOIN credit_grants g ON g.customer_id = s.customer_id
     WHERE g.customer_id = ANY($1::text[])  -- the index condition: only these customers' grants are read
