@@ -59,6 +59,9 @@ async def test_credits_api(client, customer_id, redis):
     assert r.status_code == 200 and r.json()["armed"] is True
     r = await client.get(f"{base}/wallet/auto-recharge", headers=AUTH)
     assert (r.json()["threshold"], r.json()["amount"], r.json()["enabled"]) == ("5.00", "25.00", True)
+    r = await client.put(f"{base}/wallet/auto-recharge", json={"threshold": "5", "amount": "25", "enabled": False},
+                         headers=AUTH)  # off again: control processes of later tests must not request for it
+    assert r.json()["enabled"] is False
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), [
