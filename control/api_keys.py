@@ -6,7 +6,7 @@ import secrets
 import asyncpg
 from redis.asyncio import Redis
 
-from control.errors import NotFound
+from control.errors import Conflict, NotFound
 from control.fields import iso
 from control.lookup import known_id, require_customer
 from control.projection.writes import hold_off_rebuild, project_api_key
@@ -27,6 +27,8 @@ async def create_api_key(db: asyncpg.Pool, redis: Redis, customer_id: str) -> di
     async with db.acquire() as conn, conn.transaction():
         await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
         customer = await require_customer(conn, customer_id)
+        if customer["status"] == "archived":
+            raise Conflict("customer_id", f"customer {customer_id!r} is archived: it gets no new API key")
         row = await conn.fetchrow(
             "INSERT INTO api_keys (id, customer_id, key_hash, prefix) VALUES ($1, $2, $3, $4) RETURNING *",
             f"key_{secrets.token_hex(8)}", customer_id, key_hash, key[:SHOWN_PREFIX],

@@ -98,7 +98,8 @@ async def check(db: asyncpg.Pool, redis: Redis) -> list[str]:
     of the alerts raised."""
     rows = await db.fetch(
         """SELECT a.customer_id, a.threshold_micros, a.armed FROM wallet_auto_recharge a
-           JOIN customers c ON c.id = a.customer_id WHERE a.enabled AND c.billing_mode <> 'postpaid'""")
+           JOIN customers c ON c.id = a.customer_id
+           WHERE a.enabled AND c.billing_mode <> 'postpaid' AND c.status <> 'archived'""")
     if not rows:
         return []
     balances = await _balances(redis, [r["customer_id"] for r in rows])

@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", dest="plan_id", metavar="PLAN")
     p.add_argument("--after", help="list ids after this one (paging)")
     p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--status", choices=("active", "suspended", "archived"), help="default: all but archived")
 
     g = group(sub, "keys", "API keys")
     p = command(g, "create", keys_create, "create an API key (shown once)")
@@ -109,6 +110,8 @@ async def customers_show(ctx: Context) -> None:
     ctx.emit(c, "\n".join([
         f"customer {c['id']}  {c['name']}",
         f"  plan {c['plan_id']}, {c['billing_mode']}, tier {c['tier']}, spend cap {c['spend_cap'] or 'plan default'}",
+        f"  status {c['status']}, version {c['version']}" + (f"; plan {p['plan_id']} from period {p['from_period']}"
+                                                            if (p := c["pending_plan_change"]) else ""),
         f"  api keys: {k['active']} active of {k['total']}",
         f"  wallet: balance {w['balance']} {w['currency']} (held {w['held']}, available {w['available']}); "
         f"top-ups {w['topups_total']} in {w['topups']}",
@@ -118,8 +121,8 @@ async def customers_show(ctx: Context) -> None:
 async def customers_list(ctx: Context) -> None:
     a = ctx.args
     async with _backends(ctx) as (db, _):
-        rows = await customers.list_customers(db, plan_id=a.plan_id, after=a.after, limit=a.limit)
-    ctx.emit(rows, table(rows, ["id", "name", "plan_id", "billing_mode", "tier", "spend_cap"]))
+        rows = await customers.list_customers(db, plan_id=a.plan_id, after=a.after, limit=a.limit, status=a.status)
+    ctx.emit(rows, table(rows, ["id", "name", "plan_id", "billing_mode", "tier", "spend_cap", "status"]))
 
 
 async def keys_create(ctx: Context) -> None:

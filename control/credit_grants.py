@@ -84,7 +84,8 @@ async def create_grant(db: asyncpg.Pool, redis: Redis, customer_id: str, amount:
     note = text(note, "note", max_len=500, required=False)
     async with db.acquire() as conn, conn.transaction():
         await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
-        await require_customer(conn, customer_id)
+        if (await require_customer(conn, customer_id))["status"] == "archived":
+            raise Conflict("customer_id", f"customer {customer_id!r} is archived: it gets no new credit")
         expires = _expires_at(expires_at)
         row = None
         if await conn.fetchval("SELECT 1 FROM credit_grants WHERE id = $1", gid) is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import secrets
 
 import asyncpg
+import orjson
 from redis.asyncio import Redis
 
 from control import wallets
@@ -11,6 +12,7 @@ from control.errors import Conflict, InvalidInput
 from control.fields import choice, ident, iso, money_micros, text
 from control.lookup import require_customer, require_plan
 from control.projection.writes import hold_off_rebuild, project_customer
+from tollgate.customer_cfg import STATUSES
 from tollgate.keys import CustomerKeys
 from tollgate.money import format_micros
 from tollgate.plans import BILLING_MODES, Plan
@@ -61,16 +63,20 @@ async def get_customer(db: asyncpg.Pool, redis: Redis, customer_id: str) -> dict
 
 
 async def list_customers(db: asyncpg.Pool, *, plan_id: str | None = None, after: str | None = None,
-                         limit: int = 100) -> list[dict]:
-    """Ordered by id; page with `after` = the last id seen."""
+                         limit: int = 100, status: str | None = None) -> list[dict]:
+    """Ordered by id; page with `after` = the last id seen. Archived customers only when asked
+    for (`status` = archived); otherwise every other one, or those of `status`."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise InvalidInput("limit", f"must be a whole number from 1 to {MAX_PAGE}")
     plan_id = None if plan_id is None else ident(plan_id, "plan_id")
     after = None if after is None else ident(after, "after")
+    status = None if status is None else choice(status, STATUSES, "status")
     rows = await db.fetch(
         """SELECT * FROM customers WHERE ($1::text IS NULL OR plan_id = $1)
-           AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3""",
-        plan_id, after, limit,
+           AND ($2::text IS NULL OR id > $2)
+           AND (CASE WHEN $4::text IS NULL THEN status <> 'archived' ELSE status = $4 END)
+           ORDER BY id LIMIT $3""",
+        plan_id, after, limit, status,
     )
     return [view(r) for r in rows]
 
@@ -79,7 +85,10 @@ def view(row: asyncpg.Record, keys: dict | None = None, wallet: dict | None = No
     cap = row["spend_cap_micros"]
     out = {"id": row["id"], "name": row["name"], "plan_id": row["plan_id"],
            "billing_mode": row["billing_mode"], "tier": row["tier"],
-           "spend_cap": None if cap is None else format_micros(cap), "created_at": iso(row["created_at"])}
+           "spend_cap": None if cap is None else format_micros(cap), "created_at": iso(row["created_at"]),
+           # the lifecycle (control.lifecycle): version = the ETag every change must name
+           "status": row["status"], "version": row["version"],
+           "pending_plan_change": pending_change(row), "prices": prices_of(row), "updated_at": iso(row["updated_at"])}
     if keys is not None:
         out["api_keys"] = keys
     if wallet is not None:
@@ -87,11 +96,24 @@ def view(row: asyncpg.Record, keys: dict | None = None, wallet: dict | None = No
     return out
 
 
+def pending_change(row: asyncpg.Record) -> dict | None:
+    """A plan change waiting for the period boundary: the plan, and the first period it prices."""
+    if row["pending_plan_id"] is None:
+        return None
+    return {"plan_id": row["pending_plan_id"], "from_period": row["pending_from_period"]}
+
+
+def prices_of(row: asyncpg.Record) -> list:
+    """The negotiated prices (tollgate.rating.negotiated) as stored."""
+    p = row["prices"]
+    return orjson.loads(p) if isinstance(p, (str, bytes)) else list(p or [])
+
+
 async def project_row(redis: Redis, row: asyncpg.Record, plan: Plan) -> None:
     """Project one customer row (create, plan change, `redis rebuild`)."""
     live = await redis.hget(CustomerKeys(row["id"]).cfg, "tier")
     tier = effective_tier(plan, row["tier"], live.decode() if isinstance(live, bytes) else live)
-    await project_customer(redis, row["id"], plan, row["billing_mode"], tier, row["spend_cap_micros"])
+    await project_customer(redis, row["id"], plan, row["billing_mode"], tier, row["spend_cap_micros"], row["status"])
 
 
 def effective_tier(plan: Plan, *candidates: str | None) -> str:

@@ -124,7 +124,8 @@ class CheckEndpoint:
             return self.fail_open("not_provisioned", key_hash, info, request_id, dims, est)
         if reason == "expired":  # Redis ran it past its deadline, so it wrote nothing
             return self.fail_open("expired", key_hash, info, request_id, dims, est)
-        info.limits = (rpm, tpm)
+        if reason != "suspended":  # a suspended customer's reply carries no limits (check.lua stops first)
+            info.limits = (rpm, tpm)
         body = orjson.dumps({
             "decision": "ALLOW" if allowed else "DENY", "reason": reason, "hold_id": hold or None,
             "retry_after_ms": max(retry_ms, 0),

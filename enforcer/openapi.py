@@ -44,7 +44,8 @@ _DECISION = {
     "properties": {
         "decision": {"enum": ["ALLOW", "DENY"]},
         "reason": {"type": "string", "description": "ok, rate_limited_requests, rate_limited_tokens, "
-                   "insufficient_balance, spend_cap, fail_open, ... (reasons grow with the product)."},
+                   "insufficient_balance, spend_cap, suspended (the customer is suspended or archived: checked first), "
+                   "fail_open, ... (reasons grow with the product)."},
         "hold_id": {"type": ["string", "null"]},
         "retry_after_ms": {"type": "integer", "minimum": 0},
         "remaining": {

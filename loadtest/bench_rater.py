@@ -79,6 +79,10 @@ charges:
       - {up_to: null, unit_price: "0.000012"}
   - {id: cache_read_tokens, model: per_unit, metric: cache_read_tokens, unit_price: "0.0000003"}
 """
+# --alerts: every alert the rater evaluates switched on (a cap, a balance floor, spike watching:
+# the pace row written in each rating transaction), none reached: the cost of watching.
+ALERTS = """alerts: {balance_below: "1.00", usage_spike: {factor: 1000, min_amount: "1000000"}}
+"""
 ADMIN_DSN = os.environ.get("TOLLGATE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -116,8 +120,9 @@ async def drop_database(admin: str, dsn: str) -> None:
     await conn.close()
 
 
-async def provision(pool, redis, n_customers: int, grants: bool = False) -> list[str]:
-    await plans_svc.apply_plan(pool, redis, PLAN)
+async def provision(pool, redis, n_customers: int, alerts: bool = False, grants: bool = False) -> list[str]:
+    await plans_svc.apply_plan(pool, redis, PLAN.replace("tokens_per_minute: 100000000}", 'tokens_per_minute: 100000000,'
+                                                         ' monthly_spend_cap: "1000000.00"}') + ALERTS if alerts else PLAN)
     ids = []
     for i in range(n_customers):
         mode = ("prepaid", "postpaid", "hybrid")[i % 3]
@@ -421,7 +426,7 @@ async def main(args) -> dict:
     out: dict = {"events": args.events, "workers": args.workers, "batch": args.batch, "cpus": os.cpu_count(),
                  "redis_url": redis_server.url, "dsn": dsn}
     try:
-        customers = await provision(pool, redis, args.customers, args.grants)
+        customers = await provision(pool, redis, args.customers, args.alerts, args.grants)
         await redis.xgroup_create(EVENTS_STREAM, "rater", id="0", mkstream=True)
 
         # 1. Throughput: drain a backlog.
@@ -509,6 +514,7 @@ if __name__ == "__main__":
     ap.add_argument("--ceiling-rows", type=int, default=300_000)
     ap.add_argument("--ceiling-evals", type=int, default=100_000)
     ap.add_argument("--unix", action="store_true", help="unix sockets to Redis and PostgreSQL, not loopback TCP")
+    ap.add_argument("--alerts", action="store_true", help="the plan watches for every alert the rater raises")
     ap.add_argument("--grants", action="store_true", help="give each prepaid and hybrid customer two credit grants")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()

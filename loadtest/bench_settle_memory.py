@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import lua  # noqa: E402
-from control.projection.writes import customer_config  # noqa: E402
+from tollgate.customer_cfg import customer_config  # noqa: E402
 from rater.settlement import SettleItem, clear_outbox, settle  # noqa: E402
 from tollgate.keys import SPEND_TTL_MS  # noqa: E402
 from tollgate.redis_raw import eval_many  # noqa: E402

@@ -12,6 +12,8 @@
 -- Idempotency: an ALLOW stores only its hold id under the request id (KEYS 7, PX ARGV 6), the
 -- one thing a retry cannot recompute. A retry (the record exists) is a replay: the same ALLOW and
 -- hold id, nothing charged or written, 'remaining' as it is now, replayed 1. A DENY stores nothing.
+-- Reasons: ok, rate_limited_requests, rate_limited_tokens, insufficient_balance, spend_cap,
+-- suspended (cfg `status` not active: checked first), and not_provisioned/expired (no decision).
 -- Reply: {allowed 1|0, reason, hold_id, retry_after_ms, remaining_requests, remaining_tokens,
 --         available_balance (micros), remaining_cap (micros; nil when there is no cap), tier,
 --         limit_requests, limit_tokens, reset_ms, replayed 1|0}
@@ -31,10 +33,15 @@ end
 
 -- Only the fields used, with HMGET: cfg holds every tier's limits, and HGETALL into a table
 -- cost Redis ~6 us per call (as measured for settle.lua). No tier: never provisioned.
-local cfg = redis.call('HMGET', KEYS[1], 'tier', 'mode')
-local tier, mode = cfg[1], cfg[2]
+local cfg = redis.call('HMGET', KEYS[1], 'tier', 'mode', 'status')
+local tier, mode, status = cfg[1], cfg[2], cfg[3]
 if not tier then
   return {0, 'not_provisioned', '', 0, 0, 0, 0, false, '', 0, 0, 0, 0}
+end
+-- A suspended (or archived) customer is refused before anything else, and nothing is written.
+-- No status field (a cfg projected before statuses existed): active.
+if status and status ~= 'active' and not replay then
+  return {0, 'suspended', '', 0, 0, 0, 0, false, tier, 0, 0, 0, 0}
 end
 local lim = redis.call('HMGET', KEYS[1], 'rpm.' .. tier, 'tpm.' .. tier, 'cap.' .. tier)
 local rpm = tonumber(lim[1]) or 0

@@ -37,6 +37,7 @@ import asyncpg
 from rater import grants, ledger
 from rater.ledger import Processed
 from rater.pipeline import Directory
+from rater.plan_changes import apply_pending, repriced_in
 from rater.settlement import fill_from, item_of, settle_filling
 from rater.tiers import reset_for_next_period
 from tollgate import locks
@@ -113,7 +114,8 @@ async def close_period(pool: asyncpg.Pool, redis, period: str | None, *, custome
             try:
                 if customer is None:
                     raise PeriodCloseError(f"no customer {cid!r}")
-                out.append(await _close_customer(conn, redis, customer, p, now))
+                summary = await _close_customer(conn, redis, customer, p, now)
+                out.append({**summary, **await apply_pending(conn, redis, cid, p)})  # a plan change at this boundary
             except PeriodCloseError as e:  # reported; the other customers are still invoiced
                 log.error("closing %s for %s failed: %s", p, cid, e)
                 out.append({"customer_id": cid, "period": p, "error": str(e)})
@@ -170,7 +172,9 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
     if total != spent + ctx.total_micros:
         raise PeriodCloseError(f"{customer_id} {period}: ledger {total} != recorded spend {spent} + close {ctx.total_micros}")
     batch = run_batch(plan, cumulative, billing_mode=customer.billing_mode, spend_cap_micros=customer.spend_cap_micros)
-    if batch.total_micros != total:
+    # A period whose prices changed midway (control.lifecycle: plan change now, negotiated prices)
+    # was rated under two price lists: no single batch rating can match it, the ledger is the truth.
+    if batch.total_micros != total and not await repriced_in(conn, customer_id, period):
         raise PeriodCloseError(f"{customer_id} {period}: real-time total {total} != batch rating {batch.total_micros}")
     lines.append(InvoiceLine("prepaid", "paid from the prepaid wallet", -prepaid))
 

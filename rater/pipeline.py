@@ -41,14 +41,15 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import dead_letters, grants, holds, ledger
+from rater import dead_letters, grants, holds, ledger, plan_changes
+from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
 from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, record_promotions, settle_filling
 from tollgate import locks, redis_raw
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
-from tollgate.plans import Plan, plan_from_row
+from tollgate.plans import Plan
 from tollgate.rating.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
 from tollgate.rating.stages.pipeline import run_event
 
@@ -75,6 +76,7 @@ class Customer:
     billing_mode: str
     tier: str
     spend_cap_micros: int | None  # effective cap of the current tier (None: no cap)
+    next: tuple[str, Customer] | None = None  # a pending plan change: (first period, the customer under it)
 
 
 @dataclass(slots=True)
@@ -212,17 +214,29 @@ def actual_tokens(measurements: dict[str, int]) -> int:
 # --------------------------------------------------------------------------- customers
 
 
+# What a cached customer's rating depends on, cheaply: its own version (plan change, prices, cap,
+# mode: control.lifecycle bumps it) and its plans' versions (a plan applied again).
+_STAMPS = """SELECT c.id, c.version, p.version, n.version
+             FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+             WHERE c.id = ANY($1::text[])"""
+
+
 class Directory:
     """Customer (with plan) and API key hash -> customer, cached for ttl_s (0: no cache).
 
-    Unknown customers are not cached: one created a moment ago is found on the next batch.
+    Unknown customers are not cached: one created a moment ago is found on the next batch. A
+    cached customer is checked against PostgreSQL on every batch by its version stamp (the
+    customer's version and its plans' versions: one small query per batch), so a plan change
+    "now", a new plan version, negotiated prices or a cap override apply from the next batch
+    read after they commit, not up to ttl_s later; the documents are fetched again only then.
     """
 
     def __init__(self, ttl_s: float = 5.0):
         self.ttl_s = ttl_s
         self._customers: dict[str, tuple[float, Customer]] = {}
+        self._stamps: dict[str, tuple] = {}  # customer id -> its version stamp when loaded (_STAMP)
         self._keys: dict[str, tuple[float, str]] = {}
-        self._plans: dict[tuple[str, int], Plan] = {}
+        self._plans = plan_changes.Plans()  # by (plan id, version, negotiated prices)
 
     async def resolve(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         now = time.monotonic()
@@ -236,12 +250,22 @@ class Directory:
         for e in events:
             cid = e.body.get("customer_id") or self._keys.get(e.body.get("api_key_hash"), (0, None))[1]
             ids[e.index] = cid if isinstance(cid, str) else None
-        need = [c for c in set(ids.values()) if c and self._customers.get(c, (0,))[0] <= now]
+        wanted = {c for c in ids.values() if c}
+        need = [c for c in wanted if self._customers.get(c, (0,))[0] <= now]
+        cached = [c for c in wanted if c not in need]
+        if cached:
+            stamps = {r[0]: tuple(r[1:]) for r in await conn.fetch(_STAMPS, cached)}
+            need += [c for c in cached if stamps.get(c) != self._stamps.get(c)]
         if need:
             await self._load(conn, need, now)
         for e in events:
             hit = self._customers.get(ids[e.index]) if ids[e.index] else None
             e.customer = hit[1] if hit else None
+
+    def cached(self, customer_id: str) -> Customer | None:
+        """The customer as last loaded, however old (alerts of a batch just rated)."""
+        hit = self._customers.get(customer_id)
+        return hit[1] if hit else None
 
     async def customer(self, conn: asyncpg.Connection, customer_id: str) -> Customer | None:
         now = time.monotonic()
@@ -252,18 +276,26 @@ class Directory:
 
     async def _load(self, conn: asyncpg.Connection, ids: list[str], now: float) -> None:
         rows = await conn.fetch(
-            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, p.id AS plan_id, p.version, p.document
-               FROM customers c JOIN plans p ON p.id = c.plan_id WHERE c.id = ANY($1::text[])""",
+            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period, c.version AS cv,
+                      p.id AS plan_id, p.version, p.document, n.id AS next_id, n.version AS next_version,
+                      n.document AS next_document
+               FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+               WHERE c.id = ANY($1::text[])""",
             ids,
         )
         for r in rows:
-            pk = (r["plan_id"], r["version"])
-            plan = self._plans.get(pk)
-            if plan is None:
-                plan = self._plans[pk] = plan_from_row(r)
-            tier = plan.tier(r["tier"])
-            cap = plan.limits_for_tier(tier)[2] if r["spend_cap_micros"] is None else int(r["spend_cap_micros"] * tier.multiplier)
-            self._customers[r["id"]] = (now + self.ttl_s, Customer(r["id"], plan, r["billing_mode"], tier.name, None if cap < 0 else cap))
+            c = self._customer(r, self._plans.get(r["plan_id"], r["version"], r["document"], r["prices"]))
+            if r["next_id"] is not None:
+                c.next = (r["pending_from_period"],
+                          self._customer(r, self._plans.get(r["next_id"], r["next_version"], r["next_document"], r["prices"])))
+            self._customers[r["id"]] = (now + self.ttl_s, c)
+            self._stamps[r["id"]] = (r["cv"], r["version"], r["next_version"])
+
+    @staticmethod
+    def _customer(r, plan: Plan) -> Customer:
+        tier = plan.tier(r["tier"])
+        cap = plan.limits_for_tier(tier)[2] if r["spend_cap_micros"] is None else int(r["spend_cap_micros"] * tier.multiplier)
+        return Customer(r["id"], plan, r["billing_mode"], tier.name, None if cap < 0 else cap)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -286,6 +318,7 @@ class Pipeline:
         self.redis = redis
         self.lanes = lanes
         self.directory = Directory(cache_ttl_s)
+        self.alerts = RaterAlerts(cache_ttl_s)
         # (customer, period) -> the engine's Cumulatives after our last rating of it: reused when
         # PostgreSQL (read under the lock) has exactly these quantities, so the engine does not
         # re-price the customer's period once per transaction (~2 µs per event). Never trusted
@@ -314,6 +347,7 @@ class Pipeline:
         async with self.pool.acquire() as conn:
             await self.directory.resolve(conn, events)
         assign_periods(events, now, now_period)
+        plan_changes.switch_pending(events)  # a plan change at the boundary: exact by the event's period
         groups: dict[int, list[Event]] = defaultdict(list)
         decisions: list[Event] = []
         for ev in events:
@@ -462,6 +496,7 @@ class Pipeline:
                     raise _AlreadyProcessed from None
                 await ledger.copy_lines(conn, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
+                await self.alerts.record_pace(conn, new, rows)
                 await grants.spend_grants(conn, rows)  # what the wallet paid, from the customers' credit grants
         except _AlreadyProcessed:
             if optimistic:
@@ -580,4 +615,5 @@ class Pipeline:
             return
         await record_promotions(conn, items, results)
         await holds.mark_settled(conn, holds.settled_holds(items, results))
+        await self.alerts.raise_after_settlement(conn, self.directory, items, results)  # before the outbox goes
         await clear_outbox(self.redis, items, results)

@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "rater.dead_letters",  # dead-letters list / replay / discard
     "rater.service",  # rater run
     "rater.periods",  # periods close / invoice
+    "control.alerts_commands",  # webhooks, alerts
+    "control.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
     "control.credits_commands",  # wallets adjust, credits grant / list / expire / auto-recharge
 ]
 

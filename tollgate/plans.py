@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import yaml
 
+from tollgate.alert_rules import DEFAULTS as ALERT_DEFAULTS
+from tollgate.alert_rules import AlertSettings, AlertSettingsError, parse_settings
 from tollgate.keys import ID_PATTERN
 from tollgate.money import MoneyError, parse_decimal, to_micros, to_micros_ceil
 from tollgate.periods import MAX_ANCHOR_DAY
@@ -62,6 +64,9 @@ class Pricing:
 class Override:
     match: dict[str, str]
     pricing: Pricing
+    # the dimension key usage is accumulated under; None: "override<position>". A customer's
+    # negotiated price (tollgate.rating.negotiated) names its own, stable whatever the plan's list.
+    key: str | None = None
 
     def matches(self, dimensions: dict[str, Any]) -> bool:
         return all(str(dimensions.get(k)) == v for k, v in self.match.items())
@@ -90,7 +95,7 @@ class Charge:
         """Which override applies: usage is accumulated per (charge, dimension key)."""
         for i, o in enumerate(self.overrides):
             if o.matches(dimensions):
-                return f"override{i}"
+                return o.key or f"override{i}"
         return "default"
 
 
@@ -127,6 +132,8 @@ class Plan:
     # limits.max_quantity_per_event: (metric, most units per usage event), "default" for the rest
     max_quantity_per_event: tuple[tuple[str, int], ...] = ()
     max_quantity_default: int = DEFAULT_MAX_QUANTITY_PER_EVENT
+    # alerts: the customers' default alert settings (tollgate.alert_rules; overridable per customer)
+    alerts: AlertSettings = ALERT_DEFAULTS
     document: dict = field(default_factory=dict, compare=False, repr=False)
 
     def max_quantity(self, metric: str) -> int:
@@ -212,6 +219,7 @@ def parse_plan(doc: Any) -> Plan:
         billing_anchor_day=_anchor_day(doc.get("billing_period")),
         max_quantity_default=max_quantity.pop("default", DEFAULT_MAX_QUANTITY_PER_EVENT),
         max_quantity_per_event=tuple(sorted(max_quantity.items())),
+        alerts=_alerts(doc.get("alerts")),
         document=doc,
     )
 
@@ -223,6 +231,13 @@ def _anchor_day(raw: Any) -> int:
     if day > MAX_ANCHOR_DAY:
         raise PlanError("billing_period.anchor_day", f"must be <= {MAX_ANCHOR_DAY} (every month has that day)")
     return day
+
+
+def _alerts(raw: Any) -> AlertSettings:
+    try:
+        return parse_settings(raw)
+    except AlertSettingsError as e:
+        raise PlanError(e.field, e.message) from None
 
 
 def _max_quantity_per_event(raw: Any) -> dict[str, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -25,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from control import api_keys, customers, plans, wallets
+from control.http import lifecycle as lifecycle_http
 from tollgate.backends import Backends
 from control.errors import ControlError, InvalidInput
 from tollgate.config import Settings
@@ -151,13 +151,15 @@ async def create_customer(request: Request, db: asyncpg.Pool, redis: Redis) -> t
 async def list_customers(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
     q = request.query_params
     found = await customers.list_customers(
-        db, plan_id=q.get("plan_id"), after=q.get("after"), limit=query_int(request, "limit", 100)
+        db, plan_id=q.get("plan_id"), after=q.get("after"), limit=query_int(request, "limit", 100),
+        status=q.get("status"),
     )
     return {"customers": found, "next_after": found[-1]["id"] if found else None}
 
 
-async def get_customer(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
-    return await customers.get_customer(db, redis, request.path_params["id"])
+async def get_customer(request: Request, db: asyncpg.Pool, redis: Redis) -> Response:
+    found = await customers.get_customer(db, redis, request.path_params["id"])
+    return lifecycle_http.customer_response(found)  # its ETag: the version a change names (If-Match)
 
 
 async def create_key(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[int, dict]:
@@ -213,6 +215,8 @@ def _guarded(handler: Handler, token: str, backends: Backends) -> Callable[[Requ
         except UNAVAILABLE as e:
             log.warning("admin %s %s: backend unavailable: %r", request.method, request.url.path, e)
             return error_response(503, f"backend unavailable: {type(e).__name__}")
+        if isinstance(result, Response):  # a handler that sets headers (ETag)
+            return result
         status, data = result if isinstance(result, tuple) else (200, result)
         return json_response(data, status)
 
@@ -241,8 +245,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/keys/{id}/revoke", revoke_key),
     ("POST", "/admin/customers/{id}/wallet/topups", topup),
     ("GET", "/admin/customers/{id}/wallet", show_wallet),
+    *lifecycle_http.ROUTES,
 ]
-ROUTES += importlib.import_module("control.http.credits").ROUTES  # here: it imports this module's helpers
+ROUTES += __import__("control.http.alerts", fromlist=["ROUTES"]).ROUTES  # after the helpers it imports
+ROUTES += __import__("control.http.credits", fromlist=["ROUTES"]).ROUTES  # after the helpers it imports
 
 
 # Background work run beside the API for the app's life (control.service): called with the

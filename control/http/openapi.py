@@ -15,7 +15,10 @@ from control.customers import MAX_PAGE
 from control.fields import MAX_AMOUNT
 from tollgate.keys import ID_PATTERN
 from tollgate.openapi import ERROR_SCHEMA, OPENAPI_VERSION, error_response, header, json_content
+from tollgate.alert_rules import KINDS as ALERT_KINDS
 from tollgate.plans import BILLING_MODES
+from control.alerts import MAX_PAGE as ALERTS_PAGE
+from control.alerts import MAX_URL, STATUSES as DELIVERY_STATUSES
 
 _ID = {"type": "string", "pattern": ID_PATTERN.pattern}
 _TIME = {"type": "string", "format": "date-time"}
@@ -54,6 +57,11 @@ _SCHEMAS: dict[str, Any] = {
     "Customer": _obj(["id", "name", "plan_id", "billing_mode", "tier", "spend_cap", "created_at"],
                      id=_ID, name={"type": "string"}, plan_id=_ID, billing_mode={"enum": list(BILLING_MODES)},
                      tier={"type": "string"}, spend_cap={"type": ["string", "null"]}, created_at=_TIME,
+                     status={"enum": ["active", "suspended", "archived"]},
+                     version={"type": "integer", "description": "Also the ETag: a change names it (If-Match)."},
+                     pending_plan_change={"anyOf": [_obj(["plan_id", "from_period"], plan_id=_ID,
+                                                         from_period={"type": "string"}), {"type": "null"}]},
+                     prices={"type": "array", "items": {"type": "object"}}, updated_at=_TIME,
                      api_keys=_obj(["active", "total"], active={"type": "integer"}, total={"type": "integer"}),
                      wallet=_ref("Wallet")),
     "ApiKey": _obj(["id", "customer_id", "prefix", "status", "created_at", "revoked_at"],
@@ -78,6 +86,52 @@ _SCHEMAS: dict[str, Any] = {
                          amount={"type": ["string", "null"]}, armed={"type": ["boolean", "null"]},
                          requests={"type": "integer"}, updated_at={"type": ["string", "null"], "format": "date-time"}),
 }
+_ALERT_SETTINGS = _obj(["spend_cap_percents", "balance_below", "tier_promoted", "commit_at_risk", "usage_spike"],
+                       spend_cap_percents={"type": "array", "items": {"type": "integer"}},
+                       balance_below={"type": ["string", "null"]}, tier_promoted={"type": "boolean"},
+                       commit_at_risk={"anyOf": [_obj(["after_percent"], after_percent={"type": "integer"}), {"type": "null"}]},
+                       usage_spike={"anyOf": [_obj(["factor", "min_amount"], factor={"type": "string"},
+                                                   min_amount={"type": "string"}), {"type": "null"}]})
+_SCHEMAS.update({
+    "Webhook": _obj(["id", "customer_id", "url", "kinds", "description", "enabled", "created_at"],
+                    id=_ID, customer_id={"type": ["string", "null"]}, url={"type": "string"},
+                    kinds={"type": "array", "items": {"enum": list(ALERT_KINDS)}},
+                    description={"type": ["string", "null"]}, enabled={"type": "boolean"}, created_at=_TIME),
+    "AlertSettings": _ALERT_SETTINGS,
+    "CustomerAlertSettings": _obj(["customer_id", "plan_id", "overrides", "plan_defaults", "effective"],
+                                  customer_id=_ID, plan_id=_ID, overrides={"type": "object"},
+                                  plan_defaults=_ref("AlertSettings"), effective=_ref("AlertSettings")),
+    "Alert": _obj(["id", "type", "customer_id", "threshold", "period", "raised_at", "data", "source_event_id"],
+                  id={"type": "string"}, type={"type": "string"}, customer_id=_ID, threshold={"type": "string"},
+                  period={"type": "string"}, raised_at=_TIME, data={"type": "object"},
+                  source_event_id={"type": ["string", "null"]}),
+    "Delivery": _obj(["id", "alert_id", "endpoint_id", "customer_id", "status", "attempts", "next_attempt_at",
+                      "give_up_at", "last_status_code", "last_error", "created_at", "delivered_at"],
+                     id={"type": "string"}, alert_id={"type": "string"}, endpoint_id={"type": "string"},
+                     customer_id=_ID, status={"enum": list(DELIVERY_STATUSES)}, attempts={"type": "integer"},
+                     next_attempt_at={"type": ["string", "null"], "format": "date-time"}, give_up_at=_TIME,
+                     last_status_code={"type": ["integer", "null"]}, last_error={"type": ["string", "null"]},
+                     created_at=_TIME, delivered_at={"type": ["string", "null"], "format": "date-time"}),
+})
+_SCHEMAS["NewWebhook"] = {"allOf": [_ref("Webhook"), _obj(["secret"], secret={
+    "type": "string", "description": "The signing secret: shown this once (HMAC-SHA256 of `<t>.<body>`)."})]}
+_SCHEMAS["DeliveryLog"] = {"allOf": [_ref("Delivery"), _obj(["attempt_log"], attempt_log={"type": "array", "items": _obj(
+    ["attempt", "at", "status_code", "error", "duration_ms"], attempt={"type": "integer"}, at=_TIME,
+    status_code={"type": ["integer", "null"]}, error={"type": ["string", "null"]}, duration_ms={"type": "integer"})})]}
+_SCHEMAS["AuditEntry"] = _obj(["id", "customer_id", "at", "actor", "action", "version", "period", "before", "after"],
+                              id={"type": "integer"}, customer_id=_ID, at=_TIME,
+                              actor={"type": "string", "description": "admin:<sha256 of the token, 8 hex>, cli:<user>,"
+                                     " rater:period_close"},
+                              action={"type": "string"}, version={"type": "integer"}, period={"type": "string"},
+                              before={"type": "object"}, after={"type": "object"})
+_SCHEMAS["NegotiatedPrice"] = {
+    "type": "object", "required": ["charge_id"], "additionalProperties": False,
+    "description": "A customer's own price for a usage charge of its plan, for the events whose dimensions match "
+                   "(all of them without `match`); before the plan's overrides. Priced like the charge's model: "
+                   "`unit_price`, or `tiers` (graduated, volume), `included_units` (included).",
+    "properties": {"charge_id": _ID, "match": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+                   "unit_price": _MONEY_IN, "tiers": {"type": "array", "items": {"type": "object"}},
+                   "included_units": {"type": "integer", "minimum": 0}}}
 _SCHEMAS["NewApiKey"] = {"allOf": [_ref("ApiKey"), _obj(["api_key"], api_key={
     "type": "string", "description": "The key itself: shown this once, only its hash is stored."})]}
 _SCHEMAS["CustomerWallet"] = {"allOf": [_obj(["customer_id"], customer_id=_ID), _ref("Wallet")]}
@@ -96,6 +150,42 @@ _NEW_TOPUP = {"type": "object", "required": ["amount"], "additionalProperties": 
     "id": _or_null({**_ID, "description": "Idempotency key: the same id credits once (default: top_<random>)."}),
     "note": _or_null({"type": "string", "minLength": 1, "maxLength": 500}),
 }}
+_NEW_WEBHOOK = {"type": "object", "required": ["url"], "additionalProperties": False, "properties": {
+    "url": {"type": "string", "maxLength": MAX_URL, "description": "http:// or https:// URL the alerts are POSTed to."},
+    "customer_id": _or_null({**_ID, "description": "Only this customer's alerts (default: every customer's)."}),
+    "kinds": _or_null({"type": "array", "items": {"enum": list(ALERT_KINDS)}, "description": "Default: every kind."}),
+    "description": _or_null({"type": "string", "minLength": 1, "maxLength": 500}),
+}}
+_PERCENTS = {"type": "array", "maxItems": 20, "items": {"type": "integer", "minimum": 1, "maximum": 1000}}
+_SETTINGS_IN = {"type": "object", "additionalProperties": False, "description": "Overrides of the plan's "
+                "`alerts:` section, key by key (replacing earlier overrides); null turns an alert off.", "properties": {
+    "spend_cap_percents": _or_null(_PERCENTS),
+    "balance_below": _or_null(_MONEY_IN),
+    "tier_promoted": {"type": "boolean"},
+    "commit_at_risk": _or_null({"type": "object", "additionalProperties": False,
+                                "properties": {"after_percent": {"type": "integer", "minimum": 1, "maximum": 99}}}),
+    "usage_spike": _or_null({"type": "object", "additionalProperties": False, "required": ["factor"], "properties": {
+        "factor": {"type": ["string", "integer"], "description": "Over 1, at most 1000 (a decimal string or integer)."},
+        "min_amount": _MONEY_IN}}),
+}}
+_PAGE = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": ALERTS_PAGE, "default": 100}}
+_VERSION_IN = {"type": "integer", "minimum": 1, "description": "The version read (instead of If-Match)."}
+_CUSTOMER_CHANGE = {"type": "object", "additionalProperties": False, "properties": {
+    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+    "billing_mode": {"enum": list(BILLING_MODES), "description": "From now on (checks and settlement)."},
+    "spend_cap": _or_null({**_MONEY_IN, "description": "The customer's own monthly cap (null: the plan's again), "
+                           "scaled by the tier multipliers like the plan's. " + _MONEY_IN["description"]}),
+    "prices": {"type": "array", "items": _ref("NegotiatedPrice"), "description": "The whole list ([]: none)."},
+    "version": _VERSION_IN,
+}}
+_PLAN_CHANGE = {"type": "object", "required": ["plan_id"], "additionalProperties": False, "properties": {
+    "plan_id": _ID,
+    "effective": {"enum": ["now", "period_end"], "description": "Default: period_end when the current or the new "
+                  "plan has a minimum commit, else now. The current plan's id cancels a pending change."},
+    "version": _VERSION_IN,
+}}
+_IF_MATCH = {"name": "If-Match", "in": "header", "schema": {"type": "string"},
+             "description": 'The customer\'s ETag as read ("<version>"); or `version` in the body.'}
 _NEW_ADJUSTMENT = {"type": "object", "required": ["amount", "reason"], "additionalProperties": False, "properties": {
     "amount": {"type": ["string", "integer"], "description": "Currency units, non-zero; a leading '-' is a debit "
                f"(\"-2.50\"). At most 6 decimals and {MAX_AMOUNT} either way. Floats are refused."},
@@ -135,6 +225,23 @@ _OK_SCHEMAS = {  # (method, path) -> {status: schema}
     ("POST", "/admin/keys/{id}/revoke"): {"200": _ref("ApiKey")},
     ("POST", "/admin/customers/{id}/wallet/topups"): {"200": _ref("Topup"), "201": _ref("Topup")},
     ("GET", "/admin/customers/{id}/wallet"): {"200": _ref("CustomerWallet")},
+    ("POST", "/admin/webhooks"): {"201": _ref("NewWebhook")},
+    ("GET", "/admin/webhooks"): {"200": _obj(["webhooks"], webhooks={"type": "array", "items": _ref("Webhook")})},
+    ("GET", "/admin/webhooks/{id}"): {"200": _ref("Webhook")},
+    ("DELETE", "/admin/webhooks/{id}"): {"200": _ref("Webhook")},
+    ("GET", "/admin/customers/{id}/alert-settings"): {"200": _ref("CustomerAlertSettings")},
+    ("PUT", "/admin/customers/{id}/alert-settings"): {"200": _ref("CustomerAlertSettings")},
+    ("GET", "/admin/alerts"): {"200": _obj(["alerts"], alerts={"type": "array", "items": _ref("Alert")})},
+    ("GET", "/admin/deliveries"): {"200": _obj(["deliveries"], deliveries={"type": "array", "items": _ref("Delivery")})},
+    ("GET", "/admin/deliveries/{id}"): {"200": _ref("DeliveryLog")},
+    ("POST", "/admin/deliveries/{id}/redeliver"): {"200": _ref("Delivery")},
+    ("PATCH", "/admin/customers/{id}"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/plan-change"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/suspend"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/reactivate"): {"200": _ref("Customer")},
+    ("POST", "/admin/customers/{id}/archive"): {"200": _ref("Customer")},
+    ("GET", "/admin/customers/{id}/audit"): {"200": _obj(["entries", "next_before_id"], entries={
+        "type": "array", "items": _ref("AuditEntry")}, next_before_id={"type": ["integer", "null"]})},
     ("POST", "/admin/customers/{id}/wallet/adjustments"): {"200": _ref("Adjustment"), "201": _ref("Adjustment")},
     ("GET", "/admin/customers/{id}/wallet/adjustments"): {"200": _obj(["adjustments"], adjustments={
         "type": "array", "items": _ref("Adjustment")})},
@@ -158,6 +265,27 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("POST", "/admin/keys/{id}/revoke"): ("revokeKey", "Revoke an API key (idempotent)."),
     ("POST", "/admin/customers/{id}/wallet/topups"): ("topup", "Credit the prepaid wallet (idempotent by id)."),
     ("GET", "/admin/customers/{id}/wallet"): ("getWallet", "Balance, held and available amounts."),
+    ("POST", "/admin/webhooks"): ("createWebhook", "Register a webhook endpoint for alerts (its signing secret is returned once)."),
+    ("GET", "/admin/webhooks"): ("listWebhooks", "Webhook endpoints (a customer's and the global ones with `customer_id`)."),
+    ("GET", "/admin/webhooks/{id}"): ("getWebhook", "A webhook endpoint (never its secret)."),
+    ("DELETE", "/admin/webhooks/{id}"): ("disableWebhook", "Disable an endpoint: nothing more is sent to it; its log stays."),
+    ("GET", "/admin/customers/{id}/alert-settings"): ("getAlertSettings", "A customer's alert settings: plan defaults, overrides, effective."),
+    ("PUT", "/admin/customers/{id}/alert-settings"): ("putAlertSettings", "Replace a customer's overrides of its plan's alert settings."),
+    ("GET", "/admin/alerts"): ("listAlerts", "Alerts raised, newest first."),
+    ("GET", "/admin/deliveries"): ("listDeliveries", "The webhook delivery log, newest first."),
+    ("GET", "/admin/deliveries/{id}"): ("getDelivery", "A delivery with every attempt."),
+    ("POST", "/admin/deliveries/{id}/redeliver"): ("redeliver", "Send a delivery again now, with a fresh retry window."),
+    ("PATCH", "/admin/customers/{id}"): ("updateCustomer", "Change name, billing mode, spend cap or negotiated prices "
+                                         "(If-Match: the ETag read)."),
+    ("POST", "/admin/customers/{id}/plan-change"): ("changePlan", "Change the plan now or at the period's end "
+                                                    "(If-Match)."),
+    ("POST", "/admin/customers/{id}/suspend"): ("suspendCustomer", "Suspend: every check is DENY `suspended`; usage "
+                                                "is still rated (If-Match)."),
+    ("POST", "/admin/customers/{id}/reactivate"): ("reactivateCustomer", "Make a suspended customer active (If-Match)."),
+    ("POST", "/admin/customers/{id}/archive"): ("archiveCustomer", "Archive (final): keys revoked, hidden from "
+                                                "listings, no further change (If-Match)."),
+    ("GET", "/admin/customers/{id}/audit"): ("customerAudit", "Every change of the customer, newest first: when, "
+                                             "what, by which token."),
     ("POST", "/admin/customers/{id}/wallet/adjustments"): (
         "adjustWallet", "Credit or debit the wallet with a reason (idempotent by id; a debit below zero needs "
                         "allow_negative, else 409)."),
@@ -175,6 +303,10 @@ _BODIES = {
                                **{t: {"schema": {"type": "string"}} for t in YAML_TYPES}},
     ("POST", "/admin/customers"): json_content(_NEW_CUSTOMER),
     ("POST", "/admin/customers/{id}/wallet/topups"): json_content(_NEW_TOPUP),
+    ("POST", "/admin/webhooks"): json_content(_NEW_WEBHOOK),
+    ("PUT", "/admin/customers/{id}/alert-settings"): json_content(_SETTINGS_IN),
+    ("PATCH", "/admin/customers/{id}"): json_content(_CUSTOMER_CHANGE),
+    ("POST", "/admin/customers/{id}/plan-change"): json_content(_PLAN_CHANGE),
     ("POST", "/admin/customers/{id}/wallet/adjustments"): json_content(_NEW_ADJUSTMENT),
     ("POST", "/admin/customers/{id}/credit-grants"): json_content(_NEW_GRANT),
     ("PUT", "/admin/customers/{id}/wallet/auto-recharge"): json_content(_AUTO_RECHARGE),
@@ -183,7 +315,28 @@ _QUERY = {("GET", "/admin/customers"): [
     {"name": "plan_id", "in": "query", "schema": _ID},
     {"name": "after", "in": "query", "schema": _ID, "description": "The last id of the previous page."},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
+    {"name": "status", "in": "query", "schema": {"enum": ["active", "suspended", "archived"]},
+     "description": "Only these; without it every customer but the archived ones."},
 ]}
+_QUERY.update({
+    ("GET", "/admin/webhooks"): [{"name": "customer_id", "in": "query", "schema": _ID}],
+    ("GET", "/admin/alerts"): [{"name": "customer_id", "in": "query", "schema": _ID},
+                               {"name": "kind", "in": "query", "schema": {"enum": list(ALERT_KINDS)}}, _PAGE],
+    ("GET", "/admin/deliveries"): [{"name": n, "in": "query", "schema": _ID} for n in ("customer_id", "alert_id", "endpoint_id")]
+    + [{"name": "status", "in": "query", "schema": {"enum": list(DELIVERY_STATUSES)}}, _PAGE],
+})
+_QUERY.update({(m, p): [_IF_MATCH] for m, p in _SUMMARY if p == "/admin/customers/{id}" and m == "PATCH"
+               or p.rsplit("/", 1)[-1] in ("plan-change", "suspend", "reactivate", "archive")})
+_QUERY[("GET", "/admin/customers/{id}/audit")] = [
+    {"name": "before_id", "in": "query", "schema": {"type": "integer", "minimum": 0},
+     "description": "The last id of the previous page."},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
+]
+# Answers some operations give beyond the common ones (control.lifecycle: optimistic concurrency)
+_ERRORS = {k: {"409": "Conflict: archived, already in that state, or a plan change that cannot apply now.",
+               "412": "The customer changed since it was read (`field`: version): read it again.",
+               "428": "No version named: send If-Match (the ETag read) or `version`."}
+           for k in _QUERY if k[0] != "GET" and _IF_MATCH in _QUERY[k]}
 
 
 def _operation(method: str, path: str) -> dict[str, Any]:
@@ -210,6 +363,8 @@ def _operation(method: str, path: str) -> dict[str, Any]:
     if body is not None:
         responses["413"] = error_response(f"Body over {MAX_BODY} bytes.")
         responses["415"] = error_response("Unsupported Content-Type.")
+    for status, text in _ERRORS.get((method, path), {}).items():
+        responses[status] = error_response(text)
     responses["422"] = error_response("Invalid input: `field` names it.")
     responses["503"] = error_response("Admin API disabled (no TOLLGATE_ADMIN_TOKEN), no schema, or a backend unreachable.")
     op["responses"] = responses
@@ -229,7 +384,7 @@ def _paths() -> dict[str, Any]:
 SPEC: dict[str, Any] = {
     "openapi": OPENAPI_VERSION,
     "info": {"title": "tollgate admin API", "version": "1",
-             "description": "Plans, customers, API keys and prepaid wallets. Every operation but this document "
+             "description": "Plans, customers (and their lifecycle), API keys and prepaid wallets. Every operation but this document "
                             "needs `Authorization: Bearer $TOLLGATE_ADMIN_TOKEN`."},
     "security": [{"bearer": []}],
     "paths": _paths(),

@@ -54,7 +54,7 @@ from redis.exceptions import NoScriptError
 
 import lua
 from tollgate import locks, redis_raw
-from control.projection.writes import customer_config
+from tollgate.customer_cfg import customer_config
 from tollgate.keys import (INVALIDATION_CHANNEL, PROJECTION_BUILDING, PROJECTION_MARKER, SPEND_TTL_MS, CustomerKeys,
                            api_key_record, plan_record)
 from tollgate.periods import next_period, period_of
@@ -126,7 +126,7 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     spend = await _spend(conn, has_events, periods)
     holds = await _open_holds(conn, has_events, now)
     markers = await _markers(conn, has_events, wallets, spend)
-    customers = await conn.fetch("SELECT id, plan_id, billing_mode, tier, spend_cap_micros FROM customers ORDER BY id")
+    customers = await conn.fetch("SELECT id, plan_id, billing_mode, tier, spend_cap_micros, status FROM customers ORDER BY id")
     keys = await conn.fetch(
         "SELECT k.id, k.key_hash, k.customer_id, c.plan_id, k.status FROM api_keys k"
         " JOIN customers c ON c.id = k.customer_id ORDER BY k.id"
@@ -155,10 +155,10 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
         cid, plan = c["id"], plans[c["plan_id"]]
         cust_spend = spend.get(cid, {})
         tier = _tier(plan, c["tier"], cust_spend.get(current[plan.id], 0))
-        shape = (plan.id, c["billing_mode"], tier, c["spend_cap_micros"])
+        shape = (plan.id, c["billing_mode"], tier, c["spend_cap_micros"], c["status"])
         cfg = cfgs.get(shape)
         if cfg is None:
-            fields = customer_config(plan, c["billing_mode"], tier, c["spend_cap_micros"])
+            fields = customer_config(plan, c["billing_mode"], tier, c["spend_cap_micros"], c["status"])
             cfg = cfgs[shape] = tuple(x for pair in fields.items() for x in pair)
         open_holds = holds.get(cid, ())
         k = CustomerKeys(cid)

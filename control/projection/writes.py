@@ -9,9 +9,12 @@ from __future__ import annotations
 import orjson
 from redis.asyncio import Redis
 
+from tollgate.customer_cfg import customer_config, write_customer_config
 from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, api_key_record, plan_record
 from tollgate.locks import PROJECTION_LOCK_NAMESPACE, PROJECTION_WRITES
 from tollgate.plans import Plan
+
+
 
 async def hold_off_rebuild(conn) -> None:
     """First thing in a control-plane transaction that writes the projection: a rebuild waits for
@@ -24,33 +27,11 @@ async def project_plan(redis: Redis, plan: Plan) -> None:
     await redis.publish(INVALIDATION_CHANNEL, f"plan:{plan.id}")
 
 
-def customer_config(plan: Plan, billing_mode: str, tier: str, spend_cap_micros: int | None = None) -> dict[str, str | int]:
-    """The cfg hash: limits of every tier precomputed, so a promotion is one HSET of `tier`."""
-    cfg: dict[str, str | int] = {
-        "plan": plan.id,
-        "mode": billing_mode,
-        "tier": plan.tier(tier).name,
-        # settle.lua promotes along this list: [[name, threshold micros], ...]
-        "tiers": orjson.dumps([[t.name, t.threshold_micros] for t in plan.tiers]).decode(),
-    }
-    for t in plan.tiers:
-        rpm, tpm, cap = plan.limits_for_tier(t)
-        if spend_cap_micros is not None:
-            cap = int(spend_cap_micros * t.multiplier)
-        cfg[f"rpm.{t.name}"], cfg[f"tpm.{t.name}"], cfg[f"cap.{t.name}"] = rpm, tpm, cap
-    return cfg
-
-
 async def project_customer(
-    redis: Redis, customer_id: str, plan: Plan, billing_mode: str, tier: str, spend_cap_micros: int | None = None
+    redis: Redis, customer_id: str, plan: Plan, billing_mode: str, tier: str, spend_cap_micros: int | None = None,
+    status: str = "active",
 ) -> None:
-    keys = CustomerKeys(customer_id)
-    async with redis.pipeline(transaction=True) as p:
-        p.delete(keys.cfg)  # drop fields of tiers the new plan no longer has
-        p.hset(keys.cfg, mapping=customer_config(plan, billing_mode, tier, spend_cap_micros))
-        await p.execute()
-    # after the write, not in its MULTI: a cluster runs a transaction on one slot's keys only
-    await redis.publish(INVALIDATION_CHANNEL, f"customer:{customer_id}")
+    await write_customer_config(redis, customer_id, customer_config(plan, billing_mode, tier, spend_cap_micros, status))
 
 
 async def project_api_key(redis: Redis, key_hash: str, key_id: str, customer_id: str, plan_id: str, status: str) -> None:

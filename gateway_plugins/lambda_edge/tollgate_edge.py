@@ -312,6 +312,7 @@ DENY_MESSAGES = {
     "rate_limited_tokens": "API token rate limit exceeded",
     "insufficient_balance": "Insufficient balance",
     "spend_cap": "Monthly spend cap reached",
+    "suspended": "Account suspended",
 }
 STATUS_TEXT = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests",
                500: "Internal Server Error", 503: "Service Unavailable"}

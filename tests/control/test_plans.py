@@ -98,7 +98,7 @@ async def test_customer_cfg_has_the_limits_of_every_tier(pg, redis, plan_id):
     c = await customers.create_customer(pg, redis, name="Acme", plan_id=plan_id)
     cfg = {k.decode(): v.decode() for k, v in (await redis.hgetall(CustomerKeys(c["id"]).cfg)).items()}
     assert cfg == {
-        "plan": plan_id, "mode": "prepaid", "tier": "free",
+        "plan": plan_id, "mode": "prepaid", "status": "active", "tier": "free",
         "tiers": '[["free",0],["build",5000000],["scale",50000000]]',
         "rpm.free": "60", "tpm.free": "100000", "cap.free": "200000000",
         "rpm.build": "120", "tpm.build": "200000", "cap.build": "400000000",

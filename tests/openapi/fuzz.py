@@ -33,7 +33,7 @@ MAX_EXAMPLES = int(os.environ.get("TOLLGATE_FUZZ_EXAMPLES", "100"))  # per opera
 
 # A refused body over the size limit (413) is a rejection too.
 CONFIG = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {"expected-statuses": [
-    "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]}}})
+    "400", "401", "403", "404", "405", "406", "409", "412", "413", "415", "422", "428", "429", "5xx"]}}})
 
 
 def load(base_url: str):

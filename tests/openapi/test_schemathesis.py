@@ -132,7 +132,7 @@ def admin_url(pg_dsn, redis_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def admin_ids(admin_url) -> dict[str, str]:
+def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
     """A plan, a customer on it and one of its keys, made through the API."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=admin_url, headers=auth, timeout=10) as c:
@@ -144,13 +144,76 @@ def admin_ids(admin_url) -> dict[str, str]:
         cid = r.json()["id"]
         r = c.post(f"/admin/customers/{cid}/keys")
         assert r.status_code == 201, r.text
-        return {"plan": pid, "customer": cid, "key": r.json()["id"]}
+        key = r.json()["id"]
+        r = c.post("/admin/webhooks", json={"url": DEAD_HOOK, "customer_id": cid})
+        assert r.status_code == 201, r.text
+        hook = r.json()["id"]
+        other = uid("plan")  # for plan changes
+        r = c.post("/admin/plans", content=plan_text(other), headers={"Content-Type": "application/yaml"})
+        assert r.status_code == 201, r.text
+    return {"plan": pid, "customer": cid, "key": key, "other_plan": other, "webhook": hook,
+            "delivery": _delivery(pg_dsn, cid, admin_url)}
+
+
+DEAD_HOOK = "http://127.0.0.1:9/hook"  # discard port: nothing listens, deliveries stay pending
+
+
+def _delivery(pg_dsn: str, customer_id: str, admin_url: str) -> str:
+    """An alert raised for the customer, and the id of its delivery once the served process's
+    worker has fanned it out (the admin API only reads and redelivers deliveries)."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    from tollgate.alerts import raise_alert  # noqa: PLC0415
+
+    async def go() -> str:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            async with conn.transaction():
+                await raise_alert(conn, customer_id, "spend.threshold", "50", "202612", {"percent": 50})
+            deadline = time.monotonic() + 10
+            while (d := await conn.fetchval("SELECT id FROM webhook_deliveries WHERE customer_id = $1",
+                                            customer_id)) is None:
+                assert time.monotonic() < deadline, "the alert was not fanned out"
+                await asyncio.sleep(0.05)
+            return d
+        finally:
+            await conn.close()
+    return asyncio.run(go())
+
+
+# Changes that name the customer's version (If-Match): with real ids they get the current one.
+LIFECYCLE = {("PATCH", "/admin/customers/{id}"), *(("POST", f"/admin/customers/{{id}}/{a}")
+                                                   for a in ("plan-change", "suspend", "reactivate", "archive"))}
+
+
+def _current(admin_url: str, admin_ids: dict, path: str, case) -> None:
+    """The customer's ETag as If-Match; archive works on a customer of its own (it is final),
+    reactivate on a suspended one; a plan change goes to the plan the customer is not on."""
+    with httpx.Client(base_url=admin_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
+        cid = case.path_parameters["id"]
+        if path.endswith("/archive"):
+            cid = c.post("/admin/customers", json={"name": "Archived", "plan_id": admin_ids["plan"]}).json()["id"]
+            case.path_parameters = {**case.path_parameters, "id": cid}
+        r = c.get(f"/admin/customers/{cid}")
+        if path.endswith("/reactivate") and r.json()["status"] == "active":  # something to reactivate
+            r = c.post(f"/admin/customers/{cid}/suspend", headers={"If-Match": r.headers["etag"]})
+    case.headers = {**case.headers, "If-Match": r.headers["etag"]}
+    if isinstance(case.body, dict):
+        v = case.body.get("version")
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:  # an invalid one stays invalid
+            case.body["version"] = r.json()["version"]
+        if "plan_id" in case.body:
+            case.body["plan_id"] = admin_ids["other_plan"] if r.json()["plan_id"] == admin_ids["plan"] else admin_ids["plan"]
 
 
 @pytest.mark.parametrize("method,path", sorted(documented_operations(ADMIN_SPEC)))
 def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
     real_id = admin_ids["key"] if path.startswith("/admin/keys/") else \
-        admin_ids["plan"] if path.startswith("/admin/plans/") else admin_ids["customer"]
+        admin_ids["plan"] if path.startswith("/admin/plans/") else \
+        admin_ids["webhook"] if path.startswith("/admin/webhooks/") else \
+        admin_ids["delivery"] if path.startswith("/admin/deliveries/") else admin_ids["customer"]
 
     turn = _turns(3)
 
@@ -164,6 +227,10 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
                 case.path_parameters = {**case.path_parameters, "id": real_id}
             if isinstance(case.body, dict) and "plan_id" in case.body:
                 case.body = {**case.body, "plan_id": admin_ids["plan"]}
+            if path == "/admin/webhooks" and method == "POST" and isinstance(case.body, dict):
+                case.body = {**case.body, "url": DEAD_HOOK, "customer_id": admin_ids["customer"]}
+            if (method, path) in LIFECYCLE and case.path_parameters.get("id") == real_id:
+                _current(admin_url, admin_ids, path, case)
             if path == "/admin/plans" and method == "POST":  # a real plan, with what was generated on top
                 case.media_type = "application/json"
                 case.body = {**yaml.safe_load(plan_text(uid("plan"))),

@@ -221,6 +221,7 @@ local DENY_MESSAGES = {
   rate_limited_tokens = "API token rate limit exceeded",
   insufficient_balance = "Insufficient balance",
   spend_cap = "Monthly spend cap reached",
+  suspended = "Account suspended",
 }
 
 --- The JSON body of a denial, Kong style (`message`) plus the enforcer's reason.
