@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import dead_letters, holds, ledger, plan_changes
+from rater import dead_letters, grants, holds, ledger, plan_changes
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
@@ -497,6 +497,7 @@ class Pipeline:
                 await ledger.copy_lines(conn, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
                 await self.alerts.record_pace(conn, new, rows)
+                await grants.spend_grants(conn, rows)  # what the wallet paid, from the customers' credit grants
         except _AlreadyProcessed:
             if optimistic:
                 return None
