@@ -4,6 +4,8 @@ the admin API and runs the control plane's background work beside it:
   rebuilt from PostgreSQL with no human step; the rater waits for it (NotProjected), the enforcer
   fails open meanwhile.
 - the delivery of alerts (control.alert_delivery): webhooks and bus events.
+- credits (control.credits_worker): every second, credit grants that are due expire, and
+  auto-recharge requests are raised for balances below their threshold.
 Run at least one control process wherever the enforcer and rater run; several are safe (one
 rebuild at a time, by an advisory lock).
 """
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import logging
 
+from control import credits_worker
 from control.alert_delivery import alert_delivery
 from control.http.app import DISABLED, create_app
 from control.projection.self_heal import SelfHeal
@@ -30,7 +33,7 @@ async def self_heal(settings: Settings, stop: asyncio.Event) -> None:
         await redis.aclose()
 
 
-WORKERS = (self_heal, alert_delivery)
+WORKERS = (self_heal, alert_delivery, credits_worker.run)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:

@@ -44,6 +44,7 @@ from rater.consumers.redis_streams import RedisStreamConsumer  # noqa: E402
 from control import customers as customers_svc  # noqa: E402
 from control import plans as plans_svc  # noqa: E402
 from control import wallets as wallets_svc  # noqa: E402
+from control import credit_grants as credit_grants_svc  # noqa: E402
 from rater import ledger  # noqa: E402
 from rater.charges import RedisCharges, enabled as charges_enabled  # noqa: E402
 from rater.pipeline import Pipeline  # noqa: E402
@@ -120,7 +121,7 @@ async def drop_database(admin: str, dsn: str) -> None:
     await conn.close()
 
 
-async def provision(pool, redis, n_customers: int, alerts: bool = False) -> list[str]:
+async def provision(pool, redis, n_customers: int, alerts: bool = False, grants: bool = False) -> list[str]:
     await plans_svc.apply_plan(pool, redis, PLAN.replace("tokens_per_minute: 100000000}", 'tokens_per_minute: 100000000,'
                                                          ' monthly_spend_cap: "1000000.00"}') + ALERTS if alerts else PLAN)
     ids = []
@@ -130,6 +131,9 @@ async def provision(pool, redis, n_customers: int, alerts: bool = False) -> list
                                                 customer_id=f"cus_bench_{i:05d}", billing_mode=mode)
         if mode != "postpaid":
             await wallets_svc.topup(pool, redis, c["id"], "1000000.00" if mode == "prepaid" else "5.00")
+            if grants:  # every wallet payment is then taken from grants (tollgate.credit_grants)
+                await credit_grants_svc.create_grant(pool, redis, c["id"], "1.00", expires_at="2999-01-01T00:00:00Z")
+                await credit_grants_svc.create_grant(pool, redis, c["id"], "1000.00", kind="purchased")
         ids.append(c["id"])
     return ids
 
@@ -426,7 +430,7 @@ async def main(args) -> dict:
     out: dict = {"events": args.events, "workers": args.workers, "batch": args.batch, "cpus": os.cpu_count(),
                  "redis_url": redis_server.url, "dsn": dsn}
     try:
-        customers = await provision(pool, redis, args.customers, args.alerts)
+        customers = await provision(pool, redis, args.customers, args.alerts, args.grants)
         await redis.xgroup_create(EVENTS_STREAM, "rater", id="0", mkstream=True)
 
         # 1. Throughput: drain a backlog.
@@ -515,6 +519,7 @@ if __name__ == "__main__":
     ap.add_argument("--ceiling-evals", type=int, default=100_000)
     ap.add_argument("--unix", action="store_true", help="unix sockets to Redis and PostgreSQL, not loopback TCP")
     ap.add_argument("--alerts", action="store_true", help="the plan watches for every alert the rater raises")
+    ap.add_argument("--grants", action="store_true", help="give each prepaid and hybrid customer two credit grants")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     result = asyncio.run(main(a))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from rater import ledger
+from rater import grants, ledger
 from rater.ledger import Processed
 from rater.pipeline import Directory
 from rater.plan_changes import apply_pending, repriced_in
@@ -185,6 +185,7 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
                           None, 0, None, None, seq)
         await ledger.insert_processed(conn, [close])
         await ledger.copy_lines(conn, close_ledger)
+        await grants.spend_grants(conn, [close])
         row = await conn.fetchrow(
             """INSERT INTO invoices (id, customer_id, period, plan_id, currency, billing_mode, subtotal_micros,
                    discount_micros, tax_micros, total_micros, prepaid_micros, amount_due_micros)

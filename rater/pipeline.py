@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import charges, dead_letters, holds, ledger, plan_changes, rollups
+from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollups
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
@@ -504,6 +504,7 @@ class Pipeline:
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
                 await rollups.write(conn, new, rows, lines)  # the read API's usage, never the ledger
                 await self.alerts.record_pace(conn, new, rows)
+                await grants.spend_grants(conn, rows)  # what the wallet paid, from the customers' credit grants
         except _AlreadyProcessed:
             if optimistic:
                 return None

@@ -251,6 +251,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     *lifecycle_http.ROUTES,
 ]
 ROUTES += __import__("control.http.alerts", fromlist=["ROUTES"]).ROUTES  # after the helpers it imports
+ROUTES += __import__("control.http.credits", fromlist=["ROUTES"]).ROUTES  # after the helpers it imports
 
 
 # Background work run beside the API for the app's life (control.service): called with the

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from control.http.app import MAX_BODY, YAML_TYPES
+from control.credit_grants import KINDS as GRANT_KINDS, MAX_PRIORITY
 from control.customers import MAX_PAGE
 from control.fields import MAX_AMOUNT
 from tollgate.keys import ID_PATTERN
@@ -70,6 +71,21 @@ _SCHEMAS: dict[str, Any] = {
     "Topup": _obj(["id", "customer_id", "amount", "credited", "balance", "created_at"],
                   id=_ID, customer_id=_ID, amount=_MONEY_OUT, credited={"type": "boolean"}, balance=_MONEY_OUT,
                   created_at=_TIME),
+    "Adjustment": _obj(["id", "customer_id", "amount", "reason", "created_at"],
+                       id=_ID, customer_id=_ID, amount={**_MONEY_OUT, "description": "Negative for a debit."},
+                       reason={"type": "string"}, applied={"type": "boolean"}, balance=_MONEY_OUT, created_at=_TIME),
+    "CreditGrant": _obj(["id", "customer_id", "kind", "priority", "amount", "remaining", "expires_at", "status",
+                         "expired_amount", "expired_at", "note", "created_at"],
+                        id=_ID, customer_id=_ID, kind={"enum": list(GRANT_KINDS)},
+                        priority={"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+                        amount=_MONEY_OUT, remaining=_MONEY_OUT, expires_at={"type": ["string", "null"], "format": "date-time"},
+                        status={"enum": ["active", "used", "expired"]}, expired_amount={"type": ["string", "null"]},
+                        expired_at={"type": ["string", "null"], "format": "date-time"}, note={"type": ["string", "null"]},
+                        created_at=_TIME, credited={"type": "boolean"}, balance=_MONEY_OUT),
+    "AutoRecharge": _obj(["customer_id", "enabled", "threshold", "amount", "armed", "requests", "updated_at"],
+                         customer_id=_ID, enabled={"type": "boolean"}, threshold={"type": ["string", "null"]},
+                         amount={"type": ["string", "null"]}, armed={"type": ["boolean", "null"]},
+                         requests={"type": "integer"}, updated_at={"type": ["string", "null"], "format": "date-time"}),
 }
 _ALERT_SETTINGS = _obj(["spend_cap_percents", "balance_below", "tier_promoted", "commit_at_risk", "usage_spike"],
                        spend_cap_percents={"type": "array", "items": {"type": "integer"}},
@@ -187,6 +203,8 @@ _SCHEMAS["DeadLetter"] = _obj(["id", "event_id", "customer_id", "reason", "detai
                               reason={"type": "string"}, detail={"type": "string"}, status={"type": "string"},
                               attempts=_INT, created_at=_TIME, replayed_at={"type": ["string", "null"]},
                               raw={"type": "string"})
+_SCHEMAS["CustomerWallet"]["allOf"].append(_obj(["credit_grants"], credit_grants={  # credits: the live grants
+    "type": "array", "items": _ref("CreditGrant"), "description": "Grants with credit left, in spending order."}))
 
 _NEW_CUSTOMER = {"type": "object", "required": ["name", "plan_id"], "additionalProperties": False, "properties": {
     "id": _or_null({**_ID, "description": "Default: cus_<random>."}),
@@ -236,6 +254,29 @@ _PLAN_CHANGE = {"type": "object", "required": ["plan_id"], "additionalProperties
 }}
 _IF_MATCH = {"name": "If-Match", "in": "header", "schema": {"type": "string"},
              "description": 'The customer\'s ETag as read ("<version>"); or `version` in the body.'}
+_NEW_ADJUSTMENT = {"type": "object", "required": ["amount", "reason"], "additionalProperties": False, "properties": {
+    "amount": {"type": ["string", "integer"], "description": "Currency units, non-zero; a leading '-' is a debit "
+               f"(\"-2.50\"). At most 6 decimals and {MAX_AMOUNT} either way. Floats are refused."},
+    "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+    "id": _or_null({**_ID, "description": "Idempotency key: the same id with the same content applies once "
+                               "(default: adj_<random>)."}),
+    "allow_negative": _or_null({"type": "boolean", "description": "Let a debit take the balance below zero "
+                                "(default false: 409)."}),
+}}
+_NEW_GRANT = {"type": "object", "required": ["amount"], "additionalProperties": False, "properties": {
+    "amount": {**_MONEY_IN, "description": "Greater than 0. " + _MONEY_IN["description"]},
+    "kind": _or_null({"enum": list(GRANT_KINDS), "description": "Default promotional."}),
+    "priority": _or_null({"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY,
+                          "description": "Lower is spent first (default: promotional 10, purchased 50)."}),
+    "expires_at": _or_null({**_TIME, "description": "RFC 3339 with a time zone, in the future; none = never."}),
+    "id": _or_null({**_ID, "description": "Idempotency key (default: gr_<random>)."}),
+    "note": _or_null({"type": "string", "minLength": 1, "maxLength": 500}),
+}}
+_AUTO_RECHARGE = {"type": "object", "required": ["threshold", "amount"], "additionalProperties": False, "properties": {
+    "threshold": {**_MONEY_IN, "description": "Below this balance a recharge is requested. " + _MONEY_IN["description"]},
+    "amount": {**_MONEY_IN, "description": "What to top up. " + _MONEY_IN["description"]},
+    "enabled": _or_null({"type": "boolean", "description": "Default true."}),
+}}
 _PLAN_DOCUMENT = {"type": "object", "description": "A plan document (see examples/plans/): id, charges, limits, "
                   "tiers, billing mode, ...; validated in full by the server (422 naming the field)."}
 
@@ -269,6 +310,14 @@ _OK_SCHEMAS = {  # (method, path) -> {status: schema}
     ("POST", "/admin/customers/{id}/archive"): {"200": _ref("Customer")},
     ("GET", "/admin/customers/{id}/audit"): {"200": _obj(["entries", "next_before_id"], entries={
         "type": "array", "items": _ref("AuditEntry")}, next_before_id={"type": ["integer", "null"]})},
+    ("POST", "/admin/customers/{id}/wallet/adjustments"): {"200": _ref("Adjustment"), "201": _ref("Adjustment")},
+    ("GET", "/admin/customers/{id}/wallet/adjustments"): {"200": _obj(["adjustments"], adjustments={
+        "type": "array", "items": _ref("Adjustment")})},
+    ("POST", "/admin/customers/{id}/credit-grants"): {"200": _ref("CreditGrant"), "201": _ref("CreditGrant")},
+    ("GET", "/admin/customers/{id}/credit-grants"): {"200": _obj(["credit_grants"], credit_grants={
+        "type": "array", "items": _ref("CreditGrant")})},
+    ("PUT", "/admin/customers/{id}/wallet/auto-recharge"): {"200": _ref("AutoRecharge")},
+    ("GET", "/admin/customers/{id}/wallet/auto-recharge"): {"200": _ref("AutoRecharge")},
 }
 _OK_SCHEMAS.update({
     ("GET", "/admin/customers/{id}/usage"): {"200": _ref("Usage")},
@@ -346,6 +395,17 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("GET", "/v1/customer/preview"): ("myPreview", "The calling customer's current-period preview."),
     ("GET", "/v1/customer/invoices"): ("myInvoices", "The calling customer's invoices."),
     ("GET", "/v1/customer/invoices/{id}"): ("myInvoice", "One of the calling customer's invoices."),
+    ("POST", "/admin/customers/{id}/wallet/adjustments"): (
+        "adjustWallet", "Credit or debit the wallet with a reason (idempotent by id; a debit below zero needs "
+                        "allow_negative, else 409)."),
+    ("GET", "/admin/customers/{id}/wallet/adjustments"): ("listAdjustments", "A customer's wallet adjustments."),
+    ("POST", "/admin/customers/{id}/credit-grants"): (
+        "createCreditGrant", "Give credit that is spent first by priority and leaves the balance at expiry "
+                             "(idempotent by id)."),
+    ("GET", "/admin/customers/{id}/credit-grants"): ("listCreditGrants", "A customer's credit grants, in spending order."),
+    ("PUT", "/admin/customers/{id}/wallet/auto-recharge"): (
+        "putAutoRecharge", "Set low-balance auto-recharge (raises wallet.recharge_requested for the payment system)."),
+    ("GET", "/admin/customers/{id}/wallet/auto-recharge"): ("getAutoRecharge", "The auto-recharge settings."),
 }
 _BODIES = {
     ("POST", "/admin/plans"): {"application/json": {"schema": _PLAN_DOCUMENT},
@@ -356,6 +416,9 @@ _BODIES = {
     ("PUT", "/admin/customers/{id}/alert-settings"): json_content(_SETTINGS_IN),
     ("PATCH", "/admin/customers/{id}"): json_content(_CUSTOMER_CHANGE),
     ("POST", "/admin/customers/{id}/plan-change"): json_content(_PLAN_CHANGE),
+    ("POST", "/admin/customers/{id}/wallet/adjustments"): json_content(_NEW_ADJUSTMENT),
+    ("POST", "/admin/customers/{id}/credit-grants"): json_content(_NEW_GRANT),
+    ("PUT", "/admin/customers/{id}/wallet/auto-recharge"): json_content(_AUTO_RECHARGE),
 }
 _QUERY = {("GET", "/admin/customers"): [
     {"name": "plan_id", "in": "query", "schema": _ID},
