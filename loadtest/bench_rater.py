@@ -46,6 +46,7 @@ from control import plans as plans_svc  # noqa: E402
 from control import wallets as wallets_svc  # noqa: E402
 from control import credit_grants as credit_grants_svc  # noqa: E402
 from rater import ledger  # noqa: E402
+from rater.charges import RedisCharges, enabled as charges_enabled  # noqa: E402
 from rater.pipeline import Pipeline  # noqa: E402
 from rater.schema import migrate  # noqa: E402
 from rater.service import DEFAULT_BATCH, Rater  # noqa: E402
@@ -285,7 +286,10 @@ async def _rater(redis_url, dsn, name, batch, go, stop_flag, ready_out, lag_out,
             if b'"sent_at"' in m.value:  # the lag run's events (not parsed again in the drain)
                 lags.append(t - orjson.loads(m.value)["sent_at"])
 
-    rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch, poll_ms=50, on_batch=on_batch)
+    # As tollgate-rater runs: rated lines published on `billing.charges` (the stream on the bus
+    # Redis) unless TOLLGATE_CHARGES=0.
+    rater = Rater(consumer, Pipeline(pool, redis, charges=RedisCharges(redis) if charges_enabled() else None),
+                  batch_size=batch, poll_ms=50, on_batch=on_batch)
     stop = asyncio.Event()
     freeze_startup_heap()  # as rater.service does
     ready_out.put(name)

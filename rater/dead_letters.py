@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from tollgate.backends import Backends
+from tollgate.dead_letters import REASONS, list_open
 
-REASONS = ("unknown_customer", "unknown_metric", "invalid_value", "invalid_event", "rating_error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,25 +43,6 @@ async def record(conn: asyncpg.Connection, letters: Sequence[DeadLetter]) -> Non
                          attempts = dead_letters.attempts + 1""",
         [(d.event_id, d.customer_id, d.reason, d.detail[:2000], d.raw) for d in letters],
     )
-
-
-async def list_open(conn, *, reason: str | None = None, customer_id: str | None = None,
-                    after_id: int = 0, limit: int = 100, status: str = "open") -> list[dict]:
-    rows = await conn.fetch(
-        """SELECT id, event_id, customer_id, reason, detail, status, attempts, created_at, replayed_at, raw
-           FROM dead_letters
-           WHERE status = $1 AND ($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR customer_id = $3)
-             AND id > $4
-           ORDER BY id LIMIT $5""",
-        status, reason, customer_id, after_id, limit,
-    )
-    return [
-        {**{k: r[k] for k in ("id", "event_id", "customer_id", "reason", "detail", "status", "attempts")},
-         "created_at": r["created_at"].isoformat(),
-         "replayed_at": r["replayed_at"].isoformat() if r["replayed_at"] else None,
-         "raw": bytes(r["raw"]).decode("utf-8", "replace")}
-        for r in rows
-    ]
 
 
 async def open_batch(conn, ids: Sequence[int] | None, after_id: int, limit: int) -> list[tuple[int, bytes]]:

@@ -23,7 +23,7 @@ its tier reset re-applied, in case the previous run died between the commit and 
 of P that arrive after its close are billed in the period they arrive in (rater.pipeline).
 
 An invoice line of kind 'usage' (and 'discount'/'tax') sums the ledger lines with its
-(customer, period, kind, charge, dimension key): `line_sources` lists them, with each line's
+(customer, period, kind, charge, dimension key): `tollgate.invoices.line_sources` lists them, with each line's
 correlation_id, so every amount traces back to the requests that caused it.
 """
 from __future__ import annotations
@@ -43,8 +43,8 @@ from rater.tiers import reset_for_next_period
 from tollgate import locks
 from tollgate.backends import Backends
 from tollgate.keys import CustomerKeys
-from tollgate.money import format_micros
 from tollgate.periods import period_bounds, period_of, prev_period
+from tollgate.invoices import describe, invoice, summary
 from tollgate.rating.stages.pipeline import run_batch, run_close
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
         if done is not None:
             await _settle(conn, redis, done, now)
         tier = await reset_for_next_period(conn, redis, customer_id, customer.plan, period, now)
-        return {**_summary(existing), **tier, "already_closed": True}
+        return {**summary(existing), **tier, "already_closed": True}
 
     plan = customer.plan
     cumulative = (await ledger.read_cumulatives(conn, [(customer_id, period)]))[(customer_id, period)]
@@ -147,7 +147,7 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
     for ln in ctx.lines:  # flat fees, percentage minimums
         close_ledger.append(ledger.line(eid, n, None, customer_id, plan.id, period, ln.kind, ln.charge_id, ln.metric,
                                         ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros))
-        lines.append(InvoiceLine(ln.kind, _describe(ln.kind, ln.charge_id), ln.amount_micros, ln.quantity,
+        lines.append(InvoiceLine(ln.kind, describe(ln.kind, ln.charge_id), ln.amount_micros, ln.quantity,
                                  ln.charge_id, ln.metric, ln.dimension_key))
         n += 1
     for kind, amount, desc in (("true_up", ctx.commit_true_up_micros, "minimum commit true-up"),
@@ -200,7 +200,7 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
               x.amount_micros, list(x.ledger_kinds), x.ledger_lines) for i, x in enumerate(lines)])
     await _settle(conn, redis, close, now)  # even at zero: its number advances the mark
     tier = await reset_for_next_period(conn, redis, customer_id, plan, period, now)
-    return {**_summary(row), **tier, "already_closed": False}
+    return {**summary(row), **tier, "already_closed": False}
 
 
 async def _settle(conn, redis, close: Processed, now: float) -> None:
@@ -219,53 +219,9 @@ async def _ledger_summary(conn, customer_id: str, period: str) -> list[InvoiceLi
            ORDER BY CASE kind WHEN 'usage' THEN 0 WHEN 'metered' THEN 1 WHEN 'percentage' THEN 2
                               WHEN 'discount' THEN 8 WHEN 'tax' THEN 9 ELSE 5 END, charge_id, metric, dimension_key""",
         customer_id, period)
-    return [InvoiceLine(r["kind"], _describe(r["kind"], r["charge_id"], r["metric"], r["dimension_key"]),
+    return [InvoiceLine(r["kind"], describe(r["kind"], r["charge_id"], r["metric"], r["dimension_key"]),
                         r["amount"], r["quantity"], r["charge_id"], r["metric"], r["dimension_key"],
                         (r["kind"],), r["n"]) for r in rows]
-
-
-def _describe(kind: str, charge_id: str, metric: str | None = None, dim: str | None = None) -> str:
-    what = {"usage": "usage", "metered": "metered (not billed)", "percentage": "percentage",
-            "flat": "recurring fee", "minimum": "minimum true-up", "discount": "discounts", "tax": "tax"}.get(kind, kind)
-    name = charge_id if not metric or metric == charge_id else f"{charge_id} ({metric})"
-    return f"{name}: {what}" + ("" if not dim or dim == "default" else f" [{dim}]")
-
-
-def _summary(row) -> dict:
-    return {"invoice_id": row["id"], "customer_id": row["customer_id"], "period": row["period"],
-            "subtotal": format_micros(row["subtotal_micros"]), "discount": format_micros(row["discount_micros"]),
-            "tax": format_micros(row["tax_micros"]), "total": format_micros(row["total_micros"]),
-            "prepaid": format_micros(row["prepaid_micros"]), "amount_due": format_micros(row["amount_due_micros"])}
-
-
-async def invoice(conn, invoice_id: str) -> dict:
-    row = await conn.fetchrow("SELECT * FROM invoices WHERE id = $1", invoice_id)
-    if row is None:
-        raise PeriodCloseError(f"no invoice {invoice_id!r}")
-    lines = await conn.fetch("SELECT * FROM invoice_lines WHERE invoice_id = $1 ORDER BY line_no", invoice_id)
-    return {**_summary(row), "currency": row["currency"], "billing_mode": row["billing_mode"],
-            "lines": [{"line_no": r["line_no"], "kind": r["kind"], "description": r["description"],
-                       "charge_id": r["charge_id"], "metric": r["metric"], "dimension_key": r["dimension_key"],
-                       "quantity": r["quantity"], "amount": format_micros(r["amount_micros"]),
-                       "ledger_lines": r["ledger_lines"]} for r in lines]}
-
-
-async def line_sources(conn, invoice_id: str, line_no: int, limit: int | None = None) -> list[dict]:
-    """The ledger lines an invoice line sums, each with its event and correlation_id."""
-    inv = await conn.fetchrow(
-        """SELECT i.customer_id, i.period, l.charge_id, l.metric, l.dimension_key, l.ledger_kinds
-           FROM invoices i JOIN invoice_lines l ON l.invoice_id = i.id WHERE i.id = $1 AND l.line_no = $2""",
-        invoice_id, line_no)
-    if inv is None or not inv["ledger_kinds"]:
-        return []
-    rows = await conn.fetch(
-        """SELECT event_id, line_no, correlation_id, quantity, amount_micros FROM ledger_lines
-           WHERE customer_id = $1 AND period = $2 AND kind = ANY($3::text[]) AND charge_id = $4
-             AND metric IS NOT DISTINCT FROM $5 AND dimension_key = $6
-           ORDER BY event_id, line_no""" + ("" if limit is None else f" LIMIT {int(limit)}"),
-        inv["customer_id"], inv["period"], list(inv["ledger_kinds"]), inv["charge_id"], inv["metric"],
-        inv["dimension_key"])
-    return [dict(r) for r in rows]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -297,6 +253,8 @@ async def _close_cmd(ctx) -> int:
 async def _invoice_cmd(ctx) -> int:
     async with Backends(ctx.settings, max_pool=2) as (pool, _), pool.acquire() as conn:
         inv = await invoice(conn, ctx.args.invoice_id)
+    if inv is None:
+        raise PeriodCloseError(f"no invoice {ctx.args.invoice_id!r}")
     from tollgate.cli import table  # noqa: PLC0415
 
     head = (f"{inv['invoice_id']}  {inv['customer_id']}  {inv['period']}  {inv['currency']}\n"

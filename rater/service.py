@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import asyncpg
 
-from rater import holds
+from rater import charges, holds, rollups
 from rater.consumers import Consumer, Message, make_consumer
 from rater.pipeline import BatchResult, Pipeline
 from tollgate.config import Settings, settings as load_settings
@@ -49,6 +49,15 @@ class Rater:
         self.events = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Beside rating: folding the usage rollup deltas that rating transactions append (rater.rollups).
+        compactor = asyncio.create_task(rollups.run_compactor(self.pipeline.pool, stop))
+        try:
+            await self._consume(stop)
+        finally:
+            compactor.cancel()
+            await asyncio.gather(compactor, return_exceptions=True)
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 msgs = await self.consumer.poll(self.batch_size, self.poll_ms)
@@ -115,7 +124,7 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
     kw = {"name": consumer_name, "claim_idle_ms": claim_idle_ms} if cfg.bus == "redis" else {}
     consumer = make_consumer(cfg, group=group, **kw)
     await consumer.start()
-    rater = Rater(consumer, Pipeline(pool, redis), batch_size=batch_size)
+    rater = Rater(consumer, Pipeline(pool, redis, charges=charges.from_settings(cfg, redis)), batch_size=batch_size)
     sweeper = asyncio.create_task(holds.run_sweeper(redis, pool, sweep_interval_s, stop)) if sweep_interval_s > 0 else None
     freeze_startup_heap()  # long-lived objects made so far never need collecting
     log.info("rater started: bus=%s group=%s", cfg.bus, group)
@@ -127,6 +136,8 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
         if sweeper:
             await sweeper
         await consumer.stop()
+        if rater.pipeline.charges is not None:
+            await rater.pipeline.charges.close()
         await redis.aclose()
         await pool.close()
         log.info("rater stopped after %d events in %.1f s", rater.events, time.monotonic() - started)

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "rater.periods",  # periods close / invoice
     "control.alerts_commands",  # webhooks, alerts
     "control.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
+    "control.read_commands",  # usage, preview, invoices, trace
     "control.credits_commands",  # wallets adjust, credits grant / list / expire / auto-recharge
 ]
 

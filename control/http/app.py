@@ -195,10 +195,13 @@ def _authorized(request: Request, token: str) -> bool:
 
 
 def _guarded(handler: Handler, token: str, backends: Backends) -> Callable[[Request], Awaitable[Response]]:
+    # A customer-scoped handler (control.http.read) authenticates the customer's own API key itself.
+    scoped = getattr(handler, "customer_scoped", False)
+
     async def endpoint(request: Request) -> Response:
-        if not token:
+        if not token and not scoped:
             return error_response(503, DISABLED)
-        if not _authorized(request, token):
+        if not scoped and not _authorized(request, token):
             return error_response(401, "missing or wrong admin token", "authorization",
                                   {"WWW-Authenticate": 'Bearer realm="tollgate-admin"'})
         try:
@@ -277,9 +280,11 @@ def create_app(settings: Settings | None = None, *, db: asyncpg.Pool | None = No
             await backends.close()
 
     from control.http.openapi import SPEC  # noqa: PLC0415  (here: it reads this module's constants)
+    from control.http import read  # noqa: PLC0415  (here: its handlers use this module's helpers)
 
     app = Starlette(
-        routes=[Route(path, _guarded(h, token, backends), methods=[m]) for m, path, h in ROUTES] + [openapi_route(SPEC)],
+        routes=[Route(path, _guarded(h, token, backends), methods=[m]) for m, path, h in ROUTES + read.ROUTES]
+        + [openapi_route(SPEC)],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
         lifespan=lifespan,
     )

@@ -7,6 +7,7 @@ real admin API on PostgreSQL and Redis (no 5xx, every answer as documented).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from control.http.app import MAX_BODY, YAML_TYPES
@@ -135,6 +136,73 @@ _SCHEMAS["NegotiatedPrice"] = {
 _SCHEMAS["NewApiKey"] = {"allOf": [_ref("ApiKey"), _obj(["api_key"], api_key={
     "type": "string", "description": "The key itself: shown this once, only its hash is stored."})]}
 _SCHEMAS["CustomerWallet"] = {"allOf": [_obj(["customer_id"], customer_id=_ID), _ref("Wallet")]}
+# The read API (control.http.read).
+_STR_OR_NULL = {"type": ["string", "null"]}
+_INT = {"type": "integer"}
+_SCHEMAS["UsageRow"] = _obj(["bucket", "metric", "quantity", "amount", "events"], bucket=_TIME, metric={"type": "string"},
+                            quantity=_INT, amount=_MONEY_OUT, events=_INT,
+                            dimensions={"type": "object", "additionalProperties": _STR_OR_NULL,
+                                        "description": "The group_by dimensions' values (null: events without it)."},
+                            key_id=_STR_OR_NULL)
+_SCHEMAS["Usage"] = _obj(["customer_id", "from", "to", "bucket", "group_by", "rows", "totals"],
+                         customer_id=_ID, key_id=_ID, bucket={"enum": ["hour", "day"]},
+                         group_by={"type": "array", "items": {"type": "string"}},
+                         rows={"type": "array", "items": _ref("UsageRow")},
+                         totals={"type": "array", "items": _obj(["metric", "quantity", "amount", "events"],
+                                                                metric={"type": "string"}, quantity=_INT,
+                                                                amount=_MONEY_OUT, events=_INT)},
+                         **{"from": _TIME, "to": _TIME})
+_LINE = _obj(["kind", "description", "amount"], kind={"type": "string"}, description={"type": "string"},
+             charge_id=_STR_OR_NULL, metric=_STR_OR_NULL, dimension_key=_STR_OR_NULL,
+             quantity={"type": "string"}, amount=_MONEY_OUT)
+_SCHEMAS["Preview"] = _obj(
+    ["customer_id", "period", "period_start", "period_end", "plan_id", "currency", "billing_mode", "lines", "subtotal",
+     "discount", "tax", "total", "spend_to_date", "close", "minimum_commit", "projected_commit_true_up", "balance",
+     "tier", "next_tier"],
+    customer_id=_ID, period={"type": "string"}, period_start=_TIME, period_end=_TIME, plan_id=_ID,
+    currency={"type": "string"}, billing_mode={"enum": list(BILLING_MODES)}, lines={"type": "array", "items": _LINE},
+    subtotal=_MONEY_OUT, discount=_MONEY_OUT, tax=_MONEY_OUT, total=_MONEY_OUT, spend_to_date=_MONEY_OUT,
+    close=_obj(["lines", "commit_true_up", "total"], lines={"type": "array", "items": _LINE},
+               commit_true_up=_MONEY_OUT, total=_MONEY_OUT),
+    minimum_commit=_MONEY_OUT, projected_commit_true_up=_MONEY_OUT, balance=_ref("Wallet"), tier={"type": "string"},
+    next_tier={"anyOf": [{"type": "null"}, _obj(["name", "threshold", "remaining"], name={"type": "string"},
+                                                threshold=_MONEY_OUT, remaining=_MONEY_OUT)]})
+_INVOICE_SUMMARY = dict(invoice_id=_ID, customer_id=_ID, period={"type": "string"}, subtotal=_MONEY_OUT,
+                        discount=_MONEY_OUT, tax=_MONEY_OUT, total=_MONEY_OUT, prepaid=_MONEY_OUT,
+                        amount_due=_MONEY_OUT, currency={"type": "string"}, status={"type": "string"}, closed_at=_TIME)
+_SCHEMAS["InvoiceSummary"] = _obj(["invoice_id", "customer_id", "period", "total", "amount_due", "currency"],
+                                  **_INVOICE_SUMMARY)
+_SCHEMAS["Invoice"] = _obj(["invoice_id", "customer_id", "period", "total", "amount_due", "currency", "lines"],
+                           **_INVOICE_SUMMARY, billing_mode={"enum": list(BILLING_MODES)},
+                           lines={"type": "array", "items": {"allOf": [_LINE, _obj(
+                               ["line_no", "ledger_lines"], line_no=_INT, ledger_lines=_INT)]}})
+_SCHEMAS["InvoiceList"] = _obj(["invoices", "next_after"], invoices={"type": "array", "items": _ref("InvoiceSummary")},
+                               next_after=_STR_OR_NULL)
+_SCHEMAS["LineSources"] = _obj(
+    ["invoice_id", "line_no", "sources", "next"], invoice_id=_ID, line_no=_INT,
+    sources={"type": "array", "items": _obj(["event_id", "line_no", "correlation_id", "quantity", "amount"],
+                                            event_id={"type": "string"}, line_no=_INT, correlation_id=_STR_OR_NULL,
+                                            quantity=_INT, amount=_MONEY_OUT)},
+    next={"anyOf": [{"type": "null"}, _obj(["after_event", "after_line"], after_event={"type": "string"},
+                                           after_line=_INT)]})
+_SCHEMAS["TierTransition"] = _obj(["period", "old_tier", "new_tier", "reason", "spend", "at"],
+                                  period={"type": "string"}, old_tier={"type": "string"}, new_tier={"type": "string"},
+                                  reason={"enum": ["promotion", "period_reset"]}, event_id=_STR_OR_NULL,
+                                  spend=_MONEY_OUT, at=_TIME)
+_SCHEMAS["Trace"] = _obj(["correlation_id", "holds", "events", "tier_transitions"], correlation_id={"type": "string"},
+                         holds={"type": "array", "items": {"type": "object", "description": "A hold (by request id or "
+                                "named by a usage event) with its lifecycle: placed, settled or expired."}},
+                         events={"type": "array", "items": {"type": "object", "description": "A processed usage event "
+                                 "with its settlement (spend, wallet, invoice, settle_seq) and ledger lines."}},
+                         tier_transitions={"type": "array", "items": _ref("TierTransition")})
+_SCHEMAS["Hold"] = _obj(["hold_id", "amount", "placed_at", "expires_at"], hold_id={"type": "string"},
+                        request_id=_STR_OR_NULL, key_id=_STR_OR_NULL, amount=_STR_OR_NULL, estimated_tokens=_INT,
+                        placed_at={"type": ["string", "null"]}, expires_at={"type": ["string", "null"]})
+_SCHEMAS["DeadLetter"] = _obj(["id", "event_id", "customer_id", "reason", "detail", "status", "attempts", "created_at",
+                               "raw"], id=_INT, event_id=_STR_OR_NULL, customer_id=_STR_OR_NULL,
+                              reason={"type": "string"}, detail={"type": "string"}, status={"type": "string"},
+                              attempts=_INT, created_at=_TIME, replayed_at={"type": ["string", "null"]},
+                              raw={"type": "string"})
 _SCHEMAS["CustomerWallet"]["allOf"].append(_obj(["credit_grants"], credit_grants={  # credits: the live grants
     "type": "array", "items": _ref("CreditGrant"), "description": "Grants with credit left, in spending order."}))
 
@@ -251,6 +319,27 @@ _OK_SCHEMAS = {  # (method, path) -> {status: schema}
     ("PUT", "/admin/customers/{id}/wallet/auto-recharge"): {"200": _ref("AutoRecharge")},
     ("GET", "/admin/customers/{id}/wallet/auto-recharge"): {"200": _ref("AutoRecharge")},
 }
+_OK_SCHEMAS.update({
+    ("GET", "/admin/customers/{id}/usage"): {"200": _ref("Usage")},
+    ("GET", "/admin/keys/{id}/usage"): {"200": _ref("Usage")},
+    ("GET", "/admin/customers/{id}/preview"): {"200": _ref("Preview")},
+    ("GET", "/admin/customers/{id}/invoices"): {"200": _ref("InvoiceList")},
+    ("GET", "/admin/invoices/{id}"): {"200": _ref("Invoice")},
+    ("GET", "/admin/invoices/{id}/lines/{line_no}/sources"): {"200": _ref("LineSources")},
+    ("GET", "/admin/trace/{correlation_id}"): {"200": _ref("Trace")},
+    ("GET", "/admin/customers/{id}/tier-transitions"): {"200": _obj(["tier_transitions"], tier_transitions={
+        "type": "array", "items": _ref("TierTransition")})},
+    ("GET", "/admin/customers/{id}/holds"): {"200": _obj(["holds"], holds={"type": "array", "items": _ref("Hold")})},
+    ("GET", "/admin/dead-letters"): {"200": _obj(["dead_letters", "next_after"], dead_letters={
+        "type": "array", "items": _ref("DeadLetter")}, next_after={"type": ["integer", "null"]})},
+    ("POST", "/admin/dead-letters/replay"): {"200": _obj(
+        ["replayed", "unreadable", "not_open"], replayed={"type": "array", "items": _INT},
+        unreadable={"type": "array", "items": _INT}, not_open={"type": "array", "items": _INT})},
+    ("GET", "/v1/customer/usage"): {"200": _ref("Usage")},
+    ("GET", "/v1/customer/preview"): {"200": _ref("Preview")},
+    ("GET", "/v1/customer/invoices"): {"200": _ref("InvoiceList")},
+    ("GET", "/v1/customer/invoices/{id}"): {"200": _ref("Invoice")},
+})
 _OK_TEXT = {"200": "Done (for an apply: unchanged or a new version; for a top-up: a retry, credited before).",
             "201": "Created."}
 _SUMMARY = {  # (method, path) -> (operationId, summary)
@@ -286,6 +375,26 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
                                                 "listings, no further change (If-Match)."),
     ("GET", "/admin/customers/{id}/audit"): ("customerAudit", "Every change of the customer, newest first: when, "
                                              "what, by which token."),
+    ("GET", "/admin/customers/{id}/usage"): ("customerUsage", "Usage by metric (and dimensions), per hour or day, "
+                                             "from the rollups (never the ledger)."),
+    ("GET", "/admin/keys/{id}/usage"): ("keyUsage", "One API key's usage, as customerUsage."),
+    ("GET", "/admin/customers/{id}/preview"): ("customerPreview", "The current period's invoice so far, as the close "
+                                               "would write it now; commit true-up, balance, tier, next tier."),
+    ("GET", "/admin/customers/{id}/invoices"): ("listInvoices", "A customer's invoices, newest first; page with `after`."),
+    ("GET", "/admin/invoices/{id}"): ("getInvoice", "An invoice with its lines."),
+    ("GET", "/admin/invoices/{id}/lines/{line_no}/sources"): ("invoiceLineSources", "The ledger lines an invoice line "
+                                                              "sums, with their correlation ids; paged."),
+    ("GET", "/admin/trace/{correlation_id}"): ("trace", "A request's hold, usage events, ledger lines, settlement and "
+                                               "tier promotion, by correlation (request) id."),
+    ("GET", "/admin/customers/{id}/tier-transitions"): ("tierTransitions", "A customer's tier changes, newest first."),
+    ("GET", "/admin/customers/{id}/holds"): ("openHolds", "A customer's open holds."),
+    ("GET", "/admin/dead-letters"): ("listDeadLetters", "Events the rater could not rate; page with `after`."),
+    ("POST", "/admin/dead-letters/replay"): ("replayDeadLetters", "Send open dead letters back to the rater through "
+                                             "the event bus (marked replayed; a new failure is a new dead letter)."),
+    ("GET", "/v1/customer/usage"): ("myUsage", "The calling customer's usage (its API key as bearer token)."),
+    ("GET", "/v1/customer/preview"): ("myPreview", "The calling customer's current-period preview."),
+    ("GET", "/v1/customer/invoices"): ("myInvoices", "The calling customer's invoices."),
+    ("GET", "/v1/customer/invoices/{id}"): ("myInvoice", "One of the calling customer's invoices."),
     ("POST", "/admin/customers/{id}/wallet/adjustments"): (
         "adjustWallet", "Credit or debit the wallet with a reason (idempotent by id; a debit below zero needs "
                         "allow_negative, else 409)."),
@@ -318,6 +427,38 @@ _QUERY = {("GET", "/admin/customers"): [
     {"name": "status", "in": "query", "schema": {"enum": ["active", "suspended", "archived"]},
      "description": "Only these; without it every customer but the archived ones."},
 ]}
+_BODIES[("POST", "/admin/dead-letters/replay")] = json_content(_obj(["ids"], ids={
+    "type": "array", "minItems": 1, "maxItems": 500, "items": {"type": "integer", "minimum": 1}}))
+_READ_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+_USAGE_QUERY = [
+    {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "ISO 8601 date or date-time (UTC "
+     "unless an offset is given); default: 30 days before `to`. Aligned down to the bucket."},
+    {"name": "to", "in": "query", "schema": {"type": "string"}, "description": "Exclusive; default now. Aligned up."},
+    {"name": "bucket", "in": "query", "schema": {"enum": ["hour", "day"], "default": "day"},
+     "description": "UTC hours or days; at most 93 days of hours, 1,098 of days."},
+    {"name": "group_by", "in": "query", "schema": {"type": "string"}, "description": "Comma-separated dimension "
+     "names (event properties: model, tool, ...) and/or `key` (the API key); at most 4."},
+    {"name": "metric", "in": "query", "schema": {"type": "string"}, "description": "Only this metric."},
+]
+_INVOICE_PAGE = [{"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{6}$"},
+                  "description": "The last period of the previous page."}, _READ_LIMIT]
+_QUERY.update({
+    ("GET", "/admin/customers/{id}/usage"): _USAGE_QUERY,
+    ("GET", "/admin/keys/{id}/usage"): _USAGE_QUERY,
+    ("GET", "/v1/customer/usage"): _USAGE_QUERY,
+    ("GET", "/admin/customers/{id}/invoices"): _INVOICE_PAGE,
+    ("GET", "/v1/customer/invoices"): _INVOICE_PAGE,
+    ("GET", "/admin/invoices/{id}/lines/{line_no}/sources"): [
+        {"name": "after_event", "in": "query", "schema": {"type": "string"}},
+        {"name": "after_line", "in": "query", "schema": {"type": "integer", "minimum": 0}}, _READ_LIMIT],
+    ("GET", "/admin/customers/{id}/tier-transitions"): [_READ_LIMIT],
+    ("GET", "/admin/customers/{id}/holds"): [_READ_LIMIT],
+    ("GET", "/admin/dead-letters"): [
+        {"name": "status", "in": "query", "schema": {"enum": ["open", "replayed", "discarded"], "default": "open"}},
+        {"name": "reason", "in": "query", "schema": {"type": "string"}},
+        {"name": "customer_id", "in": "query", "schema": {"type": "string"}},
+        {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}}, _READ_LIMIT],
+})
 _QUERY.update({
     ("GET", "/admin/webhooks"): [{"name": "customer_id", "in": "query", "schema": _ID}],
     ("GET", "/admin/alerts"): [{"name": "customer_id", "in": "query", "schema": _ID},
@@ -341,11 +482,11 @@ _ERRORS = {k: {"409": "Conflict: archived, already in that state, or a plan chan
 
 def _operation(method: str, path: str) -> dict[str, Any]:
     op_id, summary = _SUMMARY[(method, path)]
+    customer = path.startswith("/v1/customer/")  # the customer's own API key, not the admin token
     op: dict[str, Any] = {"operationId": op_id, "summary": summary,
-                          "security": [{"bearer": []}]}
-    params = list(_QUERY.get((method, path), []))
-    if "{id}" in path:
-        params.insert(0, {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})
+                          "security": [{"customerKey": []}] if customer else [{"bearer": []}]}
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in re.findall(r"{(\w+)}", path)] + list(_QUERY.get((method, path), []))
     if params:
         op["parameters"] = params
     responses: dict[str, Any] = {s: {"description": _OK_TEXT[s], "content": json_content(schema)}
@@ -354,9 +495,9 @@ def _operation(method: str, path: str) -> dict[str, Any]:
     if body is not None:
         op["requestBody"] = {"required": True, "content": body}
     responses["400"] = error_response("Malformed body, or a value PostgreSQL refuses.")
-    responses["401"] = error_response("Missing or wrong admin token.",
-                                      {"WWW-Authenticate": header('`Bearer realm="tollgate-admin"`')})
-    if "{id}" in path:
+    responses["401"] = error_response("Missing, unknown or revoked API key.") if customer else \
+        error_response("Missing or wrong admin token.", {"WWW-Authenticate": header('`Bearer realm="tollgate-admin"`')})
+    if "{" in path:
         responses["404"] = error_response("No such id.")
     if method == "POST":
         responses["409"] = error_response("Conflict (an id already used, a plan change that cannot apply).")
@@ -388,5 +529,8 @@ SPEC: dict[str, Any] = {
                             "needs `Authorization: Bearer $TOLLGATE_ADMIN_TOKEN`."},
     "security": [{"bearer": []}],
     "paths": _paths(),
-    "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "components": {"schemas": _SCHEMAS, "securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "The admin token."},
+        "customerKey": {"type": "http", "scheme": "bearer", "description": "A customer's own API key (read-only "
+                        "access to its usage, preview and invoices)."}}},
 }

@@ -8,6 +8,7 @@ events and database rows, not only the 4xx of unknown keys and ids.
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import subprocess
@@ -133,7 +134,9 @@ def admin_url(pg_dsn, redis_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
-    """A plan, a customer on it and one of its keys, made through the API."""
+    """A plan, a customer on it and one of its keys, a webhook, a delivery and a second plan, made
+    through the API; an invoice of the customer and a request it made, written straight to
+    PostgreSQL (the rater's tables)."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=admin_url, headers=auth, timeout=10) as c:
         pid = uid("plan")
@@ -144,14 +147,38 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
         cid = r.json()["id"]
         r = c.post(f"/admin/customers/{cid}/keys")
         assert r.status_code == 201, r.text
-        key = r.json()["id"]
+        key = r.json()
         r = c.post("/admin/webhooks", json={"url": DEAD_HOOK, "customer_id": cid})
         assert r.status_code == 201, r.text
         hook = r.json()["id"]
         other = uid("plan")  # for plan changes
         r = c.post("/admin/plans", content=plan_text(other), headers={"Content-Type": "application/yaml"})
         assert r.status_code == 201, r.text
-    return {"plan": pid, "customer": cid, "key": key, "other_plan": other, "webhook": hook,
+    correlation, invoice = f"req_{cid}", f"inv_200001_{cid}"
+
+    async def billed() -> None:
+        import asyncpg  # noqa: PLC0415
+
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute("INSERT INTO processed_events (event_id, kind, customer_id, period, correlation_id)"
+                               " VALUES ($1, 'usage', $2, '200001', $3)", f"evt_{cid}", cid, correlation)
+            await conn.execute("INSERT INTO ledger_lines (event_id, line_no, correlation_id, customer_id, plan_id, period,"
+                               " kind, charge_id, metric, quantity, amount_micros) VALUES ($1, 0, $2, $3, $4, '200001',"
+                               " 'usage', 'input_tokens', 'input_tokens', 10, 30)", f"evt_{cid}", correlation, cid, pid)
+            await conn.execute("INSERT INTO invoices (id, customer_id, period, plan_id, currency, billing_mode,"
+                               " subtotal_micros, discount_micros, tax_micros, total_micros, prepaid_micros,"
+                               " amount_due_micros) VALUES ($1, $2, '200001', $3, 'USD', 'postpaid', 30, 0, 0, 30, 0, 30)",
+                               invoice, cid, pid)
+            await conn.execute("INSERT INTO invoice_lines (invoice_id, line_no, kind, charge_id, metric, dimension_key,"
+                               " description, quantity, amount_micros, ledger_kinds, ledger_lines) VALUES ($1, 0, 'usage',"
+                               " 'input_tokens', 'input_tokens', 'default', 'input tokens', 10, 30, '{usage}', 1)", invoice)
+        finally:
+            await conn.close()
+
+    asyncio.run(billed())
+    return {"plan": pid, "customer": cid, "key": key["id"], "api_key": key["api_key"], "invoice": invoice,
+            "correlation": correlation, "other_plan": other, "webhook": hook,
             "delivery": _delivery(pg_dsn, cid, admin_url)}
 
 
@@ -212,8 +239,11 @@ def _current(admin_url: str, admin_ids: dict, path: str, case) -> None:
 def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
     real_id = admin_ids["key"] if path.startswith("/admin/keys/") else \
         admin_ids["plan"] if path.startswith("/admin/plans/") else \
+        admin_ids["invoice"] if "/invoices/" in path else \
         admin_ids["webhook"] if path.startswith("/admin/webhooks/") else \
         admin_ids["delivery"] if path.startswith("/admin/deliveries/") else admin_ids["customer"]
+    # The customer-scoped read API takes the customer's own API key, not the admin token.
+    bearer = admin_ids["api_key"] if path.startswith("/v1/customer/") else TOKEN
 
     turn = _turns(3)
 
@@ -221,10 +251,14 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
         variant = turn()
         if variant == 0:
             return  # no token (401), unless generated
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {TOKEN}"}
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {bearer}"}
         if variant == 2:  # else the generated ids: mostly unknown (404)
             if case.path_parameters and "id" in case.path_parameters:
                 case.path_parameters = {**case.path_parameters, "id": real_id}
+            if case.path_parameters and "correlation_id" in case.path_parameters:
+                case.path_parameters = {**case.path_parameters, "correlation_id": admin_ids["correlation"]}
+            if case.path_parameters and "line_no" in case.path_parameters:
+                case.path_parameters = {**case.path_parameters, "line_no": "0"}
             if isinstance(case.body, dict) and "plan_id" in case.body:
                 case.body = {**case.body, "plan_id": admin_ids["plan"]}
             if path == "/admin/webhooks" and method == "POST" and isinstance(case.body, dict):

@@ -11,6 +11,7 @@ from rater import periods
 from rater.pipeline import decompose
 from tollgate.rating.stages.pipeline import run_batch, run_close, run_event
 from tests.rater.conftest import PERIOD, raw, redis_state, uid, usage
+from tollgate import invoices
 from tollgate.plans import load_plan_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ async def test_close_produces_an_invoice_equal_to_the_batch_rating(pg, redis, pi
 
     # Each usage line traces to the requests behind it.
     opus = next(r for r in lines if r["charge_id"] == "input_tokens" and r["dimension_key"] == "override0")
-    src = await periods.line_sources(pg, inv["id"], opus["line_no"])
+    src = await invoices.line_sources(pg, inv["id"], opus["line_no"])
     assert sorted(s["correlation_id"] for s in src) == sorted(e["correlation_id"] for e in evs[1:6:2])
     assert sum(s["amount_micros"] for s in src) == opus["amount_micros"]
 

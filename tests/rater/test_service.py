@@ -5,8 +5,10 @@ import asyncio
 import random
 import time
 
+import orjson
 import pytest
 
+from rater import charges
 from tests.rater.conftest import expected, pg_totals, redis_state, usage
 from tests.rater.processes import RaterProcess
 from tollgate.bus.redis_streams import RedisStreamsProducer
@@ -86,3 +88,17 @@ async def test_sigkill_mid_stream_and_restart_leaves_exact_totals(pg, pg_dsn, re
 
 async def _count_at_least(pg, customers, n) -> bool:
     return await _count(pg, customers) >= n
+
+    # Through the kill, the usage rollups still add up to the ledger exactly (appended in the
+    # rating transaction; the rater compacts them as it goes), and every ledger line was
+    # published on billing.charges at least once.
+    for c in customers:
+        rolled = await pg.fetchval(
+            "SELECT coalesce(sum(amount_micros), 0)::int8 FROM (SELECT amount_micros FROM usage_rollups"
+            " WHERE customer_id = $1 UNION ALL SELECT amount_micros FROM usage_rollup_deltas WHERE customer_id = $1) r", c)
+        assert rolled == exp[c]["spend"], c
+    assert await pg.fetchval("SELECT count(*) FROM usage_rollups WHERE customer_id = ANY($1::text[])", customers) > 0
+    published = {orjson.loads(row)[0] for _, f in await redis.xrange(charges.STREAM) for row in f[b"rows"].split(b"\n")}
+    ledger_ids = {f"{e}:{n}" for e, n in await pg.fetch(
+        "SELECT event_id, line_no FROM ledger_lines WHERE customer_id = ANY($1::text[])", customers)}
+    assert ledger_ids <= published
