@@ -2,18 +2,22 @@
 commits, so a columnar store (ClickHouse reading the topic) or an ERP takes the charges without
 touching PostgreSQL. Schema: docs/ARCHITECTURE.md, "Events on the bus".
 
-At least once, with a stable id per line (`<event_id>:<line_no>`) for consumers to dedupe:
+At least once, with a stable id per line (`event_id` and `line_no`) for consumers to dedupe:
 - the lines of a rating transaction are published after its commit and before the batch is
   acknowledged on the event bus (Pipeline awaits the publish); if publishing fails, the batch is
   not acknowledged and is redelivered;
 - a redelivered batch finds its events processed already: their lines are read back from the
   ledger (the hash index on event_id) and published again.
-Rows are JSON arrays in COLUMNS order, one per line, newline-separated: ClickHouse's
-JSONCompactEachRow format, which its Kafka engine reads as it is. Batched: Redis Streams
-`tg:billing.charges` gets one entry per rated batch (fields `schema` and `rows`; capped at about
-TOLLGATE_CHARGES_MAXLEN entries, oldest trimmed first: a consumer must keep up within that); the
-Kafka topic `billing.charges` one message per customer per batch, keyed by customer (its charges
-in order on one partition), header `schema`. Transport as TOLLGATE_BUS says.
+Rows are the ledger's own COPY text rows (PostgreSQL's text format: tab-separated, NULL as \\N,
+backslash escapes), columns in COLUMNS order; ClickHouse reads them as `TabSeparated` (the same
+escapes), and `decode` reads them in Python. The rating transaction already builds exactly these
+bytes for its COPY into ledger_lines, so publishing costs one XADD per batch and no encoding:
+encoding each line again as JSON cost the rater ~12 % of its CPU (BENCHMARKS.md). Batched: Redis
+Streams `tg:billing.charges` gets one entry per rated batch (fields `schema`, `format` and `rows`;
+capped at about TOLLGATE_CHARGES_MAXLEN entries, oldest trimmed first: a consumer must keep up
+within that); the Kafka topic `billing.charges` one message per customer per batch, keyed by
+customer (its charges in order on one partition), headers `schema` and `format`. Transport as
+TOLLGATE_BUS says.
 """
 from __future__ import annotations
 
@@ -23,49 +27,74 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import asyncpg
-import orjson
 
-from rater.ledger import LEDGER_COLUMNS
+from rater.ledger import LEDGER_COLUMNS, ledger_text
 from tollgate.config import Settings
-from tollgate.money import format_micros
 
 STREAM = "tg:billing.charges"
 TOPIC = "billing.charges"
 SCHEMA = "billing.charges/1"
+FORMAT = "TabSeparated"  # PostgreSQL COPY text = ClickHouse TabSeparated
 DEFAULT_MAXLEN = 100_000  # Redis entries kept (each a rated batch's lines: up to a few thousand)
+COLUMNS = LEDGER_COLUMNS  # event_id, line_no, correlation_id, customer_id, plan_id, period, kind, charge_id,
+#                           metric, dimension_key, quantity, unit_price (decimal), amount_micros (integer)
+
+# What a rating publishes: chunks of ledger lines (LEDGER_COLUMNS tuples), each with the COPY
+# payload the transaction built for them, or None (lines read back from the ledger).
+Chunk = tuple[Sequence[tuple], "memoryview | bytes | None"]
 
 
 class ChargesUnavailable(RuntimeError):
     """The charges could not be published: the batch stays unacknowledged and is redelivered."""
 
 
-COLUMNS = ("id", "event_id", "line_no", "correlation_id", "customer_id", "plan_id", "period", "kind", "charge_id",
-           "metric", "dimension_key", "quantity", "unit_price", "amount", "amount_micros")
+def text(chunks: Sequence[Chunk]) -> bytes:
+    """The rows of every chunk, in order: each chunk's payload as it is, or built for it."""
+    return b"".join(bytes(payload) if payload is not None else bytes(ledger_text(lines))
+                    for lines, payload in chunks if lines)
 
 
-def rows(lines: Sequence[tuple]) -> dict[str, list[bytes]]:
-    """Per customer, its lines as JSON arrays in COLUMNS order (ClickHouse's JSONCompactEachRow);
-    `lines`: ledger tuples in LEDGER_COLUMNS order. ~1 µs per line: a dict per line and one JSON
-    object cost twice that."""
-    out: dict[str, list[bytes]] = defaultdict(list)
-    dumps, fmt = orjson.dumps, format_micros
-    for ev, n, corr, cus, plan, period, kind, charge, metric, dim, qty, price, amount in lines:
-        out[cus].append(dumps((f"{ev}:{n}", ev, n, corr, cus, plan, period, kind, charge, metric, dim, qty,
-                               None if price is None else str(price), fmt(amount), amount)))
+_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def decode(rows: bytes) -> list[dict[str, str | None]]:
+    """A consumer's reading of `rows`: one dict per line, COLUMNS names, values as text (None for
+    NULL); quantity, line_no and amount_micros are integers in text, unit_price a decimal."""
+    out = []
+    for line in rows.decode().split("\n"):
+        if not line:
+            continue
+        values = [None if f == "\\N" else _unescape(f) for f in line.split("\t")]
+        out.append(dict(zip(COLUMNS, values, strict=True)))
     return out
+
+
+def _unescape(f: str) -> str:
+    if "\\" not in f:
+        return f
+    chars, i = [], 0
+    while i < len(f):
+        if f[i] == "\\":
+            chars.append(_UNESCAPE.get(f[i + 1], f[i + 1]))
+            i += 2
+        else:
+            chars.append(f[i])
+            i += 1
+    return "".join(chars)
 
 
 class RedisCharges:
     def __init__(self, redis, maxlen: int = DEFAULT_MAXLEN, stream: str = STREAM):
         self.redis, self.maxlen, self.stream = redis, maxlen, stream
 
-    async def publish(self, lines: Sequence[tuple]) -> None:
+    async def publish(self, chunks: Sequence[Chunk]) -> None:
         """One entry per call (a rated batch): one XADD."""
-        if not lines:
+        body = text(chunks)
+        if not body:
             return
-        body = b"\n".join(r for rs in rows(lines).values() for r in rs)
         try:
-            await self.redis.xadd(self.stream, {"schema": SCHEMA, "rows": body}, maxlen=self.maxlen, approximate=True)
+            await self.redis.xadd(self.stream, {"schema": SCHEMA, "format": FORMAT, "rows": body},
+                                  maxlen=self.maxlen, approximate=True)
         except Exception as e:  # noqa: BLE001  (any Redis trouble: not acknowledged, redelivered)
             raise ChargesUnavailable(f"{self.stream}: {type(e).__name__}: {e}") from e
 
@@ -82,18 +111,21 @@ class KafkaCharges:
                                          linger_ms=2)
         self._started = False
 
-    async def publish(self, lines: Sequence[tuple]) -> None:
+    async def publish(self, chunks: Sequence[Chunk]) -> None:
         """One message per customer per call, keyed by customer (its charges in order on one partition)."""
-        by_customer = rows(lines)
+        by_customer: dict[str, list[tuple]] = defaultdict(list)
+        for lines, _ in chunks:
+            for ln in lines:
+                by_customer[ln[3]].append(ln)
         if not by_customer:
             return
         try:
             if not self._started:
                 await self.producer.start()
                 self._started = True
-            acks = [await self.producer.send(self.topic, b"\n".join(rs), key=c.encode(),
-                                             headers=[("schema", SCHEMA.encode())])
-                    for c, rs in by_customer.items()]
+            headers = [("schema", SCHEMA.encode()), ("format", FORMAT.encode())]
+            acks = [await self.producer.send(self.topic, bytes(ledger_text(lines)), key=c.encode(), headers=headers)
+                    for c, lines in by_customer.items()]
             await asyncio.wait_for(asyncio.gather(*acks), self.timeout)
         except Exception as e:  # noqa: BLE001
             raise ChargesUnavailable(f"kafka {self.topic}: {type(e).__name__}: {e}") from e
@@ -104,7 +136,7 @@ class KafkaCharges:
 
 
 def enabled() -> bool:
-    """TOLLGATE_CHARGES=0 turns publishing off (the rater's CPU per event is ~5 µs lower: BENCHMARKS.md)."""
+    """TOLLGATE_CHARGES=0 turns publishing off."""
     return os.environ.get("TOLLGATE_CHARGES", "1") != "0"
 
 

@@ -102,7 +102,7 @@ class BatchResult:
     decisions: int = 0
     spend_micros: int = 0  # charged by the events rated now
     dead_by_index: list[DeadLetter | None] = field(default_factory=list)  # by position in the batch
-    charged: list[tuple] = field(default_factory=list)  # ledger lines to publish (rater.charges), if publishing
+    charged: list[charges.Chunk] = field(default_factory=list)  # ledger lines to publish (rater.charges), if publishing
 
     def __post_init__(self) -> None:
         if not self.dead_by_index:
@@ -457,7 +457,8 @@ class Pipeline:
                                                                     current_periods=current)
             res.replayed += len(done)
             if self.charges is not None:  # maybe never published: a crash before the ack
-                res.charged += await charges.ledger_lines(conn, [p.event_id for p in done.values() if p.kind == "usage"])
+                res.charged.append((await charges.ledger_lines(
+                    conn, [p.event_id for p in done.values() if p.kind == "usage"]), None))
             rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done],
                                                optimistic=False, settled_first=settled_first)
         items = [item_of(p) for p in rows if p.kind == "usage"]
@@ -500,7 +501,7 @@ class Pipeline:
                     await ledger.insert_processed(conn, rows)
                 except asyncpg.UniqueViolationError:
                     raise _AlreadyProcessed from None
-                await ledger.copy_lines(conn, lines)
+                payload = await ledger.copy_lines(conn, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
                 await rollups.write(conn, new, rows, lines)  # the read API's usage, never the ledger
                 await self.alerts.record_pace(conn, new, rows)
@@ -516,7 +517,7 @@ class Pipeline:
         res.fail_open += part.fail_open
         res.spend_micros += part.spend_micros
         if self.charges is not None:
-            res.charged += lines
+            res.charged.append((lines, payload))
         for i, d in enumerate(part.dead_by_index):
             if d is not None:
                 res.add_dead(i, d)

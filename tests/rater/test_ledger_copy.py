@@ -323,7 +323,7 @@ decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None)
                           some_text, some_text, some_text, st.none() | some_text, some_text, int64,
                           st.none() | decimals, int64), min_size=1, max_size=8))
 def test_ledger_payload_decodes_to_the_values_sent(rows):
-    decoded = parse_copy_text(bytes(ledger._ledger_text(rows)), len(LEDGER_COLUMNS))
+    decoded = parse_copy_text(bytes(ledger.ledger_text(rows)), len(LEDGER_COLUMNS))
     assert decoded == [[as_copy_text(v) for v in r] for r in rows]
 
 
@@ -346,7 +346,7 @@ def test_plain_rows_take_the_fast_path_and_awkward_ones_the_escaping_path():
     assert ledger._processed_text_fast([processed_of(eid())]) is not None
     # one awkward row: the others keep their fast-path text
     awkward = lines_of(eid(), metric="a\tb")
-    payload = bytes(ledger._ledger_text([plain[0], awkward, plain[1]]))
+    payload = bytes(ledger.ledger_text([plain[0], awkward, plain[1]]))
     middle = ledger._escaped_row("ledger_lines", LEDGER_COLUMNS, ledger._LEDGER_KINDS, awkward)
     assert b"\ta\\tb\t" in middle
     assert payload == escaped[0] + middle + escaped[1]

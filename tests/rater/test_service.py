@@ -5,7 +5,6 @@ import asyncio
 import random
 import time
 
-import orjson
 import pytest
 
 from rater import charges
@@ -85,10 +84,6 @@ async def test_sigkill_mid_stream_and_restart_leaves_exact_totals(pg, pg_dsn, re
     assert await pg.fetchval("SELECT count(*) FROM ledger_lines WHERE customer_id = ANY($1::text[])", customers) == \
         sum(2 + (len(e["measurements"]) > 2) for e in events)
 
-
-async def _count_at_least(pg, customers, n) -> bool:
-    return await _count(pg, customers) >= n
-
     # Through the kill, the usage rollups still add up to the ledger exactly (appended in the
     # rating transaction; the rater compacts them as it goes), and every ledger line was
     # published on billing.charges at least once.
@@ -98,7 +93,13 @@ async def _count_at_least(pg, customers, n) -> bool:
             " WHERE customer_id = $1 UNION ALL SELECT amount_micros FROM usage_rollup_deltas WHERE customer_id = $1) r", c)
         assert rolled == exp[c]["spend"], c
     assert await pg.fetchval("SELECT count(*) FROM usage_rollups WHERE customer_id = ANY($1::text[])", customers) > 0
-    published = {orjson.loads(row)[0] for _, f in await redis.xrange(charges.STREAM) for row in f[b"rows"].split(b"\n")}
+    published = {f"{x['event_id']}:{x['line_no']}" for _, f in await redis.xrange(charges.STREAM)
+                 for x in charges.decode(f[b"rows"])}
     ledger_ids = {f"{e}:{n}" for e, n in await pg.fetch(
         "SELECT event_id, line_no FROM ledger_lines WHERE customer_id = ANY($1::text[])", customers)}
     assert ledger_ids <= published
+
+
+async def _count_at_least(pg, customers, n) -> bool:
+    return await _count(pg, customers) >= n
+
