@@ -3,8 +3,8 @@ the admin API and runs the control plane's background work beside it:
 - the projection's self-healing (control.projection.self_heal): a Redis that lost its data is
   rebuilt from PostgreSQL with no human step; the rater waits for it (NotProjected), the enforcer
   fails open meanwhile.
-- the delivery of alerts (control.alert_delivery): webhooks and bus events.
-- credits (control.credits_worker): every second, credit grants that are due expire, and
+- the delivery of alerts (control.alerts.delivery): webhooks and bus events.
+- credits (control.credits.worker): every second, credit grants that are due expire, and
   auto-recharge requests are raised for balances below their threshold.
 Run at least one control process wherever the enforcer and rater run; several are safe (one
 rebuild at a time, by an advisory lock).
@@ -15,8 +15,8 @@ import argparse
 import asyncio
 import logging
 
-from control import credits_worker
-from control.alert_delivery import alert_delivery
+from control.credits import worker as credits_worker
+from control.alerts.delivery import alert_delivery
 from control.http.app import DISABLED, create_app
 from control.projection.self_heal import SelfHeal
 from tollgate.config import Settings

@@ -28,9 +28,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from control import api_keys as keys_svc  # noqa: E402
-from control import customers as customers_svc  # noqa: E402
-from control import plans as plans_svc  # noqa: E402
+from control.accounts import api_keys as keys_svc  # noqa: E402
+from control.accounts import customers as customers_svc  # noqa: E402
+from control.accounts import plans as plans_svc  # noqa: E402
 from loadtest.bench_rater import drop_database, make_database, pct  # noqa: E402
 from tests.control.webhook_receiver import Receiver  # noqa: E402
 from tests.rater.processes import RaterProcess  # noqa: E402

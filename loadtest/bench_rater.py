@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lua  # noqa: E402
 from rater.consumers.redis_streams import RedisStreamConsumer  # noqa: E402
-from control import customers as customers_svc  # noqa: E402
-from control import plans as plans_svc  # noqa: E402
-from control import wallets as wallets_svc  # noqa: E402
-from control import credit_grants as credit_grants_svc  # noqa: E402
+from control.accounts import customers as customers_svc  # noqa: E402
+from control.accounts import plans as plans_svc  # noqa: E402
+from control.accounts import wallets as wallets_svc  # noqa: E402
+from control.credits import grants as credit_grants_svc  # noqa: E402
 from rater import ledger  # noqa: E402
 from rater.charges import RedisCharges, enabled as charges_enabled  # noqa: E402
 from rater.pipeline import Pipeline  # noqa: E402

@@ -172,7 +172,7 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
     if total != spent + ctx.total_micros:
         raise PeriodCloseError(f"{customer_id} {period}: ledger {total} != recorded spend {spent} + close {ctx.total_micros}")
     batch = run_batch(plan, cumulative, billing_mode=customer.billing_mode, spend_cap_micros=customer.spend_cap_micros)
-    # A period whose prices changed midway (control.lifecycle: plan change now, negotiated prices)
+    # A period whose prices changed midway (control.accounts.lifecycle: plan change now, negotiated prices)
     # was rated under two price lists: no single batch rating can match it, the ledger is the truth.
     if batch.total_micros != total and not await repriced_in(conn, customer_id, period):
         raise PeriodCloseError(f"{customer_id} {period}: real-time total {total} != batch rating {batch.total_micros}")

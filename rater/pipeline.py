@@ -216,7 +216,7 @@ def actual_tokens(measurements: dict[str, int]) -> int:
 
 
 # What a cached customer's rating depends on, cheaply: its own version (plan change, prices, cap,
-# mode: control.lifecycle bumps it) and its plans' versions (a plan applied again).
+# mode: control.accounts.lifecycle bumps it) and its plans' versions (a plan applied again).
 _STAMPS = """SELECT c.id, c.version, p.version, n.version
              FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
              WHERE c.id = ANY($1::text[])"""

@@ -1,4 +1,4 @@
-"""What the rater does with a customer's lifecycle (control.lifecycle): the plan an event is
+"""What the rater does with a customer's lifecycle (control.accounts.lifecycle): the plan an event is
 priced with, and the pending plan change the period close makes the customer's plan.
 
 - Negotiated prices: a customer's effective plan is its plan with its prices on top
@@ -89,7 +89,7 @@ async def apply_pending(conn, redis, customer_id: str, closed: str) -> dict:
 
 async def repriced_in(conn, customer_id: str, period: str) -> bool:
     """Whether prices changed within `period` (a plan change now, negotiated prices): the
-    customer_audit rows control.lifecycle writes say so."""
+    customer_audit rows control.accounts.lifecycle writes say so."""
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM customer_audit WHERE customer_id = $1 AND period = $2 AND repriced)",
         customer_id, period))

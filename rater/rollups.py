@@ -7,7 +7,7 @@ text COPY. A compactor (run_compactor, in the rater process) folds the deltas in
 (per hour) and usage_rollups_daily (per UTC day) about once a second: one statement, a DELETE ...
 RETURNING feeding an INSERT ... ON CONFLICT DO UPDATE into each, rows sorted by key, under an
 advisory lock (one compactor at a time: no two upserts lock the same rows in different orders).
-Reads sum a rollup table and the deltas (control.usage).
+Reads sum a rollup table and the deltas (control.read.usage).
 
 Why not upsert usage_rollups in the rating transaction: the benchmark's batches (2,000 events over
 300 customers, rated in sub-batches by lock group) aggregate to ~0.7 rollup rows per event, and an

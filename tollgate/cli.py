@@ -22,15 +22,15 @@ from tollgate.config import Settings, settings
 
 # Add your module here; its register(sub) is called with the top-level subparsers.
 COMMAND_MODULES = [
-    "control.commands",  # db, plans, customers, keys, wallets, admin
+    "control.accounts.commands",  # db, plans, customers, keys, wallets, admin
     "control.projection.rebuild",  # redis rebuild
     "rater.dead_letters",  # dead-letters list / replay / discard
     "rater.service",  # rater run
     "rater.periods",  # periods close / invoice
-    "control.alerts_commands",  # webhooks, alerts
-    "control.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
-    "control.read_commands",  # usage, preview, invoices, trace
-    "control.credits_commands",  # wallets adjust, credits grant / list / expire / auto-recharge
+    "control.alerts.commands",  # webhooks, alerts
+    "control.accounts.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
+    "control.read.commands",  # usage, preview, invoices, trace
+    "control.credits.commands",  # wallets adjust, credits grant / list / expire / auto-recharge
 ]
 
 EXIT_BAD_INPUT = 2

@@ -92,7 +92,7 @@ async def resolve_postgres(state_dir: Path, embedded: bool) -> str:
 
 async def provision(settings_env: dict) -> dict:
     """Idempotent: re-running keeps the plan, customer and wallet, and issues one more key."""
-    from control import api_keys, customers, plans, wallets  # noqa: PLC0415
+    from control.accounts import api_keys, customers, plans, wallets  # noqa: PLC0415
     from control.errors import Conflict  # noqa: PLC0415
     from rater.schema import migrate  # noqa: PLC0415
 

@@ -1,13 +1,13 @@
 """Admin API of alerts: webhook endpoints, per-customer alert settings, alerts and their deliveries
-(control.alerts does the work; the delivery itself is control.alert_delivery's)."""
+(control.alerts.manage does the work; the delivery itself is control.alerts.delivery's)."""
 from __future__ import annotations
 
 import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from control import alerts
-from control.http.app import json_object, query_int
+from control.alerts import manage as alerts
+from control.http.messages import json_object, query_int
 from tollgate.alert_rules import SETTING_KEYS
 
 

@@ -1,5 +1,5 @@
 """The admin API of credits: wallet adjustments, credit grants, auto-recharge settings
-(control.adjustments, control.credit_grants, control.auto_recharge). Appended to ROUTES in
+(control.credits.adjustments, control.credits.grants, control.credits.auto_recharge). Appended to ROUTES in
 control.http.app."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from control import adjustments, auto_recharge, credit_grants
-from control.http.app import Handler, json_object
+from control.credits import adjustments, auto_recharge, grants as credit_grants
+from control.http.messages import Handler, json_object
 
 
 async def adjust(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[int, dict]:

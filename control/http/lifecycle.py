@@ -1,4 +1,4 @@
-"""The customer lifecycle over HTTP (control.lifecycle): PATCH a customer, change its plan,
+"""The customer lifecycle over HTTP (control.accounts.lifecycle): PATCH a customer, change its plan,
 suspend, reactivate, archive, read its audit trail.
 
 Optimistic concurrency: GET /admin/customers/{id} answers `ETag: "<version>"`; every change
@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import Response
 
-from control import audit, lifecycle
+from control.accounts import audit, lifecycle
 from control.errors import InvalidInput
 
 
@@ -37,7 +37,7 @@ def _version(request: Request, body: dict) -> object:
 
 async def json_object(request: Request, allowed: tuple[str, ...]) -> dict:
     # here, not at the top: control.http.app imports this module for its ROUTES
-    from control.http.app import json_object  # noqa: PLC0415
+    from control.http.messages import json_object  # noqa: PLC0415
 
     return await json_object(request, allowed)
 
@@ -82,7 +82,7 @@ def _status_change(action: str):
 
 
 async def customer_audit(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
-    from control.http.app import query_int  # noqa: PLC0415  (see json_object)
+    from control.http.messages import query_int  # noqa: PLC0415  (see json_object)
 
     raw = request.query_params.get("before_id")
     if raw is not None and not raw.isdigit():

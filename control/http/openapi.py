@@ -10,16 +10,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from control.http.app import MAX_BODY, YAML_TYPES
-from control.credit_grants import KINDS as GRANT_KINDS, MAX_PRIORITY
-from control.customers import MAX_PAGE
+from control.http.messages import MAX_BODY, YAML_TYPES
+from control.credits.grants import KINDS as GRANT_KINDS, MAX_PRIORITY
+from control.accounts.customers import MAX_PAGE
 from control.fields import MAX_AMOUNT
 from tollgate.keys import ID_PATTERN
 from tollgate.openapi import ERROR_SCHEMA, OPENAPI_VERSION, error_response, header, json_content
 from tollgate.alert_rules import KINDS as ALERT_KINDS
 from tollgate.plans import BILLING_MODES
-from control.alerts import MAX_PAGE as ALERTS_PAGE
-from control.alerts import MAX_URL, STATUSES as DELIVERY_STATUSES
+from control.alerts.manage import MAX_PAGE as ALERTS_PAGE
+from control.alerts.manage import MAX_URL, STATUSES as DELIVERY_STATUSES
 
 _ID = {"type": "string", "pattern": ID_PATTERN.pattern}
 _TIME = {"type": "string", "format": "date-time"}
@@ -473,7 +473,7 @@ _QUERY[("GET", "/admin/customers/{id}/audit")] = [
      "description": "The last id of the previous page."},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}},
 ]
-# Answers some operations give beyond the common ones (control.lifecycle: optimistic concurrency)
+# Answers some operations give beyond the common ones (control.accounts.lifecycle: optimistic concurrency)
 _ERRORS = {k: {"409": "Conflict: archived, already in that state, or a plan change that cannot apply now.",
                "412": "The customer changed since it was read (`field`: version): read it again.",
                "428": "No version named: send If-Match (the ETag read) or `version`."}

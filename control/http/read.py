@@ -13,9 +13,9 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from control import dead_letters, invoices, preview, trace, usage
+from control.read import dead_letters, invoices, preview, trace, usage
 from control.errors import InvalidInput
-from control.http.app import ApiError, json_object, query_int
+from control.http.messages import ApiError, json_object, query_int
 from tollgate.bus import BusUnavailable
 from tollgate.keys import api_key_hash
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
-from control import adjustments, auto_recharge, credit_grants, customers, plans
+from control.credits import adjustments, auto_recharge, grants as credit_grants
+
+from control.accounts import customers, plans
 from tests.control.conftest import plan_text
 from tests.tenants import uid
 from tollgate.keys import PROJECTION_MARKER, CustomerKeys

@@ -17,7 +17,7 @@ import time
 import httpx
 
 from enforcer.clusterwire import key_slot
-from control import api_keys, customers, plans, wallets
+from control.accounts import api_keys, customers, plans, wallets
 from tests.cluster.services import cluster_env, stream_event_ids
 from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer

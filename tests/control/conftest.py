@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 
 from control.http.app import create_app
-from control import customers, plans
+from control.accounts import customers, plans
 from tollgate.config import Settings
 from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 

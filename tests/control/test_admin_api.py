@@ -3,7 +3,8 @@ import json
 import httpx
 import pytest
 
-from control.http.app import MAX_BODY, create_app
+from control.http.app import create_app
+from control.http.messages import MAX_BODY
 from tests.control.conftest import TOKEN, plan_text, uid
 from tollgate.config import Settings
 from tollgate.keys import CustomerKeys, api_key_hash, api_key_record

@@ -1,5 +1,5 @@
 """Delivery of alerts to a real HTTP receiver on loopback (tests.control.webhook_receiver), by
-the control plane's worker (control.alert_delivery.Deliverer) on the test PostgreSQL and Redis:
+the control plane's worker (control.alerts.delivery.Deliverer) on the test PostgreSQL and Redis:
 signed webhooks, the bus event, retries with backoff until a failing receiver recovers, giving up,
 manual redelivery, and two workers delivering each alert once."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 
 import orjson
 
-from control import alerts as svc
-from control.alert_delivery import ALERTS_STREAM, AlertBus, Deliverer, DeliverySettings, backoff
+from control.alerts import manage as svc
+from control.alerts.delivery import ALERTS_STREAM, AlertBus, Deliverer, DeliverySettings, backoff
 from tests.control.conftest import TOKEN
 from tests.control.webhook_receiver import Receiver
 from tests.tenants import uid
@@ -121,7 +121,7 @@ async def _status(pg, endpoint_id: str, status: str) -> bool:
 
 
 async def test_two_workers_deliver_each_alert_once(pg, settings, plan_id, redis):
-    from control import customers  # noqa: PLC0415
+    from control.accounts import customers  # noqa: PLC0415
 
     cids = [(await customers.create_customer(pg, redis, name="x", plan_id=plan_id))["id"] for _ in range(3)]
     with Receiver() as rx:

@@ -11,8 +11,8 @@ from decimal import Decimal
 import pytest
 import pytest_asyncio
 
-from control import alerts as svc
-from control import customers, plans, wallets
+from control.alerts import manage as svc
+from control.accounts import customers, plans, wallets
 from rater.alerts import _PACE
 from rater.pipeline import Pipeline
 from tests.rater.conftest import raw, usage
@@ -195,9 +195,9 @@ def test_a_plan_without_the_section_has_the_defaults():
 
 
 async def test_the_control_plane_sweep_judges_customers_without_events(pg, redis, customer):
-    """Nothing rated at all, the period nearly over: the sweep (control.alert_sweep) raises the
+    """Nothing rated at all, the period nearly over: the sweep (control.alerts.sweep) raises the
     same commit.at_risk the rater would, once."""
-    from control.alert_sweep import CommitSweep  # noqa: PLC0415
+    from control.alerts.sweep import CommitSweep  # noqa: PLC0415
 
     tomorrow = datetime.fromtimestamp(time.time() + 86400, timezone.utc).day
     if tomorrow > 28:

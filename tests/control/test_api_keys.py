@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from control import api_keys
+from control.accounts import api_keys
 from control.errors import NotFound
 from tollgate.keys import INVALIDATION_CHANNEL, api_key_hash, api_key_record
 

@@ -7,8 +7,9 @@ import orjson
 import pytest
 
 import lua
-from control import adjustments, auto_recharge, credit_grants, wallets
-from control.credits_worker import tick
+from control.credits import adjustments, auto_recharge, grants as credit_grants
+from control.accounts import wallets
+from control.credits.worker import tick
 from control.errors import Conflict, InvalidInput
 from tests.control.conftest import uid
 from tollgate.keys import PROJECTION_MARKER, CustomerKeys

@@ -4,7 +4,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from control import api_keys, customers, wallets
+from control.accounts import api_keys, customers, wallets
 from control.errors import Conflict, InvalidInput, NotFound
 from tests.control.conftest import uid
 from tollgate.keys import CustomerKeys

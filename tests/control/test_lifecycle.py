@@ -1,4 +1,4 @@
-"""Customer lifecycle (control.lifecycle) on real PostgreSQL and Redis: every change versioned,
+"""Customer lifecycle (control.accounts.lifecycle) on real PostgreSQL and Redis: every change versioned,
 audited and projected; a stale version changes nothing."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from control import api_keys, customers, lifecycle, plans
-from control.audit import list_audit
+from control.accounts import api_keys, customers, lifecycle, plans
+from control.accounts.audit import list_audit
 from control.errors import Conflict, InvalidInput
 from control.lookup import require_plan
 from control.projection.rebuild import rebuild_locked

@@ -6,7 +6,7 @@ import hashlib
 
 import httpx
 
-from control import api_keys
+from control.accounts import api_keys
 from tests.control.conftest import TOKEN, plan_text, uid
 from tests.tenants import check_body
 

@@ -4,7 +4,7 @@ import orjson
 import pytest
 import yaml
 
-from control import customers, plans
+from control.accounts import customers, plans
 from control.errors import Conflict, InvalidInput, NotFound
 from tests.control.conftest import SAMPLE_PLAN, plan_text, uid
 from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, plan_record

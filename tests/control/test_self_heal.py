@@ -13,7 +13,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from control import api_keys, wallets
+from control.accounts import api_keys, wallets
 from control.projection.writes import hold_off_rebuild
 from control.projection.rebuild import projected, rebuild_locked
 from control.projection.self_heal import SelfHeal

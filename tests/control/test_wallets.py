@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 import lua
-from control import wallets
+from control.accounts import wallets
 from control.errors import Conflict, InvalidInput, NotFound
 from tests.control.conftest import uid
 from tollgate.keys import CustomerKeys

@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from control import api_keys, customers, plans
+from control.accounts import api_keys, customers, plans
 from tests.rater.conftest import PLAN, expected, pg_totals
 from tests.rater.processes import RaterProcess
 from tests.servers import ROOT, EnforcerProcess

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from control import api_keys, customers, plans, wallets
+from control.accounts import api_keys, customers, plans, wallets
 from rater.schema import migrate
 from tests.rater.conftest import PLAN, expected, pg_totals, redis_state
 from tests.rater.processes import RaterProcess

@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest_asyncio
 
-from control import api_keys, customers, plans
+from control.accounts import api_keys, customers, plans
 from tests.rater.conftest import make_customer, pipeline  # noqa: F401  (fixtures)
 from tests.tenants import uid  # noqa: F401  (the tests' one id maker, re-exported)
 

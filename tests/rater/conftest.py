@@ -10,7 +10,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from control import customers, plans, wallets
+from control.accounts import customers, plans, wallets
 from rater.pipeline import Pipeline, decompose
 from tollgate.rating.stages.pipeline import run_event
 from tollgate.keys import CustomerKeys

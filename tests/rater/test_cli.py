@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from control import customers
+from control.accounts import customers
 from tests.rater.conftest import raw, uid, usage
 from tests.rater.test_periods import LAST_PERIOD, LAST_TS, sample_plan
 

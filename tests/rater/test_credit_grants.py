@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta, timezone
 
-from control import adjustments, credit_grants
+from control.credits import adjustments, grants as credit_grants
 from tests.rater.conftest import expected, pg_totals, raw, redis_state, usage
 
 

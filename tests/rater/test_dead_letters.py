@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from rater import dead_letters
-from control import customers, plans
+from control.accounts import customers, plans
 from tests.rater.conftest import expected, pg_totals, raw, redis_state, uid, usage
 
 

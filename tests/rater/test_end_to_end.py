@@ -12,7 +12,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from control import api_keys
+from control.accounts import api_keys
 from tests.rater.conftest import expected, pg_totals, redis_state
 from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer

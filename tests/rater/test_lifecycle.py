@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from control import lifecycle, plans
+from control.accounts import lifecycle, plans
 from rater import periods
 from tests.rater.conftest import PERIOD, PLAN, raw, usage
 from tollgate.keys import CustomerKeys

@@ -96,7 +96,7 @@ async def test_hybrid_wallet_covering_part_of_a_charge_is_emptied_and_the_rest_i
 
 
 async def test_events_resolved_by_api_key_hash(pg, redis, pipeline, plan_for, make_customer):
-    from control import api_keys  # noqa: PLC0415
+    from control.accounts import api_keys  # noqa: PLC0415
     from tollgate.keys import api_key_hash  # noqa: PLC0415
 
     c = await make_customer(plan_for("postpaid"))
@@ -111,7 +111,7 @@ async def test_events_resolved_by_api_key_hash(pg, redis, pipeline, plan_for, ma
 
 async def test_fail_open_traffic_is_recorded_and_its_usage_rated_without_a_hold(pg, redis, pipeline, plan_for,
                                                                                  make_customer):
-    from control import api_keys  # noqa: PLC0415
+    from control.accounts import api_keys  # noqa: PLC0415
     from tollgate.keys import api_key_hash  # noqa: PLC0415
 
     text = plan_for("prepaid")

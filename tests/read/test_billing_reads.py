@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from control import api_keys
+from control.accounts import api_keys
 from rater import periods
 from tests.rater.conftest import raw, usage
 from tests.rater.test_periods import LAST, LAST_PERIOD, LAST_TS, events_for, sample_plan
@@ -21,7 +21,7 @@ async def test_preview_is_the_invoice_the_close_writes(pg, redis, client, pipeli
     assert (await pipeline.process_raw(raw(evs), now=LAST.timestamp())).rated == len(evs)
 
     # The preview as of the last period (the period is still current at `now`).
-    from control.preview import preview  # noqa: PLC0415
+    from control.read.preview import preview  # noqa: PLC0415
     pv = await preview(pg, redis, c, now=LAST.timestamp())
     assert pv["period"] == LAST_PERIOD and pv["tier"] and pv["balance"]["currency"]
     assert to_micros(pv["projected_commit_true_up"]) > 0 and pv["next_tier"]["name"]

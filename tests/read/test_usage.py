@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from control import api_keys
+from control.accounts import api_keys
 from tests.rater.conftest import raw, usage
 from tests.read.conftest import ADMIN
 from tollgate.money import to_micros

@@ -1,12 +1,12 @@
 """The read API's `tollgate` commands: usage, preview, invoices (list, show, sources), trace.
 
-Each calls the same service as the HTTP API (control.usage, control.preview, control.invoices,
-control.trace); `--json` prints exactly what the API answers."""
+Each calls the same service as the HTTP API (control.read.usage, control.read.preview, control.read.invoices,
+control.read.trace); `--json` prints exactly what the API answers."""
 from __future__ import annotations
 
 import argparse
 
-from control import invoices, preview, trace, usage
+from control.read import invoices, preview, trace, usage
 from tollgate.backends import Backends
 from tollgate.cli import Context, command, group, table
 

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import asyncpg
 from redis.asyncio import Redis
 
-from control.credits import record_change
+from control.credits.wallet_change import record_change
 from control.errors import Conflict, InvalidInput
 from control.fields import choice, ident, iso, money_micros, text
 from control.lookup import require_customer

@@ -1,4 +1,4 @@
-"""`tollgate customers ...` lifecycle commands over control.lifecycle (as the admin API):
+"""`tollgate customers ...` lifecycle commands over control.accounts.lifecycle (as the admin API):
 plan, update, suspend, reactivate, archive, audit.
 
 Every change names the version it was read at (`--version`, as `customers show` prints it): a
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from control import audit, lifecycle
+from control.accounts import audit, lifecycle
 from control.errors import InvalidInput
 from tollgate.backends import Backends
 from tollgate.cli import Context, command, group, table

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from control import adjustments, auto_recharge, credit_grants
+from control.credits import adjustments, auto_recharge, grants as credit_grants
 from tollgate.backends import Backends
 from tollgate.cli import Context, command, group, table
 

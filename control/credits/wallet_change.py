@@ -1,6 +1,6 @@
 """A change of a prepaid wallet outside rating (credit grants, adjustments, grant expiries): one
 `wallet_transactions` row and one run of lua/wallet_change.lua, inside the caller's PostgreSQL
-transaction, as a top-up is (control.wallets): a committed row means the change happened, and the
+transaction, as a top-up is (control.accounts.wallets): a committed row means the change happened, and the
 script's marker (by transaction id) stops a retry from changing the balance twice, even when the
 commit was lost after the script ran. `redis rebuild` sums the same rows, so the rebuilt wallet
 includes every such change.
@@ -13,7 +13,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 import lua
-from control.wallets import MARKER_TTL_S
+from control.accounts.wallets import MARKER_TTL_S
 from tollgate.keys import CustomerKeys
 
 

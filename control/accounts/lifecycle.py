@@ -1,7 +1,7 @@
 """Customer lifecycle: change plan (now or at the next period), billing mode, spend cap,
 negotiated prices, name; suspend, reactivate, archive. One transaction per change:
 
-    lock the row -> compare versions -> change -> audit row (control.audit) -> project to Redis -> commit
+    lock the row -> compare versions -> change -> audit row (control.accounts.audit) -> project to Redis -> commit
 
 Optimistic concurrency: every change names the version it was read at (HTTP: If-Match with the
 ETag of GET /admin/customers/{id}, or `version` in the body; CLI: --version). A stale version is
@@ -34,8 +34,8 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from control import audit
-from control.customers import effective_tier, get_customer, pending_change, prices_of, project_row
+from control.accounts import audit
+from control.accounts.customers import effective_tier, get_customer, pending_change, prices_of, project_row
 from control.errors import Conflict, ControlError, InvalidInput, NotFound
 from control.fields import choice, ident, money_micros, text
 from control.lookup import known_id, require_plan

@@ -8,7 +8,7 @@ import orjson
 import yaml
 from redis.asyncio import Redis
 
-from control import customers
+from control.accounts import customers
 from control.errors import Conflict, InvalidInput, NotFound
 from control.fields import iso
 from control.lookup import known_id

@@ -1,6 +1,6 @@
 """Alerts: webhook endpoints, per-customer alert settings, and reading alerts and their deliveries
 (used by the CLI and the admin API). Raising is the raisers' (tollgate.alerts), delivery the
-worker's (control.alert_delivery).
+worker's (control.alerts.delivery).
 
 An endpoint belongs to one customer or, without one, to every customer; `kinds` limits it to some
 alert kinds (empty: all). Its secret signs every delivery and is returned only at creation.

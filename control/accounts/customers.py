@@ -7,7 +7,7 @@ import asyncpg
 import orjson
 from redis.asyncio import Redis
 
-from control import wallets
+from control.accounts import wallets
 from control.errors import Conflict, InvalidInput
 from control.fields import choice, ident, iso, money_micros, text
 from control.lookup import require_customer, require_plan
@@ -86,7 +86,7 @@ def view(row: asyncpg.Record, keys: dict | None = None, wallet: dict | None = No
     out = {"id": row["id"], "name": row["name"], "plan_id": row["plan_id"],
            "billing_mode": row["billing_mode"], "tier": row["tier"],
            "spend_cap": None if cap is None else format_micros(cap), "created_at": iso(row["created_at"]),
-           # the lifecycle (control.lifecycle): version = the ETag every change must name
+           # the lifecycle (control.accounts.lifecycle): version = the ETag every change must name
            "status": row["status"], "version": row["version"],
            "pending_plan_change": pending_change(row), "prices": prices_of(row), "updated_at": iso(row["updated_at"])}
     if keys is not None:

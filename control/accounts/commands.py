@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from control import api_keys, customers, plans, wallets
+from control.accounts import api_keys, customers, plans, wallets
 from tollgate.backends import Backends
 from control.errors import InvalidInput
 from tollgate.cli import Context, command, group, table

@@ -15,7 +15,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from control.lookup import require_customer, require_plan
-from control.wallets import balances
+from control.accounts.wallets import balances
 from tollgate.invoices import describe
 from tollgate.money import format_micros
 from tollgate.periods import period_bounds, period_of

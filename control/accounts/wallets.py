@@ -65,7 +65,7 @@ async def show_wallet(db: asyncpg.Pool, redis: Redis, customer_id: str) -> dict:
     async with db.acquire() as conn:
         row = await require_customer(conn, customer_id)
         plan = await require_plan(conn, row["plan_id"])
-    from control.credit_grants import list_grants  # noqa: PLC0415  (it imports this module)
+    from control.credits.grants import list_grants  # noqa: PLC0415  (it imports this module)
 
     return {"customer_id": customer_id, **await balances(db, redis, customer_id, plan),
             "credit_grants": await list_grants(db, customer_id, live_only=True)}

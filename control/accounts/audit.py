@@ -1,6 +1,6 @@
 """The audit trail of customer changes: who (which token), when, what, before and after.
 
-Written by control.lifecycle inside the change's own transaction: a change without its audit row
+Written by control.accounts.lifecycle inside the change's own transaction: a change without its audit row
 cannot commit, and a rolled-back change leaves none. Read with GET /admin/customers/{id}/audit
 or `tollgate customers audit`.
 """

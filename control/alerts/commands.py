@@ -1,12 +1,12 @@
 """`tollgate alerts ...` and `tollgate webhooks ...`: the same services as the admin API
-(control.alerts)."""
+(control.alerts.manage)."""
 from __future__ import annotations
 
 import argparse
 
 import orjson
 
-from control import alerts
+from control.alerts import manage as alerts
 from control.errors import InvalidInput
 from tollgate.alert_rules import KINDS
 from tollgate.backends import Backends

@@ -18,7 +18,7 @@ import secrets
 import asyncpg
 from redis.asyncio import Redis
 
-from control.credits import Refused, record_change
+from control.credits.wallet_change import Refused, record_change
 from control.errors import Conflict, InvalidInput
 from control.fields import ident, iso, money_micros, text
 from control.lookup import require_customer

@@ -34,8 +34,8 @@ import asyncpg
 import httpx
 import orjson
 
-from control.alert_sweep import CommitSweep
-from control.alerts import event_of
+from control.alerts.sweep import CommitSweep
+from control.alerts.manage import event_of
 from tollgate.alerts import NOTIFY_CHANNEL
 from tollgate.config import Settings
 
@@ -121,7 +121,7 @@ class AlertBus:
 class Deliverer:
     def __init__(self, db: asyncpg.Pool, bus: AlertBus, settings: DeliverySettings | None = None,
                  client: httpx.AsyncClient | None = None, redis=None):
-        """`redis` (the hot-path Redis): also run the commit-at-risk sweep (control.alert_sweep)."""
+        """`redis` (the hot-path Redis): also run the commit-at-risk sweep (control.alerts.sweep)."""
         self.db = db
         self.redis = redis
         self.sweep = CommitSweep()

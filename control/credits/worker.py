@@ -1,6 +1,6 @@
 """The control process's credits work, every second (control.service.WORKERS): expire the credit
-grants that are due (control.credit_grants.expire_due) and raise the auto-recharge requests whose
-balance fell below its threshold (control.auto_recharge.check). Both are idempotent and safe in
+grants that are due (control.credits.grants.expire_due) and raise the auto-recharge requests whose
+balance fell below its threshold (control.credits.auto_recharge.check). Both are idempotent and safe in
 several control processes at once; a tick that fails (PostgreSQL or Redis down) is logged and
 the next tick tries again.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from control import auto_recharge, credit_grants
+from control.credits import auto_recharge, grants as credit_grants
 from tollgate.backends import Backends
 from tollgate.config import Settings
 
-log = logging.getLogger("tollgate.control.credits")
+log = logging.getLogger("tollgate.control.credits.wallet_change")
 
 INTERVAL_S = 1.0
 
