@@ -120,6 +120,20 @@ async def read_cumulatives(
     return out
 
 
+async def routed_so_far(conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[int]]:
+    """(customer, period) -> [what the wallet paid, what the invoice has due] so far: the sums of
+    its processed events (a hybrid credit is routed by them; read under the customer's lock)."""
+    pairs = sorted(set(pairs))
+    rows = await conn.fetch(
+        """SELECT b.customer_id, b.period, coalesce(sum(p.wallet_micros), 0)::int8, coalesce(sum(p.invoice_micros), 0)::int8
+           FROM unnest($1::text[], $2::text[]) AS b(customer_id, period)
+           LEFT JOIN processed_events p ON p.customer_id = b.customer_id AND p.period = b.period
+           GROUP BY 1, 2""",
+        [p[0] for p in pairs], [p[1] for p in pairs],
+    )
+    return {(c, p): [w, i] for c, p, w, i in rows}
+
+
 async def insert_processed(conn: asyncpg.Connection, rows: Sequence[Processed]) -> None:
     """Insert idempotency records by text-format COPY (a third of the CPU of an INSERT from ten
     unnested arrays, on both sides; text rather than binary COPY: see the module docstring). An

@@ -491,12 +491,25 @@ class Pipeline:
                     known = self._cumulatives.get(key)
                     if known is not None and known == quantities:
                         cums[key] = known
-                for e in new:
-                    if e.kind == "fail_open":
-                        rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
-                        part.fail_open += 1
-                    else:
-                        self._rate(e, cums, wallets, seqs, rows, lines, changed, part)
+                # A hybrid credit (a volume tier repricing units already paid) is routed by what
+                # the period's earlier charges went to (tollgate.rating.stages.route). Those sums
+                # are read only when a pass meets such a credit: then the pass is priced again
+                # with them (rare: once per tier a customer's volume crosses).
+                routed: dict[tuple[str, str], list[int]] = {}
+                start = dict(cums), dict(wallets), dict(seqs)
+                while True:
+                    needed: set[tuple[str, str]] = set()
+                    for e in new:
+                        if e.kind == "fail_open":
+                            rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
+                            part.fail_open += 1
+                        else:
+                            self._rate(e, cums, wallets, seqs, rows, lines, changed, part, routed, needed)
+                    if not needed:
+                        break
+                    routed = await ledger.routed_so_far(conn, needed)
+                    cums, wallets, seqs = dict(start[0]), dict(start[1]), dict(start[2])
+                    rows, lines, changed, part = [], [], {}, BatchResult(res.size)
                 try:
                     await ledger.insert_processed(conn, rows)
                 except asyncpg.UniqueViolationError:
@@ -524,19 +537,27 @@ class Pipeline:
         return rows
 
     def _rate(self, e: Event, cums, wallets: dict[str, int], seqs: dict[str, int], rows, lines, changed,
-              res: BatchResult) -> None:
+              res: BatchResult, routed: dict[tuple[str, str], list[int]], needed: set[tuple[str, str]]) -> None:
         c = e.customer
         key = (c.id, e.period)
         body = e.body
         dims = body.get("properties") or {}
+        so_far = routed.get(key)  # [wallet paid, invoice due] of the period, when read
         try:
             ctx = run_event(c.plan, dims, e.measurements, cums[key], billing_mode=c.billing_mode,
-                            spend_cap_micros=c.spend_cap_micros, wallet_available_micros=wallets.get(c.id, 0))
+                            spend_cap_micros=c.spend_cap_micros, wallet_available_micros=wallets.get(c.id, 0),
+                            wallet_paid_micros=so_far[0] if so_far else None,
+                            invoice_due_micros=so_far[1] if so_far else None)
         except Exception as err:  # pricing is pure: the same event fails the same way every time
             if not isinstance(err, RatingError):
                 log.exception("rating event %s failed", e.id)
             res.add_dead(e.index, _dead(e.raw, _reason(err), str(err), body))
             return
+        if so_far is not None:
+            so_far[0] += ctx.wallet_micros
+            so_far[1] += ctx.invoice_micros
+        elif ctx.total_micros < 0 and ctx.effective_billing_mode == "hybrid":
+            needed.add(key)  # routed to the invoice for want of the sums: this pass is priced again
         cums[key] = ctx.cumulative_after
         for (charge_id, dim_key), q in ctx.updates.items():
             changed[(c.id, e.period, charge_id, dim_key)] = q

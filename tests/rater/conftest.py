@@ -74,7 +74,8 @@ def expected(plan_text: str, events: list[dict], modes: dict[str, str] | None = 
         c = e["customer_id"]
         mode = (modes or {}).get(c, plan.billing_mode)
         ctx = run_event(plan, e.get("properties") or {}, decompose(e["measurements"]), cum[c],
-                        billing_mode=mode, wallet_available_micros=wallet.get(c, 0))
+                        billing_mode=mode, wallet_available_micros=wallet.get(c, 0),
+                        wallet_paid_micros=out[c]["wallet"], invoice_due_micros=out[c]["invoice"])
         cum[c] = ctx.cumulative_after
         wallet[c] = wallet.get(c, 0) - ctx.wallet_micros
         o = out[c]

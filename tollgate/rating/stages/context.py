@@ -43,6 +43,9 @@ class RatingContext:
     spend_cap_micros: int | None = None  # effective cap: customer override, tier multiplier
     tax_percent: Decimal | None = None  # from a tax rule (tollgate.rating.stages.tax.tax_percent_for)
     wallet_available_micros: int = 0  # prepaid balance this event may use (hybrid routing)
+    # The period so far, as routed (hybrid credits: tollgate.rating.stages.route); None = unknown.
+    wallet_paid_micros: int | None = None
+    invoice_due_micros: int | None = None
 
     # Filled by the stages.
     allowances: tuple[Allowance, ...] = ()

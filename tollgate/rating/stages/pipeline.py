@@ -32,7 +32,7 @@ def run_event(plan: Plan, dimensions: Mapping[str, Any], measurements: Mapping[s
     """One usage event against the period's cumulatives before it.
 
     options (keyword only, each a RatingContext input): billing_mode, spend_cap_micros,
-    tax_percent, wallet_available_micros."""
+    tax_percent, wallet_available_micros, wallet_paid_micros, invoice_due_micros."""
     return run(RatingContext(plan, "event", dimensions, measurements, cumulative, **options))
 
 
