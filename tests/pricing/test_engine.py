@@ -49,8 +49,7 @@ def test_event_lines_and_state():
     assert out.unit_price is None and [t.quantity for t in out.tiers] == [100, 50]
     req = lines[("req", "usage", "requests", "default")]
     assert (req.amount_micros, req.unit_price) == (0, D(0))  # inside the included quota
-    metered = lines[("review", "metered", "input_tokens", "default")]
-    assert (metered.quantity, metered.amount_micros, metered.unit_price) == (1000, 0, None)
+    assert not [k for k in lines if k[0] == "review"]  # no outcome in this event: nothing under it
     pct = lines[("support", "percentage", None, "default")]
     assert (pct.quantity, pct.amount_micros, pct.cumulative_after) == (2_403_000, 240_300, 2_403_000)
     assert ev.amount_micros == 3_000 + 2_400_000 + 240_300
@@ -59,7 +58,6 @@ def test_event_lines_and_state():
         ("in", "default"): 1000,
         ("out", "default"): 150,
         ("req", "default"): 1,
-        ("review", "default:input_tokens"): 1000,
     }
 
 
@@ -93,6 +91,24 @@ def test_composite_outcome_billed():
     assert lines[("review", "usage", "contracts_reviewed", "default")].amount_micros == 9_980_000
     assert lines[("review", "metered", "pages", "default")].quantity == 40
     assert ev.amount_micros == 9_980_000  # review is not a base of the percentage
+
+
+def test_an_outcome_covers_its_metered_metrics_in_the_same_event():
+    """The issue's case: one contract reviewed and 1,000 input tokens is the outcome's price only;
+    the tokens are recorded under it (amount 0, for margin) and not billed by `in`. Output tokens,
+    which the outcome does not meter, are billed by their own charge; the same tokens in an event
+    without the outcome are billed as usual."""
+    ev = rate_event(PLAN, {}, {"contracts_reviewed": 1, "input_tokens": 1000, "output_tokens": 10}, {})
+    lines = by_kind(ev.lines)
+    assert lines[("review", "usage", "contracts_reviewed", "default")].amount_micros == 4_990_000
+    metered = lines[("review", "metered", "input_tokens", "default")]
+    assert (metered.quantity, metered.amount_micros, metered.unit_price) == (1000, 0, None)
+    assert ("in", "usage", "input_tokens", "default") not in lines
+    assert lines[("out", "usage", "output_tokens", "default")].quantity == 10
+    assert ("in", "default") not in ev.cumulative
+    alone = rate_event(PLAN, {}, {"input_tokens": 1000}, ev.cumulative)
+    assert by_kind(alone.lines)[("in", "usage", "input_tokens", "default")].amount_micros == 3_000
+    assert alone.cumulative[("review", "default:input_tokens")] == 1000  # the covered ones only
 
 
 def test_zero_measurement_gives_no_line_but_is_checked():
@@ -154,7 +170,7 @@ def test_batch_equals_events_plus_close():
     events = [
         ({"model": "opus"}, {"input_tokens": 700, "output_tokens": 99, "requests": 1, "pages": 3}),
         ({"model": "sonnet"}, {"input_tokens": 12345, "output_tokens": 2, "requests": 1}),
-        ({}, {"output_tokens": 900, "requests": 3, "contracts_reviewed": 1}),
+        ({}, {"output_tokens": 900, "requests": 3, "contracts_reviewed": 1, "input_tokens": 50, "pages": 7}),
         ({"model": "opus"}, {"output_tokens": 1, "input_tokens": 1}),
     ]
     cum, total = {}, 0
@@ -167,13 +183,15 @@ def test_batch_equals_events_plus_close():
     assert sum(l.amount_micros for l in batch) == total == period_subtotal(PLAN, cum, closed=True)
     out = [l for l in batch if l.charge_id == "out"][0]
     assert out.quantity == 1002 and [t.quantity for t in out.tiers] == [100, 900, 2]
-    assert [l for l in batch if l.kind == "metered"][0].quantity == 700 + 12345 + 1  # review input_tokens
+    # only the event with the outcome meters under it; its 50 input tokens are not billed by `in`
+    assert {(l.metric, l.quantity) for l in batch if l.kind == "metered"} == {("input_tokens", 50), ("pages", 7)}
+    assert sum(l.quantity for l in batch if l.charge_id == "in") == 700 + 12345 + 1
 
 
 def test_cumulatives_carry_their_costs_and_are_read_only():
     ev = rate_event(PLAN, {"model": "opus"}, {"input_tokens": 1000, "output_tokens": 150}, {})
     cum = ev.cumulative
-    assert cum == {("in", "override0"): 1000, ("out", "default"): 150, ("review", "default:input_tokens"): 1000}
+    assert cum == {("in", "override0"): 1000, ("out", "default"): 150}
     assert cum.subtotal_micros == ev.subtotal_after_micros == period_subtotal(PLAN, cum)
     with pytest.raises(TypeError):
         cum[("in", "override0")] = 5  # would leave the carried costs wrong

@@ -95,12 +95,17 @@ def totals_of(plan, events):
     """The period's usage per key, counted independently of the engine."""
     totals = Counter()
     for dims, m in events:
+        # an outcome in the event covers its composite's metered metrics: recorded under the
+        # composite, not billed by their own charges (M:N)
+        covered = {mm for c in plan.charges if c.metered and m.get(c.metric, 0) for mm in c.metered}
         for c in plan.charges:
             if c.model in MODELS:
                 dk = c.dimension_key(dims)
-                totals[(c.id, dk)] += m.get(c.metric, 0)
-                for mm in c.metered:
-                    totals[(c.id, f"{dk}:{mm}")] += m.get(mm, 0)
+                if c.metric not in covered or c.metered:
+                    totals[(c.id, dk)] += m.get(c.metric, 0)
+                if m.get(c.metric, 0):
+                    for mm in c.metered:
+                        totals[(c.id, f"{dk}:{mm}")] += m.get(mm, 0)
     return {k: v for k, v in totals.items() if v}
 
 

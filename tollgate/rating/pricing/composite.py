@@ -1,6 +1,8 @@
 """Composite (M:N): a business outcome is billed per unit (F(q) = q * unit_price on the outcome
-metric, overrides allowed); the underlying `metered` metrics are still accumulated and produce
-lines of amount 0 with their quantity, for cost and margin reports.
+metric, overrides allowed). Its price covers the `metered` metrics of the same event: in an event
+that reports the outcome they are accumulated under the composite (lines of amount 0 with their
+quantity, for cost and margin reports) and not billed by their own charges; in an event without
+the outcome they are billed by their own charges as any usage (engine.rate_event).
 """
 from __future__ import annotations
 

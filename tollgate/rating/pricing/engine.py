@@ -168,11 +168,13 @@ class _UsageCharge:
 class PlanPricing:
     """What rate_event needs of a plan, computed once per Plan object (plan_pricing)."""
 
-    __slots__ = ("plan", "usage", "by_id", "percentages", "known_metrics")
+    __slots__ = ("plan", "usage", "by_id", "percentages", "known_metrics", "outcomes")
 
     def __init__(self, plan: Plan):
         self.plan = plan
         self.usage = tuple(_UsageCharge(c) for c in plan.charges if c.model in USAGE_MODELS)
+        # composite charges that meter something: (outcome metric, the metrics its price covers)
+        self.outcomes = tuple((u.metric, frozenset(u.metered)) for u in self.usage if u.metered)
         self.by_id = {u.id: u for u in self.usage}
         self.percentages = tuple(c for c in plan.charges if c.model == "percentage")
         self.known_metrics = frozenset(known_metrics(plan))
@@ -258,10 +260,17 @@ def rate_event(
     amounts_after = dict(amounts)
     updates: dict[UsageKey, int] = {}
     lines: list[ChargeLine] = []
+    # Composite (M:N): an event that reports an outcome has the metrics its price covers recorded
+    # under the outcome's charge (metered lines, amount 0, for margin) and not billed again by
+    # their own charges; an event without the outcome bills them by their own charges.
+    covered: frozenset[str] | set[str] = frozenset()
+    for outcome, metered in pp.outcomes:
+        if measurements.get(outcome, 0):
+            covered = metered if not covered else covered | metered
     for u in pp.usage:
         q = measurements.get(u.metric, 0)
-        if not q and not u.metered:
-            continue  # the event does not move this charge
+        if not q or (u.metric in covered and not u.metered):
+            continue  # the event does not move this charge, or its outcome's price covers it
         dim_key = u.dimension_key(dimensions)
         if q:
             key = (u.id, dim_key)
