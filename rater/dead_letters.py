@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from tollgate.backends import Backends
 from tollgate.dead_letters import REASONS, list_open
 
 
@@ -123,7 +122,7 @@ def register(sub) -> None:
 
 
 async def _list(ctx) -> int:
-    async with Backends(ctx.settings, max_pool=2) as (pool, _), pool.acquire() as conn:
+    async with ctx.backends() as (pool, _), pool.acquire() as conn:
         rows = await list_open(conn, reason=ctx.args.reason, customer_id=ctx.args.customer,
                                after_id=ctx.args.after, limit=ctx.args.limit, status=ctx.args.status)
     from tollgate.cli import table  # noqa: PLC0415
@@ -133,14 +132,14 @@ async def _list(ctx) -> int:
 
 
 async def _replay(ctx) -> int:
-    async with Backends(ctx.settings, max_pool=2) as (pool, redis):
+    async with ctx.backends() as (pool, redis):
         counts = await replay(pool, redis, ids=ctx.args.ids or None)
     ctx.emit(counts, f"replayed {counts['replayed']}, still failing {counts['still_failing']}")
     return 0 if counts["still_failing"] == 0 else 3
 
 
 async def _discard(ctx) -> int:
-    async with Backends(ctx.settings, max_pool=2) as (pool, _), pool.acquire() as conn:
+    async with ctx.backends() as (pool, _), pool.acquire() as conn:
         n = await discard(conn, ctx.args.ids)
     ctx.emit({"discarded": n}, f"discarded {n}")
     return 0

@@ -41,7 +41,6 @@ from rater.plan_changes import apply_pending, repriced_in
 from rater.settlement import fill_from, item_of, settle_filling
 from rater.tiers import reset_for_next_period
 from tollgate import locks
-from tollgate.backends import Backends
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_bounds, period_of, prev_period
 from tollgate.invoices import describe, invoice, summary
@@ -241,7 +240,7 @@ def register(sub) -> None:
 
 
 async def _close_cmd(ctx) -> int:
-    async with Backends(ctx.settings, max_pool=2) as (pool, redis):
+    async with ctx.backends() as (pool, redis):
         out = await close_period(pool, redis, ctx.args.period, customer_ids=ctx.args.customer)
     from tollgate.cli import table  # noqa: PLC0415
 
@@ -251,7 +250,7 @@ async def _close_cmd(ctx) -> int:
 
 
 async def _invoice_cmd(ctx) -> int:
-    async with Backends(ctx.settings, max_pool=2) as (pool, _), pool.acquire() as conn:
+    async with ctx.backends() as (pool, _), pool.acquire() as conn:
         inv = await invoice(conn, ctx.args.invoice_id)
     if inv is None:
         raise PeriodCloseError(f"no invoice {ctx.args.invoice_id!r}")

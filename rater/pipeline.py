@@ -45,7 +45,8 @@ from rater import charges, dead_letters, grants, holds, ledger, plan_changes, ro
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
-from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, record_promotions, settle_filling
+from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, settle_filling
+from rater.tiers import record_promotions
 from tollgate import locks, redis_raw
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of

@@ -36,7 +36,6 @@ from typing import NamedTuple
 
 import lua
 from rater import ledger
-from rater.tiers import record_promotions  # noqa: F401  (part of this module's API)
 from tollgate import redis_raw
 from tollgate.keys import SPEND_TTL_MS, CustomerKeys
 from tollgate.periods import is_period, period_of

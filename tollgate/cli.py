@@ -14,11 +14,14 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from tollgate.config import Settings, settings
+
+if TYPE_CHECKING:
+    from tollgate.backends import Backends
 
 # Add your module here; its register(sub) is called with the top-level subparsers.
 COMMAND_MODULES = [
@@ -45,6 +48,12 @@ class Context:
     @property
     def json(self) -> bool:
         return bool(getattr(self.args, "json", False))
+
+    def backends(self) -> Backends:
+        """A command's PostgreSQL pool and Redis client (`async with ctx.backends() as (db, redis)`)."""
+        from tollgate.backends import Backends  # noqa: PLC0415  (asyncpg and redis only when a command needs them)
+
+        return Backends(self.settings, max_pool=2)
 
     def emit(self, data: Any, text: str | None = None) -> None:
         """JSON with --json, else the human text (or the JSON, indented, when there is none)."""

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from control.accounts import api_keys, customers, plans, wallets
-from tollgate.backends import Backends
 from control.errors import InvalidInput
 from tollgate.cli import Context, command, group, table
 
@@ -60,9 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8081)
 
 
-def _backends(ctx: Context) -> Backends:
-    return Backends(ctx.settings, max_pool=2)
-
 
 async def db_migrate(ctx: Context) -> None:
     from rater.schema import migrate  # noqa: PLC0415
@@ -77,7 +73,7 @@ async def plans_apply(ctx: Context) -> None:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidInput("file", f"cannot read {path}: {e}") from None
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         r = await plans.apply_plan(db, redis, text)
     state = "unchanged" if not r["changed"] else ("created" if r["version"] == 1 else "updated")
     ctx.emit(r, f"plan {r['id']} {state} (version {r['version']}); "
@@ -85,26 +81,26 @@ async def plans_apply(ctx: Context) -> None:
 
 
 async def plans_list(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await plans.list_plans(db)
     ctx.emit(rows, table(rows, ["id", "name", "version", "customers", "updated_at"]))
 
 
 async def plans_show(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         ctx.emit(await plans.get_plan(db, ctx.args.plan_id))
 
 
 async def customers_create(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         c = await customers.create_customer(db, redis, name=a.name, plan_id=a.plan_id, customer_id=a.customer_id,
                                             billing_mode=a.billing_mode, spend_cap=a.spend_cap)
     ctx.emit(c, f"customer {c['id']} created on plan {c['plan_id']} ({c['billing_mode']}, tier {c['tier']})")
 
 
 async def customers_show(ctx: Context) -> None:
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         c = await customers.get_customer(db, redis, ctx.args.customer_id)
     w, k = c["wallet"], c["api_keys"]
     ctx.emit(c, "\n".join([
@@ -120,13 +116,13 @@ async def customers_show(ctx: Context) -> None:
 
 async def customers_list(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await customers.list_customers(db, plan_id=a.plan_id, after=a.after, limit=a.limit, status=a.status)
     ctx.emit(rows, table(rows, ["id", "name", "plan_id", "billing_mode", "tier", "spend_cap", "status"]))
 
 
 async def keys_create(ctx: Context) -> None:
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         k = await api_keys.create_api_key(db, redis, ctx.args.customer_id)
     ctx.emit(k, f"API key {k['id']} created for customer {k['customer_id']}:\n\n"
                 f"    {k['api_key']}\n\n"
@@ -134,27 +130,27 @@ async def keys_create(ctx: Context) -> None:
 
 
 async def keys_revoke(ctx: Context) -> None:
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         k = await api_keys.revoke_api_key(db, redis, ctx.args.key_id)
     ctx.emit(k, f"API key {k['id']} ({k['prefix']}...) revoked at {k['revoked_at']}")
 
 
 async def keys_list(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await api_keys.list_api_keys(db, ctx.args.customer_id)
     ctx.emit(rows, table(rows, ["id", "prefix", "status", "created_at", "revoked_at"]))
 
 
 async def wallets_topup(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         t = await wallets.topup(db, redis, a.customer_id, a.amount, topup_id=a.topup_id, note=a.note)
     what = "credited" if t["credited"] else "already applied, not credited again"
     ctx.emit(t, f"top-up {t['id']} of {t['amount']} {what}; balance {t['balance']}")
 
 
 async def wallets_show(ctx: Context) -> None:
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         w = await wallets.show_wallet(db, redis, ctx.args.customer_id)
     ctx.emit(w, f"customer {w['customer_id']}: balance {w['balance']} {w['currency']} "
                 f"(held {w['held']}, available {w['available']}); top-ups {w['topups_total']} in {w['topups']}")

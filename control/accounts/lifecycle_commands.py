@@ -14,7 +14,6 @@ import yaml
 
 from control.accounts import audit, lifecycle
 from control.errors import InvalidInput
-from tollgate.backends import Backends
 from tollgate.cli import Context, command, group, table
 
 
@@ -50,9 +49,6 @@ def _version(p) -> None:
                    help="the customer's version as read (customers show): refused if it changed since")
 
 
-def _backends(ctx: Context) -> Backends:
-    return Backends(ctx.settings, max_pool=2)
-
 
 def _done(ctx: Context, c: dict, what: str) -> None:
     pending = c.get("pending_plan_change")
@@ -63,7 +59,7 @@ def _done(ctx: Context, c: dict, what: str) -> None:
 
 async def customers_plan(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         c = await lifecycle.change_plan(db, redis, a.customer_id, a.plan_id, effective=a.effective,
                                         version=a.version, actor=audit.cli_actor())
     _done(ctx, c, "plan changed" if c["plan_id"] == a.plan_id else "plan change pending")
@@ -83,7 +79,7 @@ async def customers_update(ctx: Context) -> None:
             changes["prices"] = yaml.safe_load(sys.stdin.read() if a.prices == "-" else Path(a.prices).read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise InvalidInput("prices", f"cannot read {a.prices}: {e}") from None
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         c = await lifecycle.update_customer(db, redis, a.customer_id, changes, version=a.version,
                                             actor=audit.cli_actor())
     _done(ctx, c, "updated")
@@ -91,13 +87,13 @@ async def customers_update(ctx: Context) -> None:
 
 async def customers_status(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         c = await lifecycle.set_status(db, redis, a.customer_id, a.action, version=a.version, actor=audit.cli_actor())
     _done(ctx, c, {"suspend": "suspended", "reactivate": "reactivated", "archive": "archived"}[a.action])
 
 
 async def customers_audit(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await audit.list_audit(db, ctx.args.customer_id, limit=ctx.args.limit)
     shown = [{**r, "change": ", ".join(f"{k} {r['before'].get(k)!r} -> {v!r}" for k, v in r["after"].items()
                                        if r["before"].get(k) != v and k != "version")} for r in rows]

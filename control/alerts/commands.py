@@ -9,7 +9,6 @@ import orjson
 from control.alerts import manage as alerts
 from control.errors import InvalidInput
 from tollgate.alert_rules import KINDS
-from tollgate.backends import Backends
 from tollgate.cli import Context, command, group, table
 
 
@@ -47,13 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("settings", help="JSON object of the plan's `alerts:` keys; {} removes every override")
 
 
-def _backends(ctx: Context) -> Backends:
-    return Backends(ctx.settings, max_pool=2)
-
 
 async def webhooks_create(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         w = await alerts.create_endpoint(db, url=a.url, customer_id=a.customer_id, kinds=a.kinds, description=a.description)
     scope = f"customer {w['customer_id']}" if w["customer_id"] else "every customer"
     ctx.emit(w, f"webhook {w['id']} created for {scope}, kinds {', '.join(w['kinds']) or 'all'}:\n\n"
@@ -62,21 +58,21 @@ async def webhooks_create(ctx: Context) -> None:
 
 
 async def webhooks_list(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await alerts.list_endpoints(db, ctx.args.customer_id)
     ctx.emit(rows, table([{**r, "kinds": ",".join(r["kinds"]) or "all"} for r in rows],
                          ["id", "customer_id", "url", "kinds", "enabled"]))
 
 
 async def webhooks_disable(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         w = await alerts.disable_endpoint(db, ctx.args.endpoint_id)
     ctx.emit(w, f"webhook {w['id']} disabled")
 
 
 async def deliveries_list(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await alerts.list_deliveries(db, customer_id=a.customer_id, alert_id=a.alert_id,
                                             endpoint_id=a.endpoint_id, status=a.status, limit=a.limit)
     ctx.emit(rows, table(rows, ["id", "alert_id", "endpoint_id", "status", "attempts", "last_status_code",
@@ -84,25 +80,25 @@ async def deliveries_list(ctx: Context) -> None:
 
 
 async def delivery_show(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         ctx.emit(await alerts.get_delivery(db, ctx.args.delivery_id))
 
 
 async def delivery_redeliver(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         d = await alerts.redeliver(db, ctx.args.delivery_id)
     ctx.emit(d, f"delivery {d['id']} queued again (attempts so far: {d['attempts']})")
 
 
 async def alerts_list(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await alerts.list_alerts(db, customer_id=a.customer_id, kind=a.kind, limit=a.limit)
     ctx.emit(rows, table(rows, ["id", "customer_id", "type", "threshold", "period", "raised_at"]))
 
 
 async def settings_show(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         ctx.emit(await alerts.get_settings(db, ctx.args.customer_id))
 
 
@@ -111,5 +107,5 @@ async def settings_set(ctx: Context) -> None:
         doc = orjson.loads(ctx.args.settings)
     except orjson.JSONDecodeError as e:
         raise InvalidInput("settings", f"not JSON: {e}") from None
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         ctx.emit(await alerts.set_settings(db, ctx.args.customer_id, doc))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from control.credits import adjustments, auto_recharge, grants as credit_grants
-from tollgate.backends import Backends
 from tollgate.cli import Context, command, group, table
 
 
@@ -38,13 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable", action="store_true", help="keep the settings, request nothing")
 
 
-def _backends(ctx: Context) -> Backends:
-    return Backends(ctx.settings, max_pool=2)
-
 
 async def wallets_adjust(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         r = await adjustments.adjust(db, redis, a.customer_id, a.amount, a.reason, adjustment_id=a.adjustment_id,
                                      allow_negative=a.allow_negative)
     what = "applied" if r["applied"] else "already applied, not applied again"
@@ -53,7 +49,7 @@ async def wallets_adjust(ctx: Context) -> None:
 
 async def credits_grant(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         g = await credit_grants.create_grant(db, redis, a.customer_id, a.amount, kind=a.kind, priority=a.priority,
                                              expires_at=a.expires_at, grant_id=a.grant_id, note=a.note)
     what = "credited" if g["credited"] else "already given, not credited again"
@@ -62,13 +58,13 @@ async def credits_grant(ctx: Context) -> None:
 
 
 async def credits_list(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         rows = await credit_grants.list_grants(db, ctx.args.customer_id)
     ctx.emit(rows, table(rows, ["id", "kind", "priority", "amount", "remaining", "expires_at", "status", "expired_amount"]))
 
 
 async def credits_expire(ctx: Context) -> None:
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         rows = await credit_grants.expire_due(db, redis)
     ctx.emit(rows, f"{len(rows)} grant(s) expired" + "".join(
         f"\n  {g['id']} ({g['customer_id']}): {g['expired_amount']} removed" for g in rows))
@@ -76,7 +72,7 @@ async def credits_expire(ctx: Context) -> None:
 
 async def credits_auto_recharge(ctx: Context) -> None:
     a = ctx.args
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         if a.threshold is None and a.amount is None and not a.disable:
             s = await auto_recharge.get_settings(db, a.customer_id)
         else:

@@ -323,10 +323,8 @@ def register(sub) -> None:
 
 
 async def _cli_rebuild(ctx) -> int:
-    from tollgate.backends import Backends  # noqa: PLC0415
-
     started = time.monotonic()
-    async with Backends(ctx.settings, max_pool=2) as (pool, redis), pool.acquire() as conn:
+    async with ctx.backends() as (pool, redis), pool.acquire() as conn:
         counts = await rebuild_locked(redis, conn)
     counts["seconds"] = round(time.monotonic() - started, 3)
     ctx.emit(counts, "rebuilt: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 
 from control.read import invoices, preview, trace, usage
-from tollgate.backends import Backends
 from tollgate.cli import Context, command, group, table
 
 
@@ -40,15 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("correlation_id")
 
 
-def _backends(ctx: Context) -> Backends:
-    return Backends(ctx.settings, max_pool=2)
-
 
 async def usage_cmd(ctx: Context) -> None:
     a = ctx.args
     options = {"start": usage.parse_time(a.start, "from"), "end": usage.parse_time(a.end, "to"), "bucket": a.bucket,
                "group_by": usage.parse_group_by(a.group_by), "metric": a.metric}
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         out = await (usage.key_usage(db, a.key_id, **options) if a.key_id else
                      usage.customer_usage(db, a.customer_id, **options))
     dims = [g for g in out["group_by"] if g != "key"]
@@ -63,7 +59,7 @@ async def usage_cmd(ctx: Context) -> None:
 
 
 async def preview_cmd(ctx: Context) -> None:
-    async with _backends(ctx) as (db, redis):
+    async with ctx.backends() as (db, redis):
         pv = await preview.preview(db, redis, ctx.args.customer_id)
     nxt = pv["next_tier"]
     head = (f"{pv['customer_id']}  period {pv['period']} ({pv['period_start'][:10]} .. {pv['period_end'][:10]})  "
@@ -76,13 +72,13 @@ async def preview_cmd(ctx: Context) -> None:
 
 
 async def invoices_list(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         found = await invoices.list_invoices(db, ctx.args.customer_id, limit=ctx.args.limit)
     ctx.emit(found, table(found, ["invoice_id", "period", "total", "prepaid", "amount_due", "currency", "status"]))
 
 
 async def invoices_show(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         inv = await invoices.get_invoice(db, ctx.args.invoice_id)
     head = (f"{inv['invoice_id']}  {inv['customer_id']}  {inv['period']}  {inv['currency']}\n"
             f"total {inv['total']}  prepaid {inv['prepaid']}  amount due {inv['amount_due']}\n")
@@ -90,13 +86,13 @@ async def invoices_show(ctx: Context) -> None:
 
 
 async def invoices_sources(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         out = await invoices.line_sources(db, ctx.args.invoice_id, ctx.args.line_no, limit=ctx.args.limit)
     ctx.emit(out, table(out["sources"], ["event_id", "line_no", "correlation_id", "quantity", "amount"]))
 
 
 async def trace_cmd(ctx: Context) -> None:
-    async with _backends(ctx) as (db, _):
+    async with ctx.backends() as (db, _):
         t = await trace.trace(db, ctx.args.correlation_id)
     parts = [f"trace {t['correlation_id']}"]
     for h in t["holds"]:

@@ -8,7 +8,8 @@ import pytest
 
 from rater import periods
 from control.projection.rebuild import rebuild
-from rater.settlement import SettleItem, SettleResult, record_promotions
+from rater.settlement import SettleItem, SettleResult
+from rater.tiers import record_promotions
 from tests.periods.conftest import RPM, check, uid, usage, utc
 from tollgate.keys import CustomerKeys
 

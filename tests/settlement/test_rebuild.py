@@ -8,7 +8,8 @@ import orjson
 from rater.holds import mark_settled, settled_holds
 import lua
 from control.projection.rebuild import projected, rebuild
-from rater.settlement import SettleItem, clear_outbox, record_promotions, settle
+from rater.settlement import SettleItem, clear_outbox, settle
+from rater.tiers import record_promotions
 from tollgate.redis_raw import eval_many
 from tests.settlement.conftest import BUILD_MICROS, check, figures, make_customer, next_seq, uid
 from tests.settlement.test_holds import place

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import time
 
-from rater.settlement import SettleItem, record_promotions, settle
+from rater.settlement import SettleItem, settle
+from rater.tiers import record_promotions
 from tests.settlement.conftest import BUILD_MICROS, RPM, SCALE_MICROS, TPM, check, figures, next_seq, uid
 from tollgate.periods import period_of
 
