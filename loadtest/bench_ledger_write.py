@@ -61,7 +61,7 @@ def ledger_rows(events: int, seed: int) -> tuple[list[tuple], int]:
             rows.append((f"evt_{e}", n, f"req_{e}", f"cus_bench_{rnd.randrange(300):05d}", "bench", "202611", "usage",
                          ("input_tokens", "output_tokens", "cache_read_tokens")[n], None, "default",
                          rnd.randrange(10, 20000), Decimal("0.000003") if n != 1 else Decimal("0.000015"),
-                         rnd.randrange(100, 100000)))
+                         rnd.randrange(100, 100000), 0))
     return rows, events
 
 
