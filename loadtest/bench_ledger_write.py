@@ -38,7 +38,7 @@ from rater.ledger import LEDGER_COLUMNS  # noqa: E402
 TABLE = """CREATE TABLE {name} (event_id text NOT NULL, line_no smallint NOT NULL, correlation_id text,
     customer_id text NOT NULL, plan_id text NOT NULL, period text NOT NULL, kind text NOT NULL,
     charge_id text NOT NULL, metric text, dimension_key text NOT NULL DEFAULT 'default',
-    quantity bigint NOT NULL, unit_price numeric, amount_micros bigint NOT NULL,
+    quantity bigint NOT NULL, unit_price numeric, amount_micros bigint NOT NULL, cost_micros bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now())"""
 INDEXES = {
     "0002: btree key + btree correlation_id + btree (customer, period)": [
