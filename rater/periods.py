@@ -209,11 +209,12 @@ async def _settle(conn, redis, close: Processed, now: float) -> None:
 
 
 async def _ledger_summary(conn, customer_id: str, period: str) -> list[InvoiceLine]:
-    """The period's ledger, one invoice line per (kind, charge, metric, dimension key)."""
+    """The period's ledger, one invoice line per (kind, charge, metric, dimension key). Lines of
+    kind 'cost' (amount 0, the provider's cost of an unbilled metric) are not the customer's."""
     rows = await conn.fetch(
         """SELECT kind, charge_id, metric, dimension_key, sum(quantity)::int8 AS quantity,
                   sum(amount_micros)::int8 AS amount, count(*) AS n
-           FROM ledger_lines WHERE customer_id = $1 AND period = $2
+           FROM ledger_lines WHERE customer_id = $1 AND period = $2 AND kind <> 'cost'
            GROUP BY kind, charge_id, metric, dimension_key
            ORDER BY CASE kind WHEN 'usage' THEN 0 WHEN 'metered' THEN 1 WHEN 'percentage' THEN 2
                               WHEN 'discount' THEN 8 WHEN 'tax' THEN 9 ELSE 5 END, charge_id, metric, dimension_key""",

@@ -217,9 +217,13 @@ def actual_tokens(measurements: dict[str, int]) -> int:
 
 
 # What a cached customer's rating depends on, cheaply: its own version (plan change, prices, cap,
-# mode: control.accounts.lifecycle bumps it) and its plans' versions (a plan applied again).
-_STAMPS = """SELECT c.id, c.version, p.version, n.version
+# mode: control.accounts.lifecycle bumps it), its plans' versions (a plan applied again) and
+# those of the cost catalogs the plans name (a catalog applied again: new costs).
+_CATALOGS = """LEFT JOIN cost_catalogs k ON k.id = p.document ->> 'cost_catalog'
+               LEFT JOIN cost_catalogs kn ON kn.id = n.document ->> 'cost_catalog'"""
+_STAMPS = f"""SELECT c.id, c.version, p.version, n.version, k.version, kn.version
              FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+             {_CATALOGS}
              WHERE c.id = ANY($1::text[])"""
 
 
@@ -278,20 +282,24 @@ class Directory:
 
     async def _load(self, conn: asyncpg.Connection, ids: list[str], now: float) -> None:
         rows = await conn.fetch(
-            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period, c.version AS cv,
+            f"""SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period, c.version AS cv,
                       p.id AS plan_id, p.version, p.document, n.id AS next_id, n.version AS next_version,
-                      n.document AS next_document
+                      n.document AS next_document, k.version AS kv, k.document AS catalog,
+                      kn.version AS next_kv, kn.document AS next_catalog
                FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+               {_CATALOGS}
                WHERE c.id = ANY($1::text[])""",
             ids,
         )
         for r in rows:
-            c = self._customer(r, self._plans.get(r["plan_id"], r["version"], r["document"], r["prices"]))
+            c = self._customer(r, self._plans.get(r["plan_id"], r["version"], r["document"], r["prices"],
+                                                  (r["kv"], r["catalog"])))
             if r["next_id"] is not None:
                 c.next = (r["pending_from_period"],
-                          self._customer(r, self._plans.get(r["next_id"], r["next_version"], r["next_document"], r["prices"])))
+                          self._customer(r, self._plans.get(r["next_id"], r["next_version"], r["next_document"],
+                                                            r["prices"], (r["next_kv"], r["next_catalog"]))))
             self._customers[r["id"]] = (now + self.ttl_s, c)
-            self._stamps[r["id"]] = (r["cv"], r["version"], r["next_version"])
+            self._stamps[r["id"]] = (r["cv"], r["version"], r["next_version"], r["kv"], r["next_kv"])
 
     @staticmethod
     def _customer(r, plan: Plan) -> Customer:
@@ -569,13 +577,13 @@ class Pipeline:
         n = 0
         for n, ln in enumerate(ctx.lines):
             lines.append((e.id, n, corr, c.id, plan_id, e.period, ln.kind, ln.charge_id, ln.metric,
-                          ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros))
+                          ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros, ln.cost_micros))
         n = len(ctx.lines)
         if ctx.discount_micros:
-            lines.append((e.id, n, corr, c.id, plan_id, e.period, "discount", "discount", None, "default", 0, None, -ctx.discount_micros))
+            lines.append((e.id, n, corr, c.id, plan_id, e.period, "discount", "discount", None, "default", 0, None, -ctx.discount_micros, 0))
             n += 1
         if ctx.tax_micros:
-            lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros))
+            lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros, 0))
         total = ctx.total_micros
         seq = seqs[c.id] = seqs[c.id] + 1  # only a rated event takes a number: no holes
         key_id = body.get("key_id")

@@ -152,6 +152,24 @@ _SCHEMAS["Usage"] = _obj(["customer_id", "from", "to", "bucket", "group_by", "ro
                                                                 metric={"type": "string"}, quantity=_INT,
                                                                 amount=_MONEY_OUT, events=_INT)},
                          **{"from": _TIME, "to": _TIME})
+_MARGIN = dict(price={**_MONEY_OUT, "description": "Charged for the usage (discounts in, tax out)."},
+               cost={**_MONEY_OUT, "description": "What the usage cost the provider (plan costs, cost catalog)."},
+               margin=_MONEY_OUT, margin_percent={"type": ["string", "null"],
+                                                  "description": "margin / price x 100, 2 decimals; null when price is 0."})
+_SCHEMAS["Margin"] = _obj(
+    ["customer_id", "period", "period_start", "period_end", "currency", "by", "rows", "total"],
+    customer_id=_ID, period={"type": "string"}, period_start=_TIME, period_end=_TIME, currency={"type": "string"},
+    by={"type": "array", "items": {"type": "string"}},
+    rows={"type": "array", "items": {"type": "object", "required": ["price", "cost", "margin", "margin_percent"],
+                                     "description": "One per group: the `by` names as keys (day: a date; outcome, "
+                                     "key or a dimension: null when none), `quantity` when grouped by metric.",
+                                     "properties": {**_MARGIN, "day": {"type": "string", "format": "date"},
+                                                    "metric": {"type": "string"}, "outcome": _STR_OR_NULL,
+                                                    "key": _STR_OR_NULL, "quantity": _INT}}},
+    total=_obj(["price", "cost", "margin", "margin_percent"], **_MARGIN))
+_SCHEMAS["CostCatalog"] = _obj(["id", "name", "currency", "version", "updated_at", "document"], id=_ID,
+                               name={"type": "string"}, currency={"type": "string"}, version=_INT,
+                               updated_at=_TIME, document={"type": "object"})
 _LINE = _obj(["kind", "description", "amount"], kind={"type": "string"}, description={"type": "string"},
              charge_id=_STR_OR_NULL, metric=_STR_OR_NULL, dimension_key=_STR_OR_NULL,
              quantity={"type": "string"}, amount=_MONEY_OUT)
@@ -280,7 +298,19 @@ _AUTO_RECHARGE = {"type": "object", "required": ["threshold", "amount"], "additi
 _PLAN_DOCUMENT = {"type": "object", "description": "A plan document (see examples/plans/): id, charges, limits, "
                   "tiers, billing mode, ...; validated in full by the server (422 naming the field)."}
 
+_CATALOG_DOCUMENT = {"type": "object", "description": "A cost catalog document (see examples/costs/): id, currency, "
+                     "costs (metric -> unit_cost, overrides, costs_by); validated in full (422 naming the field)."}
+_CATALOG_APPLIED = _obj(["id", "name", "currency", "version", "changed", "metrics", "plans"], id=_ID,
+                        name={"type": "string"}, currency={"type": "string"}, version={"type": "integer"},
+                        changed={"type": "boolean"}, metrics={"type": "integer"},
+                        plans={"type": "integer", "description": "Plans that name this catalog."})
+
 _OK_SCHEMAS = {  # (method, path) -> {status: schema}
+    ("POST", "/admin/cost-catalogs"): {"200": _CATALOG_APPLIED, "201": _CATALOG_APPLIED},
+    ("GET", "/admin/cost-catalogs"): {"200": _obj(["cost_catalogs"], cost_catalogs={"type": "array", "items": _obj(
+        ["id", "name", "version", "plans", "updated_at"], id=_ID, name={"type": "string"},
+        version={"type": "integer"}, plans={"type": "integer"}, updated_at=_TIME)})},
+    ("GET", "/admin/cost-catalogs/{id}"): {"200": _ref("CostCatalog")},
     ("POST", "/admin/plans"): {"200": _ref("PlanApplied"), "201": _ref("PlanApplied")},
     ("GET", "/admin/plans"): {"200": _obj(["plans"], plans={"type": "array", "items": _ref("PlanSummary")})},
     ("GET", "/admin/plans/{id}"): {"200": _ref("Plan")},
@@ -321,6 +351,7 @@ _OK_SCHEMAS = {  # (method, path) -> {status: schema}
 }
 _OK_SCHEMAS.update({
     ("GET", "/admin/customers/{id}/usage"): {"200": _ref("Usage")},
+    ("GET", "/admin/customers/{id}/margin"): {"200": _ref("Margin")},
     ("GET", "/admin/keys/{id}/usage"): {"200": _ref("Usage")},
     ("GET", "/admin/customers/{id}/preview"): {"200": _ref("Preview")},
     ("GET", "/admin/customers/{id}/invoices"): {"200": _ref("InvoiceList")},
@@ -346,6 +377,10 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("POST", "/admin/plans"): ("applyPlan", "Create or update a plan (JSON or YAML); its version goes up only when it changed."),
     ("GET", "/admin/plans"): ("listPlans", "List plans."),
     ("GET", "/admin/plans/{id}"): ("getPlan", "A plan with its document."),
+    ("POST", "/admin/cost-catalogs"): ("applyCostCatalog", "Create or update a shared cost catalog (JSON or YAML), "
+                                       "named by plans with cost_catalog; its version goes up only when it changed."),
+    ("GET", "/admin/cost-catalogs"): ("listCostCatalogs", "List cost catalogs."),
+    ("GET", "/admin/cost-catalogs/{id}"): ("getCostCatalog", "A cost catalog with its document."),
     ("POST", "/admin/customers"): ("createCustomer", "Create a customer (projected to Redis before it commits)."),
     ("GET", "/admin/customers"): ("listCustomers", "List customers by id; page with `after`."),
     ("GET", "/admin/customers/{id}"): ("getCustomer", "A customer with key counts and wallet."),
@@ -378,6 +413,9 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("GET", "/admin/customers/{id}/usage"): ("customerUsage", "Usage by metric (and dimensions), per hour or day, "
                                              "from the rollups (never the ledger)."),
     ("GET", "/admin/keys/{id}/usage"): ("keyUsage", "One API key's usage, as customerUsage."),
+    ("GET", "/admin/customers/{id}/margin"): ("customerMargin", "Price, cost, margin and margin % of a billing "
+                                              "period's usage, by day, metric, outcome, key or a dimension (model, "
+                                              "tool), from the rollups (never the ledger)."),
     ("GET", "/admin/customers/{id}/preview"): ("customerPreview", "The current period's invoice so far, as the close "
                                                "would write it now; commit true-up, balance, tier, next tier."),
     ("GET", "/admin/customers/{id}/invoices"): ("listInvoices", "A customer's invoices, newest first; page with `after`."),
@@ -410,6 +448,8 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
 _BODIES = {
     ("POST", "/admin/plans"): {"application/json": {"schema": _PLAN_DOCUMENT},
                                **{t: {"schema": {"type": "string"}} for t in YAML_TYPES}},
+    ("POST", "/admin/cost-catalogs"): {"application/json": {"schema": _CATALOG_DOCUMENT},
+                                       **{t: {"schema": {"type": "string"}} for t in YAML_TYPES}},
     ("POST", "/admin/customers"): json_content(_NEW_CUSTOMER),
     ("POST", "/admin/customers/{id}/wallet/topups"): json_content(_NEW_TOPUP),
     ("POST", "/admin/webhooks"): json_content(_NEW_WEBHOOK),
@@ -444,6 +484,11 @@ _INVOICE_PAGE = [{"name": "after", "in": "query", "schema": {"type": "string", "
                   "description": "The last period of the previous page."}, _READ_LIMIT]
 _QUERY.update({
     ("GET", "/admin/customers/{id}/usage"): _USAGE_QUERY,
+    ("GET", "/admin/customers/{id}/margin"): [
+        {"name": "period", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{6}$"},
+         "description": "The billing period, YYYYMM; default the current one."},
+        {"name": "by", "in": "query", "schema": {"type": "string"}, "description": "Comma-separated, at most 4: "
+         "day, metric, outcome (composite charge), key, or a dimension name (model, tool, ...)."}],
     ("GET", "/admin/keys/{id}/usage"): _USAGE_QUERY,
     ("GET", "/v1/customer/usage"): _USAGE_QUERY,
     ("GET", "/admin/customers/{id}/invoices"): _INVOICE_PAGE,

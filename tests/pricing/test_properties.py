@@ -7,7 +7,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tollgate.rating.pricing import graduated, known_metrics, volume
+from tollgate.rating.pricing import graduated, known_metrics, rate_period_costs, volume
+from tollgate.rating.pricing.cost import COST_CHARGE, cost_key
 from tollgate.rating.pricing.engine import USAGE_MODELS, pricing_for_key
 from tollgate.rating.stages.pipeline import run_batch, run_close, run_event
 from tollgate.money import to_micros
@@ -58,7 +59,14 @@ def plan_docs(draw):
             c["metric"] = draw(st.sampled_from(METRICS))
         matches = draw(st.lists(st.sampled_from(DIMS), unique=True, max_size=2))
         c["overrides"] = [{"match": {"model": d}, **pricing_doc(draw, model)} for d in matches]
+        if draw(st.booleans()):
+            c["bill_failed"] = False
         charges.append(c)
+    metrics = sorted({m for c in charges for m in (c.get("metric"), c.get("outcome"), *c.get("metered", ())) if m})
+    costs = {m: {"unit_cost": draw(prices),
+                 "overrides": [{"match": {"model": d}, "unit_cost": draw(prices)}
+                               for d in draw(st.lists(st.sampled_from(DIMS), unique=True, max_size=2))]}
+             for m in draw(st.lists(st.sampled_from(metrics), unique=True))}
     if draw(st.booleans()):
         charges.append({"id": "fee", "model": "flat", "amount": draw(fees)})
     for j in range(draw(st.integers(0, 2))):
@@ -82,12 +90,14 @@ def plan_docs(draw):
         "discounts": discounts,
         "tax": {"percent": str(draw(st.decimals(0, 30, places=3)))},
         "charges": charges,
+        "costs": costs,
     }
 
 
 def events_for(metrics):
     measurements = st.dictionaries(st.sampled_from(metrics), st.integers(0, 2500), max_size=4)
-    dims = st.sampled_from([{}, *({"model": d} for d in (*DIMS, "z"))])
+    dims = st.sampled_from([{}, *({"model": d} for d in (*DIMS, "z")), {"model": "a", "status": "error"},
+                            {"status": "success"}, {"status": "timeout"}])
     return st.lists(st.tuples(dims, measurements), max_size=12)
 
 
@@ -95,23 +105,41 @@ def totals_of(plan, events):
     """The period's usage per key, counted independently of the engine."""
     totals = Counter()
     for dims, m in events:
+        # a failed event (status other than success) is not billed by charges with bill_failed: false
+        failed = dims.get("status", "success") != "success"
         # an outcome in the event covers its composite's metered metrics: recorded under the
         # composite, not billed by their own charges (M:N)
-        covered = {mm for c in plan.charges if c.metered and m.get(c.metric, 0) for mm in c.metered}
+        covered = {mm for c in plan.charges if c.metered and m.get(c.metric, 0) and (c.bill_failed or not failed)
+                   for mm in c.metered}
         for c in plan.charges:
-            if c.model in MODELS:
+            if c.model in MODELS and (c.bill_failed or not failed):
                 dk = c.dimension_key(dims)
                 if c.metric not in covered or c.metered:
                     totals[(c.id, dk)] += m.get(c.metric, 0)
                 if m.get(c.metric, 0):
                     for mm in c.metered:
                         totals[(c.id, f"{dk}:{mm}")] += m.get(mm, 0)
+        for mc in plan.costs:  # the cost of every measured metric, billed or not
+            o = next((o for o in mc.overrides if all(dims.get(k) == v for k, v in o.match.items())), None)
+            unit = mc.unit_cost if o is None else o.unit_cost
+            if unit and m.get(mc.metric, 0):
+                totals[(COST_CHARGE, cost_key(mc.metric, unit))] += m[mc.metric]
     return {k: v for k, v in totals.items() if v}
+
+
+def costs_by_key(lines):
+    """Cost per (metric, unit cost) of batch cost lines."""
+    g = Counter()
+    for l in lines:
+        g[l.metric] += l.cost_micros
+    return {k: v for k, v in g.items() if v}
 
 
 def grouped(lines):
     g = defaultdict(lambda: [0, 0])
     for l in lines:
+        if l.kind == "cost":
+            continue  # cost-only lines (amount 0): their costs are compared on their own
         g[(l.charge_id, l.kind, l.metric, l.dimension_key)][0] += l.quantity
         g[(l.charge_id, l.kind, l.metric, l.dimension_key)][1] += l.amount_micros
     return {k: tuple(v) for k, v in g.items() if v != [0, 0]}
@@ -146,6 +174,9 @@ def test_sum_of_events_equals_batch_in_any_order(doc, data):
         assert sum(s.wallet_micros + s.invoice_micros for s in steps) == batch.total_micros
         # line by line: every charge, kind, metric and usage key adds up to its batch line
         assert grouped(l for s in steps for l in s.lines) == grouped(batch.lines)
+        # costs: per metric, the events' costs add up to the batch's round(C(total)) per cost key
+        assert costs_by_key(l for s in steps for l in s.lines) == costs_by_key(rate_period_costs(totals))
+        assert all(l.cost_micros == 0 for s in steps for l in s.lines if l.metric is None)
         for s in steps:
             assert s.wallet_micros + s.invoice_micros == s.total_micros
             for l in s.lines:

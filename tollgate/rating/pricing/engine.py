@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from tollgate.rating.pricing import composite, flat, graduated, included, per_unit, percentage, volume
+from tollgate.rating.pricing import composite, cost, flat, graduated, included, per_unit, percentage, volume
 from tollgate.rating.pricing.base import (
     ChargeLine,
     InvalidMeasurementError,
@@ -32,7 +32,7 @@ from tollgate.rating.pricing.base import (
     exact,
 )
 from tollgate.money import to_micros
-from tollgate.plans import Charge, Plan, Pricing
+from tollgate.plans import SUCCESS_STATUS, Charge, Plan, Pricing
 
 # Models priced by F(cumulative quantity): each module has amount(pricing, q) and
 # breakdown(pricing, a, b) (the definitions), and pricer(pricing) (the per-event form).
@@ -58,6 +58,10 @@ class RatedEvent(NamedTuple):
     @property
     def subtotal_after_micros(self) -> int:
         return self.subtotal_before_micros + self.amount_micros  # exact: the lines telescope
+
+    @property
+    def cost_micros(self) -> int:
+        return sum(line.cost_micros for line in self.lines)
 
 
 def known_metrics(plan: Plan) -> set[str]:
@@ -107,8 +111,8 @@ def _usage_line(charge: Charge, dim_key: str, pricing: Pricing, a: int, b: int) 
     )
 
 
-def _metered_line(charge: Charge, dim_key: str, metric: str, q: int, after: int) -> ChargeLine:
-    return ChargeLine(charge.id, charge.model, "metered", metric, dim_key, q, None, 0, (), after)
+def _metered_line(charge: Charge, dim_key: str, metric: str, q: int, after: int, cost_micros: int = 0) -> ChargeLine:
+    return ChargeLine(charge.id, charge.model, "metered", metric, dim_key, q, None, 0, (), after, cost_micros)
 
 
 def _percentage_line(charge: Charge, base_before: int, base_after: int, amount: int) -> ChargeLine:
@@ -133,30 +137,16 @@ def _check_measurements(known: frozenset[str], plan_id: str, measurements: Mappi
 class _UsageCharge:
     """A usage charge with a Pricer per dimension key."""
 
-    __slots__ = ("charge", "id", "model", "metric", "metered", "pricers", "match_fields", "dim_keys")
-
-    DIM_KEYS_MAX = 4096  # distinct override-field values remembered (a few models, tools, regions...)
+    __slots__ = ("charge", "id", "model", "metric", "metered", "pricers", "dimension_key", "bill_failed")
 
     def __init__(self, charge: Charge):
         self.charge = charge
         self.id, self.model, self.metric, self.metered = charge.id, charge.model, charge.metric, charge.metered
+        self.bill_failed = charge.bill_failed
         keys = ["default", *(o.key or f"override{i}" for i, o in enumerate(charge.overrides))]
         self.pricers = {k: USAGE_MODELS[charge.model].pricer(pricing_for_key(charge, k)) for k in keys}
-        self.match_fields = tuple(sorted({f for o in charge.overrides for f in o.match}))
-        self.dim_keys: dict[tuple[str, ...], str] = {}
-
-    def dimension_key(self, dimensions: Mapping[str, Any]) -> str:
-        """Charge.dimension_key, remembered by the str() of the fields the overrides match on,
-        which is all Override.matches compares (~0.4 µs instead of ~1.5 per event)."""
-        if not self.charge.overrides:  # (an override matching everything has no fields, yet wins)
-            return "default"
-        sig = tuple([str(dimensions.get(f)) for f in self.match_fields])
-        k = self.dim_keys.get(sig)
-        if k is None:
-            k = self.charge.dimension_key(dimensions)
-            if len(self.dim_keys) < self.DIM_KEYS_MAX:
-                self.dim_keys[sig] = k
-        return k
+        # the first matching override by the index (tollgate.matching): O(1) in the overrides
+        self.dimension_key = charge.dimension_key if charge.overrides else _default_key
 
     def pricer(self, dimension_key: str):
         p = self.pricers.get(dimension_key)
@@ -165,19 +155,27 @@ class _UsageCharge:
         return p
 
 
+def _default_key(dimensions: Mapping[str, Any]) -> str:
+    return "default"
+
+
 class PlanPricing:
     """What rate_event needs of a plan, computed once per Plan object (plan_pricing)."""
 
-    __slots__ = ("plan", "usage", "by_id", "percentages", "known_metrics", "outcomes")
+    __slots__ = ("plan", "usage", "by_id", "percentages", "known_metrics", "outcomes", "composite_ids",
+                 "costs", "failed_free")
 
     def __init__(self, plan: Plan):
         self.plan = plan
         self.usage = tuple(_UsageCharge(c) for c in plan.charges if c.model in USAGE_MODELS)
         # composite charges that meter something: (outcome metric, the metrics its price covers)
-        self.outcomes = tuple((u.metric, frozenset(u.metered)) for u in self.usage if u.metered)
+        self.outcomes = tuple((u.metric, frozenset(u.metered), u.bill_failed) for u in self.usage if u.metered)
         self.by_id = {u.id: u for u in self.usage}
         self.percentages = tuple(c for c in plan.charges if c.model == "percentage")
         self.known_metrics = frozenset(known_metrics(plan))
+        self.composite_ids = frozenset(u.id for u in self.usage if u.model == "composite")
+        self.costs = cost.plan_costs(plan.costs)  # metric -> its cost per dimension; {} without costs
+        self.failed_free = any(not u.bill_failed for u in self.usage)  # some charge skips failed events
 
 
 _PLAN_PRICING: dict[int, tuple[Plan, PlanPricing]] = {}
@@ -260,17 +258,23 @@ def rate_event(
     amounts_after = dict(amounts)
     updates: dict[UsageKey, int] = {}
     lines: list[ChargeLine] = []
+    # Failed calls (properties.status set and not "success") are not billed by the charges that
+    # say bill_failed: false; their metrics still cost what they cost.
+    failed = pp.failed_free and _failed(dimensions)
+    # Costs first: the cost of each measured metric (exact on its cost key's cumulative), then
+    # carried by the first line of the event with that metric, or by a "cost" line.
+    costs = _event_costs(pp, dimensions, measurements, after, updates) if pp.costs else None
     # Composite (M:N): an event that reports an outcome has the metrics its price covers recorded
     # under the outcome's charge (metered lines, amount 0, for margin) and not billed again by
     # their own charges; an event without the outcome bills them by their own charges.
     covered: frozenset[str] | set[str] = frozenset()
-    for outcome, metered in pp.outcomes:
-        if measurements.get(outcome, 0):
+    for outcome, metered, bill_failed in pp.outcomes:
+        if measurements.get(outcome, 0) and (bill_failed or not failed):  # a failed outcome is no outcome
             covered = metered if not covered else covered | metered
     for u in pp.usage:
         q = measurements.get(u.metric, 0)
-        if not q or (u.metric in covered and not u.metered):
-            continue  # the event does not move this charge, or its outcome's price covers it
+        if not q or (u.metric in covered and not u.metered) or (failed and not u.bill_failed):
+            continue  # the event does not move this charge, its outcome's price covers it, or it failed
         dim_key = u.dimension_key(dimensions)
         if q:
             key = (u.id, dim_key)
@@ -283,7 +287,9 @@ def rate_event(
                 unit_price = pricer.unit_price
             else:
                 unit_price = tiers[0].unit_price if len(tiers) == 1 else None
-            lines.append(ChargeLine(u.id, u.model, "usage", u.metric, dim_key, q, unit_price, fb - fa, tiers, b))
+            c = costs.pop(u.metric, None) if costs else None
+            lines.append(ChargeLine(u.id, u.model, "usage", u.metric, dim_key, q, unit_price, fb - fa, tiers, b,
+                                    c[0] if c else 0))
             after[key] = updates[key] = b
             key_micros_after[key] = fb
             amounts_after[u.id] += fb - fa
@@ -292,7 +298,12 @@ def rate_event(
             if q:
                 key = (u.id, composite.metered_key(dim_key, metric))
                 after[key] = updates[key] = after.get(key, 0) + q
-                lines.append(_metered_line(u.charge, dim_key, metric, q, after[key]))
+                c = costs.pop(metric, None) if costs else None
+                lines.append(_metered_line(u.charge, dim_key, metric, q, after[key], c[0] if c else 0))
+    if costs:  # metrics no line carries: billed by no charge in this event (e.g. a failed call)
+        for metric, (c, key, cum) in costs.items():
+            lines.append(ChargeLine(cost.COST_KIND, cost.COST_KIND, cost.COST_KIND, metric, key,
+                                    measurements[metric], None, 0, (), cum, c))
     if pp.percentages and updates:
         for c in pp.percentages:  # plan order: a base is an earlier charge, already updated
             b0 = sum(amounts[x] for x in c.base_charges)
@@ -306,6 +317,31 @@ def rate_event(
                       updates, subtotal_before)
 
 
+def _failed(dimensions: Mapping[str, Any]) -> bool:
+    status = dimensions.get("status")
+    return status is not None and str(status) != SUCCESS_STATUS
+
+
+def _event_costs(pp: PlanPricing, dimensions: Mapping[str, Any], measurements: Mapping[str, int],
+                 after: dict[UsageKey, int], updates: dict[UsageKey, int]) -> dict[str, tuple[int, str, int]]:
+    """metric -> (cost micros, cost key, its cumulative after) of each measured metric with a
+    non-zero unit cost; moves the cost keys' cumulatives in `after` and `updates`."""
+    out = {}
+    for metric, q in measurements.items():
+        mc = pp.costs.get(metric)
+        if mc is None or not q:
+            continue
+        key, n, d = mc.entry(dimensions)
+        if not n:
+            continue  # costs nothing: no cumulative to keep
+        ck = (cost.COST_CHARGE, key)
+        a = after.get(ck, 0)
+        b = a + q
+        after[ck] = updates[ck] = b
+        out[metric] = (cost.micros(b, n, d) - cost.micros(a, n, d), key, b)
+    return out
+
+
 # --------------------------------------------------------------------------- close and batch
 
 
@@ -315,6 +351,8 @@ def _billed_keys(plan: Plan, cumulative: Mapping[UsageKey, int]) -> dict[str, li
     out: dict[str, list[tuple[str, int]]] = {}
     for (cid, dim_key), q in cumulative.items():
         c = charges.get(cid)
+        if c is None and cid == cost.COST_CHARGE:
+            continue  # a cost cumulative: never billed (cost.batch_lines prices it)
         if c is None or c.model not in USAGE_MODELS:
             raise StateError(f"usage key ({cid!r}, {dim_key!r}): no usage charge {cid!r} in plan {plan.id!r}")
         if isinstance(q, bool) or not isinstance(q, int) or q < 0:
@@ -412,3 +450,9 @@ def rate_period(plan: Plan, totals: Mapping[UsageKey, int]) -> list[ChargeLine]:
             if base:
                 lines.append(_percentage_line(c, 0, base, open_[c.id]))
     return lines + close_period(plan, totals)
+
+
+def rate_period_costs(totals: Mapping[UsageKey, int]) -> list[ChargeLine]:
+    """Batch costs: one "cost" line per cost key of the period's totals (amount 0, cost_micros);
+    their sum equals the per-event costs of any events with these totals (cost.batch_lines)."""
+    return cost.batch_lines(totals)
