@@ -84,6 +84,9 @@ class Charge:
     minimum: Decimal = Decimal(0)  # percentage: minimum per period
     base_charges: tuple[str, ...] = ()  # percentage: ids of the charges it is a percentage of
     metered: tuple[str, ...] = ()  # composite: metrics metered for cost/margin, not billed
+    # included: `rollover: {max_units: N}`, the most unused included units of each usage key
+    # carried into the next period (tollgate.rating.rollover); None: no rollover
+    rollover_max_units: int | None = None
 
     def pricing_for(self, dimensions: dict[str, Any]) -> Pricing:
         for o in self.overrides:
@@ -135,6 +138,12 @@ class Plan:
     # alerts: the customers' default alert settings (tollgate.alert_rules; overridable per customer)
     alerts: AlertSettings = ALERT_DEFAULTS
     document: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def has_rollover(self) -> bool:
+        """Whether any charge carries unused included units over (the rater reads carried-in
+        units only for such plans)."""
+        return any(c.rollover_max_units is not None for c in self.charges)
 
     def max_quantity(self, metric: str) -> int:
         """The most units of `metric` one usage event may carry (beyond: refused, never billed)."""
@@ -296,6 +305,10 @@ def _parse_charges(raw: Any) -> tuple[Charge, ...]:
         kw: dict[str, Any] = {}
         if model in ("per_unit", "graduated", "volume", "included", "composite"):
             kw["pricing"] = _parse_pricing(c, model, f)
+            for j, o in enumerate(c.get("overrides") or []):
+                if isinstance(o, dict) and "rollover" in o:
+                    raise PlanError(f"{f}.overrides[{j}].rollover",
+                                    "set rollover on the charge: it applies to each of its usage keys")
             kw["overrides"] = tuple(
                 Override(
                     match={str(k): str(v) for k, v in _mapping(o.get("match"), f"{f}.overrides[{j}].match", True).items()},
@@ -313,10 +326,23 @@ def _parse_charges(raw: Any) -> tuple[Charge, ...]:
                 if b not in {o.id for o in out}:
                     raise PlanError(f"{f}.base_charges[{j}]", f"no earlier charge {b!r}")
             kw["base_charges"] = bases
+        if "rollover" in c:
+            kw["rollover_max_units"] = _rollover(c["rollover"], model, f)
         if model == "composite":
             kw["metered"] = tuple(_ident(m, f"{f}.metered[{j}]") for j, m in enumerate(_list(c.get("metered", []), f"{f}.metered")))
         out.append(Charge(id=cid, model=model, metric=metric, **kw))
     return tuple(out)
+
+
+def _rollover(raw: Any, model: str, f: str) -> int:
+    """`rollover: {max_units: N}` (included charges only): N >= 1 whole units per usage key."""
+    if model != "included":
+        raise PlanError(f"{f}.rollover", "only an included charge carries unused units over")
+    r = _mapping(raw, f"{f}.rollover", True)
+    for name in r:
+        if name != "max_units":
+            raise PlanError(f"{f}.rollover.{name}", "unknown field; expected max_units")
+    return _int(r.get("max_units"), f"{f}.rollover.max_units", 1)
 
 
 def _pricing_defaults(c: dict) -> dict:
