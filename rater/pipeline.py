@@ -52,7 +52,6 @@ from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
 from tollgate.plans import Plan
 from tollgate.rating.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
-from tollgate.rating.pricing.engine import NO_CARRY
 from tollgate.rating.stages.pipeline import run_event
 
 log = logging.getLogger(__name__)
@@ -554,7 +553,7 @@ class Pipeline:
                             spend_cap_micros=c.spend_cap_micros, wallet_available_micros=wallets.get(c.id, 0),
                             wallet_paid_micros=so_far[0] if so_far else None,
                             invoice_due_micros=so_far[1] if so_far else None,
-                            carried_in=carried.get(key, NO_CARRY) if carried else NO_CARRY)
+                            carried_in=carried.get(key) if carried else None)
         except Exception as err:  # pricing is pure: the same event fails the same way every time
             if not isinstance(err, RatingError):
                 log.exception("rating event %s failed", e.id)

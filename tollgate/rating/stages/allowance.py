@@ -7,7 +7,7 @@ included.split, and leaves the measurements unchanged so nothing is priced twice
 from __future__ import annotations
 
 from tollgate.rating.pricing import included
-from tollgate.rating.pricing.engine import pricing_carried
+from tollgate.rating.pricing.engine import pricing_carried, pricing_for_key
 from tollgate.rating.stages.context import Allowance, RatingContext
 
 
@@ -27,7 +27,8 @@ def run(ctx: RatingContext) -> RatingContext:
         else:  # close, rollover: no usage moves
             continue
         for dim_key, a, q in moves:
-            pricing = pricing_carried(c, dim_key, ctx.carried_in)  # units carried in add to the quota
+            # units carried in add to the quota of their key
+            pricing = pricing_carried(c, dim_key, ctx.carried_in) if ctx.carried_in else pricing_for_key(c, dim_key)
             inc, over = included.split(pricing, a, a + q)
             out.append(Allowance(c.id, dim_key, c.metric, inc, over, included.remaining(pricing, a + q)))
     ctx.allowances = tuple(out)

@@ -50,10 +50,11 @@ class RatingContext:
     wallet_paid_micros: int | None = None
     invoice_due_micros: int | None = None
     # Rollover (tollgate.rating.rollover): units of included quota carried into this period from
-    # the one before, per usage key of an included charge; they raise that key's quota.
-    carried_in: Mapping[UsageKey, int] = field(default_factory=lambda: NO_CARRY)
+    # the one before, per usage key of an included charge; they raise that key's quota. None (or
+    # empty): none carried in.
+    carried_in: Mapping[UsageKey, int] | None = None
     # rollover mode: what the period's events so far were rated with
-    carried_in_before: Mapping[UsageKey, int] = field(default_factory=lambda: NO_CARRY)
+    carried_in_before: Mapping[UsageKey, int] | None = None
 
     # Filled by the stages.
     allowances: tuple[Allowance, ...] = ()
@@ -70,6 +71,11 @@ class RatingContext:
     tax_micros: int = 0  # tax
     wallet_micros: int = 0  # route: to debit from the prepaid wallet (negative: credit)
     invoice_micros: int = 0  # route: to put on the period's invoice
+
+    @property
+    def carried(self) -> Mapping[UsageKey, int]:
+        """carried_in, as the engine takes it (NO_CARRY, compared by identity, for none)."""
+        return self.carried_in or NO_CARRY
 
     @property
     def charges_micros(self) -> int:

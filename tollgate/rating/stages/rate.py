@@ -13,19 +13,19 @@ from tollgate.rating.stages.context import RatingContext
 
 def run(ctx: RatingContext) -> RatingContext:
     if ctx.mode == "event":
-        ev = engine.rate_event(ctx.plan, ctx.dimensions, ctx.measurements, ctx.cumulative, ctx.carried_in)
+        ev = engine.rate_event(ctx.plan, ctx.dimensions, ctx.measurements, ctx.cumulative, ctx.carried)
         before = ev.subtotal_before_micros
         lines, after, updates = ev.lines, ev.cumulative, ev.updates
     elif ctx.mode == "close":
-        before = engine.period_subtotal(ctx.plan, ctx.cumulative, carried=ctx.carried_in)
-        lines = tuple(engine.close_period(ctx.plan, ctx.cumulative, ctx.carried_in))
+        before = engine.period_subtotal(ctx.plan, ctx.cumulative, carried=ctx.carried)
+        lines = tuple(engine.close_period(ctx.plan, ctx.cumulative, ctx.carried))
         after, updates = dict(ctx.cumulative), {}
     elif ctx.mode == "batch":
         before = 0
-        lines = tuple(engine.rate_period(ctx.plan, ctx.cumulative, ctx.carried_in))
+        lines = tuple(engine.rate_period(ctx.plan, ctx.cumulative, ctx.carried))
         after, updates = dict(ctx.cumulative), {}
     elif ctx.mode == "rollover":  # no usage moves: the period so far repriced with the new quota
-        credit, before, _ = engine.carry_credit(ctx.plan, ctx.cumulative, ctx.carried_in_before, ctx.carried_in)
+        credit, before, _ = engine.carry_credit(ctx.plan, ctx.cumulative, ctx.carried_in_before or {}, ctx.carried)
         lines, after, updates = tuple(credit), dict(ctx.cumulative), {}
     else:
         raise ValueError(f"unknown mode {ctx.mode!r}")
