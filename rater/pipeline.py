@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollups
+from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollovers, rollups
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
@@ -335,6 +335,7 @@ class Pipeline:
         # re-price the customer's period once per transaction (~2 µs per event). Never trusted
         # otherwise: another rater's or a rolled-back write shows as different quantities.
         self._cumulatives: dict[tuple[str, str], Cumulatives] = {}
+        self._carried = rollovers.CarriedIn()  # units carried into periods (rollover plans only)
 
     async def process_raw(self, raws: Sequence[bytes], *, now: float | None = None,
                           record_dead: bool = True) -> BatchResult:
@@ -491,6 +492,9 @@ class Pipeline:
         try:
             async with conn.transaction():
                 cums = await ledger.read_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
+                # Units carried into the period (rollover): read only for plans that have it.
+                carried = await self._carried.load(conn, {(e.customer.id, e.period): e.customer.plan for e in new
+                                                          if e.kind == "usage" and e.customer.plan.has_rollover})
                 seqs = await ledger.last_seqs(conn, {e.customer.id for e in new if e.kind == "usage"})
                 behind = [c for c in wallets if seqs.get(c, 0) > marks[c]]
                 if behind:  # a dead rater's committed events: their debits count before routing
@@ -513,7 +517,7 @@ class Pipeline:
                             rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
                             part.fail_open += 1
                         else:
-                            self._rate(e, cums, wallets, seqs, rows, lines, changed, part, routed, needed)
+                            self._rate(e, cums, carried, wallets, seqs, rows, lines, changed, part, routed, needed)
                     if not needed:
                         break
                     routed = await ledger.routed_so_far(conn, needed)
@@ -545,7 +549,7 @@ class Pipeline:
                 res.add_dead(i, d)
         return rows
 
-    def _rate(self, e: Event, cums, wallets: dict[str, int], seqs: dict[str, int], rows, lines, changed,
+    def _rate(self, e: Event, cums, carried, wallets: dict[str, int], seqs: dict[str, int], rows, lines, changed,
               res: BatchResult, routed: dict[tuple[str, str], list[int]], needed: set[tuple[str, str]]) -> None:
         c = e.customer
         key = (c.id, e.period)
@@ -556,7 +560,8 @@ class Pipeline:
             ctx = run_event(c.plan, dims, e.measurements, cums[key], billing_mode=c.billing_mode,
                             spend_cap_micros=c.spend_cap_micros, wallet_available_micros=wallets.get(c.id, 0),
                             wallet_paid_micros=so_far[0] if so_far else None,
-                            invoice_due_micros=so_far[1] if so_far else None)
+                            invoice_due_micros=so_far[1] if so_far else None,
+                            carried_in=carried.get(key) if carried else None)
         except Exception as err:  # pricing is pure: the same event fails the same way every time
             if not isinstance(err, RatingError):
                 log.exception("rating event %s failed", e.id)

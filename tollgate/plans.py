@@ -92,6 +92,9 @@ class Charge:
     # usage models: False = an event whose properties.status is set and is not "success" is not
     # billed by this charge (its metrics still carry their cost: tollgate.rating.pricing.engine)
     bill_failed: bool = True
+    # included: `rollover: {max_units: N}`, the most unused included units of each usage key
+    # carried into the next period (tollgate.rating.rollover); None: no rollover
+    rollover_max_units: int | None = None
 
     @cached_property
     def override_index(self) -> OverrideIndex:
@@ -173,6 +176,12 @@ class Plan:
     costs: tuple[MetricCost, ...] = ()
     cost_catalog: str | None = None
     document: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def has_rollover(self) -> bool:
+        """Whether any charge carries unused included units over (the rater reads carried-in
+        units only for such plans)."""
+        return any(c.rollover_max_units is not None for c in self.charges)
 
     def max_quantity(self, metric: str) -> int:
         """The most units of `metric` one usage event may carry (beyond: refused, never billed)."""
@@ -390,6 +399,10 @@ def _parse_charges(raw: Any) -> tuple[Charge, ...]:
         kw: dict[str, Any] = {}
         if model in USAGE_CHARGE_MODELS:
             kw["pricing"] = _parse_pricing(c, model, f)
+            for j, o in enumerate(c.get("overrides") or []):
+                if isinstance(o, dict) and "rollover" in o:
+                    raise PlanError(f"{f}.overrides[{j}].rollover",
+                                    "set rollover on the charge: it applies to each of its usage keys")
             kw["overrides"] = tuple(
                 Override(
                     match=_match(o.get("match"), f"{f}.overrides[{j}].match"),
@@ -413,6 +426,8 @@ def _parse_charges(raw: Any) -> tuple[Charge, ...]:
                 if b not in {o.id for o in out}:
                     raise PlanError(f"{f}.base_charges[{j}]", f"no earlier charge {b!r}")
             kw["base_charges"] = bases
+        if "rollover" in c:
+            kw["rollover_max_units"] = _rollover(c["rollover"], model, f)
         if model == "composite":
             kw["metered"] = tuple(_ident(m, f"{f}.metered[{j}]") for j, m in enumerate(_list(c.get("metered", []), f"{f}.metered")))
         out.append(Charge(id=cid, model=model, metric=metric, **kw))
@@ -432,6 +447,17 @@ def _prices_by(c: dict, model: str, f: str) -> tuple[Override, ...]:
         body = dict(_mapping(p, pf, True)) if isinstance(p, dict) else {"unit_price": p}
         out.append(Override({dim: v}, _parse_pricing({**_pricing_defaults(c), **body}, model, pf)))
     return tuple(out)
+
+
+def _rollover(raw: Any, model: str, f: str) -> int:
+    """`rollover: {max_units: N}` (included charges only): N >= 1 whole units per usage key."""
+    if model != "included":
+        raise PlanError(f"{f}.rollover", "only an included charge carries unused units over")
+    r = _mapping(raw, f"{f}.rollover", True)
+    for name in r:
+        if name != "max_units":
+            raise PlanError(f"{f}.rollover.{name}", "unknown field; expected max_units")
+    return _int(r.get("max_units"), f"{f}.rollover.max_units", 1)
 
 
 def _pricing_defaults(c: dict) -> dict:

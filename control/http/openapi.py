@@ -170,18 +170,27 @@ _SCHEMAS["Margin"] = _obj(
 _SCHEMAS["CostCatalog"] = _obj(["id", "name", "currency", "version", "updated_at", "document"], id=_ID,
                                name={"type": "string"}, currency={"type": "string"}, version=_INT,
                                updated_at=_TIME, document={"type": "object"})
+_UNITS = {"type": "string", "pattern": "^[0-9]+$"}
 _LINE = _obj(["kind", "description", "amount"], kind={"type": "string"}, description={"type": "string"},
              charge_id=_STR_OR_NULL, metric=_STR_OR_NULL, dimension_key=_STR_OR_NULL,
              quantity={"type": "string"}, amount=_MONEY_OUT)
 _SCHEMAS["Preview"] = _obj(
     ["customer_id", "period", "period_start", "period_end", "plan_id", "currency", "billing_mode", "lines", "subtotal",
-     "discount", "tax", "total", "spend_to_date", "close", "minimum_commit", "projected_commit_true_up", "balance",
-     "tier", "next_tier"],
+     "discount", "tax", "total", "spend_to_date", "close", "allowances", "minimum_commit", "projected_commit_true_up",
+     "balance", "tier", "next_tier"],
     customer_id=_ID, period={"type": "string"}, period_start=_TIME, period_end=_TIME, plan_id=_ID,
     currency={"type": "string"}, billing_mode={"enum": list(BILLING_MODES)}, lines={"type": "array", "items": _LINE},
     subtotal=_MONEY_OUT, discount=_MONEY_OUT, tax=_MONEY_OUT, total=_MONEY_OUT, spend_to_date=_MONEY_OUT,
     close=_obj(["lines", "commit_true_up", "total"], lines={"type": "array", "items": _LINE},
                commit_true_up=_MONEY_OUT, total=_MONEY_OUT),
+    allowances={"type": "array", "description": "Each included charge's quota per dimension key: the plan's units "
+                "plus those carried in by rollover (units as decimal strings); carried_out: what the period would "
+                "carry into the next if it closed now (null: the charge has no rollover).",
+                "items": _obj(["charge_id", "metric", "dimension_key", "included_units", "carried_in", "allowance",
+                               "used", "remaining", "carried_out"],
+                              charge_id=_ID, metric={"type": "string"}, dimension_key={"type": "string"},
+                              included_units=_UNITS, carried_in=_UNITS, allowance=_UNITS, used=_UNITS,
+                              remaining=_UNITS, carried_out={"anyOf": [{"type": "null"}, _UNITS]})},
     minimum_commit=_MONEY_OUT, projected_commit_true_up=_MONEY_OUT, balance=_ref("Wallet"), tier={"type": "string"},
     next_tier={"anyOf": [{"type": "null"}, _obj(["name", "threshold", "remaining"], name={"type": "string"},
                                                 threshold=_MONEY_OUT, remaining=_MONEY_OUT)]})

@@ -6,6 +6,7 @@ the ledger) by the same pure stages the rater and the close run (tollgate.rating
 run_batch gives the whole period's lines and totals, which by the real-time = batch identity equal
 the ledger so far plus the close; run_close gives what the close itself would add (flat fees,
 minimums, the commit true-up, and their discount and tax). Spend so far = batch - close.
+Both with the units carried into the period by rollover, which `allowances` shows per key.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from tollgate.invoices import describe
 from tollgate.money import format_micros
 from tollgate.periods import period_bounds, period_of
 from tollgate.rating.negotiated import effective_plan
+from tollgate.rating.rollover import allowances, applicable
 from tollgate.rating.stages.pipeline import run_batch, run_close
+from tollgate.rollovers import read as read_carried
 from tollgate.tiers import tier_index, tier_reached
 
 # Invoice line order, as the close writes it (rater.periods).
@@ -36,11 +39,13 @@ async def preview(db: asyncpg.Pool, redis: Redis, customer_id: str, now: float |
         cumulative = {(r["charge_id"], r["dimension_key"]): r["quantity"] for r in await conn.fetch(
             "SELECT charge_id, dimension_key, quantity FROM rating_cumulatives WHERE customer_id = $1 AND period = $2",
             customer_id, period)}
+        # Units carried in by rollover: part of the quota the period is rated with.
+        carried = applicable(plan, (await read_carried(conn, [(customer_id, period)]))[(customer_id, period)][0])
     wallet = await balances(db, redis, customer_id, plan)
     mode = row["billing_mode"]
     tier = plan.tier(row["tier"])
     cap = plan.limits_for_tier(tier)[2] if row["spend_cap_micros"] is None else int(row["spend_cap_micros"] * tier.multiplier)
-    options = {"billing_mode": mode, "spend_cap_micros": None if cap < 0 else cap}
+    options = {"billing_mode": mode, "spend_cap_micros": None if cap < 0 else cap, "carried_in": carried}
     batch = run_batch(plan, cumulative, **options)
     close = run_close(plan, cumulative, **options)
 
@@ -74,6 +79,12 @@ async def preview(db: asyncpg.Pool, redis: Redis, customer_id: str, now: float |
                              "amount": format_micros(ln.amount_micros)} for ln in close.lines],
                   "commit_true_up": format_micros(close.commit_true_up_micros),
                   "total": format_micros(close.total_micros)},
+        # Included quotas per charge and key: the plan's units plus those carried in, used, left,
+        # and what a rollover charge would carry into the next period if it closed now.
+        "allowances": [{**a, **{k: str(a[k]) for k in ("included_units", "carried_in", "allowance", "used",
+                                                        "remaining")},
+                        "carried_out": None if a["carried_out"] is None else str(a["carried_out"])}
+                       for a in allowances(plan, cumulative, carried)],
         "minimum_commit": format_micros(plan.minimum_commit_micros),
         "projected_commit_true_up": format_micros(batch.commit_true_up_micros),
         "balance": wallet,
