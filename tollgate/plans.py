@@ -18,6 +18,7 @@ import yaml
 from tollgate.alert_rules import DEFAULTS as ALERT_DEFAULTS
 from tollgate.alert_rules import AlertSettings, AlertSettingsError, parse_settings
 from tollgate.keys import ID_PATTERN
+from tollgate.margin_guard import GuardRule, GuardRuleError, check_outcomes, parse_rules
 from tollgate.money import MoneyError, parse_decimal, to_micros, to_micros_ceil
 from tollgate.periods import MAX_ANCHOR_DAY
 
@@ -134,6 +135,8 @@ class Plan:
     max_quantity_default: int = DEFAULT_MAX_QUANTITY_PER_EVENT
     # alerts: the customers' default alert settings (tollgate.alert_rules; overridable per customer)
     alerts: AlertSettings = ALERT_DEFAULTS
+    # margin_guard: the customers' default Margin Guard rules (tollgate.margin_guard; a customer's own list replaces them)
+    margin_guard: tuple[GuardRule, ...] = ()
     document: dict = field(default_factory=dict, compare=False, repr=False)
 
     def max_quantity(self, metric: str) -> int:
@@ -143,6 +146,11 @@ class Plan:
     @cached_property
     def _max_quantity(self) -> dict[str, int]:
         return dict(self.max_quantity_per_event)
+
+    @cached_property
+    def outcome_prices(self) -> dict[str, int]:
+        """Each composite charge's base unit price in micros (what a session_cost guard compares to)."""
+        return {c.id: to_micros(c.pricing.max_unit_price()) for c in self.charges if c.model == "composite"}
 
     def tier(self, name: str) -> SpendTier:
         for t in self.tiers:
@@ -220,6 +228,7 @@ def parse_plan(doc: Any) -> Plan:
         max_quantity_default=max_quantity.pop("default", DEFAULT_MAX_QUANTITY_PER_EVENT),
         max_quantity_per_event=tuple(sorted(max_quantity.items())),
         alerts=_alerts(doc.get("alerts")),
+        margin_guard=guard_rules(doc.get("margin_guard"), charges),
         document=doc,
     )
 
@@ -231,6 +240,16 @@ def _anchor_day(raw: Any) -> int:
     if day > MAX_ANCHOR_DAY:
         raise PlanError("billing_period.anchor_day", f"must be <= {MAX_ANCHOR_DAY} (every month has that day)")
     return day
+
+
+def guard_rules(raw: Any, charges: tuple[Charge, ...]) -> tuple[GuardRule, ...]:
+    """Margin Guard rules valid for these charges (a plan's own, or a customer's under its plan)."""
+    try:
+        rules = parse_rules(raw)
+        check_outcomes(rules, {c.id for c in charges if c.model == "composite"})
+    except GuardRuleError as e:
+        raise PlanError(e.field, e.message) from None
+    return rules
 
 
 def _alerts(raw: Any) -> AlertSettings:
