@@ -19,6 +19,7 @@ from tollgate.alert_rules import DEFAULTS as ALERT_DEFAULTS
 from tollgate.alert_rules import AlertSettings, AlertSettingsError, parse_settings
 from tollgate.keys import ID_PATTERN
 from tollgate.matching import OverrideIndex
+from tollgate.margin_guard import GuardRule, GuardRuleError, check_outcomes, parse_rules
 from tollgate.money import MoneyError, parse_decimal, to_micros, to_micros_ceil
 from tollgate.periods import MAX_ANCHOR_DAY
 
@@ -175,6 +176,8 @@ class Plan:
     # (tollgate.cost_catalogs.with_catalog): a metric the plan lists wins over the catalog's.
     costs: tuple[MetricCost, ...] = ()
     cost_catalog: str | None = None
+    # margin_guard: the customers' default Margin Guard rules (tollgate.margin_guard; a customer's own list replaces them)
+    margin_guard: tuple[GuardRule, ...] = ()
     document: dict = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
@@ -190,6 +193,11 @@ class Plan:
     @cached_property
     def _max_quantity(self) -> dict[str, int]:
         return dict(self.max_quantity_per_event)
+
+    @cached_property
+    def outcome_prices(self) -> dict[str, int]:
+        """Each composite charge's base unit price in micros (what a session_cost guard compares to)."""
+        return {c.id: to_micros(c.pricing.max_unit_price()) for c in self.charges if c.model == "composite"}
 
     def tier(self, name: str) -> SpendTier:
         for t in self.tiers:
@@ -267,6 +275,7 @@ def parse_plan(doc: Any) -> Plan:
         alerts=_alerts(doc.get("alerts")),
         costs=costs,
         cost_catalog=None if catalog is None else _ident(catalog, "cost_catalog"),
+        margin_guard=guard_rules(doc.get("margin_guard"), charges),
         document=doc,
     )
 
@@ -334,6 +343,16 @@ def _anchor_day(raw: Any) -> int:
     if day > MAX_ANCHOR_DAY:
         raise PlanError("billing_period.anchor_day", f"must be <= {MAX_ANCHOR_DAY} (every month has that day)")
     return day
+
+
+def guard_rules(raw: Any, charges: tuple[Charge, ...]) -> tuple[GuardRule, ...]:
+    """Margin Guard rules valid for these charges (a plan's own, or a customer's under its plan)."""
+    try:
+        rules = parse_rules(raw)
+        check_outcomes(rules, {c.id for c in charges if c.model == "composite"})
+    except GuardRuleError as e:
+        raise PlanError(e.field, e.message) from None
+    return rules
 
 
 def _alerts(raw: Any) -> AlertSettings:

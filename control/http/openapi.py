@@ -534,6 +534,45 @@ _ERRORS = {k: {"409": "Conflict: archived, already in that state, or a plan chan
            for k in _QUERY if k[0] != "GET" and _IF_MATCH in _QUERY[k]}
 
 
+# Margin Guard (control.margin_guard): rules and trips, the operator's reset.
+_PERCENT = {"type": ["string", "integer"], "description": "A percent: a decimal string or an integer."}
+_GUARD_RULE = {"type": "object", "description": "A Margin Guard rule (tollgate.margin_guard): `when` session_cost "
+               "(percent_of_outcome + outcome, or max_cost) or period_margin (below_percent, min_revenue); `action` "
+               "deny | alert; `stop` session | agent | customer.", "required": ["id", "when"],
+               "properties": {"id": _ID, "when": {"enum": ["session_cost", "period_margin"]},
+                              "action": {"enum": ["deny", "alert"]}, "stop": {"enum": ["session", "agent", "customer"]},
+                              "percent_of_outcome": _PERCENT, "outcome": _ID, "max_cost": _MONEY_IN,
+                              "below_percent": _PERCENT, "min_revenue": _MONEY_IN}}
+_SCHEMAS["MarginGuardRule"] = _GUARD_RULE
+_SCHEMAS["MarginGuardTrip"] = _obj(
+    ["id", "rule_id", "subject", "action", "period", "detail", "tripped_at", "reset_at", "reset_by", "active"],
+    id={"type": "string"}, rule_id={"type": "string"}, subject={"type": "string", "description": "customer, team:<id>, "
+    "app:<id>, key:<id> or session:<id>: what the next /v1/check is denied for (action deny)"},
+    action={"enum": ["deny", "alert"]}, period={"type": "string"}, detail={"type": "object"},
+    tripped_at={"type": "string"}, reset_at={"type": ["string", "null"]}, reset_by={"type": ["string", "null"]},
+    active={"type": "boolean"})
+_SCHEMAS["CustomerMarginGuard"] = _obj(
+    ["customer_id", "plan_id", "source", "rules", "plan_rules", "trips"], customer_id=_ID, plan_id=_ID,
+    source={"enum": ["plan", "customer"]}, rules={"type": "array", "items": _ref("MarginGuardRule")},
+    plan_rules={"type": "array", "items": _ref("MarginGuardRule")},
+    trips={"type": "array", "items": _ref("MarginGuardTrip")})
+for _m, _summary in (("GET", ("getMarginGuard", "A customer's Margin Guard rules (its own or its plan's) and trips, newest first.")),
+                     ("PUT", ("putMarginGuard", "Replace a customer's Margin Guard rules ([]: off).")),
+                     ("DELETE", ("deleteMarginGuard", "Drop a customer's own rules: its plan's apply again."))):
+    _SUMMARY[(_m, "/admin/customers/{id}/margin-guard")] = _summary
+    _OK_SCHEMAS[(_m, "/admin/customers/{id}/margin-guard")] = {"200": _ref("CustomerMarginGuard")}
+_BODIES[("PUT", "/admin/customers/{id}/margin-guard")] = json_content(_obj(["rules"], rules={
+    "type": "array", "items": _ref("MarginGuardRule")}))
+_QUERY[("GET", "/admin/customers/{id}/margin-guard")] = [
+    {"name": "active", "in": "query", "schema": {"type": "boolean", "default": False}, "description": "Only trips not reset."}]
+_SUMMARY[("POST", "/admin/customers/{id}/margin-guard/reset")] = (
+    "resetMarginGuard", "Reset active trips: one (trip_id), all of a subject, or all; the next check passes again.")
+_OK_SCHEMAS[("POST", "/admin/customers/{id}/margin-guard/reset")] = {"200": _obj(
+    ["customer_id", "reset"], customer_id=_ID, reset={"type": "array", "items": _ref("MarginGuardTrip")})}
+_BODIES[("POST", "/admin/customers/{id}/margin-guard/reset")] = json_content(_obj(
+    [], trip_id={"type": "string", "pattern": "^mgt_"}, subject={"type": "string"}))
+
+
 def _operation(method: str, path: str) -> dict[str, Any]:
     op_id, summary = _SUMMARY[(method, path)]
     customer = path.startswith("/v1/customer/")  # the customer's own API key, not the admin token
