@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "control.accounts.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
     "control.read.commands",  # usage, preview, invoices, trace
     "control.credits.commands",  # wallets adjust, credits grant / list / expire / auto-recharge
+    "control.accounts.hierarchy_commands",  # teams, apps, keys limits, customers limits / tree
 ]
 
 EXIT_BAD_INPUT = 2
