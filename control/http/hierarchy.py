@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from control.accounts import api_keys, hierarchy
+from control.errors import InvalidInput
 from control.http.messages import Handler, json_object
 from control.http.read import _customer_of_key, _customer_scoped
 
@@ -50,7 +51,9 @@ async def update_key(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
 
 async def put_customer_limits(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
     body = await json_object(request, ("limits",))
-    return await hierarchy.set_customer_limits(db, redis, request.path_params["id"], body.get("limits"))
+    if "limits" not in body:
+        raise InvalidInput("limits", "required: the customer's limits ({} for none)")
+    return await hierarchy.set_customer_limits(db, redis, request.path_params["id"], body["limits"])
 
 
 async def customer_tree(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:

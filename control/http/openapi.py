@@ -145,7 +145,7 @@ _SCHEMAS["UsageRow"] = _obj(["bucket", "metric", "quantity", "amount", "events"]
                             quantity=_INT, amount=_MONEY_OUT, events=_INT,
                             dimensions={"type": "object", "additionalProperties": _STR_OR_NULL,
                                         "description": "The group_by dimensions' values (null: events without it)."},
-                            key_id=_STR_OR_NULL)
+                            key_id=_STR_OR_NULL, team_id=_STR_OR_NULL, app_id=_STR_OR_NULL)
 _SCHEMAS["Usage"] = _obj(["customer_id", "from", "to", "bucket", "group_by", "rows", "totals"],
                          customer_id=_ID, key_id=_ID, bucket={"enum": ["hour", "day"]},
                          group_by={"type": "array", "items": {"type": "string"}},
@@ -439,7 +439,8 @@ _USAGE_QUERY = [
     {"name": "bucket", "in": "query", "schema": {"enum": ["hour", "day"], "default": "day"},
      "description": "UTC hours or days; at most 93 days of hours, 1,098 of days."},
     {"name": "group_by", "in": "query", "schema": {"type": "string"}, "description": "Comma-separated dimension "
-     "names (event properties: model, tool, ...) and/or `key` (the API key); at most 4."},
+     "names (event properties: model, tool, ...) and/or `key`, `team`, `app` (the API key and its path in the "
+     "billing hierarchy); at most 4."},
     {"name": "metric", "in": "query", "schema": {"type": "string"}, "description": "Only this metric."},
 ]
 _INVOICE_PAGE = [{"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{6}$"},

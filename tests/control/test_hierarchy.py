@@ -297,6 +297,13 @@ async def test_tree_shows_each_level_with_its_limits_and_spend(client, pg, redis
     assert apps[agent]["keys"][0]["limits"] == {"tokens_per_minute": 1000}
     assert [(x["id"], x["spend"]) for x in tree["keys"]] == [(k3, "0.03")]
 
+    usage = (await client.get(f"/admin/customers/{tenant}/usage", params={"group_by": "team,app", "metric": "requests"},
+                              headers=AUTH)).json()
+    by_path: dict = {}
+    for row in usage["rows"]:
+        by_path[(row["team_id"], row["app_id"])] = by_path.get((row["team_id"], row["app_id"]), 0) + row["quantity"]
+    assert by_path == {(t, a): 2, (t, agent): 1, (None, None): 3}
+
     mine = await client.get("/v1/customer/tree", headers={"authorization": f"Bearer {key3}"})
     assert mine.status_code == 200 and mine.json() == tree
     assert (await client.get("/v1/customer/tree", headers={"authorization": "Bearer nope"})).status_code == 401
