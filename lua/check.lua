@@ -70,37 +70,48 @@ end
 local key_id = ARGV[7]
 local levels = {}  -- {name, field, rpm, tpm, cap, max in flight, KEYS index of its rate_requests, rate_tokens, spend}
 if #KEYS >= 15 then
-  local app, kind, team = ARGV[10] or '', ARGV[11] or 'app', ARGV[12] or ''
-  if kind == '' then kind = 'app' end
-  levels[1] = {'key', 'key:' .. key_id, false, false, false, false, 8, 9, 13}
-  if app ~= '' then
-    levels[2] = {kind, 'app:' .. app, false, false, false, false, 16, 17, 18}
-    levels[3] = {'team', 'team:' .. team, false, false, false, false, 19, 20, 21}
-  end
-  levels[#levels + 1] = {'customer', 'customer', false, false, false, false, 14, 15, false}
+  -- No tables and no unpack until a level has limits: the common case (no guard, no level limits)
+  -- costs the two HMGETs and nothing else.
+  local app, team = ARGV[10] or '', ARGV[12] or ''
+  local kf = 'key:' .. key_id
+  local af, tf = false, false
+  if app ~= '' then af, tf = 'app:' .. app, 'team:' .. team end
+  local kind = (app ~= '' and ARGV[11] ~= '' and ARGV[11]) or 'app'
   if not replay then  -- a replay of an earlier ALLOW still replays (as for suspended)
-    local fields, names = {}, {}
-    local session = ARGV[9] or ''
-    if session ~= '' then fields[1], names[1] = 'session:' .. session, 'session' end
-    for i = 1, #levels do fields[#fields + 1], names[#names + 1] = levels[i][2], levels[i][1] end
-    local g = redis.call('HMGET', KEYS[11], unpack(fields))
-    for i = 1, #fields do
-      if g[i] then return {0, 'margin_guard', '', 0, 0, 0, 0, false, tier, 0, 0, 0, 0, names[i]} end
+    -- the most specific set flag decides: session, key, app/agent, team, customer
+    local g
+    if af then
+      g = redis.call('HMGET', KEYS[11], 'session:' .. (ARGV[9] or ''), kf, af, tf, 'customer')
+    else
+      g = redis.call('HMGET', KEYS[11], 'session:' .. (ARGV[9] or ''), kf, 'customer')
+    end
+    if g[1] and (ARGV[9] or '') ~= '' then
+      return {0, 'margin_guard', '', 0, 0, 0, 0, false, tier, 0, 0, 0, 0, 'session'}
+    end
+    for i = 2, #g do
+      if g[i] then
+        local names = af and {'key', kind, 'team', 'customer'} or {'key', 'customer'}
+        return {0, 'margin_guard', '', 0, 0, 0, 0, false, tier, 0, 0, 0, 0, names[i - 1]}
+      end
     end
   end
-  local fields = {}
-  for i = 1, #levels do fields[i] = levels[i][2] end
-  local v = redis.call('HMGET', KEYS[10], unpack(fields))
-  local n = 0
-  for i = 1, #levels do
-    if v[i] then
-      local a, b, c, d = string.match(v[i], '^(%d*):(%d*):(%d*):(%d*)$')
-      local lv = levels[i]
-      lv[3], lv[4], lv[5], lv[6] = tonumber(a) or false, tonumber(b) or false, tonumber(c) or false, tonumber(d) or false
-      n = n + 1
+  local v
+  if af then v = redis.call('HMGET', KEYS[10], kf, af, tf, 'customer') else v = redis.call('HMGET', KEYS[10], kf, 'customer') end
+  if v[1] or v[2] or v[3] or v[4] then
+    levels[1] = {'key', kf, false, false, false, false, 8, 9, 13}
+    if af then
+      levels[2] = {kind, af, false, false, false, false, 16, 17, 18}
+      levels[3] = {'team', tf, false, false, false, false, 19, 20, 21}
+    end
+    levels[#levels + 1] = {'customer', 'customer', false, false, false, false, 14, 15, false}
+    for i = 1, #levels do
+      if v[i] then
+        local a, b, c, d = string.match(v[i], '^(%d*):(%d*):(%d*):(%d*)$')
+        local lv = levels[i]
+        lv[3], lv[4], lv[5], lv[6] = tonumber(a) or false, tonumber(b) or false, tonumber(c) or false, tonumber(d) or false
+      end
     end
   end
-  if n == 0 then levels = {} end  -- nothing set anywhere: exactly the checks of before
 end
 
 local lim = redis.call('HMGET', KEYS[1], 'rpm.' .. tier, 'tpm.' .. tier, 'cap.' .. tier)

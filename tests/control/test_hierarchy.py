@@ -5,7 +5,12 @@ enforcer put on the bus, expired by the sweeper, rebuilt from PostgreSQL into an
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import orjson
@@ -373,3 +378,34 @@ async def test_usage_carries_the_session_id_top_level(client, redis, enforcer, h
     assert r.status_code == 202
     mine = [e for e in await stream_events(redis, "usage") if e["customer_id"] == tenant]
     assert mine and all(e["session_id"] == "ses_42" for e in mine)  # at least once: a spooled copy may follow
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+async def test_cli_teams_apps_keys_and_tree(pg_dsn, redis_server, redis, tenant):
+    tollgate = str(Path(sys.executable).parent / "tollgate")
+    env = {**os.environ, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_REDIS_URL": redis_server.url}
+
+    def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
+        p = subprocess.run([tollgate, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == expect, (p.returncode, p.stdout, p.stderr)
+        assert "Traceback" not in p.stderr
+        return p
+
+    t = json.loads(cli("teams", "create", "--customer", tenant, "--name", "Ops", "--spend-cap", "500", "--json").stdout)
+    assert t["limits"] == {"spend_cap": "500.00"}
+    a = json.loads(cli("apps", "create", "--customer", tenant, "--team", t["id"], "--kind", "agent", "--name", "Bot",
+                       "--max-in-flight", "4", "--json").stdout)
+    assert (a["kind"], a["limits"]) == ("agent", {"max_in_flight": 4})
+    assert await redis.hget(CustomerKeys(tenant).limits, f"app:{a['id']}") == b":::4"
+    out = cli("keys", "create", "--customer", tenant, "--app", a["id"], "--rpm", "10").stdout
+    assert f"(app {a['id']})" in out and "tg_live_" in out
+    cli("teams", "update", t["id"], "--no-limits")
+    assert await redis.hget(CustomerKeys(tenant).limits, f"team:{t['id']}") is None
+    tree = cli("customers", "tree", tenant).stdout
+    assert f"agent {a['id']} Bot: spend 0.00" in tree and "requests_per_minute 10" in tree
+    err = cli("apps", "create", "--customer", tenant, "--team", "team_nope", "--name", "x", expect=2).stderr
+    assert "team_id" in err
+    err = cli("teams", "create", "--customer", tenant, "--name", "x", "--rpm", "-1", expect=2).stderr
+    assert "limits.requests_per_minute" in err
