@@ -38,6 +38,8 @@ class KeyPaths:
         rows = await conn.fetch(
             "SELECT k.id, k.app_id, a.team_id, k.limits FROM api_keys k LEFT JOIN apps a ON a.id = k.app_id"
             " WHERE k.id = ANY($1::text[])", missing)
+        for k in missing:  # a key PostgreSQL does not know has no path: not asked again for ttl_s
+            self._paths[k] = (now + self.ttl_s, NO_PATH)
         for r in rows:
             levels = limits.spend_levels(r["id"], r["app_id"], r["team_id"], limits.loads(r["limits"]))
             expires = float("inf") if r["app_id"] else now + self.ttl_s
