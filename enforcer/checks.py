@@ -35,6 +35,10 @@ _DEGRADED = (b"x-tollgate-degraded", b"fail-open")
 _REPLAYED = (b"x-tollgate-replayed", b"true")
 _ALLOW = {r: metrics.decision_counter("ALLOW", r) for r in ("ok", "fail_open")}
 _DENY = {r: metrics.decision_counter("DENY", r) for r in metrics.REASONS[1:-1]}
+# DENYs that waiting cannot cure: no Retry-After whatever the script says (money, suspension, a guard)
+_NO_RETRY = frozenset(("insufficient_balance", "spend_cap", "suspended", "margin_guard"))
+# Replies that stop before the limits are read: they carry none (the last seen stay for fail-open headers)
+_NO_LIMITS = frozenset(("suspended", "margin_guard"))
 _FAIL_OPEN_REMAINING = {"requests": None, "tokens": None, "balance": None, "spend_cap": None}
 
 
@@ -79,18 +83,19 @@ class CheckEndpoint:
             request_id = v.req_str(doc, "request_id")
             dims = v.dimensions(doc)
             est = v.estimate(doc)
+            session_id = v.session_id(doc)
         except v.BadRequest as e:
             metrics.BAD_REQUESTS.labels(str(e.status)).inc()
             return await send_error(send, e)
         try:
-            status, headers, body = await self.decide(key, request_id, dims, est)
+            status, headers, body = await self.decide(key, request_id, dims, est, session_id)
         except Exception:  # a bug here must not block traffic: fail open, loudly
             log.exception("check failed")
             status, headers, body = self.fail_open("internal", api_key_hash(key), None, request_id, dims, est)
         await send_json(send, status, body, headers)
         metrics.CHECK_LATENCY.observe(time.perf_counter() - t0)
 
-    async def decide(self, key: str, request_id: str, dims: dict, est: dict[str, int]):
+    async def decide(self, key: str, request_id: str, dims: dict, est: dict[str, int], session_id: str | None = None):
         e = self.e
         key_hash = api_key_hash(key)
         info = await e.keys.resolve(key_hash)
@@ -107,10 +112,10 @@ class CheckEndpoint:
         tokens = est.get("input_tokens", 0) + est.get("output_tokens", 0)
         hold_id = "hold_" + e.ids.next()
         period = self.period.now(plan.billing_anchor_day)  # the customer's plan's billing period
-        keys = (*info.fixed_keys, info.spend_prefix + period, info.req_prefix + request_id, *info.rate_keys)
+        keys = info.check_keys(period, request_id)
         # check.lua acts only until we give up waiting for it (in Redis's clock): a late run places nothing
         argv = (hold_id, est["requests"], tokens, cost, plan.hold_ttl_seconds * 1000, e.idempotency_ttl_ms, info.key_id,
-                e.redis_clock.deadline_ms(e.give_up_s))
+                e.redis_clock.deadline_ms(e.give_up_s), session_id or "", *info.path_argv)
         r = await e.guard.evalsha(e.script.sha, e.script.source, keys, argv)
         if type(r) is Failure:
             return self.fail_open(r.cause, key_hash, info, request_id, dims, est)
@@ -118,23 +123,31 @@ class CheckEndpoint:
             metrics.SCRIPT_ERRORS.inc()
             log.error("check.lua failed for %s: %s", info.customer_id, r)
             return self.fail_open("script_error", key_hash, info, request_id, dims, est)
-        allowed, reason, hold, retry_ms, rem_r, rem_t, balance, cap_left, tier, rpm, tpm, reset_ms, replayed = r
+        allowed, reason, hold, retry_ms, rem_r, rem_t, balance, cap_left, tier, rpm, tpm, reset_ms, replayed, level = r
         if reason == "not_provisioned":  # the key exists but its customer was never projected
             log.error("customer %s has no cfg in Redis: failing open", info.customer_id)
             return self.fail_open("not_provisioned", key_hash, info, request_id, dims, est)
         if reason == "expired":  # Redis ran it past its deadline, so it wrote nothing
             return self.fail_open("expired", key_hash, info, request_id, dims, est)
-        if reason != "suspended":  # a suspended customer's reply carries no limits (check.lua stops first)
+        if reason not in _NO_LIMITS:  # those replies carry no limits (check.lua stops first)
             info.limits = (rpm, tpm)
-        body = orjson.dumps({
+        no_retry = reason in _NO_RETRY
+        if no_retry:
+            retry_ms = 0
+        answer = {
             "decision": "ALLOW" if allowed else "DENY", "reason": reason, "hold_id": hold or None,
             "retry_after_ms": max(retry_ms, 0),
             "remaining": {"requests": rem_r, "tokens": rem_t, "balance": format_micros(balance),
                           "spend_cap": None if cap_left is None else format_micros(cap_left)},
             "tier": tier,
-        })
+        }
+        if level:  # the level of the hierarchy that decided a DENY: key, app, agent, team, customer, session
+            answer["level"] = level
+        body = orjson.dumps(answer)
         headers = rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
         headers.append((b"x-tollgate-reason", reason.encode()))
+        if level:
+            headers.append((b"x-tollgate-level", level.encode()))
         if hold:  # for gateways that see only headers (nginx auth_request): the usage report names it
             headers.append((b"x-tollgate-hold-id", hold.encode()))
         if replayed:  # a retry of an allowed request id: its hold, nothing charged again
@@ -147,13 +160,14 @@ class CheckEndpoint:
             _DENY[reason].inc()
             status = 429
             event_id = f"{event_id}_{e.ids.next()}"  # a retry may be decided differently: its own id
-            if retry_ms > 0:  # waiting helps (rate limits); a wallet or a cap needs money, not time
+            if retry_ms > 0 and not no_retry:  # waiting helps (rate limits, in flight); money or a guard does not
                 headers.append((b"retry-after", b"%d" % max(1, -(-retry_ms // 1000))))
         e.events.put({
             "kind": "decision", "id": event_id, "customer_id": info.customer_id, "key_id": info.key_id,
             "request_id": request_id, "hold_id": hold or None, "decision": "ALLOW" if allowed else "DENY",
             "reason": reason, "estimate_micros": cost, "dimensions": dims, "estimate": est,
             "timestamp": e.clock.now_iso(), **({"replayed": True} if replayed else {}),
+            **({"level": level} if level else {}), **({"session_id": session_id} if session_id else {}),
         })
         return status, headers, body
 

@@ -37,20 +37,46 @@ NOT_PROJECTED = Failure("not_projected")  # no record and no projection marker: 
 
 
 class KeyInfo:
-    """One API key, with the Redis key names check.lua needs precomputed."""
+    """One API key, with the Redis key names check.lua needs precomputed, and its path in the
+    billing hierarchy (app, its kind, team: fixed when the key was created)."""
 
     __slots__ = ("key_hash", "customer_id", "key_id", "plan_id", "plan", "revoked", "expires",
-                 "fixed_keys", "spend_prefix", "req_prefix", "rate_keys", "limits")
+                 "fixed_keys", "spend_prefix", "req_prefix", "rate_keys", "limits", "app_id", "app_kind", "team_id",
+                 "level_keys", "level_spend_prefixes", "path_argv")
 
-    def __init__(self, key_hash: str, customer_id: str, key_id: str, plan: Plan | None, plan_id: str, revoked: bool, expires: float):
+    def __init__(self, key_hash: str, customer_id: str, key_id: str, plan: Plan | None, plan_id: str, revoked: bool,
+                 expires: float, app_id: str = "", app_kind: str = "", team_id: str = ""):
         self.key_hash, self.customer_id, self.key_id = key_hash, customer_id, key_id
         self.plan, self.plan_id, self.revoked, self.expires = plan, plan_id, revoked, expires
+        self.app_id, self.app_kind, self.team_id = app_id, app_kind or "app", team_id
         k = CustomerKeys(customer_id)
         self.fixed_keys = (k.cfg, k.wallet, k.held, k.holds, k.hold_expiry)
         self.spend_prefix = k.spend("")
         self.req_prefix = k.request("")
         self.rate_keys = (k.rate_requests(key_id), k.rate_tokens(key_id))
+        # check.lua's KEYS 10-21 (see its header): the spend keys end with the period, added per check
+        key_level, app_level, team_level = f"key:{key_id}", f"app:{app_id}", f"team:{team_id}"
+        self.level_keys = (k.limits, k.guard, k.inflight)
+        customer_rates = (k.level_rate_requests("customer"), k.level_rate_tokens("customer"))
+        if app_id:
+            self.level_spend_prefixes = (k.level_spend(key_level, ""), customer_rates,
+                                         (k.level_rate_requests(app_level), k.level_rate_tokens(app_level)),
+                                         k.level_spend(app_level, ""),
+                                         (k.level_rate_requests(team_level), k.level_rate_tokens(team_level)),
+                                         k.level_spend(team_level, ""))
+        else:
+            self.level_spend_prefixes = (k.level_spend(key_level, ""), customer_rates)
+        self.path_argv = (app_id, self.app_kind if app_id else "", team_id)  # ARGV 10-12
         self.limits = None  # (requests/min, tokens/min) last seen: the headers of fail-open answers
+
+    def check_keys(self, period: str, request_id: str) -> tuple[str, ...]:
+        """check.lua's KEYS for one check of this key in billing period `period`."""
+        p = self.level_spend_prefixes
+        keys = (*self.fixed_keys, self.spend_prefix + period, self.req_prefix + request_id, *self.rate_keys,
+                *self.level_keys, p[0] + period, *p[1])
+        if self.app_id:
+            keys += (*p[2], p[3] + period, *p[4], p[5] + period)
+        return keys
 
 
 class KeyCache:
@@ -118,7 +144,8 @@ class KeyCache:
         if type(plan) is Failure:
             return plan
         info = KeyInfo(key_hash, f.get("customer_id", ""), f.get("key_id", ""), plan, f.get("plan_id", ""),
-                       f.get("status") != "active", self.clock() + self.ttl)
+                       f.get("status") != "active", self.clock() + self.ttl,
+                       f.get("app_id", ""), f.get("app_kind", ""), f.get("team_id", ""))
         if not info.customer_id or not info.key_id:
             log.error("api key record %s lacks customer_id/key_id", key_hash[:12])
             info.plan = None  # treated as not provisioned

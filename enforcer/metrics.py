@@ -9,7 +9,8 @@ import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-REASONS = ("ok", "rate_limited_requests", "rate_limited_tokens", "insufficient_balance", "spend_cap", "suspended", "fail_open")
+REASONS = ("ok", "rate_limited_requests", "rate_limited_tokens", "insufficient_balance", "spend_cap", "suspended",
+           "concurrency_limited", "margin_guard", "fail_open")
 
 DECISIONS = Counter("tollgate_decisions_total", "Decisions of /v1/check by reason", ["decision", "reason"])
 CHECK_LATENCY = Histogram(

@@ -36,6 +36,7 @@ _RATE_HEADERS = {
     "X-Tollgate-Degraded": header("`fail-open`: decided without Redis (ALLOW, billed from the usage report)."),
     "X-Tollgate-Hold-Id": header("The hold an ALLOW placed: the usage report names it."),
     "X-Tollgate-Replayed": header("`true`: a retry of an allowed request id; nothing was held again."),
+    "X-Tollgate-Level": header("On a DENY: the level of the billing hierarchy that decided (as `level` in the body)."),
 }
 
 _DECISION = {
@@ -45,7 +46,12 @@ _DECISION = {
         "decision": {"enum": ["ALLOW", "DENY"]},
         "reason": {"type": "string", "description": "ok, rate_limited_requests, rate_limited_tokens, "
                    "insufficient_balance, spend_cap, suspended (the customer is suspended or archived: checked first), "
+                   "margin_guard (a Margin Guard tripped on the request's path or session: no Retry-After), "
+                   "concurrency_limited (a level's max_in_flight open holds), "
                    "fail_open, ... (reasons grow with the product)."},
+        "level": {"enum": ["key", "app", "agent", "team", "customer", "session"],
+                  "description": "DENY only: the level of the billing hierarchy that decided (customer for the "
+                                 "wallet, the customer's cap and a suspension; session for a guard on the session)."},
         "hold_id": {"type": ["string", "null"]},
         "retry_after_ms": {"type": "integer", "minimum": 0},
         "remaining": {
@@ -72,6 +78,8 @@ _CHECK_REQUEST = {
         "dimensions": _or_null({"type": "object", "maxProperties": 64,
                                 "additionalProperties": {"type": ["string", "number", "boolean"]},
                                 "description": "What the price depends on, e.g. {\"model\": \"claude-sonnet-4-6\"}."}),
+        "session_id": _or_null({**_ID, "description": "The agent session the request belongs to: a Margin Guard "
+                                "tripped on it DENYs `margin_guard` (level session)."}),
         "estimate": _or_null({"type": "object", "propertyNames": _ID,
                               "additionalProperties": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
                               "description": "Units the request is expected to use, by metric; `requests` "
@@ -87,6 +95,8 @@ _USAGE_REQUEST = {
         "api_key": _API_KEY,
         "correlation_id": _or_null(_REQUEST_ID),
         "hold_id": _or_null(_REQUEST_ID),
+        "session_id": _or_null({**_ID, "description": "The agent session the event belongs to (top-level on the "
+                                "bus event)."}),
         "event_type": _or_null(_REQUEST_ID),
         "timestamp": _or_null({"type": "string", "format": "date-time", "description": "RFC 3339 with an "
                                "offset; default: when the enforcer received it."}),
@@ -127,7 +137,8 @@ SPEC: dict[str, Any] = {
             "responses": {
                 "200": {"description": "ALLOW (also `fail_open`, flagged X-Tollgate-Degraded, when Redis gave no decision).",
                         "headers": _RATE_HEADERS, "content": json_content(_DECISION)},
-                "429": {"description": "DENY; Retry-After when waiting helps (rate limits).",
+                "429": {"description": "DENY; Retry-After when waiting helps (rate limits, in-flight limits); none for "
+                        "money, a suspension or a Margin Guard.",
                         "headers": {**_RATE_HEADERS, "Retry-After": header("Seconds, >= 1.", _INT)},
                         "content": json_content(_DECISION)},
                 "401": _UNAUTHORIZED,

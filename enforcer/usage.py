@@ -41,6 +41,9 @@ def parse_usage(doc: dict) -> dict:
         "event_type": v.req_str(doc, "event_type", required=False),
         "timestamp": v.timestamp(doc),
     }
+    session = v.session_id(doc)
+    if session is not None:  # top-level on the bus event too (only when given)
+        out["session_id"] = session
     props = doc.get("properties")
     if props is not None and not isinstance(props, dict):
         raise v.invalid("properties", "must be an object")

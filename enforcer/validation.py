@@ -88,6 +88,16 @@ def api_key(doc: dict) -> str:
     return v
 
 
+def session_id(doc: dict) -> str | None:
+    """The optional top-level `session_id` of a check or usage report (an agent's session)."""
+    v = doc.get("session_id")
+    if v is None:
+        return None
+    if not isinstance(v, str) or not ID_PATTERN.match(v):
+        raise invalid("session_id", "1-64 characters of letters, digits, '_', '-', '.'")
+    return v
+
+
 def count(v: Any, field: str) -> int:
     """A whole, non-negative number of units (JSON 3.0 is refused: counts are integers)."""
     if isinstance(v, bool) or not isinstance(v, int):

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 import uvloop
 
 import lua
+from enforcer.keycache import KeyInfo
 from enforcer.rediswire import RedisWire
 from control.projection.writes import project_api_key, project_customer, project_plan, set_wallet
 from tests.servers import ROOT, EnforcerProcess, stop_process
@@ -101,10 +102,9 @@ async def provision(url: str, customers: int) -> list[tuple[str, str, str]]:
 def script_args(tenants, n: int, prefix: str):
     """EVALSHA keys/argv as the enforcer builds them (request ids unique per call)."""
     cid, kid, _ = tenants[n % len(tenants)]
-    k = CustomerKeys(cid)
-    keys = (k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.spend(period_of(time.time())),
-            k.request(f"{prefix}{n}"), k.rate_requests(kid), k.rate_tokens(kid))
-    return keys, (f"hold_{prefix}{n}", 1, 2300, 16500, 300_000, 900_000, kid)
+    info = KeyInfo("", cid, kid, None, "", False, 0.0)  # a key without an app, as every bench tenant's
+    keys = info.check_keys(period_of(time.time()), f"{prefix}{n}")
+    return keys, (f"hold_{prefix}{n}", 1, 2300, 16500, 300_000, 900_000, kid, "", "", *info.path_argv)
 
 
 # --------------------------------------------------------------------------- (a) raw ceiling

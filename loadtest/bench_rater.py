@@ -176,7 +176,8 @@ async def copy_ceiling(dsn: str, rows: int, batch: int) -> float:
         await conn.execute("CREATE TABLE bench_copy (LIKE ledger_lines INCLUDING ALL)")
         period = period_of(time.time())
         recs = [(f"evt_{i:012d}", i % 3, f"req_{i // 3:012d}", f"cus_bench_{i % 200:05d}", "bench", period, "usage",
-                 "input_tokens", "input_tokens", "default", 1234, None, 3702, 0) for i in range(rows)]
+                 "input_tokens", "input_tokens", "default", 1234, None, 3702, 0, f"key_bench_{i % 200:05d}", None, None)
+                for i in range(rows)]
         t = time.perf_counter()
         for i in range(0, rows, batch):
             async with conn.transaction():
@@ -199,11 +200,11 @@ def _settle_calls(customers: list[str], n: int, marks: dict[str, int]) -> list[t
     for c, start in enumerate(range(0, n, EVENTS_PER_CALL)):
         customer = customers[c % len(customers)]
         k = CustomerKeys(customer)
-        keys, args = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.settled, k.settle_outbox], [SPEND_TTL_MS]
+        keys, args = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.settled, k.settle_outbox, k.inflight], [SPEND_TTL_MS]
         for _ in range(start, min(n, start + EVENTS_PER_CALL)):
             seqs[customer] = seq = seqs.get(customer, 0) + 1
             keys += [k.spend(period), k.cfg]  # no API key: the tokens bucket slot names cfg, never touched
-            args += [seq, "", 0, 1000, 0, 0]
+            args += [seq, "", 0, 1000, 0, 0, 0]  # a key without levels: no level spend keys
         calls.append((keys, args))
     return calls
 
@@ -225,7 +226,7 @@ async def evalsha_ceiling(redis, customers: list[str], n: int, batch: int) -> fl
     t = time.perf_counter()
     for i in range(1, len(calls), per_trip):
         await eval_many(redis, script, calls[i:i + per_trip])
-    return (n - (len(calls[0][0]) - 7) // 2) / (time.perf_counter() - t)  # the first run warmed up
+    return (n - (len(calls[0][0]) - 8) // 2) / (time.perf_counter() - t)  # the first run warmed up
 
 
 async def evalsha_raw_ceiling(port: int, customers: list[str], n: int, batch: int, marks: dict[str, int]) -> float:

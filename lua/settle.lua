@@ -16,17 +16,21 @@
 -- between this script and that record leaves the results for the redelivery. Memory: the mark
 -- per customer, plus outbox fields only for events settled and not yet recorded.
 --
--- KEYS: 1 cfg  2 wallet  3 held  4 holds  5 hold_exp  6 settled (mark)  7 outbox     -- once
---       then per event i (1..N): 6+2i spend (period of event i)
---                                7+2i the tokens/min bucket of the event's API key
+-- KEYS: 1 cfg  2 wallet  3 held  4 holds  5 hold_exp  6 settled (mark)  7 outbox
+--       8 inflight (the levels' open holds: a released hold leaves them)          -- once
+--       then per event i (1..N), in order: its spend (period of event i)
+--                                the tokens/min bucket of the event's API key
 --                                     (KEYS[1] when the event names no key: never touched)
+--                                then L_i level spend keys (period of event i) of the levels of
+--                                     the event's key path that count spend (key, app, team)
 --                                                                    -- all carry the customer hash tag
 -- ARGV: 1 spend ttl (ms)                                             -- once
---       then per event i, from b = 1 + 6(i-1):
+--       then per event i, from b = 1 + 7(i-1):
 --       b+1 settle sequence number (>= 1)  b+2 hold id ('' = none, e.g. a fail-open event)
 --       b+3 wallet debit (micros)  b+4 spend (micros)  b+5 actual tokens
 --       b+6 may promote: 1 when the event's period is the current one (a late event of a closed
 --           period must not promote this period's tier)
+--       b+7 L_i: how many level spend keys follow the event's two keys (0 for a key without a path)
 -- Reply: {done, mark, r_1 .. r_done}: the first `done` events were handled; done < N means a gap
 --        at event done+1 (its sequence > mark + 1, mark = the settled high-water mark now);
 --        done = -1: the customer has no cfg (Redis lost its projection): nothing was done, the
@@ -40,9 +44,13 @@
 -- The tokens/min bucket named by the hold (`amount:tokens:key id`) is corrected only if it is the
 -- declared key of the event: a hold naming another key than the event does is not corrected.
 
-local n = (#KEYS - 7) / 2
-if n < 1 or n ~= math.floor(n) or #ARGV ~= 1 + 6 * n then
-  return redis.error_reply('ERR settle.lua: 7 + 2N keys and 1 + 6N args for N >= 1 events')
+local n = (#ARGV - 1) / 7
+local nkeys = 8 + 2 * n
+if n >= 1 and n == math.floor(n) then
+  for i = 1, n do nkeys = nkeys + (tonumber(ARGV[7 * i + 1]) or -1e9) end
+end
+if n < 1 or n ~= math.floor(n) or #KEYS ~= nkeys then
+  return redis.error_reply('ERR settle.lua: 8 + 2N + sum(L_i) keys and 1 + 7N args for N >= 1 events')
 end
 
 local WINDOW = 60000
@@ -66,9 +74,12 @@ local start_mark = mark
 
 local replies = {0, 0}
 local done = 0
+local cursor = 8  -- the last KEYS index consumed
 for i = 1, n do
-  local spend_key, tokens_key = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
-  local b = 1 + 6 * (i - 1)
+  local spend_key, tokens_key = KEYS[cursor + 1], KEYS[cursor + 2]
+  local b = 1 + 7 * (i - 1)
+  local first_level, nlevels = cursor + 3, tonumber(ARGV[b + 7])
+  cursor = cursor + 2 + nlevels
   local seq = tonumber(ARGV[b + 1])
   if seq <= mark then
     local stored = redis.call('HGET', KEYS[7], ARGV[b + 1])
@@ -89,12 +100,19 @@ for i = 1, n do
     if hold_id ~= '' then
       local hold = redis.call('HGET', KEYS[4], hold_id)
       if hold then
-        local amount, est, key_id = string.match(hold, '^(-?%d+):(%d*):(.*)$')
-        if not amount then amount, est, key_id = hold, '0', '' end  -- tolerate a bare amount
+        local amount, est, key_id, levels = string.match(hold, '^(-?%d+):(%d*):([^:]*):?(.*)$')
+        if not amount then amount, est, key_id, levels = hold, '0', '', '' end  -- tolerate a bare amount
         redis.call('HDEL', KEYS[4], hold_id)
         redis.call('ZREM', KEYS[5], hold_id)
         redis.call('DECRBY', KEYS[3], amount)
         released = amount
+        -- The levels that counted the hold (check.lua): it is no longer in flight nor held.
+        for f in string.gmatch(levels, '%S+') do
+          if redis.call('HINCRBY', KEYS[8], f, -1) <= 0 then redis.call('HDEL', KEYS[8], f) end
+          if amount ~= '0' and redis.call('HINCRBY', KEYS[8], 'held:' .. f, -tonumber(amount)) <= 0 then
+            redis.call('HDEL', KEYS[8], 'held:' .. f)
+          end
+        end
 
         -- 2. Correct the tokens/min budget by (actual - estimated) tokens, at the current tier's
         -- rate. The bucket is a GCRA TAT: check.lua moved it forward by estimated * interval.
@@ -141,6 +159,14 @@ for i = 1, n do
       expiring[spend_key] = true
     end
     local spend_after = redis.call('GET', spend_key)
+    -- The period spend of each level of the event's key path that counts it (budgets per level).
+    for j = first_level, first_level + nlevels - 1 do
+      redis.call('INCRBY', KEYS[j], ARGV[b + 4])
+      if not expiring[KEYS[j]] then
+        redis.call('PEXPIRE', KEYS[j], spend_ttl)
+        expiring[KEYS[j]] = true
+      end
+    end
 
     -- 5. Promotion: the highest tier whose threshold the spend has reached, only upwards, from the
     -- tier as the earlier events of this run left it. Thresholds are compared as numbers (exact

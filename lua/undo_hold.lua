@@ -4,15 +4,26 @@
 -- settle. Idempotent; a check that placed nothing (refused, expired, never run) is a no-op.
 --
 -- KEYS: 1 held  2 holds  3 hold_exp  4 request(idem)  5 rate_requests(key)  6 rate_tokens(key)
---       7 cfg                                               -- all carry the customer hash tag
+--       7 cfg  8 inflight (the levels' open holds; optional)  -- all carry the customer hash tag
 -- ARGV: 1 hold_id  2 requests  3 tokens (as given to check.lua)
 --       4 requests/min  5 tokens/min: the limits check.lua replied with (the interval it charged);
 --       '' when there was no reply: the current tier's, as settle.lua does
 -- Reply: the amount released (micros); 0 when the hold is gone already (nothing to undo).
+-- The levels' rate buckets above the key (app, team, customer) are not given back: an undo is rare
+-- and they refill within their minute. Their in-flight counts and held amounts are (KEYS 8).
 
 local hold = redis.call('HGET', KEYS[2], ARGV[1])
 if not hold then return 0 end
-local amount = string.match(hold, '^(-?%d+)') or '0'
+local amount, levels = string.match(hold, '^(-?%d+):%d*:[^:]*:?(.*)$')
+amount = amount or string.match(hold, '^(-?%d+)') or '0'
+if KEYS[8] then
+  for f in string.gmatch(levels or '', '%S+') do
+    if redis.call('HINCRBY', KEYS[8], f, -1) <= 0 then redis.call('HDEL', KEYS[8], f) end
+    if amount ~= '0' and redis.call('HINCRBY', KEYS[8], 'held:' .. f, -tonumber(amount)) <= 0 then
+      redis.call('HDEL', KEYS[8], 'held:' .. f)
+    end
+  end
+end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('DECRBY', KEYS[1], amount)

@@ -52,10 +52,10 @@ class ExpiredHold:
 
 
 def parse_hold(value: str) -> tuple[int, int, str]:
-    """`amount micros:estimated tokens:key id` (check.lua) -> (amount, tokens, key id)."""
+    """`amount micros:estimated tokens:key id[:levels]` (check.lua) -> (amount, tokens, key id)."""
     amount, _, rest = value.partition(":")
-    tokens, _, key_id = rest.partition(":")
-    return int(amount), int(tokens or 0), key_id
+    tokens, _, rest = rest.partition(":")
+    return int(amount), int(tokens or 0), rest.partition(":")[0]
 
 
 def _ts(v) -> datetime | None:
@@ -227,7 +227,7 @@ async def sweep_expired(redis, pg_pool, now_ms: int | None = None) -> list[Expir
 
 def _sweep_call(customer_id: str, now_arg) -> tuple[list[str], list]:
     k = CustomerKeys(customer_id)
-    return [k.held, k.holds, k.hold_expiry, k.hold_released], [now_arg, SWEEP_LIMIT]
+    return [k.held, k.holds, k.hold_expiry, k.hold_released, k.inflight], [now_arg, SWEEP_LIMIT]
 
 
 def _expired(customer_id: str, reply: list) -> tuple[int, list[ExpiredHold]]:

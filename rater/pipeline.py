@@ -45,6 +45,7 @@ from rater import charges, dead_letters, grants, holds, ledger, plan_changes, ro
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
+from rater.key_paths import KeyPaths
 from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, settle_filling
 from rater.tiers import record_promotions
 from tollgate import locks, redis_raw
@@ -329,6 +330,7 @@ class Pipeline:
         self.lanes = lanes
         self.charges = charges  # rater.charges publisher of `billing.charges` (None: not published)
         self.directory = Directory(cache_ttl_s)
+        self.paths = KeyPaths(cache_ttl_s)  # API key -> team, app, levels counting its spend
         self.alerts = RaterAlerts(cache_ttl_s)
         # (customer, period) -> the engine's Cumulatives after our last rating of it: reused when
         # PostgreSQL (read under the lock) has exactly these quantities, so the engine does not
@@ -455,13 +457,13 @@ class Pipeline:
         replay_items: list[SettleItem] = []
         replay_results: list[SettleResult] = []
         current = {e.customer.id: e.current for e in rated}  # for promotions: anchored periods
-        fill = fill_from(conn)
+        fill = fill_from(conn, self.paths)
 
         settled_first: list[tuple[SettleItem, SettleResult]] = []  # gaps of hybrid customers, before routing
         rows = await self._rate_and_commit(conn, res, rated, optimistic=True, settled_first=settled_first)
         if rows is None:
             done = await ledger.processed(conn, [e.id for e in rated])
-            replay_items = [item_of(p) for p in done.values() if p.kind == "usage"]
+            replay_items = await self.paths.annotate(conn, [item_of(p) for p in done.values() if p.kind == "usage"])
             if replay_items:
                 replay_items, replay_results = await settle_filling(self.redis, replay_items, fill, now=now,
                                                                     current_periods=current)
@@ -471,7 +473,7 @@ class Pipeline:
                     conn, [p.event_id for p in done.values() if p.kind == "usage"]), None))
             rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done],
                                                optimistic=False, settled_first=settled_first)
-        items = [item_of(p) for p in rows if p.kind == "usage"]
+        items = await self.paths.annotate(conn, [item_of(p) for p in rows if p.kind == "usage"])
         results: list[SettleResult] = []
         if items:
             items, results = await settle_filling(self.redis, items, fill, now=now, current_periods=current)
@@ -483,6 +485,8 @@ class Pipeline:
         """Price `new` in one transaction; None (rolled back) when optimistic and some event
         turned out to be processed already."""
         await self._late_events(conn, new)
+        await self.paths.load(conn, (e.body.get("key_id") for e in new if e.kind == "usage"
+                                     and isinstance(e.body.get("key_id"), str)))
         wallets, marks = await self._wallets({e.customer.id for e in new if e.customer.billing_mode == "hybrid"})
         new = sorted(new, key=lambda e: (e.customer.id, e.index))
         rows: list[Processed] = []
@@ -579,22 +583,26 @@ class Pipeline:
             wallets[c.id] -= ctx.wallet_micros
         corr = body.get("correlation_id")
         plan_id = c.plan.id
+        key_id = body.get("key_id")
+        key_id = key_id if isinstance(key_id, str) and key_id else None
+        team_id, app_id, _ = self.paths.get(key_id)  # loaded for the batch (_rate_and_commit)
         n = 0
         for n, ln in enumerate(ctx.lines):
             lines.append((e.id, n, corr, c.id, plan_id, e.period, ln.kind, ln.charge_id, ln.metric,
-                          ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros, ln.cost_micros))
+                          ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros, ln.cost_micros,
+                          key_id, team_id, app_id))
         n = len(ctx.lines)
         if ctx.discount_micros:
-            lines.append((e.id, n, corr, c.id, plan_id, e.period, "discount", "discount", None, "default", 0, None, -ctx.discount_micros, 0))
+            lines.append((e.id, n, corr, c.id, plan_id, e.period, "discount", "discount", None, "default", 0, None,
+                          -ctx.discount_micros, 0, key_id, team_id, app_id))
             n += 1
         if ctx.tax_micros:
-            lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros, 0))
+            lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros,
+                          0, key_id, team_id, app_id))
         total = ctx.total_micros
         seq = seqs[c.id] = seqs[c.id] + 1  # only a rated event takes a number: no holes
-        key_id = body.get("key_id")
         rows.append(Processed(e.id, "usage", c.id, e.period, total, ctx.wallet_micros, ctx.invoice_micros,
-                              body.get("hold_id") or None, actual_tokens(e.measurements), corr,
-                              key_id if isinstance(key_id, str) and key_id else None, seq))
+                              body.get("hold_id") or None, actual_tokens(e.measurements), corr, key_id, seq))
         res.rated += 1
         res.spend_micros += total
 
@@ -625,7 +633,7 @@ class Pipeline:
         """Settle the numbers a dead rater committed and left unsettled (marks[c] + 1 .. seqs[c])
         of these hybrid customers, then read their wallets again: routing must see those debits.
         Their results are recorded with the batch's (`settled`)."""
-        fill = fill_from(conn)
+        fill = fill_from(conn, self.paths)
         missing = [it for c in customer_ids for it in await fill(c, marks[c] + 1, seqs[c])]
         log.warning("settling %d events of %d hybrid customers that an earlier rater committed and did not settle,"
                     " before routing", len(missing), len(customer_ids))

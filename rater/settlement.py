@@ -60,6 +60,9 @@ class SettleItem(NamedTuple):
     actual_tokens: int  # tokens actually used (for the tokens/min correction)
     key_id: str | None = None  # the API key of the event: its tokens/min bucket is corrected
     seq: int = 0  # the customer's settle sequence number (processed_events.settle_seq), >= 1
+    # the levels of the key's path whose period spend the event adds to (tollgate.limits.spend_levels;
+    # rater.key_paths fills them in): `key:<id>`, `app:<id>`, `team:<id>`
+    levels: tuple[str, ...] = ()
 
 
 def item_of(p) -> SettleItem:
@@ -93,10 +96,12 @@ class NotProjected(RuntimeError):
 Fill = Callable[[str, int, int], Awaitable[Sequence[SettleItem]]]
 
 
-def fill_from(conn) -> Fill:
-    """The Fill that reads a gap's rows from PostgreSQL on `conn` (rater.ledger.processed_by_seq)."""
+def fill_from(conn, paths=None) -> Fill:
+    """The Fill that reads a gap's rows from PostgreSQL on `conn` (rater.ledger.processed_by_seq);
+    `paths` (rater.key_paths.KeyPaths) gives them their key's levels."""
     async def fill(customer_id: str, first: int, last: int) -> list[SettleItem]:
-        return [item_of(p) for p in await ledger.processed_by_seq(conn, customer_id, first, last)]
+        items = [item_of(p) for p in await ledger.processed_by_seq(conn, customer_id, first, last)]
+        return items if paths is None else await paths.annotate(conn, items)
     return fill
 
 
@@ -195,12 +200,13 @@ async def _settle(redis, items: Sequence[SettleItem], fill: Fill | None, now: fl
 
 def _call(k: CustomerKeys, items: Sequence[SettleItem], current_period: str) -> tuple[list[str], list[str | int]]:
     """One settle.lua run for `items`, all of the customer of `k`, in sequence order."""
-    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.settled, k.settle_outbox]
+    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.settled, k.settle_outbox, k.inflight]
     args: list[str | int] = [SPEND_TTL_MS]
     for item in items:
         keys += (k.spend(item.period), k.rate_tokens(item.key_id) if item.key_id else k.cfg)
+        keys += (k.level_spend(level, item.period) for level in item.levels)
         args += (item.seq, item.hold_id or "", item.wallet_debit_micros, item.spend_micros, item.actual_tokens,
-                 1 if item.period >= current_period else 0)
+                 1 if item.period >= current_period else 0, len(item.levels))
     return keys, args
 
 

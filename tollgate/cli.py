@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "control.read.commands",  # usage, preview, invoices, trace
     "control.credits.commands",  # wallets adjust, credits grant / list / expire / auto-recharge
     "control.margin_guard.commands",  # guard show / set / clear / reset
+    "control.accounts.hierarchy_commands",  # teams, apps, keys limits, customers limits / tree
 ]
 
 EXIT_BAD_INPUT = 2

@@ -82,7 +82,7 @@ async def reset(conn, redis, customer_id: str, *, trip_id: str | None = None, su
         rows = await conn.fetch(
             "UPDATE margin_guard_trips SET reset_at = now(), reset_by = $4"
             " WHERE customer_id = $1 AND reset_at IS NULL AND ($2::text IS NULL OR id = $2) AND ($3::text IS NULL OR subject = $3)"
-            " RETURNING id, rule_id, subject, period, action, reset_at, reset_by",
+            " RETURNING *",
             customer_id, trip_id, subject, by)
         subjects = {r["subject"] for r in rows if r["action"] == "deny"}
         still = {r["subject"] for r in await conn.fetch(

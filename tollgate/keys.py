@@ -42,7 +42,9 @@ def api_key_hash(api_key: str) -> str:
 
 
 def api_key_record(key_hash: str) -> str:
-    return f"{PREFIX}:key:{key_hash}"  # hash: customer_id, key_id, plan_id, status
+    # hash: customer_id, key_id, plan_id, status; and the key's path when it has an app:
+    # app_id, app_kind (app|agent), team_id
+    return f"{PREFIX}:key:{key_hash}"
 
 
 def plan_record(plan_id: str) -> str:
@@ -81,10 +83,6 @@ class CustomerKeys:
     def hold_released(self) -> str:  # hash hold_id -> "expiry ms:hold": expired, not yet in PostgreSQL
         return f"{self.tag}:hold_released"
 
-    @property
-    def guard(self) -> str:  # hash: Margin Guard fields (customer, team:<id>, app:<id>, key:<id>, session:<id>) -> rule
-        return f"{self.tag}:guard"
-
     def spend(self, period: str) -> str:  # int micros: period-to-date spend
         return f"{self.tag}:spend:{period}"
 
@@ -107,3 +105,27 @@ class CustomerKeys:
 
     def topup(self, topup_id: str) -> str:  # idempotency of wallet top-ups
         return f"{self.tag}:topup:{topup_id}"
+
+    # ---- the billing hierarchy (issue 10). `level` is tollgate.limits.level_field:
+    # `customer`, `team:<id>`, `app:<id>`, `key:<id>`.
+
+    @property
+    def limits(self) -> str:  # hash level -> "rpm:tpm:cap micros:max in flight" (tollgate.limits.encode)
+        return f"{self.tag}:limits"
+
+    @property
+    def guard(self) -> str:  # hash level (or `session:<id>`) -> the Margin Guard rule that tripped
+        return f"{self.tag}:guard"
+
+    @property
+    def inflight(self) -> str:  # hash level -> open holds counted; `held:<level>` -> their micros
+        return f"{self.tag}:inflight"
+
+    def level_rate_requests(self, level: str) -> str:  # GCRA TAT of a level above the key
+        return f"{self.tag}:lv:{level}:r"
+
+    def level_rate_tokens(self, level: str) -> str:
+        return f"{self.tag}:lv:{level}:t"
+
+    def level_spend(self, level: str, period: str) -> str:  # int micros: the level's period-to-date spend
+        return f"{self.tag}:lv:{level}:s:{period}"

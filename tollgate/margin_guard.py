@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tollgate.keys import ID_PATTERN
 from tollgate.money import format_micros, to_micros
 
 WHEN = ("session_cost", "period_margin")
@@ -98,8 +99,8 @@ def parse_rules(raw: Any, prefix: str = "margin_guard") -> tuple[GuardRule, ...]
         if unknown:
             raise GuardRuleError(f"{f}.{sorted(unknown)[0]}", "unknown key")
         rid = r.get("id")
-        if not isinstance(rid, str) or not rid or len(rid) > 64 or not rid.replace("_", "").replace("-", "").isalnum():
-            raise GuardRuleError(f"{f}.id", "required: letters, digits, '_' or '-' (at most 64)")
+        if not isinstance(rid, str) or not ID_PATTERN.match(rid):
+            raise GuardRuleError(f"{f}.id", "required: 1-64 of A-Z a-z 0-9 _ . -")
         if rid in seen:
             raise GuardRuleError(f"{f}.id", f"duplicate rule id {rid!r}")
         seen.add(rid)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from control.accounts import api_keys, cost_catalogs, customers, plans, wallets
+from control.accounts.hierarchy_commands import limit_flags, limits_of
 from control.errors import InvalidInput
 from tollgate.cli import Context, command, group, table
 
@@ -46,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = group(sub, "keys", "API keys")
     p = command(g, "create", keys_create, "create an API key (shown once)")
     p.add_argument("--customer", required=True, dest="customer_id", metavar="CUSTOMER")
+    p.add_argument("--app", dest="app_id", metavar="APP", help="the customer's app or agent the key belongs to (for good)")
+    limit_flags(p)
     p = command(g, "revoke", keys_revoke, "revoke an API key")
     p.add_argument("key_id")
     p = command(g, "list", keys_list, "list a customer's API keys")
@@ -153,8 +156,10 @@ async def customers_list(ctx: Context) -> None:
 
 async def keys_create(ctx: Context) -> None:
     async with ctx.backends() as (db, redis):
-        k = await api_keys.create_api_key(db, redis, ctx.args.customer_id)
-    ctx.emit(k, f"API key {k['id']} created for customer {k['customer_id']}:\n\n"
+        k = await api_keys.create_api_key(db, redis, ctx.args.customer_id, app_id=ctx.args.app_id,
+                                          limits=limits_of(ctx.args))
+    under = f" (app {k['app_id']})" if k["app_id"] else ""
+    ctx.emit(k, f"API key {k['id']} created for customer {k['customer_id']}{under}:\n\n"
                 f"    {k['api_key']}\n\n"
                 "Copy it now: it is shown only this once and cannot be recovered (only its hash is stored).")
 

@@ -84,7 +84,11 @@ async def get_customer(request: Request, db: asyncpg.Pool, redis: Redis) -> Resp
 
 
 async def create_key(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[int, dict]:
-    return 201, await api_keys.create_api_key(db, redis, request.path_params["id"])
+    # no body (as before the hierarchy), or {app_id, limits}
+    body = {} if request.headers.get("content-length", "0") == "0" and not request.headers.get("content-type") \
+        else await json_object(request, ("app_id", "limits"))
+    return 201, await api_keys.create_api_key(db, redis, request.path_params["id"], app_id=body.get("app_id"),
+                                              limits=body.get("limits"))
 
 
 async def list_keys(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:

@@ -15,6 +15,8 @@ from control.credits.grants import KINDS as GRANT_KINDS, MAX_PRIORITY
 from control.accounts.customers import MAX_PAGE
 from control.fields import MAX_AMOUNT
 from tollgate.keys import ID_PATTERN
+from tollgate.limits import MAX_RATE
+from control.accounts.hierarchy import KINDS as APP_KINDS
 from tollgate.openapi import ERROR_SCHEMA, OPENAPI_VERSION, error_response, header, json_content
 from tollgate.alert_rules import KINDS as ALERT_KINDS
 from tollgate.plans import BILLING_MODES
@@ -143,7 +145,7 @@ _SCHEMAS["UsageRow"] = _obj(["bucket", "metric", "quantity", "amount", "events"]
                             quantity=_INT, amount=_MONEY_OUT, events=_INT,
                             dimensions={"type": "object", "additionalProperties": _STR_OR_NULL,
                                         "description": "The group_by dimensions' values (null: events without it)."},
-                            key_id=_STR_OR_NULL)
+                            key_id=_STR_OR_NULL, team_id=_STR_OR_NULL, app_id=_STR_OR_NULL)
 _SCHEMAS["Usage"] = _obj(["customer_id", "from", "to", "bucket", "group_by", "rows", "totals"],
                          customer_id=_ID, key_id=_ID, bucket={"enum": ["hour", "day"]},
                          group_by={"type": "array", "items": {"type": "string"}},
@@ -486,7 +488,8 @@ _USAGE_QUERY = [
     {"name": "bucket", "in": "query", "schema": {"enum": ["hour", "day"], "default": "day"},
      "description": "UTC hours or days; at most 93 days of hours, 1,098 of days."},
     {"name": "group_by", "in": "query", "schema": {"type": "string"}, "description": "Comma-separated dimension "
-     "names (event properties: model, tool, ...) and/or `key` (the API key); at most 4."},
+     "names (event properties: model, tool, ...) and/or `key`, `team`, `app` (the API key and its path in the "
+     "billing hierarchy); at most 4."},
     {"name": "metric", "in": "query", "schema": {"type": "string"}, "description": "Only this metric."},
 ]
 _INVOICE_PAGE = [{"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{6}$"},
@@ -571,6 +574,88 @@ _OK_SCHEMAS[("POST", "/admin/customers/{id}/margin-guard/reset")] = {"200": _obj
     ["customer_id", "reset"], customer_id=_ID, reset={"type": "array", "items": _ref("MarginGuardTrip")})}
 _BODIES[("POST", "/admin/customers/{id}/margin-guard/reset")] = json_content(_obj(
     [], trip_id={"type": "string", "pattern": "^mgt_"}, subject={"type": "string"}))
+# --------------------------------------------------------------------------- the billing hierarchy
+_RATE = {"type": "integer", "minimum": 0, "maximum": MAX_RATE}
+_LIMITS = {"type": "object", "additionalProperties": False, "description": "A level's limits, each optional and "
+           "absolute (no tier multiplier): requests and tokens per minute (GCRA), a spend cap per billing period, "
+           "the most requests in flight (open holds).", "properties": {
+               "requests_per_minute": _RATE, "tokens_per_minute": _RATE,
+               "spend_cap": {**_MONEY_IN, "description": "Per billing period. " + _MONEY_IN["description"]},
+               "max_in_flight": {"type": "integer", "minimum": 1, "maximum": MAX_RATE}}}
+_CUSTOMER_LIMITS = {**_LIMITS, "description": "The customer's rate limits and max_in_flight (its spend cap is "
+                    "`spend_cap` of the customer, or the plan's).", "properties": {
+                        k: v for k, v in _LIMITS["properties"].items() if k != "spend_cap"}}
+_LIMITS_OUT = {"type": "object", "description": "The level's limits as set (spend_cap a decimal string)."}
+_SCHEMAS["ApiKey"]["properties"].update(app_id=_STR_OR_NULL, limits=_LIMITS_OUT)
+_SCHEMAS["Team"] = _obj(["id", "customer_id", "name", "limits", "created_at"], id=_ID, customer_id=_ID,
+                        name={"type": "string"}, limits=_LIMITS_OUT, created_at=_TIME)
+_SCHEMAS["App"] = _obj(["id", "customer_id", "team_id", "kind", "name", "limits", "created_at"], id=_ID,
+                       customer_id=_ID, team_id=_ID, kind={"enum": list(APP_KINDS)}, name={"type": "string"},
+                       limits=_LIMITS_OUT, created_at=_TIME)
+_LEVEL = {"spend": {**_MONEY_OUT, "description": "Spend of the current billing period (PostgreSQL)."},
+          "in_flight": {"type": ["integer", "null"], "description": "Open holds counted at this level (only for a "
+                        "level with max_in_flight or a spend cap)."}}
+_TREE_KEY = _obj(["id", "prefix", "status", "app_id", "limits", "spend", "in_flight"], id=_ID,
+                 prefix={"type": "string"}, status={"enum": ["active", "revoked"]}, app_id=_STR_OR_NULL,
+                 limits=_LIMITS_OUT, **_LEVEL)
+_TREE_APP = {"allOf": [_ref("App"), _obj(["spend", "in_flight", "keys"], keys={"type": "array", "items": _TREE_KEY},
+                                         **_LEVEL)]}
+_TREE_TEAM = {"allOf": [_ref("Team"), _obj(["spend", "in_flight", "apps"], apps={"type": "array", "items": _TREE_APP},
+                                           **_LEVEL)]}
+_SCHEMAS["Tree"] = _obj(["customer_id", "period", "limits", "spend_cap", "spend", "in_flight", "teams", "keys"],
+                        customer_id=_ID, period={"type": "string"}, limits=_LIMITS_OUT,
+                        spend_cap={"type": ["string", "null"]}, teams={"type": "array", "items": _TREE_TEAM},
+                        keys={"type": "array", "items": _TREE_KEY, "description": "Keys without an app."}, **_LEVEL)
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+_BODIES.update({
+    ("POST", "/admin/customers/{id}/teams"): json_content({"type": "object", "required": ["name"],
+        "additionalProperties": False, "properties": {"id": _or_null({**_ID, "description": "Default: team_<random>."}),
+                                                      "name": _NAME, "limits": _or_null(_LIMITS)}}),
+    ("PATCH", "/admin/teams/{id}"): json_content({"type": "object", "additionalProperties": False, "minProperties": 1,
+        "properties": {"name": _NAME, "limits": _or_null({**_LIMITS, "description": "Replaces them all ({}: none)."})}}),
+    ("POST", "/admin/customers/{id}/apps"): json_content({"type": "object", "required": ["team_id", "name"],
+        "additionalProperties": False, "properties": {
+            "id": _or_null({**_ID, "description": "Default: <kind>_<random>."}), "team_id": _ID, "name": _NAME,
+            "kind": _or_null({"enum": list(APP_KINDS), "description": "Default app."}), "limits": _or_null(_LIMITS)}}),
+    ("PATCH", "/admin/apps/{id}"): json_content({"type": "object", "additionalProperties": False, "minProperties": 1,
+        "properties": {"name": _NAME, "limits": _or_null({**_LIMITS, "description": "Replaces them all ({}: none)."})}}),
+    ("PATCH", "/admin/keys/{id}"): json_content({"type": "object", "additionalProperties": False, "required": ["limits"],
+        "properties": {"limits": _or_null({**_LIMITS, "description": "The key's own (replacing the plan's per-key "
+                                                                     "rate limits); replaces them all ({}: none)."})}}),
+    ("PUT", "/admin/customers/{id}/limits"): json_content({"type": "object", "additionalProperties": False,
+        "required": ["limits"], "properties": {"limits": _or_null(_CUSTOMER_LIMITS)}}),
+    ("POST", "/admin/customers/{id}/keys"): json_content({"type": "object", "additionalProperties": False,
+        "properties": {"app_id": _or_null({**_ID, "description": "The customer's app or agent (fixed for good)."}),
+                       "limits": _or_null(_LIMITS)}}),
+})
+_OPTIONAL_BODY = {("POST", "/admin/customers/{id}/keys")}  # no body: a key straight under the customer
+_OK_SCHEMAS.update({
+    ("POST", "/admin/customers/{id}/teams"): {"201": _ref("Team")},
+    ("GET", "/admin/customers/{id}/teams"): {"200": _obj(["teams"], teams={"type": "array", "items": _ref("Team")})},
+    ("PATCH", "/admin/teams/{id}"): {"200": _ref("Team")},
+    ("POST", "/admin/customers/{id}/apps"): {"201": _ref("App")},
+    ("GET", "/admin/customers/{id}/apps"): {"200": _obj(["apps"], apps={"type": "array", "items": _ref("App")})},
+    ("PATCH", "/admin/apps/{id}"): {"200": _ref("App")},
+    ("PATCH", "/admin/keys/{id}"): {"200": _ref("ApiKey")},
+    ("PUT", "/admin/customers/{id}/limits"): {"200": _obj(["customer_id", "limits"], customer_id=_ID,
+                                                          limits=_LIMITS_OUT)},
+    ("GET", "/admin/customers/{id}/tree"): {"200": _ref("Tree")},
+    ("GET", "/v1/customer/tree"): {"200": _ref("Tree")},
+})
+_SUMMARY.update({
+    ("POST", "/admin/customers/{id}/teams"): ("createTeam", "Create a team under the customer, with optional limits."),
+    ("GET", "/admin/customers/{id}/teams"): ("listTeams", "A customer's teams."),
+    ("PATCH", "/admin/teams/{id}"): ("updateTeam", "Rename a team or replace its limits (from the next check)."),
+    ("POST", "/admin/customers/{id}/apps"): ("createApp", "Create an app or agent under one of the customer's teams."),
+    ("GET", "/admin/customers/{id}/apps"): ("listApps", "A customer's apps and agents (optionally of one team)."),
+    ("PATCH", "/admin/apps/{id}"): ("updateApp", "Rename an app or agent or replace its limits."),
+    ("PATCH", "/admin/keys/{id}"): ("updateKey", "Replace an API key's own limits."),
+    ("PUT", "/admin/customers/{id}/limits"): ("putCustomerLimits", "Replace the customer-level rate and in-flight limits."),
+    ("GET", "/admin/customers/{id}/tree"): ("customerTree", "Teams > apps/agents > keys, each with its limits, "
+                                            "period-to-date spend and open holds."),
+    ("GET", "/v1/customer/tree"): ("myTree", "The calling customer's hierarchy, as customerTree."),
+})
+_QUERY[("GET", "/admin/customers/{id}/apps")] = [{"name": "team_id", "in": "query", "schema": _ID}]
 
 
 def _operation(method: str, path: str) -> dict[str, Any]:
@@ -586,7 +671,7 @@ def _operation(method: str, path: str) -> dict[str, Any]:
                                  for s, schema in _OK_SCHEMAS[(method, path)].items()}
     body = _BODIES.get((method, path))
     if body is not None:
-        op["requestBody"] = {"required": True, "content": body}
+        op["requestBody"] = {"required": (method, path) not in _OPTIONAL_BODY, "content": body}
     responses["400"] = error_response("Malformed body, or a value PostgreSQL refuses.")
     responses["401"] = error_response("Missing, unknown or revoked API key.") if customer else \
         error_response("Missing or wrong admin token.", {"WWW-Authenticate": header('`Bearer realm="tollgate-admin"`')})

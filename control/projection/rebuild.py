@@ -12,6 +12,11 @@ settle.lua read:
 - spend of every period a spend key would still live for (SPEND_TTL_MS back from now)
   = sum(processed_events.spend_micros);
 - open holds (holds: status open, not yet expired) and `held`, their sum;
+- the billing hierarchy (migration 0013): each level's limits (`limits` hash), the in-flight
+  counts and held amounts of the levels that count open holds (from the open holds and the
+  limits as they are now: each hold's value names the levels it is counted in, as check.lua
+  writes it), and each level's spend of the periods above = sum(processed_events.spend_micros)
+  by the event's key, whose path (key, app, team) is fixed (tollgate.limits.spend_levels);
 - each customer's settled mark (settle.lua's idempotency) = its highest processed_events
   settle_seq: every processed event's figures are in the sums above, so an event the bus
   redelivers after the rebuild is a replay, not settled a second time. A processed event whose
@@ -53,7 +58,7 @@ import orjson
 from redis.exceptions import NoScriptError
 
 import lua
-from tollgate import guard_trips, locks, redis_raw
+from tollgate import guard_trips, limits, locks, redis_raw
 from tollgate.customer_cfg import customer_config
 from tollgate.keys import (INVALIDATION_CHANNEL, PROJECTION_BUILDING, PROJECTION_MARKER, SPEND_TTL_MS, CustomerKeys,
                            api_key_record, plan_record)
@@ -126,13 +131,15 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     spend = await _spend(conn, has_events, periods)
     holds = await _open_holds(conn, has_events, now)
     markers = await _markers(conn, has_events, wallets, spend)
-    customers = await conn.fetch("SELECT id, plan_id, billing_mode, tier, spend_cap_micros, status FROM customers ORDER BY id")
+    customers = await conn.fetch(
+        "SELECT id, plan_id, billing_mode, tier, spend_cap_micros, status, limits FROM customers ORDER BY id")
     keys = await conn.fetch(
-        "SELECT k.id, k.key_hash, k.customer_id, c.plan_id, k.status FROM api_keys k"
-        " JOIN customers c ON c.id = k.customer_id ORDER BY k.id"
+        "SELECT k.id, k.key_hash, k.customer_id, c.plan_id, k.status, k.app_id, a.kind AS app_kind, a.team_id, k.limits"
+        " FROM api_keys k JOIN customers c ON c.id = k.customer_id LEFT JOIN apps a ON a.id = k.app_id ORDER BY k.id"
     )
+    tree = await _hierarchy(conn, customers, keys, has_events, periods)
     counts = {"plans": len(plans), "customers": len(customers), "api_keys": len(keys), "wallets": 0,
-              "spend_keys": 0, "holds": 0, "markers": 0}
+              "spend_keys": 0, "holds": 0, "markers": 0, "level_spend_keys": 0}
     read_done = time.monotonic()
 
     await _execute(redis, [("SET", plan_record(pid), orjson.dumps(p.document)) for pid, p in plans.items()])
@@ -166,13 +173,30 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
         counts["wallets"] += wallet is not None
         counts["spend_keys"] += len(cust_spend)
         counts["holds"] += len(open_holds)
+        limits_fields = tree.limits.get(cid, {})
+        inflight: dict[str, int] = defaultdict(int)
+        hold_args: list = []
+        for hold_id, value, expiry, amount in open_holds:
+            levels = tree.tracked(cid, value.rsplit(":", 1)[1])
+            if levels:  # counted where check.lua would count it now
+                value += ":" + " ".join(levels)
+                for f in levels:
+                    inflight[f] += 1
+                    if amount:
+                        inflight["held:" + f] += amount
+            hold_args += (hold_id, value, expiry)
+        level_spend = tree.spend.get(cid, {})
+        counts["level_spend_keys"] += len(level_spend)
         args: list = ["" if wallet is None else wallet, sum(a for _, _, _, a in open_holds), SPEND_TTL_MS,
-                      len(cfg) // 2, len(open_holds)]
+                      len(cfg) // 2, len(open_holds), len(periods), len(limits_fields), len(inflight)]
         args += [cust_spend.get(p, "") for p in periods]
         args += cfg
-        for hold_id, value, expiry, _ in open_holds:
-            args += (hold_id, value, expiry)
-        calls.append(([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, *(k.spend(p) for p in periods)], args))
+        args += hold_args
+        args += [x for pair in limits_fields.items() for x in pair]
+        args += [x for pair in inflight.items() for x in pair]
+        args += level_spend.values()
+        calls.append(([k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.limits, k.inflight,
+                       *(k.spend(p) for p in periods), *(k.level_spend(f, p) for f, p in level_spend)], args))
     for start in range(0, len(calls), BATCH):
         await _eval(redis, script, calls[start:start + BATCH])
     counts["markers"] = len(markers)
@@ -189,7 +213,9 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     counts["guard_fields"] = sum(len(f) for f in guards.values())
 
     await _execute(redis, [("HSET", api_key_record(k["key_hash"]), "customer_id", k["customer_id"], "key_id", k["id"],
-                            "plan_id", k["plan_id"], "status", k["status"]) for k in keys])
+                            "plan_id", k["plan_id"], "status", k["status"],
+                            *(("app_id", k["app_id"], "app_kind", k["app_kind"], "team_id", k["team_id"])
+                              if k["app_id"] else ())) for k in keys])
 
     (done,) = await _eval(redis, lua.load("projection_done"), [([PROJECTION_BUILDING, PROJECTION_MARKER], [generation])])
     if not int(done):
@@ -293,6 +319,70 @@ async def _open_holds(conn, has_events: bool, now: datetime) -> dict[str, list[t
         value = f"{r['amount_micros']}:{r['estimated_tokens']}:{r['key_id'] or ''}"
         out[r["customer_id"]].append((r["hold_id"], value, int(r["expires_at"].timestamp() * 1000), r["amount_micros"]))
     return out
+
+
+class _Tree:
+    """The hierarchy as the rebuild needs it: per customer its `limits` hash fields, the levels
+    each key's open holds are counted in, and each level's spend per period."""
+
+    def __init__(self):
+        self.limits: dict[str, dict[str, str]] = defaultdict(dict)  # customer -> level -> encoded limits
+        self.tracking: dict[str, set[str]] = defaultdict(set)  # customer -> levels that count open holds
+        self.paths: dict[str, tuple[str, ...]] = {}  # key id -> its levels, most specific first, customer last
+        self.spend: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)  # customer -> (level, period) -> micros
+
+    def add(self, customer_id: str, level: str, raw_limits) -> None:
+        parsed = limits.loads(raw_limits)
+        encoded = limits.encode(parsed)
+        if encoded is not None:
+            self.limits[customer_id][level] = encoded
+        if limits.tracks_holds(parsed):
+            self.tracking[customer_id].add(level)
+
+    def tracked(self, customer_id: str, key_id: str) -> list[str]:
+        """The levels an open hold of `key_id` is counted in (check.lua's order)."""
+        tracking = self.tracking.get(customer_id)
+        if not tracking:
+            return []
+        path = self.paths.get(key_id, ("key:" + key_id, "customer"))
+        # the customer counts in-flight only (its cap is cfg's, over `held`)
+        return [f for f in path if f in tracking]
+
+
+async def _hierarchy(conn, customers, keys, has_events: bool, periods: list[str]) -> _Tree:
+    tree = _Tree()
+    for c in customers:
+        parsed = limits.loads(c["limits"])
+        encoded = limits.encode(parsed)
+        if encoded is not None:
+            tree.limits[c["id"]]["customer"] = encoded
+        if "max_in_flight" in parsed:
+            tree.tracking[c["id"]].add("customer")
+    for r in await conn.fetch("SELECT id, customer_id, limits FROM teams WHERE limits <> '{}'::jsonb"):
+        tree.add(r["customer_id"], limits.level_field("team", r["id"]), r["limits"])
+    for r in await conn.fetch("SELECT id, customer_id, limits FROM apps WHERE limits <> '{}'::jsonb"):
+        tree.add(r["customer_id"], limits.level_field("app", r["id"]), r["limits"])
+    counted: dict[str, tuple[str, tuple[str, ...]]] = {}  # key id -> (customer, levels its spend counts in)
+    for k in keys:
+        tree.add(k["customer_id"], limits.level_field("key", k["id"]), k["limits"])
+        key_level = limits.level_field("key", k["id"])
+        if k["app_id"]:
+            tree.paths[k["id"]] = (key_level, limits.level_field("app", k["app_id"]),
+                                   limits.level_field("team", k["team_id"]), "customer")
+        levels = limits.spend_levels(k["id"], k["app_id"], k["team_id"], limits.loads(k["limits"]))
+        if levels:
+            counted[k["id"]] = (k["customer_id"], levels)
+    if has_events and counted:
+        rows = await conn.fetch(
+            "SELECT key_id, period, sum(spend_micros)::bigint AS s FROM processed_events"
+            " WHERE key_id = ANY($1::text[]) AND period = ANY($2::text[]) GROUP BY 1, 2", list(counted), periods,
+        )
+        for r in rows:
+            cid, levels = counted[r["key_id"]]
+            spend = tree.spend[cid]
+            for level in levels:
+                spend[(level, r["period"])] = spend.get((level, r["period"]), 0) + r["s"]
+    return tree
 
 
 async def _markers(conn, has_events: bool, wallets: dict[str, int],

@@ -40,8 +40,12 @@ def parse_time(value: str | None, field: str) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
+PATH_GROUPS = ("key", "team", "app")  # the billing hierarchy: the event's API key, its team, its app or agent
+
+
 def parse_group_by(value: str | None) -> list[str]:
-    """Comma-separated dimension names (model, tool, ...) and/or `key` (the API key)."""
+    """Comma-separated dimension names (model, tool, ...) and/or `key`, `team`, `app` (the event's
+    API key and its path in the billing hierarchy)."""
     names = [n.strip() for n in (value or "").split(",") if n.strip()]
     if len(names) > MAX_GROUPS:
         raise InvalidInput("group_by", f"at most {MAX_GROUPS} names")
@@ -80,10 +84,11 @@ async def customer_usage(db: asyncpg.Pool, customer_id: str, *, start: datetime 
         raise InvalidInput("metric", "not a metric name")
     start, end = _range(start, end, bucket)
     group_by = group_by or []
-    dims = [g for g in group_by if g != "key"]
+    dims = [g for g in group_by if g not in PATH_GROUPS]
+    path = [g for g in PATH_GROUPS if g in group_by]
     async with db.acquire() as conn:
         await require_customer(conn, customer_id)
-        rows = await _query(conn, customer_id, start, end, bucket, dims, "key" in group_by, metric, key_id)
+        rows = await _query(conn, customer_id, start, end, bucket, dims, path, metric, key_id)
     out_rows, totals, stamps = [], {}, {}
     for r in rows:
         q, a, n = r["quantity"], r["amount_micros"], r["events"]
@@ -95,8 +100,8 @@ async def customer_usage(db: asyncpg.Pool, customer_id: str, *, start: datetime 
                "amount": format_micros(a), "events": n}
         if dims:
             row["dimensions"] = {d: r[f"g{i}"] for i, d in enumerate(dims)}
-        if "key" in group_by:
-            row["key_id"] = r["key_id"] or None
+        for g in path:
+            row[f"{g}_id"] = r[f"{g}_id"] or None
         out_rows.append(row)
         t = totals.setdefault(r["metric"], [0, 0, 0])
         t[0] += q
@@ -110,18 +115,19 @@ async def customer_usage(db: asyncpg.Pool, customer_id: str, *, start: datetime 
 
 
 async def _query(conn, customer_id: str, start: datetime, end: datetime, bucket: str, dims: list[str],
-                 by_key: bool, metric: str | None, key_id: str | None) -> list[asyncpg.Record]:
+                 path: list[str], metric: str | None, key_id: str | None) -> list[asyncpg.Record]:
     """One statement (one snapshot) over a rollup table (hours, or days: usage_rollups_daily) and
     the deltas not compacted yet: the compactor moves rows from one to the other atomically, so
-    nothing counts twice or not at all. The range is whole buckets (_range)."""
+    nothing counts twice or not at all. The range is whole buckets (_range). Rollups keep the key;
+    its team and app come from its path (fixed when the key was made), joined after the sums."""
     day = bucket == "day"
     args: list = [customer_id, start.date() if day else start, end.date() if day else end]
     cols = ["b", "metric"]
     for i, d in enumerate(dims):
         args.append(d)
         cols.append(f"dims ->> ${len(args)} AS g{i}")
-    if by_key:
-        cols.append("key_id")
+    path_cols = {"key": "r.key_id AS key_id", "team": "a.team_id AS team_id", "app": "k.app_id AS app_id"}
+    cols += [path_cols[g] for g in path]
     where = ["customer_id = $1"]
     if metric is not None:
         args.append(metric)
@@ -139,7 +145,10 @@ async def _query(conn, customer_id: str, start: datetime, end: datetime, bucket:
               f" WHERE {cond} AND {b} >= $2 AND {b} < $3")
     group = ", ".join(str(i + 1) for i in range(len(cols)))
     sql = (f"SELECT {', '.join(cols)}, sum(quantity)::int8 AS quantity, sum(amount_micros)::int8 AS amount_micros,"
-           f" sum(events)::int8 AS events FROM ({rollup} UNION ALL {deltas}) r GROUP BY {group} ORDER BY {group}")
+           f" sum(events)::int8 AS events FROM ({rollup} UNION ALL {deltas}) r"
+           + (" LEFT JOIN api_keys k ON k.id = r.key_id LEFT JOIN apps a ON a.id = k.app_id"
+              if "team" in path or "app" in path else "")
+           + f" GROUP BY {group} ORDER BY {group}")
     return await conn.fetch(sql, *args)
 
 

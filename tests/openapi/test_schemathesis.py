@@ -151,6 +151,12 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
         r = c.post("/admin/webhooks", json={"url": DEAD_HOOK, "customer_id": cid})
         assert r.status_code == 201, r.text
         hook = r.json()["id"]
+        r = c.post(f"/admin/customers/{cid}/teams", json={"name": "Fuzz team"})  # the billing hierarchy
+        assert r.status_code == 201, r.text
+        team = r.json()["id"]
+        r = c.post(f"/admin/customers/{cid}/apps", json={"name": "Fuzz agent", "team_id": team, "kind": "agent"})
+        assert r.status_code == 201, r.text
+        app = r.json()["id"]
         other = uid("plan")  # for plan changes
         r = c.post("/admin/plans", content=plan_text(other), headers={"Content-Type": "application/yaml"})
         assert r.status_code == 201, r.text
@@ -181,7 +187,8 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
 
     asyncio.run(billed())
     return {"plan": pid, "customer": cid, "key": key["id"], "api_key": key["api_key"], "invoice": invoice,
-            "correlation": correlation, "other_plan": other, "webhook": hook, "catalog": catalog,
+            "correlation": correlation, "other_plan": other, "webhook": hook, "catalog": catalog, "team": team,
+            "app": app,
             "delivery": _delivery(pg_dsn, cid, admin_url)}
 
 
@@ -249,7 +256,9 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
         admin_ids["catalog"] if path.startswith("/admin/cost-catalogs/") else \
         admin_ids["invoice"] if "/invoices/" in path else \
         admin_ids["webhook"] if path.startswith("/admin/webhooks/") else \
-        admin_ids["delivery"] if path.startswith("/admin/deliveries/") else admin_ids["customer"]
+        admin_ids["delivery"] if path.startswith("/admin/deliveries/") else \
+        admin_ids["team"] if path.startswith("/admin/teams/") else \
+        admin_ids["app"] if path.startswith("/admin/apps/") else admin_ids["customer"]
     # The customer-scoped read API takes the customer's own API key, not the admin token.
     bearer = admin_ids["api_key"] if path.startswith("/v1/customer/") else TOKEN
 
@@ -269,6 +278,10 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
                 case.path_parameters = {**case.path_parameters, "line_no": "0"}
             if isinstance(case.body, dict) and "plan_id" in case.body:
                 case.body = {**case.body, "plan_id": admin_ids["plan"]}
+            if isinstance(case.body, dict) and "team_id" in case.body:  # the customer's own team, app
+                case.body = {**case.body, "team_id": admin_ids["team"]}
+            if isinstance(case.body, dict) and "app_id" in case.body:
+                case.body = {**case.body, "app_id": admin_ids["app"]}
             if path == "/admin/webhooks" and method == "POST" and isinstance(case.body, dict):
                 case.body = {**case.body, "url": DEAD_HOOK, "customer_id": admin_ids["customer"]}
             if (method, path) in LIFECYCLE and case.path_parameters.get("id") == real_id:

@@ -52,7 +52,7 @@ def lines_of(event_id: str, /, **overrides) -> tuple:
     base = dict(event_id=event_id, line_no=0, correlation_id=f"req_{event_id}", customer_id="cus_copy",
                 plan_id="plan_copy", period="202611", kind="usage", charge_id="input_tokens",
                 metric="input_tokens", dimension_key="default", quantity=1234, unit_price=Decimal("0.000003"),
-                amount_micros=3702, cost_micros=3085)
+                amount_micros=3702, cost_micros=3085, key_id="key_copy", team_id="team_copy", app_id="app_copy")
     base.update(overrides)
     return tuple(base[c] for c in LEDGER_COLUMNS)
 
@@ -321,7 +321,8 @@ decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(some_text, st.integers(-32768, 32767), st.none() | some_text, some_text, some_text,
                           some_text, some_text, some_text, st.none() | some_text, some_text, int64,
-                          st.none() | decimals, int64, int64), min_size=1, max_size=8))
+                          st.none() | decimals, int64, int64, st.none() | some_text, st.none() | some_text,
+                          st.none() | some_text), min_size=1, max_size=8))
 def test_ledger_payload_decodes_to_the_values_sent(rows):
     decoded = parse_copy_text(bytes(ledger.ledger_text(rows)), len(LEDGER_COLUMNS))
     assert decoded == [[as_copy_text(v) for v in r] for r in rows]

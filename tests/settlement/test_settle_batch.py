@@ -232,10 +232,12 @@ async def test_more_events_than_one_run_takes(redis, customer, monkeypatch):
 
 async def test_script_refuses_a_malformed_call(redis, customer):
     k = customer.keys
-    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.settled, k.settle_outbox,
+    keys = [k.cfg, k.wallet, k.held, k.holds, k.hold_expiry, k.settled, k.settle_outbox, k.inflight,
             k.spend(period_of(time.time())), k.cfg]
-    with pytest.raises(ResponseError):
+    with pytest.raises(ResponseError):  # the event's count of level spend keys is missing
         await eval_many(redis, lua.load("settle"), [(keys, [SPEND_TTL_MS, 1, "", 1, 1, 0])])
+    with pytest.raises(ResponseError):  # it says one level spend key follows, and none does
+        await eval_many(redis, lua.load("settle"), [(keys, [SPEND_TTL_MS, 1, "", 1, 1, 0, 1])])
     with pytest.raises(ResponseError):
-        await eval_many(redis, lua.load("settle"), [(keys[:7], [SPEND_TTL_MS])])
+        await eval_many(redis, lua.load("settle"), [(keys[:8], [SPEND_TTL_MS])])
     assert (await figures(redis, customer))["wallet"] == 100_000_000

@@ -80,3 +80,16 @@ def batch_lines(totals: Mapping[UsageKey, int]) -> list[ChargeLine]:
             lines.append(ChargeLine(COST_KIND, COST_KIND, COST_KIND, metric, key, q, None, 0, (), q,
                                     micros(q, r.numerator, r.denominator)))
     return lines
+
+
+def running_cost(costs: Mapping[str, MetricCosts], dimensions: Mapping[str, Any], measurements: Mapping[str, int]) -> int:
+    """The cost of `measurements` counted from zero (a session's running cost for Margin Guard:
+    its events' summed measurements, costed as one; the ledger's exact per-event costs come later,
+    when the session is billed)."""
+    total = 0
+    for metric, q in measurements.items():
+        mc = costs.get(metric)
+        if mc is not None and q:
+            _, n, d = mc.entry(dimensions)
+            total += micros(q, n, d)
+    return total
