@@ -162,13 +162,6 @@ def margin_trips(rules: tuple[GuardRule, ...], price_micros: int, cost_micros: i
     return out
 
 
-def margin_percent(price_micros: int, cost_micros: int) -> str | None:
-    """(price - cost) / price as a percent string with two decimals (None without a price)."""
-    if price_micros <= 0:
-        return None
-    return str((Decimal(price_micros - cost_micros) * 100 / price_micros).quantize(Decimal("0.01")))
-
-
 def _choice(v: Any, options: tuple[str, ...], f: str) -> str:
     if v not in options:
         raise GuardRuleError(f, f"must be one of {', '.join(options)}")
