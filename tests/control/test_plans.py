@@ -190,3 +190,26 @@ async def test_get_unknown_plan_is_not_found(pg):
     with pytest.raises(NotFound) as err:
         await plans.get_plan(pg, "no_such_plan")
     assert err.value.field == "plan_id" and err.value.status == 404
+
+
+EXAMPLE_PLANS = sorted((SAMPLE_PLAN.parent).glob("*.yaml"))
+
+
+def test_the_product_types_have_their_example_plans():
+    names = {p.stem for p in EXAMPLE_PLANS}
+    assert {"standard-api", "agentic-api", "mcp-server"} <= names, names  # (and ai-agent: sessions)
+
+
+@pytest.mark.parametrize("path", EXAMPLE_PLANS, ids=lambda p: p.name)
+async def test_every_example_plan_applies_as_documented(pg, redis, path):
+    """As its comments say to apply it: the cost catalogs of examples/costs first, then the plan
+    under its own id; applying it again changes nothing."""
+    from control.accounts import cost_catalogs  # noqa: PLC0415
+
+    for catalog in sorted((SAMPLE_PLAN.parents[1] / "costs").glob("*.yaml")):
+        await cost_catalogs.apply_catalog(pg, catalog.read_text())
+    text = path.read_text()
+    assert load_plan_text(text).id == path.stem  # `tollgate plans apply examples/plans/<id>.yaml` makes plan <id>
+    await plans.apply_plan(pg, redis, text)
+    again = await plans.apply_plan(pg, redis, text)
+    assert again["changed"] is False and (await plans.get_plan(pg, path.stem))["document"] == yaml.safe_load(text)
