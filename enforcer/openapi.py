@@ -81,19 +81,25 @@ _CHECK_REQUEST = {
 
 _USAGE_REQUEST = {
     "type": "object",
-    "required": ["event_id", "api_key", "measurements"],
+    "required": ["event_id", "api_key"],
     "properties": {
         "event_id": {**_REQUEST_ID, "description": "Idempotency key: the same id is billed once."},
         "api_key": _API_KEY,
         "correlation_id": _or_null(_REQUEST_ID),
         "hold_id": _or_null(_REQUEST_ID),
-        "event_type": _or_null(_REQUEST_ID),
+        "event_type": _or_null({**_REQUEST_ID, "description": "e.g. `llm.completion`; `agent.session.start` and "
+                                "`agent.session.end` mark an agent session's start and end."}),
+        "session_id": _or_null({**_ID, "description": "The agent session the event belongs to: on a plan with "
+                                "`sessions`, the session's events are billed as one session at its end (or "
+                                "after its idle timeout); otherwise attribution only."}),
         "timestamp": _or_null({"type": "string", "format": "date-time", "description": "RFC 3339 with an "
                                "offset; default: when the enforcer received it."}),
         "properties": _or_null({"type": "object"}),
         "measurements": {
-            "type": "array", "minItems": 1, "maxItems": MAX_MEASUREMENTS,
-            "description": "Each metric at most once (400 otherwise). Values are JSON integers: 3.0 is refused.",
+            "type": "array", "maxItems": MAX_MEASUREMENTS,
+            "description": "Required and non-empty (400 otherwise), except for the event types "
+                           "`agent.session.start` and `agent.session.end`, which may measure nothing. Each metric "
+                           "at most once (400 otherwise). Values are JSON integers: 3.0 is refused.",
             "items": {"type": "object", "required": ["metric", "value"], "properties": {
                 "metric": _ID,
                 "value": {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY_PER_EVENT_CEILING,

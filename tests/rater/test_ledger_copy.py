@@ -52,7 +52,7 @@ def lines_of(event_id: str, /, **overrides) -> tuple:
     base = dict(event_id=event_id, line_no=0, correlation_id=f"req_{event_id}", customer_id="cus_copy",
                 plan_id="plan_copy", period="202611", kind="usage", charge_id="input_tokens",
                 metric="input_tokens", dimension_key="default", quantity=1234, unit_price=Decimal("0.000003"),
-                amount_micros=3702)
+                amount_micros=3702, session_id=None)
     base.update(overrides)
     return tuple(base[c] for c in LEDGER_COLUMNS)
 
@@ -264,7 +264,7 @@ async def test_wrong_shapes_are_refused_before_sending(pg):
     async with rolled_back(pg) as conn:
         with pytest.raises(TypeError, match=r"ledger_lines\.plan_id: expected str"):
             await ledger.copy_lines(conn, [lines_of(eid(), plan_id=42)])
-        with pytest.raises(ValueError, match=r"ledger_lines: a row of 12 values for 13 columns"):
+        with pytest.raises(ValueError, match=r"ledger_lines: a row of 13 values for 14 columns"):
             await ledger.copy_lines(conn, [lines_of(eid())[:-1]])
         with pytest.raises(ValueError, match=r"ledger_lines\.customer_id: not encodable"):
             await ledger.copy_lines(conn, [lines_of(eid(), customer_id="lone \ud800 surrogate")])
@@ -321,7 +321,7 @@ decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(some_text, st.integers(-32768, 32767), st.none() | some_text, some_text, some_text,
                           some_text, some_text, some_text, st.none() | some_text, some_text, int64,
-                          st.none() | decimals, int64), min_size=1, max_size=8))
+                          st.none() | decimals, int64, st.none() | some_text), min_size=1, max_size=8))
 def test_ledger_payload_decodes_to_the_values_sent(rows):
     decoded = parse_copy_text(bytes(ledger.ledger_text(rows)), len(LEDGER_COLUMNS))
     assert decoded == [[as_copy_text(v) for v in r] for r in rows]
@@ -337,7 +337,7 @@ def test_processed_payload_decodes_to_the_values_sent(rows):
 
 
 def test_plain_rows_take_the_fast_path_and_awkward_ones_the_escaping_path():
-    plain = [lines_of(eid()), lines_of(eid(), correlation_id=None, metric=None, unit_price=None)]
+    plain = [lines_of(eid(), session_id="ses_1"), lines_of(eid(), correlation_id=None, metric=None, unit_price=None)]
     escaped = [ledger._escaped_row("ledger_lines", LEDGER_COLUMNS, ledger._LEDGER_KINDS, r) for r in plain]
     assert ledger._ledger_text_fast(plain) == b"".join(escaped)
     for s in ["a\tb", "a\nb", "a\rb", "a\\b", "\\N", "\x00"]:

@@ -46,6 +46,9 @@ class RatingContext:
     # The period so far, as routed (hybrid credits: tollgate.rating.stages.route); None = unknown.
     wallet_paid_micros: int | None = None
     invoice_due_micros: int | None = None
+    # event: an agent session's events summed (rater.sessions): each was checked against the
+    # plan's maximum per event on arrival, the sum is not (stage quantities).
+    aggregate: bool = False
 
     # Filled by the stages.
     allowances: tuple[Allowance, ...] = ()
