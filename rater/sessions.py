@@ -37,17 +37,11 @@ import asyncpg
 import orjson
 
 from tollgate.rating.pricing import RatingError
-from tollgate.rating.sessions import END, billable_measurements
+from tollgate.rating.sessions import END, billable_id, billable_measurements
 from tollgate.rating.stages.quantities import check_part
 
 log = logging.getLogger(__name__)
 
-
-
-def billable_id(customer_id: str, session_id: str) -> str:
-    """The id of a session's billable event. The customer is in it because session ids are the
-    customer's own (two customers may both have a session `s1`); ':' is in no id (ID_PATTERN)."""
-    return f"ses_{customer_id}:{session_id}"
 
 
 def event_time(ts: object, default: float) -> datetime:

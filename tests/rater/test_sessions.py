@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from rater.periods import close_period
-from rater.sessions import billable_id
+from tollgate.rating.sessions import billable_id
 from tests.rater.conftest import PERIOD, TS, raw, redis_state
 from tests.rater.test_settle_gap import _hold, _holds
 from tests.tenants import uid

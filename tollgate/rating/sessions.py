@@ -13,6 +13,13 @@ START, END = "agent.session.start", "agent.session.end"  # event types; anything
 BOUNDARY_TYPES = (START, END)  # the only usage events that may measure nothing
 
 
+def billable_id(customer_id: str, session_id: str) -> str:
+    """The id of a session's billable event (its processed_events row: rated once). The customer
+    is in it because session ids are the customer's own (two customers may both have a session
+    `s1`); ':' is in no id (ID_PATTERN), so the pair is read back unambiguously."""
+    return f"ses_{customer_id}:{session_id}"
+
+
 def billable_measurements(plan: Plan, summed: Mapping[str, int]) -> dict[str, int]:
     out = dict(summed)
     if SESSIONS_METRIC in plan_pricing(plan).known_metrics:
