@@ -126,20 +126,20 @@ async def test_an_end_that_never_comes_is_closed_by_the_idle_sweeper(pg, redis, 
     now = time.time()
     recent = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     await pipeline.process_raw(raw([ev(cid, sid, input_tokens=100, ts=recent), ev(cid, other, input_tokens=7, ts=recent)]))
-    assert (await pipeline.close_idle(now=now + IDLE - 5)).rated == 0  # not idle yet
+    assert (await pipeline.close_idle(now=now + IDLE - 5, customer_ids=[cid])).rated == 0  # not idle yet
     # `other` sees an event later: only `sid` is idle at now + IDLE + 1
     later = datetime.fromtimestamp(now + 300, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     await pipeline.process_raw(raw([ev(cid, other, output_tokens=5, ts=later)]))
-    res = await pipeline.close_idle(now=now + IDLE + 1)
+    res = await pipeline.close_idle(now=now + IDLE + 1, customer_ids=[cid])
     assert res.rated == 1
     assert (await session_row(pg, cid, sid))["close_reason"] == "idle"
     assert (await session_row(pg, cid, other))["status"] == "open"
     assert await spend(pg, cid) == price(text, {"sessions": 1, "input_tokens": 100})
     # a second sweep, and the end arriving after the idle close, change nothing
-    assert (await pipeline.close_idle(now=now + IDLE + 2)).rated == 0
+    assert (await pipeline.close_idle(now=now + IDLE + 2, customer_ids=[cid])).rated == 0
     assert (await pipeline.process_raw(raw([ev(cid, sid, "agent.session.end", ts=later)]))).rated == 0
     assert await spend(pg, cid) == price(text, {"sessions": 1, "input_tokens": 100})
-    assert (await pipeline.close_idle(now=now + 300 + IDLE + 1)).rated == 1  # `other`, idle from its last event
+    assert (await pipeline.close_idle(now=now + 300 + IDLE + 1, customer_ids=[cid])).rated == 1  # `other`, idle from its last event
     assert (await session_row(pg, cid, other))["measurements"] == '{"input_tokens": 7, "output_tokens": 5}'
 
 
@@ -224,3 +224,24 @@ def test_bad_session_settings_are_refused_naming_the_field(doc, field):
         load_plan_text(__import__("orjson").dumps({**plan, **doc}).decode())
     assert err.value.field == field
     assert load_plan_text(AGENT.format(pid="p1", mode="postpaid")).session_idle_timeout_s == IDLE
+
+
+async def test_a_sweep_goes_on_past_a_customer_redis_does_not_have(pg, redis, pipeline, make_customer, plan_for):
+    """A lock group whose settlement finds no projection (Redis being rebuilt) does not stop the
+    sweep: the other groups' sessions are closed and settled; that one's are closed, and settled
+    by the rebuild or the customer's next settlement."""
+    from tollgate import locks  # noqa: PLC0415
+    from tollgate.keys import CustomerKeys  # noqa: PLC0415
+
+    text = plan_for("postpaid", AGENT)
+    a = await make_customer(text)
+    b = await make_customer(text)
+    while locks.lock_group(b) == locks.lock_group(a):
+        b = await make_customer(text)
+    await pipeline.process_raw(raw([ev(a, "s", input_tokens=10), ev(b, "s", input_tokens=20)]))
+    await redis.delete(CustomerKeys(b).cfg)
+    res = await pipeline.close_idle(now=time.time() + 10 * IDLE, customer_ids=[a, b])
+    assert res.rated == 2
+    assert [(await session_row(pg, c, "s"))["status"] for c in (a, b)] == ["closed", "closed"]
+    assert (await redis_state(redis, a))["spend"] == price(text, {"sessions": 1, "input_tokens": 10})
+    assert (await redis_state(redis, b))["spend"] == 0

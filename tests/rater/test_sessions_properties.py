@@ -113,10 +113,10 @@ async def test_any_arrival_order_bills_what_the_sessions_aggregated(pg, redis, p
         if n in redeliver:
             assert (await pipeline.process_raw(raw(batch))).rated == 0
         if n + 1 in sweeps:
-            await pipeline.close_idle(now=far)
+            await pipeline.close_idle(now=far, customer_ids=[cid])
             for sid in list(open_):
                 close(sid)
-    await pipeline.close_idle(now=far)  # the ends that never came
+    await pipeline.close_idle(now=far, customer_ids=[cid])  # the ends that never came
     for sid in list(open_):
         close(sid)
 
