@@ -14,7 +14,10 @@ the customer is skipped, reported as `open_until`):
    lines; then the close is settled on Redis like an event (idempotent by its id);
 3. checks before anything is written: the invoice total equals the period's recorded spend plus
    the close, and equals the batch rating of P's totals (tollgate.rating.stages.pipeline.run_batch);
-4. the spend tier it enters the next period with (rater.tiers.reset_for_next_period): the tier
+4. rollover (rater.rollovers): the units P carries into P+1 (tollgate.rating.rollover), and in
+   the same transaction the credit for P+1's events rated before they were known; the invoice
+   shows the units carried in and out per charge and key (lines of amount 0);
+5. the spend tier it enters the next period with (rater.tiers.reset_for_next_period): the tier
    P's spend reached, never lower than what the new period's own spend has already reached;
    customers.tier, a tier_transitions row (reason 'period_reset') and Redis cfg `tier`. Only
    when the period after P is the customer's current one.
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from rater import grants, ledger
+from rater import grants, ledger, rollovers
 from rater.ledger import Processed
 from rater.pipeline import Directory, Pipeline
 from rater.plan_changes import apply_pending, repriced_in
@@ -44,9 +47,11 @@ from rater.settlement import fill_from, item_of, settle_filling
 from rater.tiers import reset_for_next_period
 from tollgate import locks
 from tollgate.keys import CustomerKeys
-from tollgate.periods import period_bounds, period_of, prev_period
+from tollgate.periods import next_period, period_bounds, period_of, prev_period
 from tollgate.invoices import describe, invoice, summary
+from tollgate.rating.rollover import applicable, carried_out
 from tollgate.rating.stages.pipeline import run_batch, run_close
+from tollgate.rollovers import read as read_carried
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +140,22 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
     eid = close_id(customer_id, period)
     existing = await conn.fetchrow("SELECT * FROM invoices WHERE customer_id = $1 AND period = $2", customer_id, period)
     if existing is not None:
-        done = (await ledger.processed(conn, [eid])).get(eid)
-        if done is not None:
-            await _settle(conn, redis, done, now)
+        credit = rollovers.credit_id(customer_id, next_period(period))
+        done = await ledger.processed(conn, [eid, credit])
+        if done:  # the close, and the rollover credit it gave the next period
+            await settle_filling(redis, [item_of(p) for p in sorted(done.values(), key=lambda p: p.settle_seq)],
+                                 fill_from(conn), now=now)
         tier = await reset_for_next_period(conn, redis, customer_id, customer.plan, period, now)
         return {**summary(existing), **tier, "already_closed": True}
 
     plan = customer.plan
     cumulative = (await ledger.read_cumulatives(conn, [(customer_id, period)]))[(customer_id, period)]
+    carried_in = applicable(plan, (await read_carried(conn, [(customer_id, period)]))[(customer_id, period)][0])
     wallet = int(await redis.get(CustomerKeys(customer_id).wallet) or 0) if customer.billing_mode == "hybrid" else 0
-    ctx = run_close(plan, cumulative, billing_mode=customer.billing_mode,
+    ctx = run_close(plan, cumulative, billing_mode=customer.billing_mode, carried_in=carried_in,
                     spend_cap_micros=customer.spend_cap_micros, wallet_available_micros=wallet)
+    nxt = customer.next[1] if customer.next and next_period(period) >= customer.next[0] else customer
+    carry_out = applicable(nxt.plan, carried_out(plan, cumulative, carried_in)) if plan.has_rollover else {}
 
     lines = await _ledger_summary(conn, customer_id, period)
     close_ledger: list[tuple] = []
@@ -177,11 +187,20 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
         customer_id, period) + ctx.wallet_micros
     if total != spent + ctx.total_micros:
         raise PeriodCloseError(f"{customer_id} {period}: ledger {total} != recorded spend {spent} + close {ctx.total_micros}")
-    batch = run_batch(plan, cumulative, billing_mode=customer.billing_mode, spend_cap_micros=customer.spend_cap_micros)
+    batch = run_batch(plan, cumulative, billing_mode=customer.billing_mode, spend_cap_micros=customer.spend_cap_micros,
+                      carried_in=carried_in)
     # A period whose prices changed midway (control.accounts.lifecycle: plan change now, negotiated prices)
     # was rated under two price lists: no single batch rating can match it, the ledger is the truth.
     if batch.total_micros != total and not await repriced_in(conn, customer_id, period):
         raise PeriodCloseError(f"{customer_id} {period}: real-time total {total} != batch rating {batch.total_micros}")
+    # Units carried in and out (rollover): amount 0, for the reader; the credit for the carry in
+    # is the usage's 'rollover' ledger lines, above.
+    charge_of = {c.id: c for c in plan.charges}
+    for kind, carried, other in (("carried_in", carried_in, prev_period(period)), ("carried_out", carry_out,
+                                                                                 next_period(period))):
+        for (cid, dim), units in sorted(carried.items()):
+            lines.append(InvoiceLine(kind, describe(kind, cid, charge_of[cid].metric, dim, other), 0, units, cid,
+                                     charge_of[cid].metric, dim))
     lines.append(InvoiceLine("prepaid", "paid from the prepaid wallet", -prepaid))
 
     inv_id = f"inv_{period}_{customer_id}"
@@ -204,25 +223,23 @@ async def _close_customer(conn, redis, customer, period: str, now: float) -> dic
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
             [(inv_id, i, x.kind, x.charge_id, x.metric, x.dimension_key, x.description, x.quantity,
               x.amount_micros, list(x.ledger_kinds), x.ledger_lines) for i, x in enumerate(lines)])
-    await _settle(conn, redis, close, now)  # even at zero: its number advances the mark
+        credit = await rollovers.carry(conn, customer_id, period, carry_out, nxt, wallet_available_micros=(
+            wallet - ctx.wallet_micros if nxt.billing_mode == "hybrid" else 0)) if carry_out else None
+    # even at zero: its number advances the mark; then the rollover credit, the next number
+    await settle_filling(redis, [item_of(close)] + ([item_of(credit)] if credit else []), fill_from(conn), now=now)
     tier = await reset_for_next_period(conn, redis, customer_id, plan, period, now)
     return {**summary(row), **tier, "already_closed": False}
 
 
-async def _settle(conn, redis, close: Processed, now: float) -> None:
-    """Settle the close like an event; earlier numbers of the customer a dead rater left
-    unsettled go first (settle_filling)."""
-    await settle_filling(redis, [item_of(close)], fill_from(conn), now=now)
-
-
 async def _ledger_summary(conn, customer_id: str, period: str) -> list[InvoiceLine]:
-    """The period's ledger, one invoice line per (kind, charge, metric, dimension key)."""
+    """The period's ledger, one invoice line per (kind, charge, metric, dimension key). Lines of
+    kind 'cost' (amount 0, the provider's cost of an unbilled metric) are not the customer's."""
     rows = await conn.fetch(
         """SELECT kind, charge_id, metric, dimension_key, sum(quantity)::int8 AS quantity,
                   sum(amount_micros)::int8 AS amount, count(*) AS n
-           FROM ledger_lines WHERE customer_id = $1 AND period = $2
+           FROM ledger_lines WHERE customer_id = $1 AND period = $2 AND kind <> 'cost'
            GROUP BY kind, charge_id, metric, dimension_key
-           ORDER BY CASE kind WHEN 'usage' THEN 0 WHEN 'metered' THEN 1 WHEN 'percentage' THEN 2
+           ORDER BY CASE kind WHEN 'usage' THEN 0 WHEN 'rollover' THEN 1 WHEN 'metered' THEN 1 WHEN 'percentage' THEN 2
                               WHEN 'discount' THEN 8 WHEN 'tax' THEN 9 ELSE 5 END, charge_id, metric, dimension_key""",
         customer_id, period)
     return [InvoiceLine(r["kind"], describe(r["kind"], r["charge_id"], r["metric"], r["dimension_key"]),

@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollups, sessions
+from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollovers, rollups, sessions
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
@@ -235,9 +235,13 @@ def actual_tokens(measurements: dict[str, int]) -> int:
 
 
 # What a cached customer's rating depends on, cheaply: its own version (plan change, prices, cap,
-# mode: control.accounts.lifecycle bumps it) and its plans' versions (a plan applied again).
-_STAMPS = """SELECT c.id, c.version, p.version, n.version
+# mode: control.accounts.lifecycle bumps it), its plans' versions (a plan applied again) and
+# those of the cost catalogs the plans name (a catalog applied again: new costs).
+_CATALOGS = """LEFT JOIN cost_catalogs k ON k.id = p.document ->> 'cost_catalog'
+               LEFT JOIN cost_catalogs kn ON kn.id = n.document ->> 'cost_catalog'"""
+_STAMPS = f"""SELECT c.id, c.version, p.version, n.version, k.version, kn.version
              FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+             {_CATALOGS}
              WHERE c.id = ANY($1::text[])"""
 
 
@@ -296,20 +300,24 @@ class Directory:
 
     async def _load(self, conn: asyncpg.Connection, ids: list[str], now: float) -> None:
         rows = await conn.fetch(
-            """SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period, c.version AS cv,
+            f"""SELECT c.id, c.billing_mode, c.tier, c.spend_cap_micros, c.prices, c.pending_from_period, c.version AS cv,
                       p.id AS plan_id, p.version, p.document, n.id AS next_id, n.version AS next_version,
-                      n.document AS next_document
+                      n.document AS next_document, k.version AS kv, k.document AS catalog,
+                      kn.version AS next_kv, kn.document AS next_catalog
                FROM customers c JOIN plans p ON p.id = c.plan_id LEFT JOIN plans n ON n.id = c.pending_plan_id
+               {_CATALOGS}
                WHERE c.id = ANY($1::text[])""",
             ids,
         )
         for r in rows:
-            c = self._customer(r, self._plans.get(r["plan_id"], r["version"], r["document"], r["prices"]))
+            c = self._customer(r, self._plans.get(r["plan_id"], r["version"], r["document"], r["prices"],
+                                                  (r["kv"], r["catalog"])))
             if r["next_id"] is not None:
                 c.next = (r["pending_from_period"],
-                          self._customer(r, self._plans.get(r["next_id"], r["next_version"], r["next_document"], r["prices"])))
+                          self._customer(r, self._plans.get(r["next_id"], r["next_version"], r["next_document"],
+                                                            r["prices"], (r["next_kv"], r["next_catalog"]))))
             self._customers[r["id"]] = (now + self.ttl_s, c)
-            self._stamps[r["id"]] = (r["cv"], r["version"], r["next_version"])
+            self._stamps[r["id"]] = (r["cv"], r["version"], r["next_version"], r["kv"], r["next_kv"])
 
     @staticmethod
     def _customer(r, plan: Plan) -> Customer:
@@ -352,6 +360,7 @@ class Pipeline:
         # re-price the customer's period once per transaction (~2 µs per event). Never trusted
         # otherwise: another rater's or a rolled-back write shows as different quantities.
         self._cumulatives: dict[tuple[str, str], Cumulatives] = {}
+        self._carried = rollovers.CarriedIn()  # units carried into periods (rollover plans only)
 
     async def process_raw(self, raws: Sequence[bytes], *, now: float | None = None,
                           record_dead: bool = True) -> BatchResult:
@@ -579,6 +588,9 @@ class Pipeline:
                     new = absorbed.events
                     await self._late_events(conn, absorbed.billable)  # a session's period invoiced meanwhile
                 cums = await ledger.read_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
+                # Units carried into the period (rollover): read only for plans that have it.
+                carried = await self._carried.load(conn, {(e.customer.id, e.period): e.customer.plan for e in new
+                                                          if e.kind == "usage" and e.customer.plan.has_rollover})
                 seqs = await ledger.last_seqs(conn, {e.customer.id for e in new if e.kind == "usage"})
                 behind = [c for c in wallets if seqs.get(c, 0) > marks[c]]
                 if behind:  # a dead rater's committed events: their debits count before routing
@@ -603,7 +615,7 @@ class Pipeline:
                         elif e.part:
                             self._session_part(e, seqs, rows)
                         else:
-                            self._rate(e, cums, wallets, seqs, rows, lines, changed, part, routed, needed)
+                            self._rate(e, cums, carried, wallets, seqs, rows, lines, changed, part, routed, needed)
                     if not needed:
                         break
                     routed = await ledger.routed_so_far(conn, needed)
@@ -616,7 +628,7 @@ class Pipeline:
                 payload = await ledger.copy_lines(conn, lines)
                 if absorbed is not None:
                     await sessions.write(conn, absorbed, {r.event_id: r.spend_micros for r in rows if r.kind == "usage"},
-                                         {r.event_id for r in rows})
+                                         {r.event_id for r in rows}, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
                 await rollups.write(conn, new, rows, lines)  # the read API's usage, never the ledger
                 await self.alerts.record_pace(conn, new, rows)
@@ -638,7 +650,7 @@ class Pipeline:
                 res.add_dead(i, d)
         return rows
 
-    def _rate(self, e: Event, cums, wallets: dict[str, int], seqs: dict[str, int], rows, lines, changed,
+    def _rate(self, e: Event, cums, carried, wallets: dict[str, int], seqs: dict[str, int], rows, lines, changed,
               res: BatchResult, routed: dict[tuple[str, str], list[int]], needed: set[tuple[str, str]]) -> None:
         c = e.customer
         key = (c.id, e.period)
@@ -649,7 +661,8 @@ class Pipeline:
             ctx = run_event(c.plan, dims, e.measurements, cums[key], billing_mode=c.billing_mode,
                             spend_cap_micros=c.spend_cap_micros, wallet_available_micros=wallets.get(c.id, 0),
                             wallet_paid_micros=so_far[0] if so_far else None,
-                            invoice_due_micros=so_far[1] if so_far else None, aggregate=e.aggregate)
+                            invoice_due_micros=so_far[1] if so_far else None,
+                            carried_in=carried.get(key) if carried else None, aggregate=e.aggregate)
         except Exception as err:  # pricing is pure: the same event fails the same way every time
             if not isinstance(err, RatingError):
                 log.exception("rating event %s failed", e.id)
@@ -673,15 +686,15 @@ class Pipeline:
         n = 0
         for n, ln in enumerate(ctx.lines):
             lines.append((e.id, n, corr, c.id, plan_id, e.period, ln.kind, ln.charge_id, ln.metric,
-                          ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros, ses))
+                          ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros, ln.cost_micros, ses))
         n = len(ctx.lines)
         if ctx.discount_micros:
             lines.append((e.id, n, corr, c.id, plan_id, e.period, "discount", "discount", None, "default", 0, None,
-                          -ctx.discount_micros, ses))
+                          -ctx.discount_micros, 0, ses))
             n += 1
         if ctx.tax_micros:
             lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros,
-                          ses))
+                          0, ses))
         total = ctx.total_micros
         seq = seqs[c.id] = seqs[c.id] + 1  # only a rated event takes a number: no holes
         key_id = body.get("key_id")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from tollgate.cost_catalogs import catalog_from_document, with_catalog
 from tollgate.customer_cfg import customer_config, repoint_keys, write_customer_config
 from tollgate.periods import next_period
 from tollgate.plans import Plan, plan_from_row
@@ -29,19 +30,24 @@ MAX_PLANS = 10_000  # effective plans kept (distinct plan version x negotiated p
 
 
 class Plans:
-    """Plan objects by (plan id, version, negotiated prices as stored)."""
+    """Plan objects by (plan id, version, its cost catalog's version, negotiated prices as stored)."""
 
     def __init__(self) -> None:
         self._plans: dict[tuple, Plan] = {}
 
-    def get(self, plan_id: str, version: int, document, prices) -> Plan:
-        key = (plan_id, version, prices if prices and prices != "[]" else None)  # jsonb arrives as text
+    def get(self, plan_id: str, version: int, document, prices, catalog: tuple = (None, None)) -> Plan:
+        """catalog: (version, document) of the cost catalog the plan names, (None, None) if none
+        (or none stored: the plan is priced with its own costs only)."""
+        key = (plan_id, version, catalog[0], prices if prices and prices != "[]" else None)  # jsonb arrives as text
         plan = self._plans.get(key)
         if plan is None:
-            base = self._plans.get((plan_id, version, None))
+            base = self._plans.get(key[:3] + (None,))
             if base is None:
-                base = self._plans[(plan_id, version, None)] = plan_from_row({"document": document})
-            plan = base if key[2] is None else effective_plan(base, prices)
+                base = plan_from_row({"document": document})
+                if catalog[1] is not None:
+                    base = with_catalog(base, catalog_from_document(catalog[1]))
+                self._plans[key[:3] + (None,)] = base
+            plan = base if key[3] is None else effective_plan(base, prices)
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan

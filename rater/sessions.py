@@ -36,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 import orjson
 
+from rater.ledger import LEDGER_COLUMNS
 from tollgate.rating.pricing import RatingError
 from tollgate.rating.sessions import END, billable_id, billable_measurements
 from tollgate.rating.stages.quantities import check_part
@@ -72,6 +73,7 @@ class Session:
     measurements: dict[str, int]
     event_count: int = 0
     amount_micros: int = 0
+    cost_micros: int = 0
     close_reason: str | None = None
     closed_at: datetime | None = None
     billable: str | None = None  # the billable event's id, when closed by this transaction
@@ -179,20 +181,21 @@ def _close(out: Absorbed, trigger, s: Session, reason: str, now: datetime, make_
 def _session(r) -> Session:
     return Session(r["customer_id"], r["session_id"], r["status"], r["key_id"], r["first_ts"], r["last_ts"],
                    r["idle_at"], r["period"], orjson.loads(r["dimensions"]), orjson.loads(r["measurements"]),
-                   r["event_count"], r["amount_micros"], r["close_reason"], r["closed_at"])
+                   r["event_count"], r["amount_micros"], r["cost_micros"], r["close_reason"], r["closed_at"])
 
 
 _WRITE = """
 INSERT INTO agent_sessions AS a (customer_id, session_id, status, key_id, first_ts, last_ts, idle_at, period,
-                                 dimensions, measurements, event_count, amount_micros, close_reason, closed_at)
-SELECT c, s, st, k, f, l, i, p, d::jsonb, m::jsonb, n, amt, r, ca
+                                 dimensions, measurements, event_count, amount_micros, cost_micros, close_reason,
+                                 closed_at)
+SELECT c, s, st, k, f, l, i, p, d::jsonb, m::jsonb, n, amt, cost, r, ca
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-            $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::int[], $12::int8[], $13::text[],
-            $14::timestamptz[]) AS x(c, s, st, k, f, l, i, p, d, m, n, amt, r, ca)
+            $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::int[], $12::int8[], $13::int8[],
+            $14::text[], $15::timestamptz[]) AS x(c, s, st, k, f, l, i, p, d, m, n, amt, cost, r, ca)
 ON CONFLICT (customer_id, session_id) DO UPDATE SET
     status = EXCLUDED.status, first_ts = EXCLUDED.first_ts, last_ts = EXCLUDED.last_ts, idle_at = EXCLUDED.idle_at,
     period = EXCLUDED.period, dimensions = EXCLUDED.dimensions, measurements = EXCLUDED.measurements,
-    event_count = EXCLUDED.event_count, amount_micros = EXCLUDED.amount_micros,
+    event_count = EXCLUDED.event_count, amount_micros = EXCLUDED.amount_micros, cost_micros = EXCLUDED.cost_micros,
     close_reason = EXCLUDED.close_reason, closed_at = EXCLUDED.closed_at"""
 
 _HANDLED = """
@@ -203,17 +206,26 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $
 ON CONFLICT DO NOTHING"""
 
 
-async def write(conn: asyncpg.Connection, done: Absorbed, spend: dict[str, int], rated: set[str]) -> None:
+async def write(conn: asyncpg.Connection, done: Absorbed, spend: dict[str, int], rated: set[str],
+                lines: Sequence[tuple]) -> None:
     """Store what absorb decided, in the rating transaction after processed_events took its rows
-    (`spend`: the micros of the billable events rated; `rated`: every event id recorded)."""
+    (`spend`: the micros of the billable events rated; `rated`: every event id recorded; `lines`:
+    the transaction's ledger lines, whose cost_micros of a billable event is its session's cost)."""
     sessions = list(done.sessions.values())
-    for s in sessions:
-        if s.billable is not None:
-            s.amount_micros = spend.get(s.billable, 0)
+    billable = {s.billable: s for s in sessions if s.billable is not None}
+    for s in billable.values():
+        s.amount_micros = spend.get(s.billable, 0)
+    if billable:
+        cost = LEDGER_COLUMNS.index("cost_micros")
+        for ln in lines:
+            s = billable.get(ln[0])
+            if s is not None:
+                s.cost_micros += ln[cost]
     if sessions:
         cols = list(zip(*[(s.customer_id, s.session_id, s.status, s.key_id, s.first_ts, s.last_ts, s.idle_at,
                            s.period, orjson.dumps(s.dimensions).decode(), orjson.dumps(s.measurements).decode(),
-                           s.event_count, s.amount_micros, s.close_reason, s.closed_at) for s in sessions]))
+                           s.event_count, s.amount_micros, s.cost_micros, s.close_reason, s.closed_at)
+                          for s in sessions]))
         await conn.execute(_WRITE, *[list(c) for c in cols])
     handled = [(c, s, e, t if isinstance(t, str) else None, ts, orjson.dumps(m).decode(), h)
                for c, s, e, t, ts, m, h in done.handled if e in rated]

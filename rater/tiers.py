@@ -68,10 +68,11 @@ async def record_promotions(conn, items: Sequence[SettleItem], results: Sequence
 
 
 async def reached_in(conn, plan: Plan, customer_id: str, periods: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """period -> (index of the highest tier reached in it, its usage spend in micros)."""
+    """period -> (index of the highest tier reached in it, its usage spend in micros: its usage
+    events and the rollover credit that repriced them, rater.rollovers)."""
     spend = {r[0]: r[1] for r in await conn.fetch(
         "SELECT period, sum(spend_micros)::int8 FROM processed_events"
-        " WHERE customer_id = $1 AND period = ANY($2::text[]) AND kind = 'usage' GROUP BY period",
+        " WHERE customer_id = $1 AND period = ANY($2::text[]) AND kind IN ('usage', 'rollover') GROUP BY period",
         customer_id, list(periods))}
     out = {p: (tier_reached(plan, spend.get(p, 0)), spend.get(p, 0)) for p in periods}
     for p, tier in await conn.fetch(

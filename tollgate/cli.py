@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Add your module here; its register(sub) is called with the top-level subparsers.
 COMMAND_MODULES = [
-    "control.accounts.commands",  # db, plans, customers, keys, wallets, admin
+    "control.accounts.commands",  # db, plans, costs, customers, keys, wallets, admin
     "control.projection.rebuild",  # redis rebuild
     "rater.dead_letters",  # dead-letters list / replay / discard
     "rater.service",  # rater run
@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "control.accounts.lifecycle_commands",  # customers plan / update / suspend / reactivate / archive / audit
     "control.read.commands",  # usage, preview, invoices, trace
     "control.credits.commands",  # wallets adjust, credits grant / list / expire / auto-recharge
+    "control.margin_guard.commands",  # guard show / set / clear / reset
 ]
 
 EXIT_BAD_INPUT = 2

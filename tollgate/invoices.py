@@ -8,10 +8,16 @@ from __future__ import annotations
 from tollgate.money import format_micros
 
 
-def describe(kind: str, charge_id: str, metric: str | None = None, dim: str | None = None) -> str:
-    """An invoice line's description, from what it sums."""
+def describe(kind: str, charge_id: str, metric: str | None = None, dim: str | None = None,
+             other_period: str | None = None) -> str:
+    """An invoice line's description, from what it sums (`other_period`: where units carried in
+    came from, or carried out go)."""
     what = {"usage": "usage", "metered": "metered (not billed)", "percentage": "percentage",
-            "flat": "recurring fee", "minimum": "minimum true-up", "discount": "discounts", "tax": "tax"}.get(kind, kind)
+            "flat": "recurring fee", "minimum": "minimum true-up", "discount": "discounts", "tax": "tax",
+            "rollover": "included units carried in, credit for usage rated before",
+            "carried_in": "included units carried in" + (f" from {other_period}" if other_period else ""),
+            "carried_out": "unused included units carried" + (f" to {other_period}" if other_period else " out"),
+            }.get(kind, kind)
     name = charge_id if not metric or metric == charge_id else f"{charge_id} ({metric})"
     return f"{name}: {what}" + ("" if not dim or dim == "default" else f" [{dim}]")
 

@@ -81,6 +81,10 @@ class CustomerKeys:
     def hold_released(self) -> str:  # hash hold_id -> "expiry ms:hold": expired, not yet in PostgreSQL
         return f"{self.tag}:hold_released"
 
+    @property
+    def guard(self) -> str:  # hash: Margin Guard fields (customer, team:<id>, app:<id>, key:<id>, session:<id>) -> rule
+        return f"{self.tag}:guard"
+
     def spend(self, period: str) -> str:  # int micros: period-to-date spend
         return f"{self.tag}:spend:{period}"
 

@@ -18,6 +18,8 @@ import yaml
 from tollgate.alert_rules import DEFAULTS as ALERT_DEFAULTS
 from tollgate.alert_rules import AlertSettings, AlertSettingsError, parse_settings
 from tollgate.keys import ID_PATTERN
+from tollgate.matching import OverrideIndex
+from tollgate.margin_guard import GuardRule, GuardRuleError, check_outcomes, parse_rules
 from tollgate.money import MoneyError, parse_decimal, to_micros, to_micros_ceil
 from tollgate.periods import MAX_ANCHOR_DAY
 
@@ -31,6 +33,10 @@ MAX_QUANTITY_PER_EVENT_CEILING = 10**12
 # sessions.idle_timeout_seconds at most: longer keeps a session's bill open past any useful preview.
 MAX_SESSION_IDLE_S = 7 * 86400
 CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "flat", "percentage", "composite")
+USAGE_CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "composite")
+# The status property of an event that succeeded (MCP tool calls: properties.status); an event
+# with another status is "failed", and a charge with bill_failed: false does not bill it.
+SUCCESS_STATUS = "success"
 
 
 class PlanError(ValueError):
@@ -86,19 +92,50 @@ class Charge:
     minimum: Decimal = Decimal(0)  # percentage: minimum per period
     base_charges: tuple[str, ...] = ()  # percentage: ids of the charges it is a percentage of
     metered: tuple[str, ...] = ()  # composite: metrics metered for cost/margin, not billed
+    # usage models: False = an event whose properties.status is set and is not "success" is not
+    # billed by this charge (its metrics still carry their cost: tollgate.rating.pricing.engine)
+    bill_failed: bool = True
+    # included: `rollover: {max_units: N}`, the most unused included units of each usage key
+    # carried into the next period (tollgate.rating.rollover); None: no rollover
+    rollover_max_units: int | None = None
+
+    @cached_property
+    def override_index(self) -> OverrideIndex:
+        """The overrides' first-match-wins lookup without a scan (tollgate.matching)."""
+        return OverrideIndex([o.match for o in self.overrides])
+
+    def override_for(self, dimensions: dict[str, Any]) -> int | None:
+        """The position of the override that applies to `dimensions` (the first that matches)."""
+        return self.override_index.lookup(dimensions) if self.overrides else None
 
     def pricing_for(self, dimensions: dict[str, Any]) -> Pricing:
-        for o in self.overrides:
-            if o.matches(dimensions):
-                return o.pricing
-        return self.pricing
+        i = self.override_for(dimensions)
+        return self.pricing if i is None else self.overrides[i].pricing
 
     def dimension_key(self, dimensions: dict[str, Any]) -> str:
         """Which override applies: usage is accumulated per (charge, dimension key)."""
-        for i, o in enumerate(self.overrides):
-            if o.matches(dimensions):
-                return o.key or f"override{i}"
-        return "default"
+        i = self.override_for(dimensions)
+        return "default" if i is None else (self.overrides[i].key or f"override{i}")
+
+
+@dataclass(frozen=True)
+class CostOverride:
+    match: dict[str, str]
+    unit_cost: Decimal
+
+
+@dataclass(frozen=True)
+class MetricCost:
+    """What one unit of a metric costs the provider (e.g. the model vendor's price of a token),
+    per dimension like a charge's price: the first override whose match holds, else unit_cost."""
+
+    metric: str
+    unit_cost: Decimal
+    overrides: tuple[CostOverride, ...] = ()
+
+    @cached_property
+    def override_index(self) -> OverrideIndex:
+        return OverrideIndex([o.match for o in self.overrides])
 
 
 @dataclass(frozen=True)
@@ -138,7 +175,20 @@ class Plan:
     alerts: AlertSettings = ALERT_DEFAULTS
     # sessions.idle_timeout_seconds: the plan aggregates agent sessions (rater.sessions); None: it does not
     session_idle_timeout_s: int | None = None
+    # costs: what each metric costs the provider (for margin; never billed). The plan's own, plus
+    # those of the shared catalog it names (cost_catalog) that the rater merges in
+    # (tollgate.cost_catalogs.with_catalog): a metric the plan lists wins over the catalog's.
+    costs: tuple[MetricCost, ...] = ()
+    cost_catalog: str | None = None
+    # margin_guard: the customers' default Margin Guard rules (tollgate.margin_guard; a customer's own list replaces them)
+    margin_guard: tuple[GuardRule, ...] = ()
     document: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def has_rollover(self) -> bool:
+        """Whether any charge carries unused included units over (the rater reads carried-in
+        units only for such plans)."""
+        return any(c.rollover_max_units is not None for c in self.charges)
 
     def max_quantity(self, metric: str) -> int:
         """The most units of `metric` one usage event may carry (beyond: refused, never billed)."""
@@ -147,6 +197,11 @@ class Plan:
     @cached_property
     def _max_quantity(self) -> dict[str, int]:
         return dict(self.max_quantity_per_event)
+
+    @cached_property
+    def outcome_prices(self) -> dict[str, int]:
+        """Each composite charge's base unit price in micros (what a session_cost guard compares to)."""
+        return {c.id: to_micros(c.pricing.max_unit_price()) for c in self.charges if c.model == "composite"}
 
     def tier(self, name: str) -> SpendTier:
         for t in self.tiers:
@@ -167,22 +222,18 @@ class Plan:
         released at settlement; one too small would let a prepaid wallet go negative.
         """
         total = Decimal(0)
-        for metric, default_price, overrides in self._estimable:
+        for metric, default_price, charge, override_prices in self._estimable:
             q = estimate.get(metric)
             if q:
-                price = default_price
-                for o, override_price in overrides:  # the first matching override, as pricing_for
-                    if o.matches(dimensions):
-                        price = override_price
-                        break
-                total += price * q
+                i = charge.override_for(dimensions)  # the first matching override, as pricing_for
+                total += (default_price if i is None else override_prices[i]) * q
         return to_micros_ceil(total)
 
     @cached_property
-    def _estimable(self) -> tuple[tuple[str, Decimal, tuple[tuple[Override, Decimal], ...]], ...]:
-        """(metric, highest unit price, (override, its highest unit price)...) of each charge an
-        estimate can size: computed once per plan, not on every /v1/check."""
-        return tuple((c.metric, c.pricing.max_unit_price(), tuple((o, o.pricing.max_unit_price()) for o in c.overrides))
+    def _estimable(self) -> tuple[tuple[str, Decimal, Charge, tuple[Decimal, ...]], ...]:
+        """(metric, highest unit price, the charge, each override's highest unit price) of each
+        charge an estimate can size: computed once per plan, not on every /v1/check."""
+        return tuple((c.metric, c.pricing.max_unit_price(), c, tuple(o.pricing.max_unit_price() for o in c.overrides))
                      for c in self.charges if c.model in ("per_unit", "graduated", "volume", "included"))
 
 
@@ -204,6 +255,8 @@ def parse_plan(doc: Any) -> Plan:
     limits = _mapping(doc.get("limits", {}), "limits")
     tiers = _parse_tiers(doc.get("tiers"))
     charges = _parse_charges(doc.get("charges"))
+    costs = parse_costs(doc.get("costs"), "costs", known=_known_metrics(charges))
+    catalog = doc.get("cost_catalog")
     cap = limits.get("monthly_spend_cap")
     max_quantity = _max_quantity_per_event(limits.get("max_quantity_per_event"))
     return Plan(
@@ -225,8 +278,67 @@ def parse_plan(doc: Any) -> Plan:
         max_quantity_per_event=tuple(sorted(max_quantity.items())),
         alerts=_alerts(doc.get("alerts")),
         session_idle_timeout_s=_sessions(doc.get("sessions")),
+        costs=costs,
+        cost_catalog=None if catalog is None else _ident(catalog, "cost_catalog"),
+        margin_guard=guard_rules(doc.get("margin_guard"), charges),
         document=doc,
     )
+
+
+def _known_metrics(charges: tuple[Charge, ...]) -> set[str]:
+    return {m for c in charges if c.model in USAGE_CHARGE_MODELS for m in (c.metric, *c.metered)}
+
+
+def parse_costs(raw: Any, f: str, known: set[str] | None = None) -> tuple[MetricCost, ...]:
+    """`costs: {<metric>: <unit cost> | {unit_cost, overrides: [{match, unit_cost}], costs_by}}`.
+
+    unit_cost defaults to 0 (a metric costed only per model, say); costs_by is the compact form of
+    many single-dimension overrides, `{dimension: model, costs: {gpt-4o: "0.0000025", ...}}`,
+    appended after the explicit overrides. `known`: the metrics a plan's charges bill or meter
+    (a plan's own cost for any other metric is a typo); None for a shared catalog."""
+    out = []
+    for metric, spec in _mapping(raw, f).items():
+        mf = f"{f}.{metric}"
+        if not (isinstance(metric, str) and ID_PATTERN.match(metric)):
+            raise PlanError(f, f"{str(metric)[:64]!r} is not a metric name (1-64 letters, digits, '_', '-', '.')")
+        if known is not None and metric not in known:
+            raise PlanError(mf, "no charge of the plan bills or meters this metric")
+        if not isinstance(spec, dict):
+            out.append(MetricCost(metric, _dec(spec, mf, 0)))
+            continue
+        for name in spec:
+            if name not in ("unit_cost", "overrides", "costs_by"):
+                raise PlanError(f"{mf}.{name}", "unknown field; expected unit_cost, overrides, costs_by")
+        overrides = []
+        for j, o in enumerate(_list(spec.get("overrides"), f"{mf}.overrides")):
+            of = f"{mf}.overrides[{j}]"
+            o = _mapping(o, of, True)
+            for name in o:
+                if name not in ("match", "unit_cost"):
+                    raise PlanError(f"{of}.{name}", "unknown field; expected match, unit_cost")
+            overrides.append(CostOverride(_match(o.get("match"), f"{of}.match"), _dec(o.get("unit_cost"), f"{of}.unit_cost", 0)))
+        if spec.get("costs_by") is not None:
+            dim, entries = _by_map(spec["costs_by"], f"{mf}.costs_by", "costs")
+            overrides += [CostOverride({dim: v}, _dec(c, f"{mf}.costs_by.costs.{v}", 0)) for v, c in entries]
+        out.append(MetricCost(metric, _dec(spec.get("unit_cost", 0), f"{mf}.unit_cost", 0), tuple(overrides)))
+    return tuple(out)
+
+
+def _match(raw: Any, f: str) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _mapping(raw, f, True).items()}
+
+
+def _by_map(raw: Any, f: str, values: str) -> tuple[str, list[tuple[str, Any]]]:
+    """`{dimension: <name>, <values>: {<dimension value>: <price or cost>, ...}}` -> (name, entries)."""
+    raw = _mapping(raw, f, True)
+    for name in raw:
+        if name not in ("dimension", values):
+            raise PlanError(f"{f}.{name}", f"unknown field; expected dimension, {values}")
+    dim = _ident(raw.get("dimension"), f"{f}.dimension")
+    entries = _mapping(raw.get(values), f"{f}.{values}", True)
+    if not entries:
+        raise PlanError(f"{f}.{values}", "must not be empty")
+    return dim, [(str(v), p) for v, p in entries.items()]
 
 
 def _anchor_day(raw: Any) -> int:
@@ -252,6 +364,16 @@ def _sessions(raw: Any) -> int | None:
     if n > MAX_SESSION_IDLE_S:
         raise PlanError("sessions.idle_timeout_seconds", f"must be <= {MAX_SESSION_IDLE_S} (7 days)")
     return n
+
+
+def guard_rules(raw: Any, charges: tuple[Charge, ...]) -> tuple[GuardRule, ...]:
+    """Margin Guard rules valid for these charges (a plan's own, or a customer's under its plan)."""
+    try:
+        rules = parse_rules(raw)
+        check_outcomes(rules, {c.id for c in charges if c.model == "composite"})
+    except GuardRuleError as e:
+        raise PlanError(e.field, e.message) from None
+    return rules
 
 
 def _alerts(raw: Any) -> AlertSettings:
@@ -315,15 +437,25 @@ def _parse_charges(raw: Any) -> tuple[Charge, ...]:
         if any(o.id == cid for o in out):
             raise PlanError(f"{f}.id", f"duplicate charge id {cid!r}")
         kw: dict[str, Any] = {}
-        if model in ("per_unit", "graduated", "volume", "included", "composite"):
+        if model in USAGE_CHARGE_MODELS:
             kw["pricing"] = _parse_pricing(c, model, f)
+            for j, o in enumerate(c.get("overrides") or []):
+                if isinstance(o, dict) and "rollover" in o:
+                    raise PlanError(f"{f}.overrides[{j}].rollover",
+                                    "set rollover on the charge: it applies to each of its usage keys")
             kw["overrides"] = tuple(
                 Override(
-                    match={str(k): str(v) for k, v in _mapping(o.get("match"), f"{f}.overrides[{j}].match", True).items()},
+                    match=_match(o.get("match"), f"{f}.overrides[{j}].match"),
                     pricing=_parse_pricing({**_pricing_defaults(c), **o}, model, f"{f}.overrides[{j}]"),
                 )
                 for j, o in enumerate(_mapping(x, f"{f}.overrides[{k}]") for k, x in enumerate(_list(c.get("overrides", []), f"{f}.overrides")))
-            )
+            ) + _prices_by(c, model, f)
+            bill_failed = c.get("bill_failed", True)
+            if not isinstance(bill_failed, bool):
+                raise PlanError(f"{f}.bill_failed", "must be true or false")
+            kw["bill_failed"] = bill_failed
+        elif "bill_failed" in c or "prices_by" in c:
+            raise PlanError(f"{f}.{'bill_failed' if 'bill_failed' in c else 'prices_by'}", f"not a field of {model} charges")
         if model == "flat":
             kw["amount"] = _dec(c.get("amount"), f"{f}.amount", 0)
         if model == "percentage":
@@ -334,10 +466,38 @@ def _parse_charges(raw: Any) -> tuple[Charge, ...]:
                 if b not in {o.id for o in out}:
                     raise PlanError(f"{f}.base_charges[{j}]", f"no earlier charge {b!r}")
             kw["base_charges"] = bases
+        if "rollover" in c:
+            kw["rollover_max_units"] = _rollover(c["rollover"], model, f)
         if model == "composite":
             kw["metered"] = tuple(_ident(m, f"{f}.metered[{j}]") for j, m in enumerate(_list(c.get("metered", []), f"{f}.metered")))
         out.append(Charge(id=cid, model=model, metric=metric, **kw))
     return tuple(out)
+
+
+def _prices_by(c: dict, model: str, f: str) -> tuple[Override, ...]:
+    """`prices_by: {dimension: tool, prices: {<tool>: <unit price> | {<pricing fields>}}}`: the
+    compact form of one single-dimension override per value (thousands of MCP tools, say),
+    appended after the explicit overrides. The lookup is indexed either way (tollgate.matching)."""
+    if c.get("prices_by") is None:
+        return ()
+    dim, entries = _by_map(c["prices_by"], f"{f}.prices_by", "prices")
+    out = []
+    for v, p in entries:
+        pf = f"{f}.prices_by.prices.{v}"
+        body = dict(_mapping(p, pf, True)) if isinstance(p, dict) else {"unit_price": p}
+        out.append(Override({dim: v}, _parse_pricing({**_pricing_defaults(c), **body}, model, pf)))
+    return tuple(out)
+
+
+def _rollover(raw: Any, model: str, f: str) -> int:
+    """`rollover: {max_units: N}` (included charges only): N >= 1 whole units per usage key."""
+    if model != "included":
+        raise PlanError(f"{f}.rollover", "only an included charge carries unused units over")
+    r = _mapping(raw, f"{f}.rollover", True)
+    for name in r:
+        if name != "max_units":
+            raise PlanError(f"{f}.rollover.{name}", "unknown field; expected max_units")
+    return _int(r.get("max_units"), f"{f}.rollover.max_units", 1)
 
 
 def _pricing_defaults(c: dict) -> dict:

@@ -1,11 +1,11 @@
-"""The control plane's `tollgate` commands: db, plans, customers, keys, wallets, admin."""
+"""The control plane's `tollgate` commands: db, plans, costs, customers, keys, wallets, admin."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from control.accounts import api_keys, customers, plans, wallets
+from control.accounts import api_keys, cost_catalogs, customers, plans, wallets
 from control.errors import InvalidInput
 from tollgate.cli import Context, command, group, table
 
@@ -20,6 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     command(g, "list", plans_list, "list plans")
     p = command(g, "show", plans_show, "show one plan")
     p.add_argument("plan_id")
+
+    g = group(sub, "costs", "shared cost catalogs (what metrics cost the provider; plans name one with cost_catalog)")
+    p = command(g, "apply", costs_apply, "validate a cost catalog (YAML or JSON file, '-' for stdin) and apply it")
+    p.add_argument("file")
+    command(g, "list", costs_list, "list cost catalogs")
+    p = command(g, "show", costs_show, "show one cost catalog")
+    p.add_argument("catalog_id")
 
     g = group(sub, "customers", "customers and their plans")
     p = command(g, "create", customers_create, "create a customer on a plan")
@@ -68,11 +75,7 @@ async def db_migrate(ctx: Context) -> None:
 
 
 async def plans_apply(ctx: Context) -> None:
-    path = ctx.args.file
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidInput("file", f"cannot read {path}: {e}") from None
+    text = _read_file(ctx.args.file)
     async with ctx.backends() as (db, redis):
         r = await plans.apply_plan(db, redis, text)
     state = "unchanged" if not r["changed"] else ("created" if r["version"] == 1 else "updated")
@@ -89,6 +92,33 @@ async def plans_list(ctx: Context) -> None:
 async def plans_show(ctx: Context) -> None:
     async with ctx.backends() as (db, _):
         ctx.emit(await plans.get_plan(db, ctx.args.plan_id))
+
+
+def _read_file(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput("file", f"cannot read {path}: {e}") from None
+
+
+async def costs_apply(ctx: Context) -> None:
+    text = _read_file(ctx.args.file)
+    async with ctx.backends() as (db, _):
+        r = await cost_catalogs.apply_catalog(db, text)
+    state = "unchanged" if not r["changed"] else ("created" if r["version"] == 1 else "updated")
+    ctx.emit(r, f"cost catalog {r['id']} {state} (version {r['version']}); {r['metrics']} metric(s), "
+                f"named by {r['plans']} plan(s)")
+
+
+async def costs_list(ctx: Context) -> None:
+    async with ctx.backends() as (db, _):
+        rows = await cost_catalogs.list_catalogs(db)
+    ctx.emit(rows, table(rows, ["id", "name", "version", "plans", "updated_at"]))
+
+
+async def costs_show(ctx: Context) -> None:
+    async with ctx.backends() as (db, _):
+        ctx.emit(await cost_catalogs.get_catalog(db, ctx.args.catalog_id))
 
 
 async def customers_create(ctx: Context) -> None:

@@ -13,6 +13,7 @@ from control.errors import Conflict, InvalidInput, NotFound
 from control.fields import iso
 from control.lookup import known_id
 from control.projection.writes import hold_off_rebuild, project_plan
+from tollgate.cost_catalogs import catalog_from_document
 from tollgate.plans import Plan, PlanError, parse_plan, plan_from_row
 
 
@@ -61,6 +62,7 @@ async def apply_plan(db: asyncpg.Pool, redis: Redis, source: str | dict) -> dict
     doc = orjson.dumps(plan.document).decode()
     async with db.acquire() as conn, conn.transaction():
         await hold_off_rebuild(conn)  # a rebuild must not overwrite this write
+        await _check_cost_catalog(conn, plan)
         old = await conn.fetchrow("SELECT * FROM plans WHERE id = $1 FOR UPDATE", plan.id)
         if old is not None and plan_from_row(old).billing_anchor_day != plan.billing_anchor_day:
             n = await conn.fetchval("SELECT count(*) FROM customers WHERE plan_id = $1", plan.id)
@@ -86,6 +88,18 @@ async def apply_plan(db: asyncpg.Pool, redis: Redis, source: str | dict) -> dict
             await customers.project_row(redis, c, plan)
     return {"id": plan.id, "name": plan.name, "version": row["version"], "changed": changed,
             "customers_reprojected": len(rows)}
+
+
+async def _check_cost_catalog(conn: asyncpg.Connection, plan: Plan) -> None:
+    """A plan naming a catalog: the catalog exists, in the plan's currency (4xx on cost_catalog)."""
+    if plan.cost_catalog is None:
+        return
+    doc = await conn.fetchval("SELECT document FROM cost_catalogs WHERE id = $1 FOR SHARE", plan.cost_catalog)
+    if doc is None:
+        raise InvalidInput("cost_catalog", f"no cost catalog {plan.cost_catalog!r} (apply it first)")
+    catalog = catalog_from_document(doc)
+    if catalog.currency != plan.currency:
+        raise InvalidInput("cost_catalog", f"cost catalog {catalog.id!r} is in {catalog.currency}, the plan in {plan.currency}")
 
 
 async def list_plans(db: asyncpg.Pool) -> list[dict]:

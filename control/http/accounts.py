@@ -1,4 +1,4 @@
-"""Admin routes of the catalog: plans, customers, API keys, wallet top-ups (control.accounts)."""
+"""Admin routes of the catalog: plans, cost catalogs, customers, API keys, wallet top-ups (control.accounts)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,12 +9,13 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import Response
 
-from control.accounts import api_keys, customers, plans, wallets
+from control.accounts import api_keys, cost_catalogs, customers, plans, wallets
 from control.errors import InvalidInput
 from control.http import lifecycle as lifecycle_http
 from control.http.messages import JSON_TYPES, YAML_TYPES, ApiError, Handler, json_object, query_int, read_body
 
-async def apply_plan(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[int, dict]:
+async def _document(request: Request) -> Any:
+    """A plan or catalog document from a JSON or YAML body."""
     ctype, raw = await read_body(request, JSON_TYPES + YAML_TYPES)
     if ctype in JSON_TYPES:
         try:
@@ -30,8 +31,25 @@ async def apply_plan(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[
             doc = plans.parse_document_text(text)
         except InvalidInput as e:
             raise ApiError(400, str(e), e.field) from None
-    result = await plans.apply_plan(db, redis, doc)
+    return doc
+
+
+async def apply_plan(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[int, dict]:
+    result = await plans.apply_plan(db, redis, await _document(request))
     return (201 if result["changed"] and result["version"] == 1 else 200), result
+
+
+async def apply_cost_catalog(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[int, dict]:
+    result = await cost_catalogs.apply_catalog(db, await _document(request))
+    return (201 if result["changed"] and result["version"] == 1 else 200), result
+
+
+async def list_cost_catalogs(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
+    return {"cost_catalogs": await cost_catalogs.list_catalogs(db)}
+
+
+async def get_cost_catalog(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
+    return await cost_catalogs.get_catalog(db, request.path_params["id"])
 
 
 async def list_plans(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
@@ -92,6 +110,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/plans", apply_plan),
     ("GET", "/admin/plans", list_plans),
     ("GET", "/admin/plans/{id}", get_plan),
+    ("POST", "/admin/cost-catalogs", apply_cost_catalog),
+    ("GET", "/admin/cost-catalogs", list_cost_catalogs),
+    ("GET", "/admin/cost-catalogs/{id}", get_cost_catalog),
     ("POST", "/admin/customers", create_customer),
     ("GET", "/admin/customers", list_customers),
     ("GET", "/admin/customers/{id}", get_customer),

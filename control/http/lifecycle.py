@@ -16,11 +16,7 @@ from starlette.responses import Response
 
 from control.accounts import audit, lifecycle
 from control.errors import InvalidInput
-
-
-def _actor(request: Request) -> str:
-    """Only reached with the right token (control.http.app checks it first)."""
-    return audit.token_actor(request.headers.get("authorization", "").partition(" ")[2].strip())
+from control.http.messages import actor
 
 
 def _version(request: Request, body: dict) -> object:
@@ -59,7 +55,7 @@ async def update_customer(request: Request, db: asyncpg.Pool, redis: Redis) -> R
     body = await json_object(request, (*lifecycle.UPDATABLE, "version"))
     version = _version(request, body)
     return customer_response(await lifecycle.update_customer(
-        db, redis, request.path_params["id"], body, version=version, actor=_actor(request)))
+        db, redis, request.path_params["id"], body, version=version, actor=actor(request)))
 
 
 async def change_plan(request: Request, db: asyncpg.Pool, redis: Redis) -> Response:
@@ -67,7 +63,7 @@ async def change_plan(request: Request, db: asyncpg.Pool, redis: Redis) -> Respo
     version = _version(request, body)
     return customer_response(await lifecycle.change_plan(
         db, redis, request.path_params["id"], body.get("plan_id"), effective=body.get("effective"),
-        version=version, actor=_actor(request)))
+        version=version, actor=actor(request)))
 
 
 def _status_change(action: str):
@@ -75,7 +71,7 @@ def _status_change(action: str):
         body = await _body(request, ("version",))
         version = _version(request, body)
         return customer_response(await lifecycle.set_status(
-            db, redis, request.path_params["id"], action, version=version, actor=_actor(request)))
+            db, redis, request.path_params["id"], action, version=version, actor=actor(request)))
 
     handler.__name__ = f"{action}_customer"
     return handler

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from control.accounts.audit import token_actor
 from control.errors import InvalidInput
 
 MAX_BODY = 1 << 20
@@ -73,6 +74,12 @@ async def json_object(request: Request, allowed: tuple[str, ...]) -> dict:
         if name not in allowed:
             raise InvalidInput(name, f"unknown field; expected {', '.join(allowed)}")
     return doc
+
+
+def actor(request: Request) -> str:
+    """Who made an admin request, for audits and resets: the admin token's fingerprint (only
+    reached with the right token: control.http.app checks it first)."""
+    return token_actor(request.headers.get("authorization", "").partition(" ")[2].strip())
 
 
 def query_int(request: Request, name: str, default: int) -> int:

@@ -152,13 +152,32 @@ _SCHEMAS["Usage"] = _obj(["customer_id", "from", "to", "bucket", "group_by", "ro
                                                                 metric={"type": "string"}, quantity=_INT,
                                                                 amount=_MONEY_OUT, events=_INT)},
                          **{"from": _TIME, "to": _TIME})
+_MARGIN = dict(price={**_MONEY_OUT, "description": "Charged for the usage (discounts in, tax out)."},
+               cost={**_MONEY_OUT, "description": "What the usage cost the provider (plan costs, cost catalog)."},
+               margin=_MONEY_OUT, margin_percent={"type": ["string", "null"],
+                                                  "description": "margin / price x 100, 2 decimals; null when price is 0."})
+_SCHEMAS["Margin"] = _obj(
+    ["customer_id", "period", "period_start", "period_end", "currency", "by", "rows", "total"],
+    customer_id=_ID, period={"type": "string"}, period_start=_TIME, period_end=_TIME, currency={"type": "string"},
+    by={"type": "array", "items": {"type": "string"}},
+    rows={"type": "array", "items": {"type": "object", "required": ["price", "cost", "margin", "margin_percent"],
+                                     "description": "One per group: the `by` names as keys (day: a date; outcome, "
+                                     "key or a dimension: null when none), `quantity` when grouped by metric.",
+                                     "properties": {**_MARGIN, "day": {"type": "string", "format": "date"},
+                                                    "metric": {"type": "string"}, "outcome": _STR_OR_NULL,
+                                                    "key": _STR_OR_NULL, "quantity": _INT}}},
+    total=_obj(["price", "cost", "margin", "margin_percent"], **_MARGIN))
+_SCHEMAS["CostCatalog"] = _obj(["id", "name", "currency", "version", "updated_at", "document"], id=_ID,
+                               name={"type": "string"}, currency={"type": "string"}, version=_INT,
+                               updated_at=_TIME, document={"type": "object"})
+_UNITS = {"type": "string", "pattern": "^[0-9]+$"}
 _LINE = _obj(["kind", "description", "amount"], kind={"type": "string"}, description={"type": "string"},
              charge_id=_STR_OR_NULL, metric=_STR_OR_NULL, dimension_key=_STR_OR_NULL,
              quantity={"type": "string"}, amount=_MONEY_OUT)
 _SCHEMAS["Preview"] = _obj(
     ["customer_id", "period", "period_start", "period_end", "plan_id", "currency", "billing_mode", "lines", "subtotal",
-     "discount", "tax", "total", "spend_to_date", "close", "minimum_commit", "projected_commit_true_up", "balance",
-     "tier", "next_tier", "pending_sessions"],
+     "discount", "tax", "total", "spend_to_date", "close", "allowances", "minimum_commit", "projected_commit_true_up",
+     "balance", "tier", "next_tier", "pending_sessions"],
     pending_sessions={**_obj(["count", "amount"], count=_INT, amount=_MONEY_OUT), "description": "Agent sessions "
                       "still open: in the lines and totals as if closed now (the close bills them first)."},
     customer_id=_ID, period={"type": "string"}, period_start=_TIME, period_end=_TIME, plan_id=_ID,
@@ -166,6 +185,14 @@ _SCHEMAS["Preview"] = _obj(
     subtotal=_MONEY_OUT, discount=_MONEY_OUT, tax=_MONEY_OUT, total=_MONEY_OUT, spend_to_date=_MONEY_OUT,
     close=_obj(["lines", "commit_true_up", "total"], lines={"type": "array", "items": _LINE},
                commit_true_up=_MONEY_OUT, total=_MONEY_OUT),
+    allowances={"type": "array", "description": "Each included charge's quota per dimension key: the plan's units "
+                "plus those carried in by rollover (units as decimal strings); carried_out: what the period would "
+                "carry into the next if it closed now (null: the charge has no rollover).",
+                "items": _obj(["charge_id", "metric", "dimension_key", "included_units", "carried_in", "allowance",
+                               "used", "remaining", "carried_out"],
+                              charge_id=_ID, metric={"type": "string"}, dimension_key={"type": "string"},
+                              included_units=_UNITS, carried_in=_UNITS, allowance=_UNITS, used=_UNITS,
+                              remaining=_UNITS, carried_out={"anyOf": [{"type": "null"}, _UNITS]})},
     minimum_commit=_MONEY_OUT, projected_commit_true_up=_MONEY_OUT, balance=_ref("Wallet"), tier={"type": "string"},
     next_tier={"anyOf": [{"type": "null"}, _obj(["name", "threshold", "remaining"], name={"type": "string"},
                                                 threshold=_MONEY_OUT, remaining=_MONEY_OUT)]})
@@ -204,6 +231,7 @@ _SESSION = dict(
     measurements={"type": "object", "additionalProperties": {"type": "integer"}, "description": "Summed."},
     event_count=_INT, amount={"type": ["string", "null"], "description": "What the billable session was charged; "
                               "null while open."},
+    cost={"type": ["string", "null"], "description": "What the billable session cost the provider (plan costs)."},
     billable_event_id={"type": ["string", "null"]}, close_reason={"enum": ["end", "idle", "period_close", None]},
     closed_at={"type": ["string", "null"]})
 _SCHEMAS["Session"] = _obj(["session_id", "status", "first_ts", "last_ts", "period", "measurements", "event_count",
@@ -309,7 +337,19 @@ _AUTO_RECHARGE = {"type": "object", "required": ["threshold", "amount"], "additi
 _PLAN_DOCUMENT = {"type": "object", "description": "A plan document (see examples/plans/): id, charges, limits, "
                   "tiers, billing mode, ...; validated in full by the server (422 naming the field)."}
 
+_CATALOG_DOCUMENT = {"type": "object", "description": "A cost catalog document (see examples/costs/): id, currency, "
+                     "costs (metric -> unit_cost, overrides, costs_by); validated in full (422 naming the field)."}
+_CATALOG_APPLIED = _obj(["id", "name", "currency", "version", "changed", "metrics", "plans"], id=_ID,
+                        name={"type": "string"}, currency={"type": "string"}, version={"type": "integer"},
+                        changed={"type": "boolean"}, metrics={"type": "integer"},
+                        plans={"type": "integer", "description": "Plans that name this catalog."})
+
 _OK_SCHEMAS = {  # (method, path) -> {status: schema}
+    ("POST", "/admin/cost-catalogs"): {"200": _CATALOG_APPLIED, "201": _CATALOG_APPLIED},
+    ("GET", "/admin/cost-catalogs"): {"200": _obj(["cost_catalogs"], cost_catalogs={"type": "array", "items": _obj(
+        ["id", "name", "version", "plans", "updated_at"], id=_ID, name={"type": "string"},
+        version={"type": "integer"}, plans={"type": "integer"}, updated_at=_TIME)})},
+    ("GET", "/admin/cost-catalogs/{id}"): {"200": _ref("CostCatalog")},
     ("POST", "/admin/plans"): {"200": _ref("PlanApplied"), "201": _ref("PlanApplied")},
     ("GET", "/admin/plans"): {"200": _obj(["plans"], plans={"type": "array", "items": _ref("PlanSummary")})},
     ("GET", "/admin/plans/{id}"): {"200": _ref("Plan")},
@@ -350,6 +390,7 @@ _OK_SCHEMAS = {  # (method, path) -> {status: schema}
 }
 _OK_SCHEMAS.update({
     ("GET", "/admin/customers/{id}/usage"): {"200": _ref("Usage")},
+    ("GET", "/admin/customers/{id}/margin"): {"200": _ref("Margin")},
     ("GET", "/admin/keys/{id}/usage"): {"200": _ref("Usage")},
     ("GET", "/admin/customers/{id}/preview"): {"200": _ref("Preview")},
     ("GET", "/admin/customers/{id}/invoices"): {"200": _ref("InvoiceList")},
@@ -379,6 +420,10 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("POST", "/admin/plans"): ("applyPlan", "Create or update a plan (JSON or YAML); its version goes up only when it changed."),
     ("GET", "/admin/plans"): ("listPlans", "List plans."),
     ("GET", "/admin/plans/{id}"): ("getPlan", "A plan with its document."),
+    ("POST", "/admin/cost-catalogs"): ("applyCostCatalog", "Create or update a shared cost catalog (JSON or YAML), "
+                                       "named by plans with cost_catalog; its version goes up only when it changed."),
+    ("GET", "/admin/cost-catalogs"): ("listCostCatalogs", "List cost catalogs."),
+    ("GET", "/admin/cost-catalogs/{id}"): ("getCostCatalog", "A cost catalog with its document."),
     ("POST", "/admin/customers"): ("createCustomer", "Create a customer (projected to Redis before it commits)."),
     ("GET", "/admin/customers"): ("listCustomers", "List customers by id; page with `after`."),
     ("GET", "/admin/customers/{id}"): ("getCustomer", "A customer with key counts and wallet."),
@@ -411,6 +456,9 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("GET", "/admin/customers/{id}/usage"): ("customerUsage", "Usage by metric (and dimensions), per hour or day, "
                                              "from the rollups (never the ledger)."),
     ("GET", "/admin/keys/{id}/usage"): ("keyUsage", "One API key's usage, as customerUsage."),
+    ("GET", "/admin/customers/{id}/margin"): ("customerMargin", "Price, cost, margin and margin % of a billing "
+                                              "period's usage, by day, metric, outcome, key or a dimension (model, "
+                                              "tool), from the rollups (never the ledger)."),
     ("GET", "/admin/customers/{id}/preview"): ("customerPreview", "The current period's invoice so far, as the close "
                                                "would write it now; commit true-up, balance, tier, next tier."),
     ("GET", "/admin/customers/{id}/invoices"): ("listInvoices", "A customer's invoices, newest first; page with `after`."),
@@ -449,6 +497,8 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
 _BODIES = {
     ("POST", "/admin/plans"): {"application/json": {"schema": _PLAN_DOCUMENT},
                                **{t: {"schema": {"type": "string"}} for t in YAML_TYPES}},
+    ("POST", "/admin/cost-catalogs"): {"application/json": {"schema": _CATALOG_DOCUMENT},
+                                       **{t: {"schema": {"type": "string"}} for t in YAML_TYPES}},
     ("POST", "/admin/customers"): json_content(_NEW_CUSTOMER),
     ("POST", "/admin/customers/{id}/wallet/topups"): json_content(_NEW_TOPUP),
     ("POST", "/admin/webhooks"): json_content(_NEW_WEBHOOK),
@@ -483,6 +533,11 @@ _INVOICE_PAGE = [{"name": "after", "in": "query", "schema": {"type": "string", "
                   "description": "The last period of the previous page."}, _READ_LIMIT]
 _QUERY.update({
     ("GET", "/admin/customers/{id}/usage"): _USAGE_QUERY,
+    ("GET", "/admin/customers/{id}/margin"): [
+        {"name": "period", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{6}$"},
+         "description": "The billing period, YYYYMM; default the current one."},
+        {"name": "by", "in": "query", "schema": {"type": "string"}, "description": "Comma-separated, at most 4: "
+         "day, metric, outcome (composite charge), key, or a dimension name (model, tool, ...)."}],
     ("GET", "/admin/keys/{id}/usage"): _USAGE_QUERY,
     ("GET", "/v1/customer/usage"): _USAGE_QUERY,
     ("GET", "/admin/customers/{id}/invoices"): _INVOICE_PAGE,
@@ -520,6 +575,45 @@ _ERRORS = {k: {"409": "Conflict: archived, already in that state, or a plan chan
                "412": "The customer changed since it was read (`field`: version): read it again.",
                "428": "No version named: send If-Match (the ETag read) or `version`."}
            for k in _QUERY if k[0] != "GET" and _IF_MATCH in _QUERY[k]}
+
+
+# Margin Guard (control.margin_guard): rules and trips, the operator's reset.
+_PERCENT = {"type": ["string", "integer"], "description": "A percent: a decimal string or an integer."}
+_GUARD_RULE = {"type": "object", "description": "A Margin Guard rule (tollgate.margin_guard): `when` session_cost "
+               "(percent_of_outcome + outcome, or max_cost) or period_margin (below_percent, min_revenue); `action` "
+               "deny | alert; `stop` session | agent | customer.", "required": ["id", "when"],
+               "properties": {"id": _ID, "when": {"enum": ["session_cost", "period_margin"]},
+                              "action": {"enum": ["deny", "alert"]}, "stop": {"enum": ["session", "agent", "customer"]},
+                              "percent_of_outcome": _PERCENT, "outcome": _ID, "max_cost": _MONEY_IN,
+                              "below_percent": _PERCENT, "min_revenue": _MONEY_IN}}
+_SCHEMAS["MarginGuardRule"] = _GUARD_RULE
+_SCHEMAS["MarginGuardTrip"] = _obj(
+    ["id", "rule_id", "subject", "action", "period", "detail", "tripped_at", "reset_at", "reset_by", "active"],
+    id={"type": "string"}, rule_id={"type": "string"}, subject={"type": "string", "description": "customer, team:<id>, "
+    "app:<id>, key:<id> or session:<id>: what the next /v1/check is denied for (action deny)"},
+    action={"enum": ["deny", "alert"]}, period={"type": "string"}, detail={"type": "object"},
+    tripped_at={"type": "string"}, reset_at={"type": ["string", "null"]}, reset_by={"type": ["string", "null"]},
+    active={"type": "boolean"})
+_SCHEMAS["CustomerMarginGuard"] = _obj(
+    ["customer_id", "plan_id", "source", "rules", "plan_rules", "trips"], customer_id=_ID, plan_id=_ID,
+    source={"enum": ["plan", "customer"]}, rules={"type": "array", "items": _ref("MarginGuardRule")},
+    plan_rules={"type": "array", "items": _ref("MarginGuardRule")},
+    trips={"type": "array", "items": _ref("MarginGuardTrip")})
+for _m, _summary in (("GET", ("getMarginGuard", "A customer's Margin Guard rules (its own or its plan's) and trips, newest first.")),
+                     ("PUT", ("putMarginGuard", "Replace a customer's Margin Guard rules ([]: off).")),
+                     ("DELETE", ("deleteMarginGuard", "Drop a customer's own rules: its plan's apply again."))):
+    _SUMMARY[(_m, "/admin/customers/{id}/margin-guard")] = _summary
+    _OK_SCHEMAS[(_m, "/admin/customers/{id}/margin-guard")] = {"200": _ref("CustomerMarginGuard")}
+_BODIES[("PUT", "/admin/customers/{id}/margin-guard")] = json_content(_obj(["rules"], rules={
+    "type": "array", "items": _ref("MarginGuardRule")}))
+_QUERY[("GET", "/admin/customers/{id}/margin-guard")] = [
+    {"name": "active", "in": "query", "schema": {"type": "boolean", "default": False}, "description": "Only trips not reset."}]
+_SUMMARY[("POST", "/admin/customers/{id}/margin-guard/reset")] = (
+    "resetMarginGuard", "Reset active trips: one (trip_id), all of a subject, or all; the next check passes again.")
+_OK_SCHEMAS[("POST", "/admin/customers/{id}/margin-guard/reset")] = {"200": _obj(
+    ["customer_id", "reset"], customer_id=_ID, reset={"type": "array", "items": _ref("MarginGuardTrip")})}
+_BODIES[("POST", "/admin/customers/{id}/margin-guard/reset")] = json_content(_obj(
+    [], trip_id={"type": "string", "pattern": "^mgt_"}, subject={"type": "string"}))
 
 
 def _operation(method: str, path: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import asyncpg
 from redis.asyncio import Redis
 from starlette.requests import Request
 
-from control.read import dead_letters, invoices, preview, trace, usage
+from control.read import dead_letters, invoices, margin, preview, trace, usage
 from control.errors import InvalidInput
 from control.http.messages import ApiError, json_object, query_int
 from tollgate.bus import BusUnavailable
@@ -41,6 +41,12 @@ def _usage_options(request: Request) -> dict:
 
 async def customer_usage(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
     return await usage.customer_usage(db, request.path_params["id"], **_usage_options(request))
+
+
+async def customer_margin(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
+    q = request.query_params
+    return await margin.customer_margin(db, request.path_params["id"], period=q.get("period"),
+                                        by=margin.parse_by(q.get("by")))
 
 
 async def key_usage(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
@@ -146,6 +152,7 @@ async def my_invoice(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
 
 ROUTES = [
     ("GET", "/admin/customers/{id}/usage", customer_usage),
+    ("GET", "/admin/customers/{id}/margin", customer_margin),
     ("GET", "/admin/keys/{id}/usage", key_usage),
     ("GET", "/admin/customers/{id}/preview", customer_preview),
     ("GET", "/admin/customers/{id}/invoices", list_invoices),

@@ -53,7 +53,7 @@ import orjson
 from redis.exceptions import NoScriptError
 
 import lua
-from tollgate import locks, redis_raw
+from tollgate import guard_trips, locks, redis_raw
 from tollgate.customer_cfg import customer_config
 from tollgate.keys import (INVALIDATION_CHANNEL, PROJECTION_BUILDING, PROJECTION_MARKER, SPEND_TTL_MS, CustomerKeys,
                            api_key_record, plan_record)
@@ -176,6 +176,17 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     for start in range(0, len(calls), BATCH):
         await _eval(redis, script, calls[start:start + BATCH])
     counts["markers"] = len(markers)
+
+    # Margin Guard: the fields of the active deny trips, exactly (a reset's lost HDEL goes too).
+    has_guard = await conn.fetchval("SELECT to_regclass('margin_guard_trips') IS NOT NULL")
+    guards = await guard_trips.active_deny_fields(conn) if has_guard else {}
+    guard_commands: list[tuple] = []
+    for c in customers:
+        guard_commands.append(("DEL", CustomerKeys(c["id"]).guard))
+        if fields := guards.get(c["id"]):
+            guard_commands.append(("HSET", CustomerKeys(c["id"]).guard, *(x for pair in fields.items() for x in pair)))
+    await _execute(redis, guard_commands)
+    counts["guard_fields"] = sum(len(f) for f in guards.values())
 
     await _execute(redis, [("HSET", api_key_record(k["key_hash"]), "customer_id", k["customer_id"], "key_id", k["id"],
                             "plan_id", k["plan_id"], "status", k["status"]) for k in keys])

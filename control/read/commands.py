@@ -68,7 +68,10 @@ async def preview_cmd(ctx: Context) -> None:
             f"(commit true-up {pv['projected_commit_true_up']}, discount {pv['discount']}, tax {pv['tax']})\n"
             f"balance {pv['balance']['balance']} (available {pv['balance']['available']})  tier {pv['tier']}"
             + (f", next {nxt['name']} at {nxt['threshold']} ({nxt['remaining']} to go)" if nxt else "") + "\n")
-    ctx.emit(pv, head + table(pv["lines"], ["description", "quantity", "amount"]))
+    quotas = ("\nincluded quotas (units)\n" + table(pv["allowances"], [
+        "charge_id", "dimension_key", "included_units", "carried_in", "allowance", "used", "remaining", "carried_out"])
+        if pv["allowances"] else "")
+    ctx.emit(pv, head + table(pv["lines"], ["description", "quantity", "amount"]) + quotas)
 
 
 async def invoices_list(ctx: Context) -> None:

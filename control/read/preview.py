@@ -6,6 +6,7 @@ the ledger) by the same pure stages the rater and the close run (tollgate.rating
 run_batch gives the whole period's lines and totals, which by the real-time = batch identity equal
 the ledger so far plus the close; run_close gives what the close itself would add (flat fees,
 minimums, the commit true-up, and their discount and tax). Spend so far = batch - close.
+Both with the units carried into the period by rollover, which `allowances` shows per key.
 
 Agent sessions still open in the period (rater.sessions) are in it as if they closed now: the
 close bills them first, so the preview stays the invoice the close would write. Each is priced as
@@ -27,9 +28,10 @@ from tollgate.money import format_micros
 from tollgate.periods import period_bounds, period_of
 from tollgate.rating.negotiated import effective_plan
 from tollgate.rating.pricing import RatingError
+from tollgate.rating.rollover import allowances, applicable
 from tollgate.rating.sessions import billable_measurements
-from tollgate.rating.stages.pipeline import run_event
-from tollgate.rating.stages.pipeline import run_batch, run_close
+from tollgate.rating.stages.pipeline import run_batch, run_close, run_event
+from tollgate.rollovers import read as read_carried
 from tollgate.tiers import tier_index, tier_reached
 
 # Invoice line order, as the close writes it (rater.periods).
@@ -45,6 +47,8 @@ async def preview(db: asyncpg.Pool, redis: Redis, customer_id: str, now: float |
         cumulative = {(r["charge_id"], r["dimension_key"]): r["quantity"] for r in await conn.fetch(
             "SELECT charge_id, dimension_key, quantity FROM rating_cumulatives WHERE customer_id = $1 AND period = $2",
             customer_id, period)}
+        # Units carried in by rollover: part of the quota the period is rated with.
+        carried = applicable(plan, (await read_carried(conn, [(customer_id, period)]))[(customer_id, period)][0])
         open_sessions = await conn.fetch(
             "SELECT dimensions, measurements FROM agent_sessions WHERE customer_id = $1 AND status = 'open'"
             " AND period = $2 ORDER BY first_ts, session_id", customer_id, period)
@@ -52,7 +56,7 @@ async def preview(db: asyncpg.Pool, redis: Redis, customer_id: str, now: float |
     mode = row["billing_mode"]
     tier = plan.tier(row["tier"])
     cap = plan.limits_for_tier(tier)[2] if row["spend_cap_micros"] is None else int(row["spend_cap_micros"] * tier.multiplier)
-    options = {"billing_mode": mode, "spend_cap_micros": None if cap < 0 else cap}
+    options = {"billing_mode": mode, "spend_cap_micros": None if cap < 0 else cap, "carried_in": carried}
     spend = run_batch(plan, cumulative, **options).total_micros - run_close(plan, cumulative, **options).total_micros
     pending = 0
     for r in open_sessions:  # as the close would bill them, before its own lines
@@ -95,6 +99,12 @@ async def preview(db: asyncpg.Pool, redis: Redis, customer_id: str, now: float |
                              "amount": format_micros(ln.amount_micros)} for ln in close.lines],
                   "commit_true_up": format_micros(close.commit_true_up_micros),
                   "total": format_micros(close.total_micros)},
+        # Included quotas per charge and key: the plan's units plus those carried in, used, left,
+        # and what a rollover charge would carry into the next period if it closed now.
+        "allowances": [{**a, **{k: str(a[k]) for k in ("included_units", "carried_in", "allowance", "used",
+                                                        "remaining")},
+                        "carried_out": None if a["carried_out"] is None else str(a["carried_out"])}
+                       for a in allowances(plan, cumulative, carried)],
         "minimum_commit": format_micros(plan.minimum_commit_micros),
         "projected_commit_true_up": format_micros(batch.commit_true_up_micros),
         "balance": wallet,

@@ -29,6 +29,7 @@ def _summary(r) -> dict:
             "event_count": r["event_count"],
             # the billable session's charge; null while open (billed at the close)
             "amount": format_micros(r["amount_micros"]) if closed else None,
+            "cost": format_micros(r["cost_micros"]) if closed else None,  # what it cost the provider
             "billable_event_id": billable_id(r["customer_id"], r["session_id"]) if closed else None,
             "close_reason": r["close_reason"], "closed_at": _iso(r["closed_at"])}
 

@@ -17,7 +17,7 @@ CREATE TABLE agent_sessions (
     measurements   jsonb NOT NULL DEFAULT '{}',  -- metric -> units, summed over its events
     event_count    integer NOT NULL DEFAULT 0,
     amount_micros  bigint NOT NULL DEFAULT 0,  -- what its billable event was charged (at close)
-    cost_micros    bigint NOT NULL DEFAULT 0,  -- provider cost (filled by the cost work)
+    cost_micros    bigint NOT NULL DEFAULT 0,  -- provider cost: its billable event's ledger cost_micros
     close_reason   text CHECK (close_reason IN ('end', 'idle', 'period_close')),
     opened_at      timestamptz NOT NULL DEFAULT now(),
     closed_at      timestamptz,

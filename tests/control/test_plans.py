@@ -21,6 +21,13 @@ def test_sample_plan_loads_and_uses_every_feature():
     assert (plan.max_quantity("input_tokens"), plan.max_quantity("cache_read_tokens")) == (100_000_000, 400_000_000)
 
 
+def test_rollover_is_read_from_an_included_charge():
+    plan = load_plan_text(SAMPLE_PLAN.read_text().replace(
+        "included_units: 1000\n", "included_units: 1000\n    rollover: {max_units: 500}\n"))
+    assert plan.has_rollover and plan.charges[3].rollover_max_units == 500
+    assert not load_plan_text(SAMPLE_PLAN.read_text()).has_rollover
+
+
 def test_max_quantity_per_event_defaults_to_ten_to_the_eighth_for_every_metric():
     from tollgate.plans import DEFAULT_MAX_QUANTITY_PER_EVENT, parse_plan
 
@@ -152,6 +159,15 @@ async def test_concurrent_applies_all_count(pg, redis):
     ({"billing_mode: prepaid ": "billing_mode: monthly "}, "billing_mode"),
     ({"\ntiers:": "\ntiers: &t", "\ncharges:": "\nagain: *t\ncharges:"}, "document"),
     ({"id: plan": "id: [plan"}, "document"),
+    ({"included_units: 1000\n": "included_units: 1000\n    rollover: {max_units: 0}\n"}, "charges[3].rollover.max_units"),
+    ({"included_units: 1000\n": "included_units: 1000\n    rollover: {max_units: \"5\"}\n"}, "charges[3].rollover.max_units"),
+    ({"included_units: 1000\n": "included_units: 1000\n    rollover: {}\n"}, "charges[3].rollover.max_units"),
+    ({"included_units: 1000\n": "included_units: 1000\n    rollover: 500\n"}, "charges[3].rollover"),
+    ({"included_units: 1000\n": "included_units: 1000\n    rollover: {max_units: 5, every: 2}\n"},
+     "charges[3].rollover.every"),
+    ({"unit_price: \"0.000003\" ": "rollover: {max_units: 5}\n    unit_price: \"0.000003\" "}, "charges[0].rollover"),
+    ({"included_units: 1000\n": "included_units: 1000\n    overrides: [{match: {model: x}, rollover: {max_units: 5}}]\n"},
+     "charges[3].overrides[0].rollover"),
 ])
 async def test_bad_plans_name_the_field_and_store_nothing(pg, redis, replace, field):
     pid = uid("plan")

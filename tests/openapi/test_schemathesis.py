@@ -154,6 +154,9 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
         other = uid("plan")  # for plan changes
         r = c.post("/admin/plans", content=plan_text(other), headers={"Content-Type": "application/yaml"})
         assert r.status_code == 201, r.text
+        catalog = uid("cat")
+        r = c.post("/admin/cost-catalogs", json=catalog_doc(catalog))
+        assert r.status_code == 201, r.text
     correlation, invoice = f"req_{cid}", f"inv_200001_{cid}"
 
     async def billed() -> None:
@@ -181,8 +184,12 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
 
     asyncio.run(billed())
     return {"plan": pid, "customer": cid, "key": key["id"], "api_key": key["api_key"], "invoice": invoice,
-            "correlation": correlation, "other_plan": other, "webhook": hook,
+            "correlation": correlation, "other_plan": other, "webhook": hook, "catalog": catalog,
             "delivery": _delivery(pg_dsn, cid, admin_url)}
+
+
+def catalog_doc(catalog_id: str) -> dict:
+    return {"id": catalog_id, "currency": "USD", "costs": {"input_tokens": "0.000002"}}
 
 
 DEAD_HOOK = "http://127.0.0.1:9/hook"  # discard port: nothing listens, deliveries stay pending
@@ -242,6 +249,7 @@ def _current(admin_url: str, admin_ids: dict, path: str, case) -> None:
 def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
     real_id = admin_ids["key"] if path.startswith("/admin/keys/") else \
         admin_ids["plan"] if path.startswith("/admin/plans/") else \
+        admin_ids["catalog"] if path.startswith("/admin/cost-catalogs/") else \
         admin_ids["invoice"] if "/invoices/" in path else \
         admin_ids["webhook"] if path.startswith("/admin/webhooks/") else \
         admin_ids["delivery"] if path.startswith("/admin/deliveries/") else admin_ids["customer"]
@@ -270,6 +278,9 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
                 case.body = {**case.body, "url": DEAD_HOOK, "customer_id": admin_ids["customer"]}
             if (method, path) in LIFECYCLE and case.path_parameters.get("id") == real_id:
                 _current(admin_url, admin_ids, path, case)
+            if path == "/admin/cost-catalogs" and method == "POST":  # a real catalog, generated fields on top
+                case.media_type = "application/json"
+                case.body = {**catalog_doc(uid("cat")), **(case.body if isinstance(case.body, dict) else {})}
             if path == "/admin/plans" and method == "POST":  # a real plan, with what was generated on top
                 case.media_type = "application/json"
                 case.body = {**yaml.safe_load(plan_text(uid("plan"))),

@@ -43,6 +43,7 @@ async def test_sessions_listed_and_read_with_events_and_ledger_lines(pg, redis, 
     assert (s["status"], s["close_reason"], s["amount"], s["event_count"]) == ("closed", "end", "1.552", 4)
     assert s["measurements"] == {"input_tokens": 4000, "output_tokens": 900, "tool_calls": 2, "task_resolved": 1}
     assert s["billable_event_id"] == billable_id(c, done)
+    assert s["cost"] == "0.0085"  # 4,000 x 0.000001 + 900 x 0.000005: the outcome covers them, they still cost
     r = await client.get(f"/admin/customers/{c}/sessions", params={"status": "open"}, headers=ADMIN)
     assert [x["session_id"] for x in r.json()["sessions"]] == [running]
     r = await client.get(f"/admin/customers/{c}/sessions", params={"limit": 1}, headers=ADMIN)

@@ -1,4 +1,8 @@
+import pytest
+
+from tollgate.rating.pricing import StateError
 from tollgate.rating.stages import allowance
+from tollgate.rating.stages.pipeline import run_event
 from tollgate.rating.stages.context import Allowance, RatingContext
 from tests.pricing.helpers import make_plan
 
@@ -31,3 +35,16 @@ def test_batch_attributes_the_period():
         Allowance("req", "default", "requests", 100, 50, 0),
         Allowance("req", "override0", "requests", 3, 0, 7),
     )
+
+
+def test_units_carried_in_grow_the_quota_of_their_key_only():
+    carried = {("req", "override0"): 5}
+    ctx = allowance.run(RatingContext(PLAN, "event", {"model": "opus"}, {"requests": 12}, {}, carried_in=carried))
+    assert ctx.allowances == (Allowance("req", "override0", "requests", 12, 0, 3),)
+    ctx = allowance.run(RatingContext(PLAN, "event", {}, {"requests": 102}, {}, carried_in=carried))
+    assert ctx.allowances == (Allowance("req", "default", "requests", 100, 2, 0),)
+
+
+def test_carried_units_of_a_charge_that_is_not_included_are_refused():
+    with pytest.raises(StateError):
+        run_event(PLAN, {}, {"tokens": 5}, {}, carried_in={("tok", "default"): 5})

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from tollgate.plans import Charge, Override, Plan, PlanError, Pricing, _parse_pricing
+from tollgate.rating.pricing.cost import COST_CHARGE
 
 PRICED_MODELS = ("per_unit", "graduated", "volume", "included", "composite")
 PRICE_FIELDS = ("unit_price", "tiers", "included_units")
@@ -102,6 +103,8 @@ def unpriced_keys(plan: Plan, keys: Any) -> list[tuple[str, str]]:
     charges = {c.id: c for c in plan.charges}
     bad = []
     for cid, dim in keys:
+        if cid == COST_CHARGE:
+            continue  # a cost cumulative (tollgate.rating.pricing.cost): priced by its key alone
         c = charges.get(cid)
         base = dim.split(":", 1)[0]  # a composite's metered key: "<dimension key>:<metric>"
         if c is None or c.model not in PRICED_MODELS:

@@ -1,6 +1,6 @@
 """Pricing engine: one module per charge model, `engine` combines them for a plan.
 
-Public API (see engine): rate_event, rate_period, close_period, charge_amounts, period_subtotal;
+Public API (see engine): rate_event, rate_period, rate_period_costs, close_period, charge_amounts, period_subtotal;
 types ChargeLine, TierLine, RatedEvent, Cumulatives (the state rate_event returns); errors
 RatingError (UnknownMetricError, InvalidMeasurementError, StateError) for the dead-letter table.
 """
@@ -22,6 +22,7 @@ from tollgate.rating.pricing.engine import (
     period_subtotal,
     rate_event,
     rate_period,
+    rate_period_costs,
     usage_key,
 )
 
@@ -41,5 +42,6 @@ __all__ = [
     "period_subtotal",
     "rate_event",
     "rate_period",
+    "rate_period_costs",
     "usage_key",
 ]

@@ -108,7 +108,11 @@ class ChargeLine(NamedTuple):
 
     kind: "usage" (a billed metric), "metered" (a composite's underlying metric: amount 0, kept
     for cost and margin), "percentage" (quantity = change of the base amount, in micros),
-    "flat" (the period fee), "minimum" (a percentage charge's minimum true-up).
+    "flat" (the period fee), "minimum" (a percentage charge's minimum true-up), "cost" (amount
+    0: the cost of a metric no other line of the event carries, e.g. a failed call not billed).
+
+    cost_micros: what the line's metric cost the provider (plan `costs`, tollgate.rating.pricing.cost),
+    exact like amounts: a difference of rounded cumulative costs. 0 for lines without a metric.
     """
 
     charge_id: str
@@ -121,3 +125,4 @@ class ChargeLine(NamedTuple):
     amount_micros: int
     tiers: tuple[TierLine, ...] = ()
     cumulative_after: int = 0  # period-to-date quantity of the key (percentage: base micros)
+    cost_micros: int = 0

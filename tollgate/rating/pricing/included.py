@@ -3,15 +3,23 @@
 This module is the one implementation of included units: the engine prices with it and the
 allowance stage only attributes units with `split` (it does not take units away from the
 measurement, which would price them twice or not at all). The quota is per usage key, so an
-override (e.g. another model) has its own included units.
+override (e.g. another model) has its own included units, and units carried in by rollover
+(with_carried) add to the quota of their key only.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 from tollgate.rating.pricing import graduated
 from tollgate.rating.pricing.base import TierLine, exact
 from tollgate.plans import PriceTier, Pricing
+
+
+def with_carried(pricing: Pricing, units: int) -> Pricing:
+    """The pricing of a usage key whose period also has `units` carried in from the period before
+    (rollover, tollgate.rating.rollover): the quota grows by them, nothing else changes."""
+    return replace(pricing, included_units=pricing.included_units + units) if units else pricing
 
 
 def tiers(pricing: Pricing) -> tuple[PriceTier, ...]:

@@ -26,7 +26,7 @@ def cap_flags(before_micros: int, after_micros: int, cap_micros: int | None) -> 
 
 
 def run(ctx: RatingContext) -> RatingContext:
-    up = true_up(ctx.plan.minimum_commit_micros, ctx.subtotal_after_micros) if ctx.mode != "event" else 0
+    up = true_up(ctx.plan.minimum_commit_micros, ctx.subtotal_after_micros) if ctx.mode in ("close", "batch") else 0
     ctx.commit_true_up_micros = up
     ctx.cap_flags = cap_flags(ctx.subtotal_before_micros, ctx.subtotal_after_micros, ctx.effective_spend_cap_micros)
     return ctx

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from tollgate.rating.pricing.base import ChargeLine, UsageKey
+from tollgate.rating.pricing.engine import NO_CARRY
 from tollgate.plans import Plan
 
 
@@ -32,7 +33,9 @@ class Allowance(NamedTuple):  # immutable, and cheap to build (see tollgate.rati
 class RatingContext:
     plan: Plan
     # event: one usage event; close: the period close (flat fees, minimums, commit true-up);
-    # batch: the whole period from its totals (what event + ... + close must add up to).
+    # batch: the whole period from its totals (what event + ... + close must add up to);
+    # rollover: the units carried into the period changed from carried_in_before to carried_in
+    # after some of its events were rated (the previous period closed late): the credit.
     mode: str = "event"
     dimensions: Mapping[str, Any] = field(default_factory=dict)
     measurements: Mapping[str, int] = field(default_factory=dict)
@@ -49,6 +52,12 @@ class RatingContext:
     # event: an agent session's events summed (rater.sessions): each was checked against the
     # plan's maximum per event on arrival, the sum is not (stage quantities).
     aggregate: bool = False
+    # Rollover (tollgate.rating.rollover): units of included quota carried into this period from
+    # the one before, per usage key of an included charge; they raise that key's quota. None (or
+    # empty): none carried in.
+    carried_in: Mapping[UsageKey, int] | None = None
+    # rollover mode: what the period's events so far were rated with
+    carried_in_before: Mapping[UsageKey, int] | None = None
 
     # Filled by the stages.
     allowances: tuple[Allowance, ...] = ()
@@ -65,6 +74,11 @@ class RatingContext:
     tax_micros: int = 0  # tax
     wallet_micros: int = 0  # route: to debit from the prepaid wallet (negative: credit)
     invoice_micros: int = 0  # route: to put on the period's invoice
+
+    @property
+    def carried(self) -> Mapping[UsageKey, int]:
+        """carried_in, as the engine takes it (NO_CARRY, compared by identity, for none)."""
+        return self.carried_in or NO_CARRY
 
     @property
     def charges_micros(self) -> int:
