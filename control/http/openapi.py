@@ -613,7 +613,7 @@ _SUMMARY[("POST", "/admin/customers/{id}/margin-guard/reset")] = (
 _OK_SCHEMAS[("POST", "/admin/customers/{id}/margin-guard/reset")] = {"200": _obj(
     ["customer_id", "reset"], customer_id=_ID, reset={"type": "array", "items": _ref("MarginGuardTrip")})}
 _BODIES[("POST", "/admin/customers/{id}/margin-guard/reset")] = json_content(_obj(
-    [], trip_id={"type": "string", "pattern": "^mgt_"}, subject={"type": "string"}))
+    [], trip_id=_or_null({"type": "string", "pattern": "^mgt_"}), subject=_or_null({"type": "string"})))
 
 
 def _operation(method: str, path: str) -> dict[str, Any]:
