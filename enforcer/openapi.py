@@ -13,6 +13,7 @@ from enforcer.validation import MAX_BODY, MAX_COUNT
 from tollgate.keys import ID_PATTERN
 from tollgate.openapi import ERROR_SCHEMA, OPENAPI_VERSION, error_response, header, json_content
 from tollgate.plans import MAX_QUANTITY_PER_EVENT_CEILING
+from tollgate.rating.sessions import BOUNDARY_TYPES
 
 _ID = {"type": "string", "pattern": ID_PATTERN.pattern}
 _REQUEST_ID = {"type": "string", "pattern": r"^[\x21-\x7e]{1,128}$",
@@ -89,21 +90,29 @@ _CHECK_REQUEST = {
 
 _USAGE_REQUEST = {
     "type": "object",
-    "required": ["event_id", "api_key", "measurements"],
+    "required": ["event_id", "api_key"],
+    # measurements: required and non-empty, except for an agent session's start and end
+    "anyOf": [{"required": ["measurements"], "properties": {"measurements": {"type": "array", "minItems": 1}}},
+              {"required": ["event_type"], "properties": {"event_type": {"enum": list(BOUNDARY_TYPES)},
+                                                          "measurements": {"type": ["array", "null"], "maxItems": 0}}}],
     "properties": {
         "event_id": {**_REQUEST_ID, "description": "Idempotency key: the same id is billed once."},
         "api_key": _API_KEY,
         "correlation_id": _or_null(_REQUEST_ID),
         "hold_id": _or_null(_REQUEST_ID),
-        "session_id": _or_null({**_ID, "description": "The agent session the event belongs to (top-level on the "
-                                "bus event)."}),
-        "event_type": _or_null(_REQUEST_ID),
+        "event_type": _or_null({**_REQUEST_ID, "description": "e.g. `llm.completion`; `agent.session.start` and "
+                                "`agent.session.end` mark an agent session's start and end."}),
+        "session_id": _or_null({**_ID, "description": "The agent session the event belongs to (top-level on the bus "
+                                "event): on a plan with `sessions`, the session's events are billed as one session "
+                                "at its end (or after its idle timeout); otherwise attribution only."}),
         "timestamp": _or_null({"type": "string", "format": "date-time", "description": "RFC 3339 with an "
                                "offset; default: when the enforcer received it."}),
         "properties": _or_null({"type": "object"}),
         "measurements": {
-            "type": "array", "minItems": 1, "maxItems": MAX_MEASUREMENTS,
-            "description": "Each metric at most once (400 otherwise). Values are JSON integers: 3.0 is refused.",
+            "type": ["array", "null"], "maxItems": MAX_MEASUREMENTS,
+            "description": "Required and non-empty (400 otherwise), except for the event types "
+                           "`agent.session.start` and `agent.session.end`, which may measure nothing. Each metric "
+                           "at most once (400 otherwise). Values are JSON integers: 3.0 is refused.",
             "items": {"type": "object", "required": ["metric", "value"], "properties": {
                 "metric": _ID,
                 "value": {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY_PER_EVENT_CEILING,

@@ -23,6 +23,7 @@ from enforcer.keycache import UNKNOWN, KeyInfo
 from enforcer.rediswire import Failure
 from enforcer.responses import send_error, send_json
 from tollgate.keys import ID_PATTERN, api_key_hash
+from tollgate.rating.sessions import BOUNDARY_TYPES
 
 if TYPE_CHECKING:
     from enforcer.app import Enforcer
@@ -49,9 +50,11 @@ def parse_usage(doc: dict) -> dict:
         raise v.invalid("properties", "must be an object")
     out["properties"] = props or {}
     ms = doc.get("measurements")
-    if ms is None:
+    if ms in (None, []) and out["event_type"] in BOUNDARY_TYPES:
+        ms = []  # an agent session's start or end may measure nothing
+    elif ms is None:
         raise v.invalid("measurements", "required")
-    if not isinstance(ms, list) or not ms:
+    elif not isinstance(ms, list) or not ms:
         raise v.invalid("measurements", "must be a non-empty list")
     if len(ms) > MAX_MEASUREMENTS:
         raise v.invalid("measurements", f"at most {MAX_MEASUREMENTS} entries")

@@ -40,7 +40,7 @@ TABLE = """CREATE TABLE {name} (event_id text NOT NULL, line_no smallint NOT NUL
     charge_id text NOT NULL, metric text, dimension_key text NOT NULL DEFAULT 'default',
     quantity bigint NOT NULL, unit_price numeric, amount_micros bigint NOT NULL, cost_micros bigint NOT NULL DEFAULT 0,
     key_id text, team_id text, app_id text,
-    created_at timestamptz NOT NULL DEFAULT now())"""
+    created_at timestamptz NOT NULL DEFAULT now(), session_id text)"""
 INDEXES = {
     "0002: btree key + btree correlation_id + btree (customer, period)": [
         "ALTER TABLE {name} ADD PRIMARY KEY (event_id, line_no)",
@@ -62,7 +62,7 @@ def ledger_rows(events: int, seed: int) -> tuple[list[tuple], int]:
             rows.append((f"evt_{e}", n, f"req_{e}", f"cus_bench_{rnd.randrange(300):05d}", "bench", "202611", "usage",
                          ("input_tokens", "output_tokens", "cache_read_tokens")[n], None, "default",
                          rnd.randrange(10, 20000), Decimal("0.000003") if n != 1 else Decimal("0.000015"),
-                         rnd.randrange(100, 100000), 0, f"key_bench_{rnd.randrange(300):05d}", None, None))
+                         rnd.randrange(100, 100000), 0, f"key_bench_{rnd.randrange(300):05d}", None, None, None))
     return rows, events
 
 

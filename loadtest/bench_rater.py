@@ -176,8 +176,8 @@ async def copy_ceiling(dsn: str, rows: int, batch: int) -> float:
         await conn.execute("CREATE TABLE bench_copy (LIKE ledger_lines INCLUDING ALL)")
         period = period_of(time.time())
         recs = [(f"evt_{i:012d}", i % 3, f"req_{i // 3:012d}", f"cus_bench_{i % 200:05d}", "bench", period, "usage",
-                 "input_tokens", "input_tokens", "default", 1234, None, 3702, 0, f"key_bench_{i % 200:05d}", None, None)
-                for i in range(rows)]
+                 "input_tokens", "input_tokens", "default", 1234, None, 3702, 0, f"key_bench_{i % 200:05d}", None, None,
+                 None) for i in range(rows)]
         t = time.perf_counter()
         for i in range(0, rows, batch):
             async with conn.transaction():

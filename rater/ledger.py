@@ -27,6 +27,7 @@ LEDGER_COLUMNS = (
     "event_id", "line_no", "correlation_id", "customer_id", "plan_id", "period", "kind",
     "charge_id", "metric", "dimension_key", "quantity", "unit_price", "amount_micros", "cost_micros",
     "key_id", "team_id", "app_id",  # the event's key path (migration 0013), NULL when none
+    "session_id",  # the agent session the line belongs to (rater.sessions), else NULL
 )
 
 
@@ -194,7 +195,7 @@ _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r\x00]").search
 
 _TEXT, _INT, _NUMERIC = "text", "integer", "numeric"
 _LEDGER_KINDS = (_TEXT, _INT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _TEXT, _INT, _NUMERIC, _INT, _INT,
-                 _TEXT, _TEXT, _TEXT)
+                 _TEXT, _TEXT, _TEXT, _TEXT)
 _PROCESSED_KINDS = (_TEXT, _TEXT, _TEXT, _TEXT, _INT, _INT, _INT, _TEXT, _INT, _TEXT, _TEXT, _INT)
 
 
@@ -212,7 +213,7 @@ def _ledger_text_fast(lines, _null=_NULL, _special=_SPECIAL, _str=str, _type=typ
     add = out.append
     nulls = 0
     try:
-        for ev, line_no, corr, cus, plan, period, kind, charge, metric, dim, qty, price, amount, cost, key, team, app in lines:
+        for ev, line_no, corr, cus, plan, period, kind, charge, metric, dim, qty, price, amount, cost, key, team, app, ses in lines:
             if not (_type(line_no) is _type(qty) is _type(amount) is _type(cost) is _int):
                 return None
             if price is None:
@@ -237,14 +238,17 @@ def _ledger_text_fast(lines, _null=_NULL, _special=_SPECIAL, _str=str, _type=typ
             if app is None:
                 nulls += 1
                 app = _null
+            if ses is None:
+                nulls += 1
+                ses = _null
             add("\t".join((ev, _str(line_no), corr, cus, plan, period, kind, charge, metric, dim, _str(qty), price,
-                           _str(amount), "0" if cost == 0 else _str(cost), key, team, app)))
+                           _str(amount), "0" if cost == 0 else _str(cost), key, team, app, ses)))
         add("")
         data = "\n".join(out).encode()
     except (TypeError, ValueError):  # a non-str in a text column (None included), a row length, a surrogate
         return None
-    # 16 tabs and a newline per row, a backslash per NULL: anything more is in a value.
-    if len(data) - len(data.translate(None, _special)) != 17 * len(lines) + nulls:
+    # 17 tabs and a newline per row, a backslash per NULL: anything more is in a value.
+    if len(data) - len(data.translate(None, _special)) != 18 * len(lines) + nulls:
         return None
     return data
 
@@ -371,7 +375,7 @@ async def totals(conn: asyncpg.Connection, customer_id: str | None = None) -> di
 def line(event_id: str, line_no: int, correlation_id: str | None, customer_id: str, plan_id: str, period: str,
          kind: str, charge_id: str, metric: str | None, dimension_key: str, quantity: int,
          unit_price: Decimal | None, amount_micros: int, cost_micros: int = 0, key_id: str | None = None,
-         team_id: str | None = None, app_id: str | None = None) -> tuple:
+         team_id: str | None = None, app_id: str | None = None, session_id: str | None = None) -> tuple:
     """One ledger row in LEDGER_COLUMNS order."""
     return (event_id, line_no, correlation_id, customer_id, plan_id, period, kind, charge_id, metric,
-            dimension_key, quantity, unit_price, amount_micros, cost_micros, key_id, team_id, app_id)
+            dimension_key, quantity, unit_price, amount_micros, cost_micros, key_id, team_id, app_id, session_id)

@@ -21,6 +21,8 @@ the customer is skipped, reported as `open_until`):
    P's spend reached, never lower than what the new period's own spend has already reached;
    customers.tier, a tier_transitions row (reason 'period_reset') and Redis cfg `tier`. Only
    when the period after P is the customer's current one.
+0. before anything: the customer's agent sessions still open in P (or before) are closed and
+   billed (rater.sessions, close_reason 'period_close'), so the invoice has them all;
 Idempotent: a customer already invoiced for P is not invoiced again (its close is re-settled and
 its tier reset re-applied, in case the previous run died between the commit and Redis). Events
 of P that arrive after its close are billed in the period they arrive in (rater.pipeline).
@@ -39,7 +41,7 @@ import asyncpg
 
 from rater import grants, ledger, rollovers
 from rater.ledger import Processed
-from rater.pipeline import Directory
+from rater.pipeline import Directory, Pipeline
 from rater.plan_changes import apply_pending, repriced_in
 from rater.settlement import fill_from, item_of, settle_filling
 from rater.tiers import reset_for_next_period
@@ -95,6 +97,7 @@ async def close_period(pool: asyncpg.Pool, redis, period: str | None, *, custome
     if period is not None and not allow_open and period >= period_of(now):
         raise PeriodCloseError(f"period {period} is not over yet (events may still arrive for it)")
     directory = Directory(ttl_s=0)
+    sessions = Pipeline(pool, redis, cache_ttl_s=0)  # bills the agent sessions still open first
     out: list[dict] = []
     async with pool.acquire() as conn:
         if customer_ids is None:
@@ -118,6 +121,10 @@ async def close_period(pool: asyncpg.Pool, redis, period: str | None, *, custome
             try:
                 if customer is None:
                     raise PeriodCloseError(f"no customer {cid!r}")
+                closed = await sessions.close_sessions_locked(conn, cid, p, now)
+                if closed.dead:
+                    raise PeriodCloseError(f"{len(closed.dead)} agent sessions could not be rated"
+                                           f" ({closed.dead[0].reason}: {closed.dead[0].detail}): see dead letters")
                 summary = await _close_customer(conn, redis, customer, p, now)
                 out.append({**summary, **await apply_pending(conn, redis, cid, p)})  # a plan change at this boundary
             except PeriodCloseError as e:  # reported; the other customers are still invoiced

@@ -41,23 +41,33 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollovers, rollups
+from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollovers, rollups, sessions
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
 from rater.key_paths import KeyPaths
-from rater.settlement import SettleItem, SettleResult, clear_outbox, fill_from, item_of, settle_filling
+from rater.settlement import (
+    NotProjected,
+    SettleItem,
+    SettleResult,
+    clear_outbox,
+    fill_from,
+    item_of,
+    settle_filling,
+)
 from rater.tiers import record_promotions
 from tollgate import locks, redis_raw
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
 from tollgate.plans import Plan
 from tollgate.rating.pricing import Cumulatives, InvalidMeasurementError, RatingError, UnknownMetricError
+from tollgate.rating.sessions import BOUNDARY_TYPES
 from tollgate.rating.stages.pipeline import run_event
 
 log = logging.getLogger(__name__)
 
 KINDS = ("usage", "decision", "fail_open")
+SETTLED_KINDS = ("usage", "session_part")  # processed_events kinds a batch settles on Redis
 # Measurements that count against the tokens/min limit (the enforcer's estimate uses the same).
 TOKEN_METRICS = ("input_tokens", "output_tokens")
 MAX_CACHED_CUMULATIVES = 50_000  # (customer, period) states kept between batches (a few hundred bytes each)
@@ -92,6 +102,12 @@ class Event:
     current: str = ""  # the customer's current period (its plan's billing anchor day), set by assign_periods
     measurements: dict[str, int] = field(default_factory=dict)
     customer: Customer | None = None
+    # Agent sessions (rater.sessions), only for a plan that opts in: the event's session_id; set
+    # by process_raw, cleared by the aggregate stage for an event it leaves to be rated alone.
+    session: str | None = None
+    part: bool = False  # recorded as a part of a session (kind session_part): not priced itself
+    aggregate: bool = False  # a billable session: its parts were checked one by one (stage quantities)
+    close: str | None = None  # a request to close `session` ('idle', 'period_close'), not an event
 
 
 @dataclass
@@ -199,7 +215,9 @@ def decode(index: int, raw: bytes, now_period: str) -> Event | DeadLetter:
     ev = Event(index, raw, body, eid, kind)
     if kind == "usage":
         try:
-            ev.measurements = decompose(body.get("measurements"))
+            ms = body.get("measurements")
+            # A session's start and end may measure nothing (rater.sessions); only they.
+            ev.measurements = {} if not ms and body.get("event_type") in BOUNDARY_TYPES else decompose(ms)
             # A clock in the future must not open a period that does not exist yet.
             ev.period = min(parse_period(body.get("timestamp") or body.get("received_at") or time.time()), now_period)
         except (ValueError, OverflowError, OSError) as e:  # overflow: a time outside years 1-9999 in UTC
@@ -312,6 +330,13 @@ class Directory:
 # --------------------------------------------------------------------------- the pipeline
 
 
+def part_dead(res: BatchResult):
+    """The aggregate stage's dead-lettering of a session part rating would refuse."""
+    def dead(e: Event, err: Exception) -> None:
+        res.add_dead(e.index, _dead(e.raw, _reason(err), str(err), e.body))
+    return dead
+
+
 def _reason(e: Exception) -> str:
     if isinstance(e, UnknownMetricError):
         return "unknown_metric"
@@ -370,6 +395,10 @@ class Pipeline:
             elif ev.kind == "decision":
                 decisions.append(ev)
             else:
+                if ev.customer.plan.session_idle_timeout_s is not None and ev.kind == "usage":
+                    sid = ev.body.get("session_id")
+                    if type(sid) is str and sid:
+                        ev.session = sid
                 groups[locks.lock_group(ev.customer.id)].append(ev)
 
         todo, claimed = sorted(groups), set()
@@ -405,6 +434,68 @@ class Pipeline:
                 await dead_letters.record(conn, dead)
                 await holds.record_placed_holds(conn, placed)
         return res
+
+    async def close_idle(self, now: float | None = None, limit: int = 1000,
+                         customer_ids: Sequence[str] | None = None) -> BatchResult:
+        """The idle sweeper (rater.sessions): close and rate the open sessions whose idle_at has
+        passed, at most `limit` of them (the longest idle first), each customer under its lock
+        group; a session that saw an event meanwhile is left open (checked again under the lock).
+        `customer_ids`: only theirs. A lock group whose settlement fails (NotProjected: Redis is
+        being rebuilt) is logged and left: its closes are committed, and the rebuild or the
+        customer's next settlement (a gap) settles them; the other groups go on."""
+        now = time.time() if now is None else now
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT customer_id, session_id FROM agent_sessions WHERE status = 'open' AND idle_at <= $1"
+                " AND ($3::text[] IS NULL OR customer_id = ANY($3::text[])) ORDER BY idle_at LIMIT $2",
+                datetime.fromtimestamp(now, timezone.utc), limit, None if customer_ids is None else list(customer_ids))
+            requests = await self._close_requests(conn, rows, "idle", now)
+        by_group: dict[int, list[Event]] = defaultdict(list)
+        for e in requests:
+            by_group[locks.lock_group(e.customer.id)].append(e)
+        res = BatchResult(len(requests))
+        async with self.pool.acquire() as conn:
+            for g, evs in sorted(by_group.items()):
+                await locks.lock_group_wait(conn, g)
+                try:
+                    await self._locked(conn, res, evs, now)
+                except NotProjected as e:
+                    log.warning("idle sessions of lock group %d closed, not settled yet: %s", g, e)
+                finally:
+                    await locks.unlock_group(conn, g)
+        await self._finish_closes(res)
+        return res
+
+    async def close_sessions_locked(self, conn, customer_id: str, period: str, now: float) -> BatchResult:
+        """Close and rate the customer's sessions still open in `period` or before (the period
+        close calls this holding the customer's lock group, before invoicing the period)."""
+        rows = await conn.fetch("SELECT customer_id, session_id FROM agent_sessions WHERE customer_id = $1"
+                                " AND status = 'open' AND period <= $2", customer_id, period)
+        requests = await self._close_requests(conn, rows, "period_close", now)
+        res = BatchResult(len(requests))
+        if requests:
+            await self._locked(conn, res, requests, now)
+            await self._finish_closes(res)
+        return res
+
+    async def _close_requests(self, conn, rows, reason: str, now: float) -> list[Event]:
+        out = []
+        for cid, sid in rows:
+            customer = await self.directory.customer(conn, cid)
+            if customer is None:
+                continue
+            current = period_of(now, customer.plan.billing_anchor_day)
+            out.append(Event(len(out), b"", {"customer_id": cid, "session_id": sid}, sessions.billable_id(cid, sid),
+                             "usage", current, current, {}, customer, session=sid, close=reason))
+        return out
+
+    async def _finish_closes(self, res: BatchResult) -> None:
+        """What process_raw does after its lanes, for closes that no bus message carried."""
+        if self.charges is not None:
+            await self.charges.publish(res.charged)
+        if res.dead:
+            async with self.pool.acquire() as conn:
+                await dead_letters.record(conn, res.dead)
 
     @staticmethod
     async def _claim(conn, todo: list[int], claimed: set[int], share: int) -> list[int]:
@@ -460,10 +551,10 @@ class Pipeline:
         fill = fill_from(conn, self.paths)
 
         settled_first: list[tuple[SettleItem, SettleResult]] = []  # gaps of hybrid customers, before routing
-        rows = await self._rate_and_commit(conn, res, rated, optimistic=True, settled_first=settled_first)
+        rows = await self._rate_and_commit(conn, res, rated, now, optimistic=True, settled_first=settled_first)
         if rows is None:
             done = await ledger.processed(conn, [e.id for e in rated])
-            replay_items = await self.paths.annotate(conn, [item_of(p) for p in done.values() if p.kind == "usage"])
+            replay_items = await self.paths.annotate(conn, [item_of(p) for p in done.values() if p.kind in SETTLED_KINDS])
             if replay_items:
                 replay_items, replay_results = await settle_filling(self.redis, replay_items, fill, now=now,
                                                                     current_periods=current)
@@ -471,16 +562,16 @@ class Pipeline:
             if self.charges is not None:  # maybe never published: a crash before the ack
                 res.charged.append((await charges.ledger_lines(
                     conn, [p.event_id for p in done.values() if p.kind == "usage"]), None))
-            rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done],
+            rows = await self._rate_and_commit(conn, res, [e for e in rated if e.id not in done], now,
                                                optimistic=False, settled_first=settled_first)
-        items = await self.paths.annotate(conn, [item_of(p) for p in rows if p.kind == "usage"])
+        items = await self.paths.annotate(conn, [item_of(p) for p in rows if p.kind in SETTLED_KINDS])
         results: list[SettleResult] = []
         if items:
             items, results = await settle_filling(self.redis, items, fill, now=now, current_periods=current)
         await self._record_settlement(conn, [it for it, _ in settled_first] + replay_items + items,
                                       [r for _, r in settled_first] + replay_results + results)
 
-    async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event], optimistic: bool,
+    async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event], now: float, optimistic: bool,
                                settled_first: list[tuple[SettleItem, SettleResult]]) -> list[Processed] | None:
         """Price `new` in one transaction; None (rolled back) when optimistic and some event
         turned out to be processed already."""
@@ -493,8 +584,15 @@ class Pipeline:
         lines: list[tuple] = []
         changed: dict[tuple[str, str, str, str], int] = {}
         part = BatchResult(res.size)  # merged into res on commit
+        absorbed = None
         try:
             async with conn.transaction():
+                if any(e.session is not None for e in new):  # an opted-in plan's session events
+                    absorbed = await sessions.absorb(conn, new, now, self._billable, part_dead(part))
+                    new = absorbed.events
+                    await self._late_events(conn, absorbed.billable)  # a session's period invoiced meanwhile
+                    await self.paths.load(conn, (e.body.get("key_id") for e in absorbed.billable
+                                                 if isinstance(e.body.get("key_id"), str)))  # their lines' path
                 cums = await ledger.read_cumulatives(conn, {(e.customer.id, e.period) for e in new if e.kind == "usage"})
                 # Units carried into the period (rollover): read only for plans that have it.
                 carried = await self._carried.load(conn, {(e.customer.id, e.period): e.customer.plan for e in new
@@ -520,6 +618,8 @@ class Pipeline:
                         if e.kind == "fail_open":
                             rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
                             part.fail_open += 1
+                        elif e.part:
+                            self._session_part(e, seqs, rows)
                         else:
                             self._rate(e, cums, carried, wallets, seqs, rows, lines, changed, part, routed, needed)
                     if not needed:
@@ -532,6 +632,9 @@ class Pipeline:
                 except asyncpg.UniqueViolationError:
                     raise _AlreadyProcessed from None
                 payload = await ledger.copy_lines(conn, lines)
+                if absorbed is not None:
+                    await sessions.write(conn, absorbed, {r.event_id: r.spend_micros for r in rows if r.kind == "usage"},
+                                         {r.event_id for r in rows}, lines)
                 await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
                 await rollups.write(conn, new, rows, lines)  # the read API's usage, never the ledger
                 await self.alerts.record_pace(conn, new, rows)
@@ -565,7 +668,7 @@ class Pipeline:
                             spend_cap_micros=c.spend_cap_micros, wallet_available_micros=wallets.get(c.id, 0),
                             wallet_paid_micros=so_far[0] if so_far else None,
                             invoice_due_micros=so_far[1] if so_far else None,
-                            carried_in=carried.get(key) if carried else None)
+                            carried_in=carried.get(key) if carried else None, aggregate=e.aggregate)
         except Exception as err:  # pricing is pure: the same event fails the same way every time
             if not isinstance(err, RatingError):
                 log.exception("rating event %s failed", e.id)
@@ -582,6 +685,9 @@ class Pipeline:
         if c.id in wallets:
             wallets[c.id] -= ctx.wallet_micros
         corr = body.get("correlation_id")
+        ses = body.get("session_id")  # attribution, opted in or not (rater.sessions)
+        if type(ses) is not str or not ses:
+            ses = None
         plan_id = c.plan.id
         key_id = body.get("key_id")
         key_id = key_id if isinstance(key_id, str) and key_id else None
@@ -590,21 +696,41 @@ class Pipeline:
         for n, ln in enumerate(ctx.lines):
             lines.append((e.id, n, corr, c.id, plan_id, e.period, ln.kind, ln.charge_id, ln.metric,
                           ln.dimension_key, ln.quantity, ln.unit_price, ln.amount_micros, ln.cost_micros,
-                          key_id, team_id, app_id))
+                          key_id, team_id, app_id, ses))
         n = len(ctx.lines)
         if ctx.discount_micros:
             lines.append((e.id, n, corr, c.id, plan_id, e.period, "discount", "discount", None, "default", 0, None,
-                          -ctx.discount_micros, 0, key_id, team_id, app_id))
+                          -ctx.discount_micros, 0, key_id, team_id, app_id, ses))
             n += 1
         if ctx.tax_micros:
             lines.append((e.id, n, corr, c.id, plan_id, e.period, "tax", "tax", None, "default", 0, None, ctx.tax_micros,
-                          0, key_id, team_id, app_id))
+                          0, key_id, team_id, app_id, ses))
         total = ctx.total_micros
         seq = seqs[c.id] = seqs[c.id] + 1  # only a rated event takes a number: no holes
         rows.append(Processed(e.id, "usage", c.id, e.period, total, ctx.wallet_micros, ctx.invoice_micros,
                               body.get("hold_id") or None, actual_tokens(e.measurements), corr, key_id, seq))
         res.rated += 1
         res.spend_micros += total
+
+    @staticmethod
+    def _session_part(e: Event, seqs: dict[str, int], rows: list[Processed]) -> None:
+        """An event aggregated into (or ignored by) its session: recorded once, settled with spend 0
+        (its hold released, its tokens/min corrected), priced with its session (rater.sessions)."""
+        c, body = e.customer, e.body
+        seq = seqs[c.id] = seqs[c.id] + 1
+        key_id = body.get("key_id")
+        rows.append(Processed(e.id, "session_part", c.id, e.period, 0, 0, 0, body.get("hold_id") or None,
+                              actual_tokens(e.measurements), body.get("correlation_id"),
+                              key_id if isinstance(key_id, str) and key_id else None, seq))
+
+    def _billable(self, trigger: Event, s: sessions.Session, body: dict) -> Event:
+        """The one event a closed session is rated as: in the period of its first event, under the
+        plan of that period (a plan change pending from a later period does not apply to it)."""
+        customer = self.directory.cached(s.customer_id) or trigger.customer
+        ev = Event(trigger.index, b"", body, body["id"], "usage", s.period, trigger.current, {}, customer,
+                   aggregate=True)
+        plan_changes.switch_pending([ev])
+        return ev
 
     @staticmethod
     def _hold(e: Event) -> dict:

@@ -1,4 +1,5 @@
-"""`tollgate-rater`: the bus consumer, the rating pipeline and the hold sweeper in one process.
+"""`tollgate-rater`: the bus consumer, the rating pipeline, the hold sweeper and the idle agent
+session sweeper (rater.sessions) in one process.
 A Redis without its projection (restarted empty) makes settlement wait (NotProjected, retried
 with backoff) until the control plane's self-healing has rebuilt it (control.service).
 
@@ -19,7 +20,7 @@ from dataclasses import replace
 
 import asyncpg
 
-from rater import charges, holds, rollups
+from rater import charges, holds, rollups, sessions
 from rater.consumers import Consumer, Message, make_consumer
 from rater.pipeline import BatchResult, Pipeline
 from tollgate.config import Settings, settings as load_settings
@@ -126,6 +127,9 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
     await consumer.start()
     rater = Rater(consumer, Pipeline(pool, redis, charges=charges.from_settings(cfg, redis)), batch_size=batch_size)
     sweeper = asyncio.create_task(holds.run_sweeper(redis, pool, sweep_interval_s, stop)) if sweep_interval_s > 0 else None
+    # Agent sessions idle past their plan's timeout are closed (billed) on the same interval.
+    idle = (asyncio.create_task(sessions.run_sweeper(rater.pipeline, sweep_interval_s, stop))
+            if sweep_interval_s > 0 else None)
     freeze_startup_heap()  # long-lived objects made so far never need collecting
     log.info("rater started: bus=%s group=%s", cfg.bus, group)
     started = time.monotonic()
@@ -135,6 +139,8 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
         stop.set()
         if sweeper:
             await sweeper
+        if idle:
+            await idle
         await consumer.stop()
         if rater.pipeline.charges is not None:
             await rater.pipeline.charges.close()
@@ -148,7 +154,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default="rater", help="consumer group (default: rater)")
     p.add_argument("--consumer", help="Redis Streams consumer name (default: TOLLGATE_RATER_CONSUMER or host-pid)")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"events per batch at most (default: {DEFAULT_BATCH})")
-    p.add_argument("--sweep-interval", type=float, default=5.0, help="seconds between hold sweeps; 0 = off")
+    p.add_argument("--sweep-interval", type=float, default=5.0, help="seconds between hold sweeps and idle session sweeps; 0 = off")
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="Redis Streams: take over another consumer's entries pending this long")
 

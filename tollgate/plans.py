@@ -30,6 +30,8 @@ BILLING_MODES = ("prepaid", "postpaid", "hybrid")
 # which is also what the enforcer holds an event to when it cannot read the key's plan.
 DEFAULT_MAX_QUANTITY_PER_EVENT = 10**8
 MAX_QUANTITY_PER_EVENT_CEILING = 10**12
+# sessions.idle_timeout_seconds at most: longer keeps a session's bill open past any useful preview.
+MAX_SESSION_IDLE_S = 7 * 86400
 CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "flat", "percentage", "composite")
 USAGE_CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "composite")
 # The status property of an event that succeeded (MCP tool calls: properties.status); an event
@@ -171,6 +173,8 @@ class Plan:
     max_quantity_default: int = DEFAULT_MAX_QUANTITY_PER_EVENT
     # alerts: the customers' default alert settings (tollgate.alert_rules; overridable per customer)
     alerts: AlertSettings = ALERT_DEFAULTS
+    # sessions.idle_timeout_seconds: the plan aggregates agent sessions (rater.sessions); None: it does not
+    session_idle_timeout_s: int | None = None
     # costs: what each metric costs the provider (for margin; never billed). The plan's own, plus
     # those of the shared catalog it names (cost_catalog) that the rater merges in
     # (tollgate.cost_catalogs.with_catalog): a metric the plan lists wins over the catalog's.
@@ -273,6 +277,7 @@ def parse_plan(doc: Any) -> Plan:
         max_quantity_default=max_quantity.pop("default", DEFAULT_MAX_QUANTITY_PER_EVENT),
         max_quantity_per_event=tuple(sorted(max_quantity.items())),
         alerts=_alerts(doc.get("alerts")),
+        session_idle_timeout_s=_sessions(doc.get("sessions")),
         costs=costs,
         cost_catalog=None if catalog is None else _ident(catalog, "cost_catalog"),
         margin_guard=guard_rules(doc.get("margin_guard"), charges),
@@ -343,6 +348,22 @@ def _anchor_day(raw: Any) -> int:
     if day > MAX_ANCHOR_DAY:
         raise PlanError("billing_period.anchor_day", f"must be <= {MAX_ANCHOR_DAY} (every month has that day)")
     return day
+
+
+def _sessions(raw: Any) -> int | None:
+    """`sessions: {idle_timeout_seconds: N}`: usage events with a session_id are aggregated into
+    one billable session each (rater.sessions), closed by its end event or after N seconds
+    without an event (1 s .. 7 days). Absent: a session_id is attribution only."""
+    if raw is None:
+        return None
+    doc = _mapping(raw, "sessions")
+    unknown = sorted(set(doc) - {"idle_timeout_seconds"})
+    if unknown:
+        raise PlanError(f"sessions.{unknown[0]}", "unknown setting (only idle_timeout_seconds)")
+    n = _int(doc.get("idle_timeout_seconds"), "sessions.idle_timeout_seconds", 1)
+    if n > MAX_SESSION_IDLE_S:
+        raise PlanError("sessions.idle_timeout_seconds", f"must be <= {MAX_SESSION_IDLE_S} (7 days)")
+    return n
 
 
 def guard_rules(raw: Any, charges: tuple[Charge, ...]) -> tuple[GuardRule, ...]:

@@ -179,7 +179,9 @@ _LINE = _obj(["kind", "description", "amount"], kind={"type": "string"}, descrip
 _SCHEMAS["Preview"] = _obj(
     ["customer_id", "period", "period_start", "period_end", "plan_id", "currency", "billing_mode", "lines", "subtotal",
      "discount", "tax", "total", "spend_to_date", "close", "allowances", "minimum_commit", "projected_commit_true_up",
-     "balance", "tier", "next_tier"],
+     "balance", "tier", "next_tier", "pending_sessions"],
+    pending_sessions={**_obj(["count", "amount"], count=_INT, amount=_MONEY_OUT), "description": "Agent sessions "
+                      "still open: in the lines and totals as if closed now (the close bills them first)."},
     customer_id=_ID, period={"type": "string"}, period_start=_TIME, period_end=_TIME, plan_id=_ID,
     currency={"type": "string"}, billing_mode={"enum": list(BILLING_MODES)}, lines={"type": "array", "items": _LINE},
     subtotal=_MONEY_OUT, discount=_MONEY_OUT, tax=_MONEY_OUT, total=_MONEY_OUT, spend_to_date=_MONEY_OUT,
@@ -224,6 +226,34 @@ _SCHEMAS["Trace"] = _obj(["correlation_id", "holds", "events", "tier_transitions
                          events={"type": "array", "items": {"type": "object", "description": "A processed usage event "
                                  "with its settlement (spend, wallet, invoice, settle_seq) and ledger lines."}},
                          tier_transitions={"type": "array", "items": _ref("TierTransition")})
+_SESSION = dict(
+    session_id=_ID, status={"enum": ["open", "closed"]}, key_id=_STR_OR_NULL, first_ts=_TIME, last_ts=_TIME,
+    idle_at={"type": ["string", "null"], "description": "When the idle sweeper may close it (open sessions)."},
+    period={"type": "string"}, dimensions={"type": "object"},
+    measurements={"type": "object", "additionalProperties": {"type": "integer"}, "description": "Summed."},
+    event_count=_INT, amount={"type": ["string", "null"], "description": "What the billable session was charged; "
+                              "null while open."},
+    cost={"type": ["string", "null"], "description": "What the billable session cost the provider (plan costs)."},
+    billable_event_id={"type": ["string", "null"]}, close_reason={"enum": ["end", "idle", "period_close", None]},
+    closed_at={"type": ["string", "null"]})
+_SCHEMAS["Session"] = _obj(["session_id", "status", "first_ts", "last_ts", "period", "measurements", "event_count",
+                            "amount"], **_SESSION)
+_SCHEMAS["SessionList"] = _obj(["sessions", "next_after"], sessions={"type": "array", "items": _ref("Session")},
+                               next_after=_STR_OR_NULL)
+_SCHEMAS["SessionDetail"] = _obj(
+    ["session_id", "status", "events", "ledger_lines", "ledger_total", "truncated"],
+    **{**_SESSION, "status": {"enum": ["open", "closed", "not_aggregated"], "description": "not_aggregated: a "
+                              "session_id on a plan without `sessions` (attribution only: lines, no session)."}},
+    events={"type": "array", "items": _obj(["event_id", "ts", "measurements", "handled"], event_id={"type": "string"},
+                                           event_type=_STR_OR_NULL, ts=_TIME, measurements={"type": "object"},
+                                           handled={"enum": ["aggregated", "rated_alone", "ignored"]})},
+    ledger_lines={"type": "array", "items": _obj(["event_id", "line_no", "kind", "charge_id", "quantity", "amount"],
+                                                 event_id={"type": "string"}, line_no=_INT, kind={"type": "string"},
+                                                 charge_id={"type": "string"}, metric=_STR_OR_NULL,
+                                                 dimension_key={"type": "string"}, quantity=_INT,
+                                                 unit_price=_STR_OR_NULL, amount=_MONEY_OUT,
+                                                 period={"type": "string"})},
+    ledger_total=_MONEY_OUT, truncated={"type": "boolean"})
 _SCHEMAS["Hold"] = _obj(["hold_id", "amount", "placed_at", "expires_at"], hold_id={"type": "string"},
                         request_id=_STR_OR_NULL, key_id=_STR_OR_NULL, amount=_STR_OR_NULL, estimated_tokens=_INT,
                         placed_at={"type": ["string", "null"]}, expires_at={"type": ["string", "null"]})
@@ -381,6 +411,10 @@ _OK_SCHEMAS.update({
     ("GET", "/v1/customer/preview"): {"200": _ref("Preview")},
     ("GET", "/v1/customer/invoices"): {"200": _ref("InvoiceList")},
     ("GET", "/v1/customer/invoices/{id}"): {"200": _ref("Invoice")},
+    ("GET", "/admin/customers/{id}/sessions"): {"200": _ref("SessionList")},
+    ("GET", "/admin/customers/{id}/sessions/{session_id}"): {"200": _ref("SessionDetail")},
+    ("GET", "/v1/customer/sessions"): {"200": _ref("SessionList")},
+    ("GET", "/v1/customer/sessions/{session_id}"): {"200": _ref("SessionDetail")},
 })
 _OK_TEXT = {"200": "Done (for an apply: unchanged or a new version; for a top-up: a retry, credited before).",
             "201": "Created."}
@@ -444,6 +478,12 @@ _SUMMARY = {  # (method, path) -> (operationId, summary)
     ("GET", "/v1/customer/preview"): ("myPreview", "The calling customer's current-period preview."),
     ("GET", "/v1/customer/invoices"): ("myInvoices", "The calling customer's invoices."),
     ("GET", "/v1/customer/invoices/{id}"): ("myInvoice", "One of the calling customer's invoices."),
+    ("GET", "/admin/customers/{id}/sessions"): ("listSessions", "A customer's agent sessions, newest first: open or "
+                                                "closed, measurements summed, amount billed; page with `after`."),
+    ("GET", "/admin/customers/{id}/sessions/{session_id}"): ("getSession", "An agent session with its events (how each "
+                                                             "was handled) and its ledger lines."),
+    ("GET", "/v1/customer/sessions"): ("mySessions", "The calling customer's agent sessions."),
+    ("GET", "/v1/customer/sessions/{session_id}"): ("mySession", "One of the calling customer's agent sessions."),
     ("POST", "/admin/customers/{id}/wallet/adjustments"): (
         "adjustWallet", "Credit or debit the wallet with a reason (idempotent by id; a debit below zero needs "
                         "allow_negative, else 409)."),
@@ -509,6 +549,9 @@ _QUERY.update({
         {"name": "after_event", "in": "query", "schema": {"type": "string"}},
         {"name": "after_line", "in": "query", "schema": {"type": "integer", "minimum": 0}}, _READ_LIMIT],
     ("GET", "/admin/customers/{id}/tier-transitions"): [_READ_LIMIT],
+    **{("GET", p): [{"name": "status", "in": "query", "schema": {"enum": ["open", "closed"]}},
+                    {"name": "after", "in": "query", "schema": _ID, "description": "The last session_id of the "
+                     "previous page."}, _READ_LIMIT] for p in ("/admin/customers/{id}/sessions", "/v1/customer/sessions")},
     ("GET", "/admin/customers/{id}/holds"): [_READ_LIMIT],
     ("GET", "/admin/dead-letters"): [
         {"name": "status", "in": "query", "schema": {"enum": ["open", "replayed", "discarded"], "default": "open"}},
@@ -573,7 +616,7 @@ _SUMMARY[("POST", "/admin/customers/{id}/margin-guard/reset")] = (
 _OK_SCHEMAS[("POST", "/admin/customers/{id}/margin-guard/reset")] = {"200": _obj(
     ["customer_id", "reset"], customer_id=_ID, reset={"type": "array", "items": _ref("MarginGuardTrip")})}
 _BODIES[("POST", "/admin/customers/{id}/margin-guard/reset")] = json_content(_obj(
-    [], trip_id={"type": "string", "pattern": "^mgt_"}, subject={"type": "string"}))
+    [], trip_id=_or_null({"type": "string", "pattern": "^mgt_"}), subject=_or_null({"type": "string"})))
 # --------------------------------------------------------------------------- the billing hierarchy
 _RATE = {"type": "integer", "minimum": 0, "maximum": MAX_RATE}
 _LIMITS = {"type": "object", "additionalProperties": False, "description": "A level's limits, each optional and "

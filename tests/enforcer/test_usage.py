@@ -85,3 +85,24 @@ async def test_a_resent_report_is_accepted_again(enforcer, http, redis):
     for _ in range(2):
         assert (await http.post(f"{enforcer.url}/v1/usage", json=doc)).status_code == 202
     assert len(await published(redis, doc["event_id"])) >= 2
+
+
+async def test_session_id_travels_and_only_session_boundaries_may_measure_nothing(enforcer, http, redis):
+    """An agent session's events name it (top-level `session_id`, an id); its start and end may
+    carry no measurements, any other event still must (400 naming the field)."""
+    t = await provision(redis)
+    start = report(t.api_key, event_type="agent.session.start", session_id="ses_42", measurements=[])
+    end = {k: v for k, v in report(t.api_key, event_type="agent.session.end", session_id="ses_42").items()
+           if k != "measurements"}
+    call = report(t.api_key, event_type="agent.tool_call", session_id="ses_42")
+    for doc in (start, end, call):
+        assert (await http.post(f"{enforcer.url}/v1/usage", json=doc)).status_code == 202
+    events = {e["id"]: e for e in await stream_events(redis, "usage")}
+    assert [events[d["event_id"]]["session_id"] for d in (start, end, call)] == ["ses_42"] * 3
+    assert events[start["event_id"]]["measurements"] == events[end["event_id"]]["measurements"] == []
+    for bad, field in ((report(t.api_key, event_type="agent.tool_call", measurements=[]), "measurements"),
+                       ({k: v for k, v in call.items() if k != "measurements"}, "measurements"),
+                       (report(t.api_key, session_id="bad id!"), "session_id"),
+                       (report(t.api_key, session_id=7), "session_id")):
+        r = await http.post(f"{enforcer.url}/v1/usage", json={**bad, "event_id": uid("evt")})
+        assert (r.status_code, r.json()["field"]) == (400, field), r.text

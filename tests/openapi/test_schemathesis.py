@@ -182,6 +182,9 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
             await conn.execute("INSERT INTO invoice_lines (invoice_id, line_no, kind, charge_id, metric, dimension_key,"
                                " description, quantity, amount_micros, ledger_kinds, ledger_lines) VALUES ($1, 0, 'usage',"
                                " 'input_tokens', 'input_tokens', 'default', 'input tokens', 10, 30, '{usage}', 1)", invoice)
+            await conn.execute("INSERT INTO agent_sessions (customer_id, session_id, first_ts, last_ts, idle_at, period,"
+                               " measurements, event_count) VALUES ($1, 'ses_fuzz', now(), now(), now(), '200001',"
+                               " '{\"input_tokens\": 10}', 1)", cid)
         finally:
             await conn.close()
 
@@ -274,6 +277,8 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
                 case.path_parameters = {**case.path_parameters, "id": real_id}
             if case.path_parameters and "correlation_id" in case.path_parameters:
                 case.path_parameters = {**case.path_parameters, "correlation_id": admin_ids["correlation"]}
+            if case.path_parameters and "session_id" in case.path_parameters:
+                case.path_parameters = {**case.path_parameters, "session_id": "ses_fuzz"}
             if case.path_parameters and "line_no" in case.path_parameters:
                 case.path_parameters = {**case.path_parameters, "line_no": "0"}
             if isinstance(case.body, dict) and "plan_id" in case.body:

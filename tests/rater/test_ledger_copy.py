@@ -52,7 +52,8 @@ def lines_of(event_id: str, /, **overrides) -> tuple:
     base = dict(event_id=event_id, line_no=0, correlation_id=f"req_{event_id}", customer_id="cus_copy",
                 plan_id="plan_copy", period="202611", kind="usage", charge_id="input_tokens",
                 metric="input_tokens", dimension_key="default", quantity=1234, unit_price=Decimal("0.000003"),
-                amount_micros=3702, cost_micros=3085, key_id="key_copy", team_id="team_copy", app_id="app_copy")
+                amount_micros=3702, cost_micros=3085, key_id="key_copy", team_id="team_copy", app_id="app_copy",
+                session_id=None)
     base.update(overrides)
     return tuple(base[c] for c in LEDGER_COLUMNS)
 
@@ -322,7 +323,7 @@ decimals = st.decimals(allow_nan=False, allow_infinity=False, places=None)
 @given(st.lists(st.tuples(some_text, st.integers(-32768, 32767), st.none() | some_text, some_text, some_text,
                           some_text, some_text, some_text, st.none() | some_text, some_text, int64,
                           st.none() | decimals, int64, int64, st.none() | some_text, st.none() | some_text,
-                          st.none() | some_text), min_size=1, max_size=8))
+                          st.none() | some_text, st.none() | some_text), min_size=1, max_size=8))
 def test_ledger_payload_decodes_to_the_values_sent(rows):
     decoded = parse_copy_text(bytes(ledger.ledger_text(rows)), len(LEDGER_COLUMNS))
     assert decoded == [[as_copy_text(v) for v in r] for r in rows]
@@ -338,7 +339,7 @@ def test_processed_payload_decodes_to_the_values_sent(rows):
 
 
 def test_plain_rows_take_the_fast_path_and_awkward_ones_the_escaping_path():
-    plain = [lines_of(eid()), lines_of(eid(), correlation_id=None, metric=None, unit_price=None)]
+    plain = [lines_of(eid(), session_id="ses_1"), lines_of(eid(), correlation_id=None, metric=None, unit_price=None)]
     escaped = [ledger._escaped_row("ledger_lines", LEDGER_COLUMNS, ledger._LEDGER_KINDS, r) for r in plain]
     assert ledger._ledger_text_fast(plain) == b"".join(escaped)
     for s in ["a\tb", "a\nb", "a\rb", "a\\b", "\\N", "\x00"]:

@@ -49,6 +49,9 @@ class RatingContext:
     # The period so far, as routed (hybrid credits: tollgate.rating.stages.route); None = unknown.
     wallet_paid_micros: int | None = None
     invoice_due_micros: int | None = None
+    # event: an agent session's events summed (rater.sessions): each was checked against the
+    # plan's maximum per event on arrival, the sum is not (stage quantities).
+    aggregate: bool = False
     # Rollover (tollgate.rating.rollover): units of included quota carried into this period from
     # the one before, per usage key of an included charge; they raise that key's quota. None (or
     # empty): none carried in.
