@@ -14,6 +14,7 @@ from tests.control.test_alerts_delivery import until, worker
 from tests.control.webhook_receiver import Receiver
 from tests.rater.conftest import PERIOD, raw, usage
 from tests.tenants import plan_doc
+from tollgate import alert_rules, limits
 
 
 @pytest_asyncio.fixture
@@ -130,3 +131,16 @@ async def test_a_budget_set_later_is_judged_by_the_spend_so_far(pg, redis, tenan
     await p.process_raw(raw([e]))
     [a] = await alerts(pg, c)
     assert (a["threshold"], a["source_event_id"], a["data"]["spend"]) == (f"team:{t}:50", e["id"], "7.00")
+
+
+def test_budget_rows_by_level():
+    s = alert_rules.parse_settings({"spend_cap_percents": [80, 50, 100]})
+    rows = alert_rules.budget_rows("c", s, "202612", "agent", "ag1", {"team_id": "t1", "app_id": "ag1"},
+                                   7_999_999, 10_000_000, "evt_1")
+    assert [(r[1], r[2]) for r in rows] == [("budget.threshold", "agent:ag1:50")]  # 79.99999 % is not 80
+    assert [r[2] for r in alert_rules.budget_rows("c", s, "p", "team", "t1", {}, 8_000_000, 10_000_000, None)] == [
+        "team:t1:50", "team:t1:80"]
+    assert alert_rules.budget_rows("c", s, "p", "team", "t1", {}, 5, None, None) == []
+    assert alert_rules.budget_rows("c", s, "p", "team", "t1", {}, 5, 0, None) == []
+    assert limits.encoded_cap(b"::10000000:") == 10_000_000 and limits.encoded_cap(b"60:::4") is None
+    assert limits.encoded_cap(None) is None
