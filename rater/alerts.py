@@ -11,6 +11,12 @@ Two calls from rater.pipeline, each one statement per batch at most:
   the outbox), so it proposes the same alerts again; the table's UNIQUE keeps each one once.
 Already-raised keys are remembered in process, so a customer past a threshold costs nothing on
 later batches; a restart forgets them and the first batch finds them in the table (no row).
+
+Level budgets (`budget.threshold`): settlement added each event's spend to the levels of its key's
+path (SettleItem.levels). For those levels only, the budgets are read from the limits hash check.lua
+enforces (cached ttl_s per level, so levels without a budget cost one HMGET per ttl_s), then the
+period spend of the levels that have one (one round trip). Events of keys without a path (no
+levels) cost nothing here.
 """
 from __future__ import annotations
 
@@ -20,12 +26,15 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from tollgate import alert_rules
+from rater.key_paths import NO_PATH
+from tollgate import alert_rules, limits, redis_raw
 from tollgate.alert_rules import AlertSettings
 from tollgate.alerts import raise_many
+from tollgate.keys import CustomerKeys
 from tollgate.periods import period_bounds, period_of
 
 if TYPE_CHECKING:
+    from rater.key_paths import KeyPaths
     from rater.pipeline import Customer, Directory, Event
     from rater.settlement import SettleItem, SettleResult
 
@@ -48,11 +57,16 @@ ON CONFLICT (customer_id) DO UPDATE SET
 
 
 class RaterAlerts:
-    def __init__(self, ttl_s: float = 5.0):
+    def __init__(self, ttl_s: float = 5.0, redis=None, paths: KeyPaths | None = None):
+        """`redis` and `paths` (the pipeline's KeyPaths, loaded for the batch) serve level budgets;
+        without `redis` only the customer's alerts are raised."""
         self.ttl_s = ttl_s
+        self.redis = redis
+        self.paths = paths
         # customer -> (expiry, plan object, overrides or None, merged settings)
         self._settings: dict[str, tuple[float, object, dict | None, AlertSettings]] = {}
         self._seen: set[tuple[str, str, str, str]] = set()
+        self._budgets: dict[tuple[str, str], tuple[float, int | None]] = {}  # (customer, level) -> (expiry, cap)
 
     async def settings(self, conn, customers: Sequence[Customer]) -> dict[str, AlertSettings]:
         """Each customer's settings: its plan's, with its overrides (cached ttl_s)."""
@@ -99,6 +113,7 @@ class RaterAlerts:
         now = time.time() if now is None else now
         last: dict[tuple[str, str], tuple[SettleItem, SettleResult]] = {}  # (customer, period) -> latest
         promotions: list[tuple[SettleItem, SettleResult]] = []
+        levels: dict[tuple[str, str, str], SettleItem] = {}  # (customer, period, level) -> latest item
         for it, r in zip(items, results, strict=True):
             key = (it.customer_id, it.period)
             got = last.get(key)
@@ -106,6 +121,12 @@ class RaterAlerts:
                 last[key] = (it, r)
             if r.promoted_to:
                 promotions.append((it, r))
+            if it.levels:
+                for f in it.levels:
+                    lk = (it.customer_id, it.period, f)
+                    prev = levels.get(lk)
+                    if prev is None or prev.seq < it.seq:
+                        levels[lk] = it
         customers = {c: cust for c, _ in last if (cust := directory.cached(c)) is not None}
         if not customers:
             return []
@@ -138,6 +159,8 @@ class RaterAlerts:
             if it.customer_id in customers:
                 rows += alert_rules.promotion_rows(it.customer_id, settings[it.customer_id], it.period,
                                                    r.promoted_from, r.promoted_to, it.event_id)
+        if levels and self.redis is not None:
+            rows += await self._budget_rows(levels, settings)
         spiky = [cid for cid in customers if settings[cid].spike_factor is not None]
         if spiky:
             hour = int(now // 3600)
@@ -155,3 +178,58 @@ class RaterAlerts:
             self._seen.clear()
         self._seen.update((r[0], r[1], r[2], r[3]) for r in new)
         return raised
+
+    async def _budget_rows(self, levels: dict[tuple[str, str, str], SettleItem],
+                           settings: dict[str, AlertSettings]) -> list[alert_rules.Row]:
+        """budget.threshold of the levels the batch added spend to, by level as the customer's:
+        each level's budget (cached ttl_s) and its period spend now (after this settlement)."""
+        now = time.monotonic()
+        todo: list[tuple[str, str, str, SettleItem]] = []
+        for (cid, period, field), it in levels.items():
+            s = settings.get(cid)
+            if s is not None and s.spend_cap_percents:
+                todo.append((cid, period, field, it))
+        stale = sorted({(cid, field) for cid, _, field, _ in todo
+                        if (hit := self._budgets.get((cid, field))) is None or hit[0] <= now})
+        if stale:
+            by_customer: dict[str, list[str]] = {}
+            for cid, field in stale:
+                by_customer.setdefault(cid, []).append(field)
+            replies = await redis_raw.run(self.redis, [("HMGET", CustomerKeys(c).limits, *fields)
+                                                       for c, fields in by_customer.items()])
+            if len(self._budgets) > MAX_SEEN:
+                self._budgets.clear()
+            for (c, fields), values in zip(by_customer.items(), replies):
+                for field, v in zip(fields, values):
+                    self._budgets[(c, field)] = (now + self.ttl_s, limits.encoded_cap(v))
+        capped = []  # (customer, period, field, item, budget, level, id, path)
+        for cid, period, field, it in todo:
+            budget = self._budgets[(cid, field)][1]
+            if not budget:
+                continue
+            level, ident, path = _level(field, it.key_id, self.paths)
+            top = alert_rules.budget_threshold(level, ident, settings[cid].spend_cap_percents[-1])
+            if (cid, "budget.threshold", top, period) not in self._seen:  # else every percent is raised
+                capped.append((cid, period, field, it, budget, level, ident, path))
+        if not capped:
+            return []
+        spends = await redis_raw.run(self.redis, [("GET", CustomerKeys(c).level_spend(f, p))
+                                                  for c, p, f, *_ in capped])
+        rows: list[alert_rules.Row] = []
+        for (cid, period, _, it, budget, level, ident, path), spend in zip(capped, spends):
+            rows += alert_rules.budget_rows(cid, settings[cid], period, level, ident, path, int(spend or 0), budget,
+                                            it.event_id)
+        return rows
+
+
+def _level(field: str, key_id: str | None, paths: KeyPaths | None) -> tuple[str, str, dict[str, str]]:
+    """A level field (`team:t1`, `app:a1`, `key:k1`) of an event's key -> the level's name as check.lua
+    replies name it (an app's kind: `app` or `agent`), its id, and its path from the key's."""
+    kind, _, ident = field.partition(":")
+    p = paths.get(key_id) if paths is not None else NO_PATH
+    if kind == "team":
+        return "team", ident, {"team_id": ident}
+    if kind == "app":
+        return p.app_kind or "app", ident, {"team_id": p.team_id, "app_id": ident} if p.team_id else {"app_id": ident}
+    path = {"team_id": p.team_id, "app_id": p.app_id} if p.app_id else {}
+    return "key", ident, {**path, "key_id": ident}

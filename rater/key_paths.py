@@ -18,6 +18,7 @@ class Path(NamedTuple):
     team_id: str | None
     app_id: str | None
     levels: tuple[str, ...]  # whose period spend an event of the key adds to
+    app_kind: str | None = None  # 'app' or 'agent': the level name of the app (alerts name it)
 
 
 NO_PATH = Path(None, None, ())
@@ -36,14 +37,14 @@ class KeyPaths:
         if not missing:
             return
         rows = await conn.fetch(
-            "SELECT k.id, k.app_id, a.team_id, k.limits FROM api_keys k LEFT JOIN apps a ON a.id = k.app_id"
+            "SELECT k.id, k.app_id, a.team_id, a.kind, k.limits FROM api_keys k LEFT JOIN apps a ON a.id = k.app_id"
             " WHERE k.id = ANY($1::text[])", missing)
         for k in missing:  # a key PostgreSQL does not know has no path: not asked again for ttl_s
             self._paths[k] = (now + self.ttl_s, NO_PATH)
         for r in rows:
             levels = limits.spend_levels(r["id"], r["app_id"], r["team_id"], limits.loads(r["limits"]))
             expires = float("inf") if r["app_id"] else now + self.ttl_s
-            self._paths[r["id"]] = (expires, Path(r["team_id"], r["app_id"], levels))
+            self._paths[r["id"]] = (expires, Path(r["team_id"], r["app_id"], levels, r["kind"]))
 
     def get(self, key_id: str | None) -> Path:
         """The cached path (NO_PATH for no key, or one PostgreSQL does not know)."""

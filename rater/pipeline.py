@@ -356,7 +356,7 @@ class Pipeline:
         self.charges = charges  # rater.charges publisher of `billing.charges` (None: not published)
         self.directory = Directory(cache_ttl_s)
         self.paths = KeyPaths(cache_ttl_s)  # API key -> team, app, levels counting its spend
-        self.alerts = RaterAlerts(cache_ttl_s)
+        self.alerts = RaterAlerts(cache_ttl_s, redis=redis, paths=self.paths)
         # (customer, period) -> the engine's Cumulatives after our last rating of it: reused when
         # PostgreSQL (read under the lock) has exactly these quantities, so the engine does not
         # re-price the customer's period once per transaction (~2 µs per event). Never trusted
@@ -691,7 +691,7 @@ class Pipeline:
         plan_id = c.plan.id
         key_id = body.get("key_id")
         key_id = key_id if isinstance(key_id, str) and key_id else None
-        team_id, app_id, _ = self.paths.get(key_id)  # loaded for the batch (_rate_and_commit)
+        team_id, app_id, _, _ = self.paths.get(key_id)  # loaded for the batch (_rate_and_commit)
         n = 0
         for n, ln in enumerate(ctx.lines):
             lines.append((e.id, n, corr, c.id, plan_id, e.period, ln.kind, ln.charge_id, ln.metric,

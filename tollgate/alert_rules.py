@@ -5,7 +5,8 @@ Settings come from the plan's optional `alerts:` section, overridden per custome
 plane's `alert_settings` table), key by key:
 
     alerts:
-      spend_cap_percents: [50, 80, 100]   # of the customer's spend cap (its tier's); [] = off
+      spend_cap_percents: [50, 80, 100]   # of the customer's spend cap (its tier's), and of each
+                                          # team/app/agent/key budget (limits.spend_cap); [] = off
       balance_below: "5.00"               # prepaid/hybrid balance under this amount; null = off
       tier_promoted: true
       commit_at_risk: {after_percent: 50} # judged once this much of the period is over; null = off
@@ -26,7 +27,7 @@ from typing import Any
 
 from tollgate.money import format_micros, to_micros
 
-KINDS = ("spend.threshold", "wallet.balance_low", "tier.promoted", "commit.at_risk", "usage.spike",
+KINDS = ("spend.threshold", "budget.threshold", "wallet.balance_low", "tier.promoted", "commit.at_risk", "usage.spike",
          "wallet.recharge_requested")
 DEFAULT_SPEND_CAP_PERCENTS = (50, 80, 100)
 DEFAULT_COMMIT_AFTER_PERCENT = 50
@@ -152,12 +153,33 @@ Row = tuple[str, str, str, str, dict, str | None]
 
 def spend_rows(customer_id: str, s: AlertSettings, period: str, spend_micros: int, cap_micros: int | None,
                event_id: str | None) -> list[Row]:
-    """spend.threshold: each percent of the cap the period's spend has reached."""
+    """spend.threshold: each percent of the customer's cap the period's spend has reached."""
     if not cap_micros or cap_micros <= 0:
         return []
     return [(customer_id, "spend.threshold", str(p), period,
-             {"percent": p, "spend": format_micros(spend_micros), "cap": format_micros(cap_micros)}, event_id)
+             {"level": "customer", "percent": p, "spend": format_micros(spend_micros), "cap": format_micros(cap_micros)},
+             event_id)
             for p in s.spend_cap_percents if spend_micros * 100 >= p * cap_micros]
+
+
+def budget_threshold(level: str, level_id: str, percent: int) -> str:
+    """The threshold (the alert's key) of a level's budget alert: `team:t1:80`. Level ids match
+    tollgate.keys.ID_PATTERN (no ':'), so it reads back unambiguously."""
+    return f"{level}:{level_id}:{percent}"
+
+
+def budget_rows(customer_id: str, s: AlertSettings, period: str, level: str, level_id: str, path: dict[str, str],
+                spend_micros: int, budget_micros: int | None, event_id: str | None) -> list[Row]:
+    """budget.threshold: each percent (the same `spend_cap_percents`) of a level's budget (its
+    limits' spend_cap: a team, app, agent or key) the level's period spend has reached. `level` is
+    the name check.lua's replies use (`key`, `app`, `agent`, `team`); `path` the level's place in
+    the hierarchy (`team_id`, `app_id`, `key_id`, as far down as the level)."""
+    if not budget_micros or budget_micros <= 0:
+        return []
+    spend, budget = format_micros(spend_micros), format_micros(budget_micros)
+    return [(customer_id, "budget.threshold", budget_threshold(level, level_id, p), period,
+             {"level": level, "id": level_id, "path": path, "percent": p, "spend": spend, "budget": budget}, event_id)
+            for p in s.spend_cap_percents if spend_micros * 100 >= p * budget_micros]
 
 
 def balance_rows(customer_id: str, s: AlertSettings, period: str, billing_mode: str, wallet_micros: int,

@@ -3,6 +3,7 @@ raiser's own transaction, so an alert exists exactly when what crossed its thres
 Delivery (webhooks, bus events) is the control plane's; `pg_notify` wakes it at the commit.
 
 Kinds (the `type` of the delivered event): `spend.threshold` (threshold: percent of the cap),
+`budget.threshold` (threshold: `<level>:<id>:<percent>` of a team/app/agent/key budget),
 `wallet.balance_low` (threshold: the amount), `tier.promoted` (threshold: the new tier),
 `commit.at_risk`, `usage.spike`, `wallet.recharge_requested`.
 """

@@ -83,6 +83,14 @@ def encode(limits: dict[str, Any]) -> str | None:
     return ":".join("" if p is None else str(p) for p in parts)
 
 
+def encoded_cap(value: str | bytes | None) -> int | None:
+    """The spend cap (micros) of a level's Redis value (`encode`), None when it has none."""
+    if not value:
+        return None
+    cap = (value.decode() if isinstance(value, bytes) else value).split(":")[2]
+    return int(cap) if cap else None
+
+
 def tracks_holds(limits: dict[str, Any]) -> bool:
     """A level whose open holds are counted (in-flight count, held micros): it has a concurrency
     limit or a spend cap (whose check counts what is held, as the customer's cap does)."""

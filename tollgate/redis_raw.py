@@ -43,6 +43,22 @@ async def execute(redis, commands: Sequence[tuple]) -> list:
         await pool.release(conn)
 
 
+async def run(redis, commands: Sequence[tuple]) -> list:
+    """`execute` where the client allows it (else a redis-py pipeline: RedisCluster), raising the
+    first error reply."""
+    if supported(redis):
+        replies = await execute(redis, commands)
+    else:
+        async with redis.pipeline(transaction=False) as p:
+            for c in commands:
+                p.execute_command(*c)
+            replies = await p.execute(raise_on_error=False)
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    return replies
+
+
 async def _read_replies(conn, n: int) -> list:
     """n replies from a redis-py asyncio connection.
 
