@@ -45,6 +45,7 @@ from rater import charges, dead_letters, grants, holds, ledger, plan_changes, ro
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.ledger import Processed
+from rater.margin_guard import RaterGuard
 from rater.key_paths import KeyPaths
 from rater.settlement import (
     NotProjected,
@@ -357,6 +358,7 @@ class Pipeline:
         self.directory = Directory(cache_ttl_s)
         self.paths = KeyPaths(cache_ttl_s)  # API key -> team, app, levels counting its spend
         self.alerts = RaterAlerts(cache_ttl_s, redis=redis, paths=self.paths)
+        self.guard = RaterGuard(cache_ttl_s)
         # (customer, period) -> the engine's Cumulatives after our last rating of it: reused when
         # PostgreSQL (read under the lock) has exactly these quantities, so the engine does not
         # re-price the customer's period once per transaction (~2 µs per event). Never trusted
@@ -426,6 +428,7 @@ class Pipeline:
 
         if self.charges is not None:  # after every commit, before the caller acknowledges: at least once
             await self.charges.publish(res.charged)
+        await self._judge_margins([e for g in groups.values() for e in g], now)
         dead = res.dead if record_dead else []
         placed = [self._hold(e) for e in decisions if e.body.get("hold_id") and e.body.get("decision", "ALLOW") == "ALLOW"]
         res.decisions = len(decisions)
@@ -464,6 +467,7 @@ class Pipeline:
                 finally:
                     await locks.unlock_group(conn, g)
         await self._finish_closes(res)
+        await self._judge_margins(requests, now)  # their session trips end with them
         return res
 
     async def close_sessions_locked(self, conn, customer_id: str, period: str, now: float) -> BatchResult:
@@ -476,7 +480,17 @@ class Pipeline:
         if requests:
             await self._locked(conn, res, requests, now)
             await self._finish_closes(res)
+            await self._judge_margins(requests, now)
         return res
+
+    async def _judge_margins(self, events: Sequence[Event], now: float) -> None:
+        """Margin Guard (rater.margin_guard) over the customers and agent sessions of rated events,
+        after their settlement and before the ack: a trip is denied at the next check."""
+        customers = {e.customer.id: e.customer for e in events if e.customer is not None}
+        if customers:
+            await self.guard.after_batch(self.pool, self.redis, list(customers.values()),
+                                         {(e.customer.id, e.session) for e in events if e.session and e.customer},
+                                         self.paths, now)
 
     async def _close_requests(self, conn, rows, reason: str, now: float) -> list[Event]:
         out = []
