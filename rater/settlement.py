@@ -219,17 +219,7 @@ async def clear_outbox(redis, items: Sequence[SettleItem], results: Sequence[Set
             fields.setdefault(it.customer_id, []).append(it.seq)
     if not fields:
         return
-    commands = [("HDEL", CustomerKeys(c).settle_outbox, *seqs) for c, seqs in fields.items()]
-    if redis_raw.supported(redis):
-        replies = await redis_raw.execute(redis, commands)
-    else:
-        async with redis.pipeline(transaction=False) as p:
-            for c in commands:
-                p.execute_command(*c)
-            replies = await p.execute(raise_on_error=False)
-    for r in replies:
-        if isinstance(r, Exception):
-            raise r
+    await redis_raw.run(redis, [("HDEL", CustomerKeys(c).settle_outbox, *seqs) for c, seqs in fields.items()])
 
 
 def _validate(item: SettleItem) -> None:

@@ -89,17 +89,7 @@ async def list_teams(db: asyncpg.Pool, customer_id: str) -> list[dict]:
 
 
 async def update_team(db: asyncpg.Pool, redis: Redis, team_id: str, changes: dict) -> dict:
-    cols = _changes(changes, TEAM_FIELDS)
-    if not known_id(team_id):
-        raise NotFound("team_id", f"no team {team_id!r}")
-    async with db.acquire() as conn, conn.transaction():
-        await hold_off_rebuild(conn)
-        row = await _update(conn, "teams", team_id, cols)
-        if row is None:
-            raise NotFound("team_id", f"no team {team_id!r}")
-        if "limits" in cols:
-            await project_limits(redis, row["customer_id"], lim.level_field("team", team_id), cols["limits"])
-    return team_view(row)
+    return team_view(await _update_level(db, redis, "team", team_id, _changes(changes, TEAM_FIELDS)))
 
 
 # ------------------------------------------------------------------------------------- apps
@@ -141,17 +131,21 @@ async def list_apps(db: asyncpg.Pool, customer_id: str, team_id: str | None = No
 
 
 async def update_app(db: asyncpg.Pool, redis: Redis, app_id: str, changes: dict) -> dict:
-    cols = _changes(changes, APP_FIELDS)
-    if not known_id(app_id):
-        raise NotFound("app_id", f"no app {app_id!r}")
+    return app_view(await _update_level(db, redis, "app", app_id, _changes(changes, APP_FIELDS)))
+
+
+async def _update_level(db: asyncpg.Pool, redis: Redis, level: str, row_id: str, cols: dict) -> asyncpg.Record:
+    """Change a team's or an app's row (`level` team | app) and project its new limits."""
+    if not known_id(row_id):
+        raise NotFound(f"{level}_id", f"no {level} {row_id!r}")
     async with db.acquire() as conn, conn.transaction():
         await hold_off_rebuild(conn)
-        row = await _update(conn, "apps", app_id, cols)
+        row = await _update(conn, f"{level}s", row_id, cols)
         if row is None:
-            raise NotFound("app_id", f"no app {app_id!r}")
+            raise NotFound(f"{level}_id", f"no {level} {row_id!r}")
         if "limits" in cols:
-            await project_limits(redis, row["customer_id"], lim.level_field("app", app_id), cols["limits"])
-    return app_view(row)
+            await project_limits(redis, row["customer_id"], lim.level_field(level, row_id), cols["limits"])
+    return row
 
 
 async def require_app(conn, customer_id: str, app_id: object, field: str = "app_id") -> asyncpg.Record:
