@@ -33,12 +33,12 @@ from tollgate.config import Settings
 
 STREAM = "tg:billing.charges"
 TOPIC = "billing.charges"
-SCHEMA = "billing.charges/1"
+SCHEMA = "billing.charges/2"  # /2: cost, key path and session columns appended (issue 10)
 FORMAT = "TabSeparated"  # PostgreSQL COPY text = ClickHouse TabSeparated
 DEFAULT_MAXLEN = 100_000  # Redis entries kept (each a rated batch's lines: up to a few thousand)
 COLUMNS = LEDGER_COLUMNS  # event_id, line_no, correlation_id, customer_id, plan_id, period, kind, charge_id,
 #                           metric, dimension_key, quantity, unit_price (decimal), amount_micros (integer),
-#                           cost_micros (integer)
+#                           cost_micros (integer), key_id, team_id, app_id, session_id
 
 # What a rating publishes: chunks of ledger lines (LEDGER_COLUMNS tuples), each with the COPY
 # payload the transaction built for them, or None (lines read back from the ledger).
