@@ -12,7 +12,10 @@ from control.margin_guard import manage
 
 
 async def get_guard(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
-    active = request.query_params.get("active", "false").lower() in ("1", "true", "yes")
+    raw = request.query_params.get("active", "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise InvalidInput("active", "must be true or false")
+    active = raw in ("true", "1")
     return await manage.get(db, request.path_params["id"], active_only=active)
 
 
