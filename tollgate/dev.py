@@ -209,6 +209,7 @@ Tollgate is running.
   PostgreSQL  {pg_dsn}
   enforcer    {base}   (POST /v1/check, POST /v1/usage, /healthz, /readyz, /metrics)
   admin API   http://127.0.0.1:{args.admin_port}/admin   (Authorization: Bearer {admin_token})
+  console     http://127.0.0.1:{args.admin_port}/console/   (log in with the admin token above)
   plan {demo['plan_id']}, customer {DEMO_CUSTOMER} (prepaid, 25.00 in the wallet)
   API key (shown once): {demo['api_key']}
 

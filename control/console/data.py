@@ -64,15 +64,17 @@ async def overview(db: asyncpg.Pool, redis: Redis) -> dict:
             "plans": await plans.list_plans(db)}
 
 
-def _spend_series(hourly: dict) -> list[dict]:
-    """Cumulative rated amount per hour of the period, summed over metrics (exact decimals)."""
+def _spend_series(hourly: dict, period_start: str) -> list[dict]:
+    """Cumulative rated amount per hour of the period, summed over metrics (exact decimals), from
+    0 at the period's start to now (so a cap and commit line have a width to draw on)."""
     per_hour: dict[str, Decimal] = {}
     for r in hourly["rows"]:
         per_hour[r["bucket"]] = per_hour.get(r["bucket"], Decimal(0)) + Decimal(r["amount"])
-    out, run = [], Decimal(0)
+    out, run = [{"t": period_start, "spend": "0"}], Decimal(0)
     for hour in sorted(per_hour):
         run += per_hour[hour]
         out.append({"t": hour, "spend": str(run)})
+    out.append({"t": datetime.now(timezone.utc).isoformat(timespec="seconds"), "spend": str(run)})
     return out
 
 
@@ -92,7 +94,7 @@ async def customer(db: asyncpg.Pool, redis: Redis, customer_id: str) -> dict:
     return {
         "customer": c, "tree": tree, "preview": pv,
         "wallet": await wallets.show_wallet(db, redis, customer_id),
-        "spend_series": _spend_series(hourly),
+        "spend_series": _spend_series(hourly, pv["period_start"]),
         "usage_by_model": _by_dimension(by_model, "model"), "usage_by_tool": _by_dimension(by_tool, "tool"),
         "usage_totals": by_model["totals"],
         "tier_transitions": await trace.tier_transitions(db, customer_id, limit=20),
