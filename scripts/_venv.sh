@@ -1,6 +1,8 @@
 # Shared by scripts/run and scripts/test: a project-local virtualenv with the given extra.
 ensure_venv() {
   local extra=$1
+  # playwright (tests/console) drives Debian's chromium: never download a browser of its own
+  export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
