@@ -100,8 +100,11 @@ async def _log_in(client: httpx.AsyncClient) -> None:
 
 async def test_login_sets_an_httponly_strict_cookie_and_pages_need_it(stack, demo):
     async with httpx.AsyncClient(base_url=stack.control.url, timeout=10) as anon:
+        r = await anon.get("/console")
+        assert (r.status_code, r.headers["location"]) == (307, "/console/")
         r = await anon.get("/console/")
         assert (r.status_code, r.headers["location"]) == (303, "/console/login")
+        assert "default-src 'self'" in r.headers["content-security-policy"]
         assert (await anon.get(f"/console/live/customers/{demo.cid}")).status_code == 401
         assert (await anon.get(f"/console/customers/{demo.cid}")).status_code == 303
         wrong = await anon.post("/console/login", data={"token": "not-the-token"})
