@@ -26,7 +26,8 @@ ensure_console_assets() {
   if ! tgz=$(cd .vendor && npm pack --silent "chart.js@${CHARTJS_VERSION}" 2>/dev/null | tail -1) || [ -z "$tgz" ]; then
     echo "warning: npm pack chart.js@${CHARTJS_VERSION} failed: the console shows tables without charts" >&2; return 0
   fi
-  tar -xzf ".vendor/$tgz" -C .vendor package/dist/chart.umd.min.js && cp .vendor/package/dist/chart.umd.min.js "$dest"
+  tar -xzf ".vendor/$tgz" -C .vendor package/dist/chart.umd.min.js && cp .vendor/package/dist/chart.umd.min.js "$dest" \
+    || echo "warning: could not unpack .vendor/$tgz: the console shows tables without charts" >&2
 }
 
 # Debian packages of the gateway tests, when apt is here (Debian 12 names; each "a|b" takes the
