@@ -1,11 +1,33 @@
 # Shared by scripts/run and scripts/test: a project-local virtualenv with the given extra.
 ensure_venv() {
   local extra=$1
+  # playwright (tests/console) drives Debian's chromium: never download a browser of its own
+  export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extra}]" 2>&1 \
     | grep -v "WARNING: Location" || true
+}
+
+# The console's chart library (control/console): Chart.js from the npm registry at an exact version,
+# packed into the git-ignored .vendor/ and its dist file copied into control/console/static/vendor/
+# (also git-ignored). Fetched here, at install time, never at run time; without npm the console
+# still works, with tables only.
+CHARTJS_VERSION=4.6.1
+ensure_console_assets() {
+  local dest=control/console/static/vendor/chart.umd.min.js
+  [ -s "$dest" ] && grep -q "Chart.js v${CHARTJS_VERSION}" "$dest" && return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "warning: npm not found: the console shows tables without charts" >&2; return 0
+  fi
+  mkdir -p .vendor "$(dirname "$dest")"
+  local tgz
+  if ! tgz=$(cd .vendor && npm pack --silent "chart.js@${CHARTJS_VERSION}" 2>/dev/null | tail -1) || [ -z "$tgz" ]; then
+    echo "warning: npm pack chart.js@${CHARTJS_VERSION} failed: the console shows tables without charts" >&2; return 0
+  fi
+  tar -xzf ".vendor/$tgz" -C .vendor package/dist/chart.umd.min.js && cp .vendor/package/dist/chart.umd.min.js "$dest" \
+    || echo "warning: could not unpack .vendor/$tgz: the console shows tables without charts" >&2
 }
 
 # Debian packages of the gateway tests, when apt is here (Debian 12 names; each "a|b" takes the
@@ -15,9 +37,10 @@ ensure_venv() {
 #   lua-cjson              cjson for LuaJIT: the Kong plugin's JSON inside nginx, and in busted
 #   luajit2|luajit         the LuaJIT command busted runs the plugin's unit tests with (--lua=luajit)
 #   lua-busted             busted; Debian installs its modules for Lua 5.1 too, so LuaJIT can run it
+#   chromium               the browser the console's Playwright tests drive (/usr/bin/chromium)
 # Service start-up is suppressed (policy-rc.d) so no system nginx starts on port 80.
 ensure_system_packages() {
-  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted"
+  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted chromium"
   command -v apt-get >/dev/null 2>&1 || return 0
   local sudo=""
   if [ "$(id -u)" != 0 ]; then

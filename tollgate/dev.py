@@ -176,6 +176,32 @@ async def smoke(base: str, api_key: str, redis_url: str) -> None:
         await redis.aclose()
 
 
+DEMO_TRAFFIC = [("claude-sonnet-4-6", 1500, 800), ("claude-haiku-4-5", 3000, 1200), ("claude-sonnet-4-6", 900, 400),
+                ("claude-opus-4-1", 600, 300), ("claude-haiku-4-5", 2200, 700)]
+
+
+async def demo_traffic(base: str, api_key: str) -> None:
+    """A few requests of the demo customer (check, then usage), so the console has something to
+    show at once. Best effort: the services may still be warming up."""
+    async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        for model, inp, out in DEMO_TRAFFIC:
+            rid = f"req_{secrets.token_hex(6)}"
+            try:
+                check = await http.post("/v1/check", json={
+                    "api_key": api_key, "request_id": rid, "dimensions": {"model": model},
+                    "estimate": {"requests": 1, "input_tokens": inp, "output_tokens": out}})
+                if check.status_code != 200 or check.json().get("decision") != "ALLOW":
+                    continue
+                await http.post("/v1/usage", json={
+                    "event_id": f"evt_{secrets.token_hex(6)}", "api_key": api_key, "correlation_id": rid,
+                    "hold_id": check.json().get("hold_id"), "event_type": "llm.completion",
+                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "properties": {"model": model},
+                    "measurements": [{"metric": "input_tokens", "value": inp}, {"metric": "output_tokens", "value": out}]})
+            except httpx.HTTPError as e:
+                log(f"demo traffic: {e!r}")
+                return
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="tollgate-dev", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=8080, help="enforcer port (default 8080)")
@@ -203,12 +229,14 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(smoke(base, demo["api_key"], redis_url))
             log("smoke test passed")
             return
+        asyncio.run(demo_traffic(base, demo["api_key"]))  # something for the console to show
         print(f"""
 Tollgate is running.
   Redis       {redis_url}
   PostgreSQL  {pg_dsn}
   enforcer    {base}   (POST /v1/check, POST /v1/usage, /healthz, /readyz, /metrics)
   admin API   http://127.0.0.1:{args.admin_port}/admin   (Authorization: Bearer {admin_token})
+  console     http://127.0.0.1:{args.admin_port}/console/   (log in with the admin token above)
   plan {demo['plan_id']}, customer {DEMO_CUSTOMER} (prepaid, 25.00 in the wallet)
   API key (shown once): {demo['api_key']}
 

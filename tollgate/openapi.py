@@ -56,11 +56,18 @@ def documented_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
     return {(m.upper(), p) for p, item in spec["paths"].items() for m in item if m in verbs}
 
 
+# The web console (control/console): HTML pages and their assets for people in a browser, behind
+# its own cookie login, not API operations; the admin document does not describe them.
+NOT_API = "/console"
+
+
 def routed_operations(app: Starlette, raw_asgi_methods: dict[str, set[str]] | None = None) -> set[tuple[str, str]]:
     """(METHOD, path) the app routes. A raw ASGI endpoint takes every method and refuses the others
     itself, so its methods are given in `raw_asgi_methods`; HEAD, which Starlette adds to GET, is not counted."""
     out = set()
     for r in app.routes:
+        if r.path == NOT_API or r.path.startswith(NOT_API + "/"):
+            continue
         if r.methods is None:
             out |= {(m, r.path) for m in (raw_asgi_methods or {}).get(r.path, set())}
         else:
