@@ -246,6 +246,9 @@ Try:
   curl -s -i {base}/v1/usage -H 'content-type: application/json' \\
     -d '{{"event_id": "evt_1", "api_key": "{demo['api_key']}", "correlation_id": "req_1", "hold_id": "<hold_id from the check>", "event_type": "llm.completion", "timestamp": "2026-11-21T10:00:00Z", "properties": {{"model": "claude-sonnet-4-6"}}, "measurements": [{{"metric": "input_tokens", "value": 1500}}, {{"metric": "output_tokens", "value": 800}}]}}'
 Ctrl-C stops everything.""", flush=True)
+        # Blocked first: sigwait only receives a blocked signal, and an unblocked SIGTERM would
+        # end this process at once, leaving its children (services, Redis, PostgreSQL) running.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except KeyboardInterrupt:
         pass
