@@ -19,6 +19,7 @@ from control.http.messages import JSON_TYPES, YAML_TYPES, ApiError, read_body
 from control.simulator.simulate import parse_customers, parse_period, simulate
 
 WRAPPER_FIELDS = ("plan", "period", "customers")
+QUERY_FIELDS = ("period", "customers")
 
 
 async def simulate_route(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
@@ -32,6 +33,9 @@ async def simulate_route(request: Request, db: asyncpg.Pool, redis: Redis) -> di
     except InvalidInput as e:
         raise ApiError(400, str(e), "body") from None
     q = request.query_params
+    for name in q:
+        if name not in QUERY_FIELDS:
+            raise InvalidInput(name, f"unknown query parameter; expected {', '.join(QUERY_FIELDS)}")
     period, customers = q.get("period"), q.get("customers")
     if isinstance(doc, dict) and isinstance(doc.get("plan"), dict):
         for name in doc:

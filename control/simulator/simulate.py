@@ -59,6 +59,10 @@ def parse_period(raw: object, now: float) -> str:
         raise InvalidInput("period", "must be YYYYMM, e.g. 202611")
     if raw > period_of(now):
         raise InvalidInput("period", f"{raw} has not started: the simulator rates usage that happened")
+    try:
+        period_bounds(raw)
+    except ValueError as e:  # year 0
+        raise InvalidInput("period", str(e)) from None
     return raw
 
 

@@ -161,6 +161,7 @@ async def test_bad_input_is_a_4xx_naming_the_field(pg, redis, make_customer, cli
         (await post("/admin/simulate", text), 422, "period"),
         (await post("/admin/simulate?period=2026-11", text), 422, "period"),
         (await post("/admin/simulate?period=209901", text), 422, "period"),
+        (await post("/admin/simulate?period=000001", text), 422, "period"),
         (await post(f"/admin/simulate?period={LAST_PERIOD}&customers={c},cus_nobody", text), 404, "customers"),
         (await post(f"/admin/simulate?period={LAST_PERIOD}&customers=bad%20id", text), 422, "customers"),
         (await post(f"/admin/simulate?period={LAST_PERIOD}", text, {**ADMIN, "Content-Type": "text/plain"}),
