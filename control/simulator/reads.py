@@ -25,6 +25,7 @@ from tollgate.rollovers import read as read_carried
 
 # Invoice lines that are not charges: what the wallet paid, units carried in and out (amount 0).
 NOT_CHARGES = ("prepaid", "carried_in", "carried_out")
+WORK_MEM = "256MB"  # for the rollup read's aggregate (a session setting of that one transaction)
 
 
 @dataclass
@@ -56,18 +57,25 @@ async def read_inputs(conn: asyncpg.Connection, customers: Sequence[asyncpg.Reco
     ids = list(out)
     starts = [out[c].start for c in ids]
     ends = [out[c].end for c in ids]
-    rows = await conn.fetch(
-        """WITH b(c, s, e) AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]))
-           SELECT u.customer_id, u.dims, u.outcome, u.metric, sum(u.quantity)::int8 AS quantity
-           FROM (SELECT d.customer_id, d.dims::text AS dims, d.outcome, d.metric, d.quantity
-                 FROM b JOIN usage_rollups_daily d
-                   ON d.customer_id = b.c AND d.day >= (b.s AT TIME ZONE 'UTC')::date
-                                          AND d.day < (b.e AT TIME ZONE 'UTC')::date
-                 UNION ALL
-                 SELECT x.customer_id, x.dims::jsonb::text, x.outcome, x.metric, x.quantity
-                 FROM b JOIN usage_rollup_deltas x ON x.customer_id = b.c AND x.hour >= b.s AND x.hour < b.e) u
-           WHERE u.quantity <> 0
-           GROUP BY 1, 2, 3, 4""", ids, starts, ends)
+    async with conn.transaction(readonly=True):
+        # One analytic read of millions of rows: JIT compilation alone cost ~0.7 s of ~3 s, and the
+        # default work_mem sorted on disk (a hash aggregate in memory is what it wants).
+        await conn.execute("SET LOCAL jit = off")
+        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        rows = await conn.fetch(
+            """WITH b(c, s, e) AS (SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]))
+               SELECT u.customer_id, u.dims::text AS dims, u.outcome, u.metric, u.quantity
+               FROM (SELECT customer_id, dims, outcome, metric, sum(quantity)::int8 AS quantity
+                     FROM (SELECT d.customer_id, d.dims, d.outcome, d.metric, d.quantity
+                           FROM b JOIN usage_rollups_daily d
+                             ON d.customer_id = b.c AND d.day >= (b.s AT TIME ZONE 'UTC')::date
+                                                    AND d.day < (b.e AT TIME ZONE 'UTC')::date
+                           UNION ALL
+                           SELECT x.customer_id, x.dims::jsonb, x.outcome, x.metric, x.quantity
+                           FROM b JOIN usage_rollup_deltas x ON x.customer_id = b.c AND x.hour >= b.s AND x.hour < b.e
+                          ) a
+                     GROUP BY 1, 2, 3, 4) u
+               WHERE u.quantity <> 0""", ids, starts, ends)
     for r in rows:
         out[r["customer_id"]].usage.setdefault((r["dims"], r["outcome"]), {})[r["metric"]] = r["quantity"]
 
