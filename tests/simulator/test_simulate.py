@@ -10,7 +10,7 @@ import yaml
 
 from control.simulator.simulate import simulate
 from control.accounts import plans
-from rater import periods
+from rater import periods, rollups
 from rater.pipeline import decompose
 from tests.rater.conftest import PERIOD, raw, usage
 from tests.rater.test_periods import LAST_PERIOD, LAST_TS, events_for, sample_plan
@@ -72,6 +72,9 @@ async def test_the_current_plan_reproduces_every_invoice_line_by_line(pg, redis,
         busy = next(x for x in out["customers"] if x["customer_id"] == c)
         assert any(ln["dimension_key"] == "override0" for ln in busy["lines"])  # the opus override
         assert out["totals"]["difference"] == "0.00"
+        async with pg.acquire() as conn:  # the same from the compacted daily rollups as from the deltas
+            assert await rollups.compact(conn) > 0
+        assert await simulate(pg, plans.validate(yaml.safe_load(text)), LAST_PERIOD, [c, idle]) == out
 
 
 async def test_a_draft_price_is_what_the_pure_stages_give_for_the_same_events(pg, redis, pipeline, make_customer):
@@ -193,3 +196,30 @@ async def test_cli_prints_the_comparison_and_json(cli, pg, redis, pipeline, make
     assert "plan" in bad.stderr + bad.stdout
     bad = cli("simulate", "--plan", str(draft), "--period", "1999", expect=2)
     assert "period" in bad.stderr + bad.stdout
+
+
+async def test_units_carried_in_by_rollover_count_in_the_draft(pg, redis, pipeline, make_customer):
+    """P-2 leaves 6,000 of its 10,000 included requests unused: 5,000 (the cap) are carried into
+    P-1, whose 17,000 requests are then 2,000 beyond its quota. A draft without rollover has none."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from tests.rater.test_rollover import LAST, plan_text, requests  # noqa: PLC0415
+
+    before = (LAST.replace(day=1) - timedelta(days=1))
+    text = plan_text("postpaid")
+    c = await make_customer(text)
+    res = await pipeline.process_raw(raw([requests(c, 4_000, before.strftime("%Y-%m-%dT12:00:00Z"))]))
+    assert res.rated == 1 and not res.dead
+    [out] = await periods.close_period(pg, redis, before.strftime("%Y%m"), customer_ids=[c])
+    assert out.get("error") is None
+    await pipeline.process_raw(raw([requests(c, 17_000, LAST_TS)]))
+    [out] = await periods.close_period(pg, redis, LAST_PERIOD, customer_ids=[c])
+    assert out.get("error") is None
+
+    got = await simulate(pg, plans.validate(yaml.safe_load(text)), LAST_PERIOD, [c])
+    (x,) = got["customers"]
+    assert x["current_total"] == x["draft_total"] == "4.40"  # 2,000 x 0.002, plus the 10 % fee
+    no_rollover = yaml.safe_load(text)
+    del no_rollover["charges"][0]["rollover"]
+    (y,) = (await simulate(pg, plans.validate(no_rollover), LAST_PERIOD, [c]))["customers"]
+    assert (y["draft_total"], y["difference"]) == ("15.40", "11.00")  # 7,000 beyond
