@@ -97,6 +97,10 @@ async def simulate(db: asyncpg.Pool, draft: Plan, period: str, customer_ids: Seq
             if missing:
                 raise NotFound("customers", f"no customer {missing[0]!r}" + (
                     f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        other = next((r for r in rows if plans[r["plan_id"]].currency != draft.currency), None)
+        if other is not None:  # a difference between two currencies means nothing
+            raise InvalidInput("currency", f"the draft is in {draft.currency}, customer {other['id']!r}'s plan in "
+                                           f"{plans[other['plan_id']].currency}")
         inputs = await read_inputs(conn, rows, plans, period,
                                    lambda plan: period_bounds(period, plan.billing_anchor_day))
     results = [simulate_customer(draft, inputs[r["id"]]) for r in rows]
@@ -115,7 +119,7 @@ def simulate_customer(draft: Plan, inp: CustomerInputs) -> dict:
     plan = effective_plan(draft, row["prices"])  # negotiated prices are the customer's contract
     out = {"customer_id": inp.id, "current_plan_id": inp.plan.id, "period_start": inp.start.isoformat(),
            "period_end": inp.end.isoformat()}
-    error = None
+    errors = []
     # current
     if inp.invoice is not None:
         current = _invoice_lines(inp.invoice_lines)
@@ -126,7 +130,8 @@ def simulate_customer(draft: Plan, inp: CustomerInputs) -> dict:
             ctx = run_batch(current_plan, inp.cumulative, **_options(current_plan, row, inp.carried))
             current, current_total = _batch_lines(ctx), ctx.total_micros
         except RatingError as e:  # e.g. the plan changed in the period: its cumulatives are another's
-            current, current_total, error = {}, 0, f"current: {e}"
+            current, current_total = {}, 0
+            errors.append(f"current: {e}")
         out["current_source"] = "cumulatives"
     # draft
     unpriced: dict[str, int] = {}
@@ -135,7 +140,8 @@ def simulate_customer(draft: Plan, inp: CustomerInputs) -> dict:
         ctx = run_batch(plan, cumulative, **_options(plan, row, inp.carried))
         draft_lines, draft_total = _batch_lines(ctx), ctx.total_micros
     except RatingError as e:
-        draft_lines, draft_total, error = {}, 0, f"draft: {e}"
+        draft_lines, draft_total = {}, 0
+        errors.append(f"draft: {e}")
     lines = []
     for key in sorted(current.keys() | draft_lines.keys(), key=lambda k: (_ORDER.get(k[0], 5), *(x or "" for x in k[1:]))):
         c, d = current.get(key, 0), draft_lines.get(key, 0)
@@ -145,7 +151,7 @@ def simulate_customer(draft: Plan, inp: CustomerInputs) -> dict:
                       "current": format_micros(c), "draft": format_micros(d), "difference": format_micros(d - c)})
     out.update({"current_total": format_micros(current_total), "draft_total": format_micros(draft_total),
                 "difference": format_micros(draft_total - current_total), "lines": lines,
-                "unpriced": {m: q for m, q in sorted(unpriced.items())}, "error": error,
+                "unpriced": {m: q for m, q in sorted(unpriced.items())}, "error": "; ".join(errors) or None,
                 "_current": current_total, "_draft": draft_total})
     return out
 

@@ -167,6 +167,8 @@ async def test_bad_input_is_a_4xx_naming_the_field(pg, redis, make_customer, cli
         (await post("/admin/simulate?period=000001", text), 422, "period"),
         (await post(f"/admin/simulate?period={LAST_PERIOD}&customers={c},cus_nobody", text), 404, "customers"),
         (await post(f"/admin/simulate?period={LAST_PERIOD}&customers=bad%20id", text), 422, "customers"),
+        (await post(f"/admin/simulate?period={LAST_PERIOD}&customers={c}", text.replace("currency: USD", "currency: EUR")),
+         422, "currency"),
         (await post(f"/admin/simulate?period={LAST_PERIOD}", text, {**ADMIN, "Content-Type": "text/plain"}),
          415, "content-type"),
         (await client.post("/admin/simulate", json={"plan": {"id": "x"}, "period": LAST_PERIOD, "extra": 1},
