@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "control.credits.commands",  # wallets adjust, credits grant / list / expire / auto-recharge
     "control.margin_guard.commands",  # guard show / set / clear / reset
     "control.accounts.hierarchy_commands",  # teams, apps, keys limits, customers limits / tree
+    "control.simulator.commands",  # simulate
 ]
 
 EXIT_BAD_INPUT = 2

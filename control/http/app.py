@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from control.console import routes as console
 from control.errors import ControlError
-from control.http import accounts, alerts, credits, hierarchy, lifecycle, margin_guard, read, sessions
+from control.http import accounts, alerts, credits, hierarchy, lifecycle, margin_guard, read, sessions, simulator
 from control.http.messages import ApiError, Handler, error_response, json_response
 from tollgate.backends import Backends
 from tollgate.config import Settings
@@ -91,7 +91,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 ROUTES: list[tuple[str, str, Handler]] = [
     *accounts.ROUTES, *lifecycle.ROUTES, *credits.ROUTES, *alerts.ROUTES, *read.ROUTES, *margin_guard.ROUTES,
-    *hierarchy.ROUTES, *sessions.ROUTES,
+    *hierarchy.ROUTES, *sessions.ROUTES, *simulator.ROUTES,
 ]
 
 

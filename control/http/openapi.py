@@ -700,6 +700,42 @@ _SUMMARY.update({
 })
 _QUERY[("GET", "/admin/customers/{id}/apps")] = [{"name": "team_id", "in": "query", "schema": _ID}]
 
+# The billing simulator (control.simulator): a past period's usage under a draft plan.
+_SIM_LINE = _obj(["kind", "charge_id", "metric", "dimension_key", "description", "current", "draft", "difference"],
+                 kind={"type": "string"}, charge_id={"type": ["string", "null"]}, metric={"type": ["string", "null"]},
+                 dimension_key={"type": ["string", "null"]}, description={"type": "string"}, current=_MONEY_OUT,
+                 draft=_MONEY_OUT, difference=_MONEY_OUT)
+_SIM_CUSTOMER = _obj(
+    ["customer_id", "current_plan_id", "period_start", "period_end", "current_source", "current_total", "draft_total",
+     "difference", "lines", "unpriced", "error"],
+    customer_id=_ID, current_plan_id=_ID, period_start=_TIME, period_end=_TIME,
+    current_source={"enum": ["invoice", "cumulatives"], "description": "The period's invoice, or (not closed yet) "
+                    "the batch rating of its recorded cumulatives under the customer's plan."},
+    current_total=_MONEY_OUT, draft_total=_MONEY_OUT, difference={**_MONEY_OUT, "description": "draft - current."},
+    lines={"type": "array", "items": _SIM_LINE},
+    unpriced={"type": "object", "additionalProperties": {"type": "integer"},
+              "description": "Metrics the draft does not price: units left out."},
+    error={"type": ["string", "null"], "description": "Why a side could not be rated (it then counts 0)."})
+_SIM_RESULT = _obj(["period", "draft_plan_id", "currency", "customers", "totals"], period={"type": "string"},
+                   draft_plan_id=_ID, currency={"type": "string"},
+                   customers={"type": "array", "items": _SIM_CUSTOMER},
+                   totals=_obj(["customers", "current", "draft", "difference"], customers={"type": "integer"},
+                               current=_MONEY_OUT, draft=_MONEY_OUT, difference=_MONEY_OUT))
+_SUMMARY[("POST", "/admin/simulate")] = (
+    "simulate", "Rate a past period's usage under a draft plan (not applied): per customer and line the current "
+                "amount (its invoice), the draft's and the difference, with totals.")
+_OK_SCHEMAS[("POST", "/admin/simulate")] = {"200": _SIM_RESULT}
+_BODIES[("POST", "/admin/simulate")] = {
+    "application/json": {"schema": {"type": "object", "description": "The draft plan document, or "
+                                    "{plan: <document>, period, customers: [ids]}."}},
+    **{t: {"schema": {"type": "string"}} for t in YAML_TYPES}}
+_QUERY[("POST", "/admin/simulate")] = [
+    {"name": "period", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{6}$"},
+     "description": "YYYYMM, not in the future (required here or in a wrapped body)."},
+    {"name": "customers", "in": "query", "schema": {"type": "string"},
+     "description": "Comma-separated customer ids (default: the customers on the plan with the draft's id)."}]
+_ERRORS[("POST", "/admin/simulate")] = {"404": "A customer named in `customers` does not exist."}
+
 
 def _operation(method: str, path: str) -> dict[str, Any]:
     op_id, summary = _SUMMARY[(method, path)]

@@ -294,6 +294,11 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
             if path == "/admin/cost-catalogs" and method == "POST":  # a real catalog, generated fields on top
                 case.media_type = "application/json"
                 case.body = {**catalog_doc(uid("cat")), **(case.body if isinstance(case.body, dict) else {})}
+            if path == "/admin/simulate":  # the customer's plan as the draft, over a period with an invoice
+                if isinstance(case.body, dict):  # an invalid body (not an object) stays invalid
+                    case.media_type = "application/json"
+                    case.body = yaml.safe_load(plan_text(admin_ids["plan"]))
+                case.query = {"period": "200001", "customers": admin_ids["customer"], **(case.query or {})}
             if path == "/admin/plans" and method == "POST":  # a real plan, with what was generated on top
                 case.media_type = "application/json"
                 case.body = {**yaml.safe_load(plan_text(uid("plan"))),
