@@ -44,6 +44,7 @@ import orjson
 from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollovers, rollups, sessions
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
+from rater.decisions import record_counts
 from rater.ledger import Processed
 from rater.margin_guard import RaterGuard
 from rater.key_paths import KeyPaths
@@ -432,10 +433,11 @@ class Pipeline:
         dead = res.dead if record_dead else []
         placed = [self._hold(e) for e in decisions if e.body.get("hold_id") and e.body.get("decision", "ALLOW") == "ALLOW"]
         res.decisions = len(decisions)
-        if dead or placed:
+        if dead or placed or decisions:
             async with self.pool.acquire() as conn, conn.transaction():
                 await dead_letters.record(conn, dead)
                 await holds.record_placed_holds(conn, placed)
+                await record_counts(conn, [(e.customer.id, e.body) for e in decisions])
         return res
 
     async def close_idle(self, now: float | None = None, limit: int = 1000,

@@ -99,6 +99,7 @@ async def customer(db: asyncpg.Pool, redis: Redis, customer_id: str) -> dict:
         "usage_totals": by_model["totals"],
         "tier_transitions": await trace.tier_transitions(db, customer_id, limit=20),
         "holds": await trace.open_holds(db, customer_id, limit=50),
+        "decisions": await trace.decisions(db, customer_id, hours=24),
         "alerts": await manage.list_alerts(db, customer_id=customer_id, limit=20),
         "deliveries": await manage.list_deliveries(db, customer_id=customer_id, limit=20),
         "invoices": await invoices.list_invoices(db, customer_id, limit=12),

@@ -737,6 +737,18 @@ _QUERY[("POST", "/admin/simulate")] = [
 _ERRORS[("POST", "/admin/simulate")] = {"404": "A customer named in `customers` does not exist."}
 
 
+# The enforcer's decisions counted by reason (rater.decisions): denials by reason for the console.
+_SUMMARY[("GET", "/admin/customers/{id}/decisions")] = (
+    "decisionCounts", "The enforcer's decisions of the last `hours` hours by decision, reason and deciding level "
+                      "(counted from the bus at least once: operator figures).")
+_OK_SCHEMAS[("GET", "/admin/customers/{id}/decisions")] = {"200": _obj(
+    ["hours", "decisions"], hours=_INT, decisions={"type": "array", "items": _obj(
+        ["decision", "reason", "level", "count"], decision={"enum": ["ALLOW", "DENY"]}, reason={"type": "string"},
+        level=_STR_OR_NULL, count=_INT)})}
+_QUERY[("GET", "/admin/customers/{id}/decisions")] = [
+    {"name": "hours", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 24 * 90, "default": 24}}]
+
+
 def _operation(method: str, path: str) -> dict[str, Any]:
     op_id, summary = _SUMMARY[(method, path)]
     customer = path.startswith("/v1/customer/")  # the customer's own API key, not the admin token

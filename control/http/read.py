@@ -20,6 +20,7 @@ from tollgate.bus import BusUnavailable
 from tollgate.keys import api_key_hash
 
 MAX_PAGE = 1000
+MAX_DECISION_HOURS = 24 * 90  # decision counts are read back at most 90 days
 
 
 def _limit(request: Request, default: int = 100) -> int:
@@ -87,6 +88,13 @@ async def get_trace(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
 
 async def tier_transitions(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
     return {"tier_transitions": await trace.tier_transitions(db, request.path_params["id"], limit=_limit(request))}
+
+
+async def decisions(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
+    hours = query_int(request, "hours", 24)
+    if not 1 <= hours <= MAX_DECISION_HOURS:
+        raise InvalidInput("hours", f"must be between 1 and {MAX_DECISION_HOURS}")
+    return {"hours": hours, "decisions": await trace.decisions(db, request.path_params["id"], hours=hours)}
 
 
 async def open_holds(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
@@ -161,6 +169,7 @@ ROUTES = [
     ("GET", "/admin/trace/{correlation_id}", get_trace),
     ("GET", "/admin/customers/{id}/tier-transitions", tier_transitions),
     ("GET", "/admin/customers/{id}/holds", open_holds),
+    ("GET", "/admin/customers/{id}/decisions", decisions),
     ("GET", "/admin/dead-letters", list_dead_letters),
     ("POST", "/admin/dead-letters/replay", replay_dead_letters),
     ("GET", "/v1/customer/usage", my_usage),

@@ -97,3 +97,17 @@ async def open_holds(db: asyncpg.Pool, customer_id: str, *, limit: int = 100) ->
     return [{"hold_id": h["hold_id"], "request_id": h["request_id"], "key_id": h["key_id"],
              "amount": _money(h["amount_micros"]), "estimated_tokens": h["estimated_tokens"],
              "placed_at": _iso(h["placed_at"]), "expires_at": _iso(h["expires_at"])} for h in rows]
+
+
+async def decisions(db: asyncpg.Pool, customer_id: str, *, hours: int = 24) -> list[dict]:
+    """The enforcer's decisions of the last `hours` hours (the current one included) by decision,
+    reason and deciding level, most first (rater.decisions counts them from the bus)."""
+    async with db.acquire() as conn:
+        await require_customer(conn, customer_id)
+        rows = await conn.fetch(
+            "SELECT decision, reason, level, sum(count)::int8 AS count FROM decision_counts WHERE customer_id = $1"
+            " AND hour >= date_trunc('hour', now()) - make_interval(hours => $2 - 1)"
+            " GROUP BY decision, reason, level ORDER BY count DESC, decision, reason, level", customer_id, hours)
+    return [{"decision": r["decision"], "reason": r["reason"], "level": r["level"] or None, "count": r["count"]}
+            for r in rows]
+

@@ -185,6 +185,25 @@ async def test_customer_page_shows_the_apis_numbers_and_charts(page, stack, demo
     await screenshot(page, "customer")
 
 
+async def test_customer_page_shows_denials_by_reason_as_the_api(page, stack, demo):
+    """A DENY leaves no hold: the rater counts decisions from the bus (rater.decisions)."""
+    denied = await stack.check(demo.api_key, {"model": "gpt-4o"}, {"input_tokens": 2_000_000}, expect=429)
+    assert denied["reason"] == "rate_limited_tokens"
+
+    async def counted() -> bool:
+        d = (await stack.call("GET", f"/admin/customers/{demo.cid}/decisions"))["decisions"]
+        return any(r["decision"] == "DENY" and r["reason"] == "rate_limited_tokens" for r in d)
+    await stack.until(counted, "the DENY counted")
+    api = (await stack.call("GET", f"/admin/customers/{demo.cid}/decisions?hours=24"))["decisions"]
+    assert any(r["decision"] == "ALLOW" and r["reason"] == "ok" and r["count"] >= 3 for r in api), api
+    await page.goto(f"/console/customers/{demo.cid}")
+    got = sorted([tuple([await row.locator(f'[data-col="{c}"]').inner_text() for c in ("decision", "reason", "count")])
+                  for row in await page.locator("#decisions tbody tr").all()])
+    assert got == sorted((r["decision"], r["reason"], str(r["count"])) for r in api)
+    r = await stack.admin.get(f"/admin/customers/{demo.cid}/decisions?hours=0")
+    assert (r.status_code, r.json()["field"]) == (422, "hours")
+
+
 async def test_customer_page_follows_a_usage_report_within_2_s_without_reload(page, stack, demo):
     await page.goto(f"/console/customers/{demo.cid}")
     before = await text(page, "#spend")
