@@ -1,6 +1,6 @@
 """The console in a real browser: Debian's chromium (/usr/bin/chromium, never a downloaded one)
 driven by Playwright for Python, against the real `tollgate-control`, enforcer and `tollgate-rater`
-on loopback (tests.products.conftest's Stack), PostgreSQL and a Redis of the module's own.
+on loopback (tests.stack), PostgreSQL and a Redis of the module's own.
 Screenshots of each page go to artifacts/console/ (git-ignored; CI keeps them as artefacts)."""
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ import os
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
-from tests.products.conftest import Stack
-from tests.rater.processes import RaterProcess
-from tests.servers import ControlProcess, EnforcerProcess
-from tests.tenants import mark_projected
-from tollgate.local_services import start_redis
+from tests.stack import running_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "console"
@@ -30,30 +24,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(pg_dsn):
-    own = start_redis()
-    client = Redis.from_url(own.url)
-    await mark_projected(client)
-    await client.aclose()
-    env = {"TOLLGATE_REDIS_URL": own.url, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_BUS": "redis",
-           "TOLLGATE_ADMIN_TOKEN": TOKEN, "TOLLGATE_CHECK_DEADLINE_MS": "1000"}
-    procs: list = []
-    try:
-        procs.append(RaterProcess(env, ["--sweep-interval", "0"]).start())
-        procs.append(ControlProcess(env).start())
-        procs.append(EnforcerProcess(env).start())
-        procs[0].wait_started()
-        rater, control, enforcer = procs
-        async with httpx.AsyncClient(base_url=control.url, timeout=10,
-                                     headers={"authorization": f"Bearer {TOKEN}"}) as admin, \
-                httpx.AsyncClient(base_url=enforcer.url, timeout=10) as gateway:
-            yield Stack(control, enforcer, rater, admin, gateway)
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        for p in procs:
-            if hasattr(p, "cleanup"):
-                p.cleanup()
-        own.stop()
+    async with running_stack(pg_dsn, TOKEN) as s:
+        yield s
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from decimal import Decimal
 
 import httpx
 import pytest_asyncio
 
 from tests.console.conftest import TOKEN, screenshot
+from tests.stack import uid
 
 PLAN = """\
 id: {id}
@@ -45,10 +45,6 @@ charges:
       prices:
         web_search: "0.02"
 """
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 class Demo:

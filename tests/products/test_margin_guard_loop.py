@@ -12,7 +12,7 @@ from decimal import Decimal
 import yaml
 
 from tests.control.webhook_receiver import Receiver
-from tests.products.conftest import EXAMPLES, uid
+from tests.stack import EXAMPLES, uid
 
 # The agent plan, with costs high enough that a few calls pass 80 % of the outcome's 1.50 (1.20):
 # each call costs 0.5000 (100,000 output tokens at 0.000005): the third crosses (1.50 > 1.20).
