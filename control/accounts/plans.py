@@ -82,6 +82,9 @@ async def apply_plan(db: asyncpg.Pool, redis: Redis, source: str | dict) -> dict
         changed = row is not None
         if row is None:  # unchanged: ON CONFLICT locked the row but updated nothing
             row = await conn.fetchrow("SELECT version FROM plans WHERE id = $1", plan.id)
+        else:  # the plan's history (plan_versions), in the same transaction
+            await conn.execute("INSERT INTO plan_versions (plan_id, version, document) VALUES ($1, $2, $3::jsonb)",
+                               plan.id, row["version"], doc)
         rows = await conn.fetch("SELECT * FROM customers WHERE plan_id = $1 ORDER BY id", plan.id)
         await project_plan(redis, plan)
         for c in rows:
@@ -120,3 +123,15 @@ async def get_plan(db: asyncpg.Pool, plan_id: str) -> dict:
     return {"id": plan.id, "name": plan.name, "version": row["version"], "currency": plan.currency,
             "billing_mode": plan.billing_mode, "tiers": [t.name for t in plan.tiers],
             "updated_at": iso(row["updated_at"]), "document": plan.document}
+
+
+async def plan_versions(db: asyncpg.Pool, plan_id: str, *, limit: int = 50) -> list[dict]:
+    """The plan's versions as applied, newest first, each with its document."""
+    if not known_id(plan_id) or not await db.fetchval("SELECT 1 FROM plans WHERE id = $1", plan_id):
+        raise NotFound("plan_id", f"no plan {plan_id!r}")
+    rows = await db.fetch("SELECT version, document, applied_at FROM plan_versions WHERE plan_id = $1"
+                          " ORDER BY version DESC LIMIT $2", plan_id, limit)
+    return [{"version": r["version"], "applied_at": iso(r["applied_at"]),
+             "document": orjson.loads(r["document"]) if isinstance(r["document"], (str, bytes)) else r["document"]}
+            for r in rows]
+

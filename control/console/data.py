@@ -109,4 +109,4 @@ async def customer(db: asyncpg.Pool, redis: Redis, customer_id: str) -> dict:
 async def plan(db: asyncpg.Pool, plan_id: str) -> dict:
     p = await plans.get_plan(db, plan_id)  # NotFound for an unknown id
     on_plan = await customers.list_customers(db, plan_id=plan_id, limit=MAX_CUSTOMERS)
-    return {"plan": p, "customers": on_plan}
+    return {"plan": p, "customers": on_plan, "versions": await plans.plan_versions(db, plan_id)}

@@ -240,8 +240,11 @@ def plan_live(d: dict) -> str:
         facts([("plan-id", "Plan", p["id"]), ("plan-name", "Name", p["name"]), ("version", "Version", p["version"]),
                ("updated", "Version since", p["updated_at"]), ("currency", "Currency", p["currency"]),
                ("billing-mode", "Billing mode", p["billing_mode"]), ("tiers", "Tiers", ", ".join(p["tiers"]))]),
-        '<p class="hint">Versions: the plans table keeps the current document; its version goes up on every change '
-        '(each invoice was rated with the version of its period).</p>',
+        "<h2>Versions</h2>",
+        table("Versions as applied, newest first", [("version", "Version"), ("applied_at", "Applied at"),
+                                                    ("charges", "Charges")],
+              [{**v, "charges": ", ".join(c.get("id", c.get("metric", "")) for c in v["document"].get("charges", [])
+                                          if isinstance(c, dict))} for v in d["versions"]], tid="plan-versions"),
         "<h2>Customers on this plan</h2>",
         table("Customers on this plan", [("id", "Customer"), ("name", "Name"), ("status", "Status"),
                                          ("tier", "Tier"), ("spend_cap", "Spend cap")], d["customers"],

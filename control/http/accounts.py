@@ -60,6 +60,10 @@ async def get_plan(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
     return await plans.get_plan(db, request.path_params["id"])
 
 
+async def plan_versions(request: Request, db: asyncpg.Pool, redis: Redis) -> dict:
+    return {"versions": await plans.plan_versions(db, request.path_params["id"])}
+
+
 async def create_customer(request: Request, db: asyncpg.Pool, redis: Redis) -> tuple[int, dict]:
     body = await json_object(request, ("id", "name", "plan_id", "billing_mode", "spend_cap"))
     created = await customers.create_customer(
@@ -114,6 +118,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/admin/plans", apply_plan),
     ("GET", "/admin/plans", list_plans),
     ("GET", "/admin/plans/{id}", get_plan),
+    ("GET", "/admin/plans/{id}/versions", plan_versions),
     ("POST", "/admin/cost-catalogs", apply_cost_catalog),
     ("GET", "/admin/cost-catalogs", list_cost_catalogs),
     ("GET", "/admin/cost-catalogs/{id}", get_cost_catalog),

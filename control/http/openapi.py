@@ -749,6 +749,12 @@ _QUERY[("GET", "/admin/customers/{id}/decisions")] = [
     {"name": "hours", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 24 * 90, "default": 24}}]
 
 
+# A plan's history (control.accounts.plans.plan_versions).
+_SUMMARY[("GET", "/admin/plans/{id}/versions")] = ("planVersions", "A plan's versions as applied, newest first (at most 50).")
+_OK_SCHEMAS[("GET", "/admin/plans/{id}/versions")] = {"200": _obj(["versions"], versions={"type": "array", "items": _obj(
+    ["version", "applied_at", "document"], version=_INT, applied_at={"type": "string"}, document=_PLAN_DOCUMENT)})}
+
+
 def _operation(method: str, path: str) -> dict[str, Any]:
     op_id, summary = _SUMMARY[(method, path)]
     customer = path.startswith("/v1/customer/")  # the customer's own API key, not the admin token

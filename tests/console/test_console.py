@@ -226,6 +226,21 @@ async def test_plan_page_shows_the_document_version_and_customers(page, stack, d
     await screenshot(page, "plan")
 
 
+async def test_plan_page_lists_the_versions_as_the_api(page, stack):
+    pid = uid("versioned")
+    for price in ("0.01", "0.01", "0.03"):  # the second apply changes nothing: no version
+        await stack.call("POST", "/admin/plans", content=PLAN.format(id=pid).replace('"0.01"', f'"{price}"').encode(),
+                         headers={"content-type": "application/yaml"})
+    versions = (await stack.call("GET", f"/admin/plans/{pid}/versions"))["versions"]
+    assert [v["version"] for v in versions] == [2, 1]
+    assert [c["unit_price"] for c in versions[0]["document"]["charges"] if c["id"] == "requests"] == ["0.03"]
+    await page.goto(f"/console/plans/{pid}")
+    shown = await page.locator('#plan-versions [data-col="version"]').all_inner_texts()
+    assert shown == ["2", "1"]
+    r = await stack.admin.get("/admin/plans/nope/versions")
+    assert (r.status_code, r.json()["field"]) == (404, "plan_id")
+
+
 async def test_simulator_posts_the_draft_and_shows_the_answer(page, stack, demo):
     import yaml  # noqa: PLC0415
 
