@@ -33,6 +33,7 @@ log = logging.getLogger("tollgate.enforcer.check")
 _JSON = (b"content-type", b"application/json")
 _DEGRADED = (b"x-tollgate-degraded", b"fail-open")
 _REPLAYED = (b"x-tollgate-replayed", b"true")
+_SHOULD_NOT_RETRY = (b"x-should-retry", b"false")
 _ALLOW = {r: metrics.decision_counter("ALLOW", r) for r in ("ok", "fail_open")}
 _DENY = {r: metrics.decision_counter("DENY", r) for r in metrics.REASONS[1:-1]}
 # DENYs that waiting cannot cure: no Retry-After whatever the script says (money, suspension, a guard)
@@ -162,6 +163,8 @@ class CheckEndpoint:
             event_id = f"{event_id}_{e.ids.next()}"  # a retry may be decided differently: its own id
             if retry_ms > 0 and not no_retry:  # waiting helps (rate limits, in flight); money or a guard does not
                 headers.append((b"retry-after", b"%d" % max(1, -(-retry_ms // 1000))))
+            else:  # waiting cannot cure it: clients that honour this (OpenAI's SDKs) do not retry
+                headers.append(_SHOULD_NOT_RETRY)
         e.events.put({
             "kind": "decision", "id": event_id, "customer_id": info.customer_id, "key_id": info.key_id,
             "request_id": request_id, "hold_id": hold or None, "decision": "ALLOW" if allowed else "DENY",

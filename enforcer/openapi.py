@@ -147,8 +147,11 @@ SPEC: dict[str, Any] = {
                 "200": {"description": "ALLOW (also `fail_open`, flagged X-Tollgate-Degraded, when Redis gave no decision).",
                         "headers": _RATE_HEADERS, "content": json_content(_DECISION)},
                 "429": {"description": "DENY; Retry-After when waiting helps (rate limits, in-flight limits); none for "
-                        "money, a suspension or a Margin Guard.",
-                        "headers": {**_RATE_HEADERS, "Retry-After": header("Seconds, >= 1.", _INT)},
+                        "money, a suspension, a Margin Guard or an estimate above the whole limit, which carry "
+                        "`X-Should-Retry: false` instead.",
+                        "headers": {**_RATE_HEADERS, "Retry-After": header("Seconds, >= 1.", _INT),
+                                    "X-Should-Retry": header("`false` when waiting cannot cure the DENY.",
+                                                             {"type": "string", "enum": ["false"]})},
                         "content": json_content(_DECISION)},
                 "401": _UNAUTHORIZED,
                 **_BAD_INPUT,

@@ -126,6 +126,7 @@ async def test_requests_per_minute_burst_then_deny_then_refill(enforcer, http, r
     assert denied.json()["decision"] == "DENY" and denied.json()["reason"] == "rate_limited_requests"
     assert denied.headers["x-tollgate-reason"] == "rate_limited_requests"
     retry = int(denied.headers["retry-after"])
+    assert "x-should-retry" not in denied.headers  # waiting helps: clients may retry
     assert retry >= 1 and denied.json()["retry_after_ms"] > 0
     assert denied.headers["x-ratelimit-remaining"] == "0"
     await asyncio.sleep(retry + 0.1)
@@ -153,7 +154,7 @@ async def test_an_estimate_above_the_whole_budget_is_denied_without_retry_after(
     t = await provision(redis, plan_doc(tokens_per_minute=1_000))
     r = await http.post(f"{enforcer.url}/v1/check", json=check_body(t, requests=1, input_tokens=5_000))
     assert r.status_code == 429 and r.json()["reason"] == "rate_limited_tokens"
-    assert "retry-after" not in r.headers  # waiting cannot help
+    assert "retry-after" not in r.headers and r.headers["x-should-retry"] == "false"  # waiting cannot help
 
 
 async def test_spend_cap_and_the_tier_multiplier(enforcer, http, redis):
@@ -168,6 +169,7 @@ async def test_spend_cap_and_the_tier_multiplier(enforcer, http, redis):
     assert capped.status_code == 429 and capped.json()["reason"] == "spend_cap"
     assert capped.json()["remaining"]["spend_cap"] == "0.005"
     assert "retry-after" not in capped.headers  # money, not time, lifts a cap
+    assert capped.headers["x-should-retry"] == "false"
 
     # Promotion to `build` doubles the cap ($2.00) and the requests/minute (10).
     await redis.hset(t.keys.cfg, "tier", "build")
