@@ -157,6 +157,11 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
         r = c.post(f"/admin/customers/{cid}/apps", json={"name": "Fuzz agent", "team_id": team, "kind": "agent"})
         assert r.status_code == 201, r.text
         app = r.json()["id"]
+        # a prepaid customer only the auto-recharge cases use: the lifecycle cases may turn the first
+        # one postpaid or archive it, whichever order the operations run in
+        r = c.post("/admin/customers", json={"name": "Fuzz prepaid", "plan_id": pid, "billing_mode": "prepaid"})
+        assert r.status_code == 201, r.text
+        prepaid = r.json()["id"]
         other = uid("plan")  # for plan changes
         r = c.post("/admin/plans", content=plan_text(other), headers={"Content-Type": "application/yaml"})
         assert r.status_code == 201, r.text
@@ -191,7 +196,7 @@ def admin_ids(admin_url, pg_dsn) -> dict[str, str]:
     asyncio.run(billed())
     return {"plan": pid, "customer": cid, "key": key["id"], "api_key": key["api_key"], "invoice": invoice,
             "correlation": correlation, "other_plan": other, "webhook": hook, "catalog": catalog, "team": team,
-            "app": app,
+            "app": app, "prepaid": prepaid,
             "delivery": _delivery(pg_dsn, cid, admin_url)}
 
 
@@ -291,9 +296,10 @@ def test_admin_api_answers_as_documented(admin_url, admin_ids, method, path):
                 case.body = {**case.body, "url": DEAD_HOOK, "customer_id": admin_ids["customer"]}
             if (method, path) in LIFECYCLE and case.path_parameters.get("id") == real_id:
                 _current(admin_url, admin_ids, path, case)
-            if path.endswith("/wallet/auto-recharge") and method == "PUT" and isinstance(case.body, dict):
-                # generated money strings are mostly not money: one valid setting each third case
-                case.body = {**case.body, "threshold": "5.00", "amount": "20.00"}
+            if path.endswith("/wallet/auto-recharge"):
+                case.path_parameters = {**case.path_parameters, "id": admin_ids["prepaid"]}
+                if method == "PUT" and isinstance(case.body, dict):  # generated money strings are mostly not money
+                    case.body = {**case.body, "threshold": "5.00", "amount": "20.00"}
             if path == "/admin/cost-catalogs" and method == "POST":  # a real catalog, generated fields on top
                 case.media_type = "application/json"
                 case.body = {**catalog_doc(uid("cat")), **(case.body if isinstance(case.body, dict) else {})}
