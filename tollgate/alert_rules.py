@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from tollgate.errors import FieldError
 from tollgate.money import format_micros, to_micros
 
 KINDS = ("spend.threshold", "budget.threshold", "wallet.balance_low", "tier.promoted", "commit.at_risk", "usage.spike",
@@ -38,11 +39,8 @@ SPIKE_ALPHA = Decimal(1) / 12
 MAX_MONEY = Decimal(1_000_000_000)
 
 
-class AlertSettingsError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class AlertSettingsError(FieldError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from tollgate.errors import FieldError
 from tollgate.money import MoneyError, format_micros, parse_decimal, to_micros
 
 FIELDS = ("requests_per_minute", "tokens_per_minute", "spend_cap", "max_in_flight")
@@ -21,11 +22,8 @@ MAX_CAP_MICROS = 10**15  # 1e9 currency units: exact as a Lua number
 LEVEL_KINDS = ("key", "app", "agent", "team", "customer")
 
 
-class LimitsError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class LimitsError(FieldError):
+    pass
 
 
 def parse_limits(value: Any, field: str = "limits", *, allow_spend_cap: bool = True) -> dict[str, Any]:

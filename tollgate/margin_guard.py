@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tollgate.errors import FieldError
 from tollgate.keys import ID_PATTERN
 from tollgate.money import format_micros, to_micros
 
@@ -40,11 +41,8 @@ ALERT_KIND = "margin_guard.tripped"
 MAX_RULES = 50
 
 
-class GuardRuleError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class GuardRuleError(FieldError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import yaml
 
 from tollgate.alert_rules import DEFAULTS as ALERT_DEFAULTS
 from tollgate.alert_rules import AlertSettings, AlertSettingsError, parse_settings
+from tollgate.errors import FieldError
 from tollgate.keys import ID_PATTERN
 from tollgate.matching import OverrideIndex
 from tollgate.margin_guard import GuardRule, GuardRuleError, check_outcomes, parse_rules
@@ -39,11 +40,8 @@ USAGE_CHARGE_MODELS = ("per_unit", "graduated", "volume", "included", "composite
 SUCCESS_STATUS = "success"
 
 
-class PlanError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class PlanError(FieldError):
+    pass
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ async def plans_apply(ctx: Context) -> None:
     text = _read_file(ctx.args.file)
     async with ctx.backends() as (db, redis):
         r = await plans.apply_plan(db, redis, text)
-    state = "unchanged" if not r["changed"] else ("created" if r["version"] == 1 else "updated")
+    state = _applied(r)
     ctx.emit(r, f"plan {r['id']} {state} (version {r['version']}); "
                 f"{r['customers_reprojected']} customer(s) re-projected")
 
@@ -97,6 +97,11 @@ async def plans_show(ctx: Context) -> None:
         ctx.emit(await plans.get_plan(db, ctx.args.plan_id))
 
 
+def _applied(r: dict) -> str:
+    """What applying a versioned document (a plan, a cost catalog) did."""
+    return "unchanged" if not r["changed"] else ("created" if r["version"] == 1 else "updated")
+
+
 def _read_file(path: str) -> str:
     try:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -108,7 +113,7 @@ async def costs_apply(ctx: Context) -> None:
     text = _read_file(ctx.args.file)
     async with ctx.backends() as (db, _):
         r = await cost_catalogs.apply_catalog(db, text)
-    state = "unchanged" if not r["changed"] else ("created" if r["version"] == 1 else "updated")
+    state = _applied(r)
     ctx.emit(r, f"cost catalog {r['id']} {state} (version {r['version']}); {r['metrics']} metric(s), "
                 f"named by {r['plans']} plan(s)")
 

@@ -272,3 +272,61 @@ async def test_the_rater_rebuilds_a_redis_cluster(cluster, pg, pg_dsn, redis, pl
     finally:
         await heal.close()
         await client.aclose()
+
+
+@pytest.mark.slow
+async def test_a_redis_loss_keeps_the_hierarchy_and_margin_guard_of_a_paying_key(pg, pg_dsn, redis, plan_for,
+                                                                                  make_customer):
+    """A key under a team and an agent, whose agent a Margin Guard trip stops: Redis SIGKILLed and
+    started empty under a real enforcer and tollgate-control. The key is never refused 401 (fail
+    open meanwhile), and once rebuilt the trip (PostgreSQL's) and the team's budget deny again."""
+    from control.accounts import hierarchy  # noqa: PLC0415
+    from tollgate import guard_trips  # noqa: PLC0415
+    from tollgate.guard_trips import Trip  # noqa: PLC0415
+
+    c = await make_customer(plan_for("prepaid"), wallet_micros=START_WALLET)
+    team = (await hierarchy.create_team(pg, redis, c, name="ops", limits={"spend_cap": "0.000001"}))["id"]
+    agent = (await hierarchy.create_app(pg, redis, c, team_id=team, name="bot", kind="agent"))["id"]
+    key = (await api_keys.create_api_key(pg, redis, c, app_id=agent))["api_key"]
+    async with pg.acquire() as conn, conn.transaction():
+        await guard_trips.record(conn, [Trip(c, "loop", f"app:{agent}", "209912", "deny", {})])
+    own = start_redis()
+    own_client = Redis.from_url(own.url)
+    env = {"TOLLGATE_REDIS_URL": own.url, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_BUS": "redis",
+           "TOLLGATE_CHECK_DEADLINE_MS": "1000"}
+    control = ControlProcess(env)
+    try:
+        control.start()
+
+        async def marked() -> bool:
+            return bool(await own_client.get(PROJECTION_MARKER))
+        await _until(marked, 10, "the control plane to project the empty Redis")
+        with run_enforcer(env) as enf:
+            async with httpx.AsyncClient(timeout=10) as http:
+                async def check() -> httpx.Response:
+                    return await http.post(f"{enf.url}/v1/check", json={
+                        "api_key": key, "request_id": uid("req"), "estimate": {"requests": 1, "input_tokens": 10}})
+
+                r = await check()
+                assert (r.status_code, r.json()["reason"], r.json().get("level")) == (429, "margin_guard", "agent")
+                own.stop()  # SIGKILL: Redis keeps nothing
+                own.start()  # same port, empty
+                await own_client.connection_pool.disconnect()
+                deadline = time.monotonic() + 30
+                while True:
+                    r = await check()
+                    assert r.status_code != 401, f"a paying key was refused after the Redis loss: {r.text}"
+                    if r.json()["reason"] != "fail_open":
+                        break
+                    assert time.monotonic() < deadline, f"no real decision 30 s after the restart:\n{control.logs()[-3000:]}"
+                    await asyncio.sleep(0.05)
+                assert (r.status_code, r.json()["reason"], r.json().get("level")) == (429, "margin_guard", "agent"), r.text
+                # the operator lifts the guard: the team's budget (restored with the limits) decides next
+                async with pg.acquire() as conn:
+                    await guard_trips.reset(conn, own_client, c, subject=f"app:{agent}", by="test")
+                r = await check()
+                assert (r.status_code, r.json()["reason"], r.json().get("level")) == (429, "spend_cap", "team"), r.text
+    finally:
+        control.stop()
+        await own_client.aclose()
+        own.stop()
