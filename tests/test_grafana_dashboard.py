@@ -1,5 +1,5 @@
 """ops/grafana/tollgate.json cannot rot: every metric its panels query is exported by the real
-enforcer or the real rater (both scraped over HTTP here)."""
+enforcer, the real rater or the real tollgate-control (all scraped over HTTP here)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.rater.processes import RaterProcess
 from tests.scrape import scrape_until
+from tests.servers import ControlProcess
 from tollgate.local_services import free_port
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "ops" / "grafana" / "tollgate.json"
@@ -57,11 +58,13 @@ def test_the_extractor_finds_metrics_and_nothing_else():
     assert metric_names("sum(x) or on (k) y unless z offset 5m") == {"x", "y", "z"}
 
 
-async def test_every_dashboard_metric_is_exported_by_the_enforcer_or_the_rater(enforcer, pg_dsn, redis, redis_server):
+async def test_every_dashboard_metric_is_exported_by_the_enforcer_the_rater_or_control(enforcer, pg_dsn, redis,
+                                                                                       redis_server):
     exprs = dashboard_exprs()
     assert len(exprs) >= 20
     used = {name: title for title, expr in exprs for name in metric_names(expr)}
     assert any(n.startswith("tollgate_rater_") for n in used) and "tollgate_decisions_total" in used
+    assert "tollgate_webhook_attempts_total" in used
 
     port = free_port()
     env = {"TOLLGATE_REDIS_URL": redis_server.url, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_BUS": "redis",
@@ -73,7 +76,13 @@ async def test_every_dashboard_metric_is_exported_by_the_enforcer_or_the_rater(e
     finally:
         assert rater.stop() == 0, rater.logs()[-3000:]
     enforcer_metrics = await scrape_until(f"{enforcer.url}/metrics", lambda s: True, "the enforcer's /metrics")
+    control = ControlProcess(env).start()
+    try:
+        control_metrics = await scrape_until(f"{control.url}/metrics", lambda s: True, "tollgate-control's /metrics",
+                                             alive=control.alive)
+    finally:
+        control.stop()
 
-    exported = rater_metrics.names | enforcer_metrics.names
+    exported = rater_metrics.names | enforcer_metrics.names | control_metrics.names
     missing = {name: title for name, title in used.items() if name not in exported}
     assert not missing, f"dashboard panels query metrics nobody exports: {missing}"
