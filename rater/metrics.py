@@ -3,7 +3,7 @@
 Cheap on the hot path: counters move once per batch (by the batch's counts), never per event;
 the settle delay is one observation per batch (its oldest event); consumer lag is read from the
 bus by a background probe every LAG_PROBE_S, not by the consume loop.
-docs/ARCHITECTURE.md ("Rater metrics") says what each one means.
+docs/ARCHITECTURE.md ("Metrics") says what each one means.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ LAG_PROBE_S = 5.0  # between reads of the consumer lag from the bus (TOLLGATE_RA
 
 MESSAGES = Counter("tollgate_rater_messages_total", "Bus messages consumed and acknowledged (batches that went through)")
 EVENTS = Counter("tollgate_rater_events_total", "Events of acknowledged batches, by outcome", ["outcome"])
-# rated (usage priced now), replayed (processed by an earlier delivery: settled again only),
+# rated (usage priced now), replayed (priced by an earlier delivery or attempt: settled again only),
 # duplicate (the same id twice in one batch), fail_open, decision, dead (dead-lettered)
 SPEND = Counter("tollgate_rater_spend_micros_total", "Micros charged by the events rated now (price, after discount and tax)")
 BATCHES = Counter("tollgate_rater_batches_total", "Batches rated and acknowledged")

@@ -124,6 +124,8 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass  # not the main thread (tests): the caller sets `stop`
+    if metrics_port:  # first: a port already taken stops the start-up before anything else runs
+        metrics.serve(metrics_port, metrics_host)
     pool = await asyncpg.create_pool(cfg.database_url, min_size=1, max_size=4)
     redis = connect(cfg.redis_url)
     kw = {"name": consumer_name, "claim_idle_ms": claim_idle_ms} if cfg.bus == "redis" else {}
@@ -134,10 +136,7 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
     # Agent sessions idle past their plan's timeout are closed (billed) on the same interval.
     idle = (asyncio.create_task(sessions.run_sweeper(rater.pipeline, sweep_interval_s, stop))
             if sweep_interval_s > 0 else None)
-    lag = None
-    if metrics_port:
-        metrics.serve(metrics_port, metrics_host)
-        lag = asyncio.create_task(metrics.run_lag_probe(consumer, stop, metrics.lag_probe_s()))
+    lag = asyncio.create_task(metrics.run_lag_probe(consumer, stop, metrics.lag_probe_s())) if metrics_port else None
     freeze_startup_heap()  # long-lived objects made so far never need collecting
     log.info("rater started: bus=%s group=%s", cfg.bus, group)
     started = time.monotonic()

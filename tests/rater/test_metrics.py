@@ -119,7 +119,8 @@ async def test_rater_metrics_move_with_real_events(pg, pg_dsn, redis, redis_serv
             assert await pg.fetchval("SELECT status FROM holds WHERE hold_id = $1", lone) == "expired"
 
             # A message that is not JSON and an event with a metric the plan does not know: dead letters.
-            await redis.xadd(EVENTS_STREAM, {"event": b"{not json"})
+            await redis.xadd(EVENTS_STREAM, {"event": f"{{not json {uuid.uuid4().hex}".encode()})  # unique raw:
+            # the session's database is shared, and other tests look dead letters up by their raw bytes
             await publish([usage(c, 10, 10, extra=[{"metric": "bogus_metric", "value": 1}])])
             s3 = await scrape_until(url, lambda s: s.value("tollgate_rater_events_total", outcome="dead")
                                     >= s2.value("tollgate_rater_events_total", outcome="dead") + 2,
