@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from rater import metrics
 from rater.key_paths import NO_PATH
 from tollgate import alert_rules, limits, redis_raw
 from tollgate.alert_rules import AlertSettings
@@ -174,6 +175,9 @@ class RaterAlerts:
         if not new:
             return []
         raised = await raise_many(conn, new)
+        if raised:  # rare (a threshold crossed): their kinds, for the rater's metrics
+            metrics.alerts_raised(k for (k,) in await conn.fetch(
+                "SELECT kind FROM alerts WHERE id = ANY($1::text[])", raised))
         if len(self._seen) > MAX_SEEN:
             self._seen.clear()
         self._seen.update((r[0], r[1], r[2], r[3]) for r in new)

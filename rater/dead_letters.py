@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from rater import metrics
 from tollgate.dead_letters import REASONS, list_open
 
 
@@ -42,6 +43,7 @@ async def record(conn: asyncpg.Connection, letters: Sequence[DeadLetter]) -> Non
                          attempts = dead_letters.attempts + 1""",
         [(d.event_id, d.customer_id, d.reason, d.detail[:2000], d.raw) for d in letters],
     )
+    metrics.dead_lettered(d.reason for d in letters)
 
 
 async def open_batch(conn, ids: Sequence[int] | None, after_id: int, limit: int) -> list[tuple[int, bytes]]:

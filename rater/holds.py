@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import lua
+from rater import metrics
 from tollgate.redis_raw import eval_many
 from tollgate.keys import CustomerKeys
 
@@ -276,9 +277,12 @@ async def run_sweeper(redis, pg_pool, interval_s: float = 5.0, stop: asyncio.Eve
     while not stop.is_set():
         try:
             expired = await sweep_expired(redis, pg_pool)
+            metrics.HOLD_SWEEPS.labels("ok").inc()
             if expired:
+                metrics.HOLDS_EXPIRED.inc(len(expired))
                 log.info("released %d expired holds", len(expired))
         except Exception:  # a Redis/PostgreSQL outage: try again next round, do not die
+            metrics.HOLD_SWEEPS.labels("error").inc()
             log.exception("hold sweep failed")
         try:
             await asyncio.wait_for(stop.wait(), interval_s)

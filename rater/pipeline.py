@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 import asyncpg
 import orjson
 
-from rater import charges, dead_letters, grants, holds, ledger, plan_changes, rollovers, rollups, sessions
+from rater import charges, dead_letters, grants, holds, ledger, metrics, plan_changes, rollovers, rollups, sessions
 from rater.alerts import RaterAlerts
 from rater.dead_letters import DeadLetter
 from rater.decisions import record_counts
@@ -123,6 +123,7 @@ class BatchResult:
     spend_micros: int = 0  # charged by the events rated now
     dead_by_index: list[DeadLetter | None] = field(default_factory=list)  # by position in the batch
     charged: list[charges.Chunk] = field(default_factory=list)  # ledger lines to publish (rater.charges), if publishing
+    first_received: str | None = None  # the earliest received_at of the batch's events (rater.metrics)
 
     def __post_init__(self) -> None:
         if not self.dead_by_index:
@@ -385,6 +386,7 @@ class Pipeline:
             else:
                 seen.add(ev.id)
                 events.append(ev)
+        res.first_received = metrics.oldest_received(e.body for e in events)
 
         async with self.pool.acquire() as conn:
             await self.directory.resolve(conn, events)

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import asyncpg
 
-from rater import charges, holds, rollups, sessions
+from rater import charges, holds, metrics, rollups, sessions
 from rater.consumers import Consumer, Message, make_consumer
 from rater.pipeline import BatchResult, Pipeline
 from tollgate.config import Settings, settings as load_settings
@@ -68,9 +68,11 @@ class Rater:
                 continue
             if not msgs:
                 continue
+            started = time.monotonic()
             res = await self._process(msgs, stop)
             if res is not None:
                 await self._ack(msgs, stop)
+                metrics.batch_done(len(msgs), res, started)
                 if self.on_batch:
                     self.on_batch(msgs, res)
 
@@ -80,6 +82,7 @@ class Rater:
             try:
                 res = await self.pipeline.process_raw([m.value for m in msgs])
             except Exception:
+                metrics.BATCH_FAILURES.inc()
                 log.exception("rating a batch of %d failed; retrying it", len(msgs))
                 if stop.is_set():
                     return None  # unacknowledged: redelivered to whoever runs next
@@ -112,7 +115,8 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> None:
 
 async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | None = None,
                 batch_size: int = DEFAULT_BATCH, sweep_interval_s: float = 5.0, claim_idle_ms: int = 30_000,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, metrics_port: int = 0, metrics_host: str = "0.0.0.0") -> None:
+    """metrics_port: serve the rater's Prometheus metrics (rater.metrics) there; 0 = not served."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,6 +124,8 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass  # not the main thread (tests): the caller sets `stop`
+    if metrics_port:  # first: a port already taken stops the start-up before anything else runs
+        metrics.serve(metrics_port, metrics_host)
     pool = await asyncpg.create_pool(cfg.database_url, min_size=1, max_size=4)
     redis = connect(cfg.redis_url)
     kw = {"name": consumer_name, "claim_idle_ms": claim_idle_ms} if cfg.bus == "redis" else {}
@@ -130,6 +136,7 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
     # Agent sessions idle past their plan's timeout are closed (billed) on the same interval.
     idle = (asyncio.create_task(sessions.run_sweeper(rater.pipeline, sweep_interval_s, stop))
             if sweep_interval_s > 0 else None)
+    lag = asyncio.create_task(metrics.run_lag_probe(consumer, stop, metrics.lag_probe_s())) if metrics_port else None
     freeze_startup_heap()  # long-lived objects made so far never need collecting
     log.info("rater started: bus=%s group=%s", cfg.bus, group)
     started = time.monotonic()
@@ -141,6 +148,8 @@ async def serve(cfg: Settings, *, group: str = "rater", consumer_name: str | Non
             await sweeper
         if idle:
             await idle
+        if lag:
+            await lag
         await consumer.stop()
         if rater.pipeline.charges is not None:
             await rater.pipeline.charges.close()
@@ -157,6 +166,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-interval", type=float, default=5.0, help="seconds between hold sweeps and idle session sweeps; 0 = off")
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="Redis Streams: take over another consumer's entries pending this long")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port at /metrics (default: TOLLGATE_RATER_METRICS_PORT; 0 = off)")
+    p.add_argument("--metrics-host", default=None,
+                   help="address the metrics port listens on (default: TOLLGATE_RATER_METRICS_HOST or 0.0.0.0)")
 
 
 def run_from_args(args: argparse.Namespace, cfg: Settings | None = None) -> int:
@@ -166,7 +179,9 @@ def run_from_args(args: argparse.Namespace, cfg: Settings | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     coro = serve(cfg, group=args.group, consumer_name=args.consumer, batch_size=args.batch,
-                 sweep_interval_s=args.sweep_interval, claim_idle_ms=args.claim_idle_ms)
+                 sweep_interval_s=args.sweep_interval, claim_idle_ms=args.claim_idle_ms,
+                 metrics_port=metrics.port_from_env() if args.metrics_port is None else args.metrics_port,
+                 metrics_host=args.metrics_host or metrics.host_from_env())
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:

@@ -34,6 +34,7 @@ import asyncpg
 import httpx
 import orjson
 
+from control import metrics
 from control.alerts.sweep import CommitSweep
 from control.alerts.manage import event_of
 from tollgate.alerts import NOTIFY_CHANNEL
@@ -222,6 +223,8 @@ class Deliverer:
                 return 0
             await self.bus.publish([{"kind": "alert", **event_of(a)} for a in alerts])
             await conn.execute("UPDATE alerts SET published = true WHERE id = ANY($1::text[])", [a["id"] for a in alerts])
+        for a in alerts:
+            metrics.ALERTS_PUBLISHED.labels(a["kind"]).inc()
         return len(alerts)
 
     async def deliver_due(self, limit: int = 100) -> int:
@@ -243,12 +246,12 @@ class Deliverer:
                 "SELECT * FROM alerts WHERE id = ANY($1::text[])", list({d["alert_id"] for d in due}))}
         for d in due:
             body = orjson.dumps(event_of(alerts[d["alert_id"]]))
-            task = asyncio.create_task(self._attempt(d, d["attempts"] + 1, body))
+            task = asyncio.create_task(self._attempt(d, d["attempts"] + 1, body, alerts[d["alert_id"]]["kind"]))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         return len(due)
 
-    async def _attempt(self, d: asyncpg.Record, attempt: int, body: bytes) -> None:
+    async def _attempt(self, d: asyncpg.Record, attempt: int, body: bytes, kind: str) -> None:
         code: int | None = None
         error: str | None = None
         started = time.monotonic()
@@ -271,17 +274,19 @@ class Deliverer:
         delay = 0.0 if ok else backoff(attempt, self.s)
         try:
             async with self.db.acquire() as conn, conn.transaction():
-                await conn.execute(
+                status = await conn.fetchval(
                     "UPDATE webhook_deliveries SET last_status_code = $2, last_error = $3,"
                     " status = CASE WHEN $4 THEN 'delivered'"
                     "   WHEN $6 OR now() + make_interval(secs => $5) > give_up_at THEN 'failed' ELSE 'pending' END,"
                     " delivered_at = CASE WHEN $4 THEN now() END,"
                     " next_attempt_at = now() + make_interval(secs => $5)"
-                    " WHERE id = $1 AND attempts = $7",
+                    " WHERE id = $1 AND attempts = $7 RETURNING status",
                     d["id"], code, error, ok, delay, not d["enabled"], attempt)
                 await conn.execute(
                     "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms)"
                     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", d["id"], attempt, code, error, ms)
+            if status is not None:  # None: the lease ran out and another attempt took over
+                metrics.WEBHOOK_ATTEMPTS.labels(kind, "retrying" if status == "pending" else status).inc()
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:  # the lease runs out: tried again
             log.warning("delivery %s: result not recorded: %r", d["id"], e)
         if not ok:

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from control import metrics
 from control.console import routes as console
 from control.errors import ControlError
 from control.http import accounts, alerts, credits, hierarchy, lifecycle, margin_guard, read, sessions, simulator
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None, *, db: asyncpg.Pool | None = No
 
     app = Starlette(
         routes=[Route(path, _guarded(h, token, backends), methods=[m]) for m, path, h in ROUTES]
-        + [openapi_route(SPEC)]
+        + [openapi_route(SPEC), metrics.route()]  # no token: like openapi.json
         + console.routes(token, backends),  # the web console: its own cookie auth (control.console)
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
         lifespan=lifespan,

@@ -791,6 +791,9 @@ def _paths() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for method, path in _SUMMARY:
         paths.setdefault(path, {})[method.lower()] = _operation(method, path)
+    paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics (no token needed).",
+                                 "security": [], "responses": {"200": {"description": "The text exposition format.",
+                                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
     paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document (no token needed).",
                                       "security": [], "responses": {"200": {"description": "OpenAPI 3.1.",
                                                                             "content": json_content({"type": "object"})}}}}

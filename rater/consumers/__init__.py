@@ -25,6 +25,9 @@ class Consumer(Protocol):
     async def ack(self, messages: list[Message]) -> None:
         """Their effect is durable: never deliver them to this group again."""
 
+    async def lag(self) -> dict[tuple[str, str], int]:
+        """(topic or stream, partition) -> messages of the group not acknowledged yet (rater.metrics)."""
+
     async def stop(self) -> None: ...
 
 

@@ -53,5 +53,20 @@ class KafkaConsumer:
             # The partitions moved to another consumer mid-batch; it redelivers, we stay correct.
             log.warning("offset commit failed after a rebalance (%s); the batch will be redelivered", e)
 
+    async def lag(self) -> dict[tuple[str, str], int]:
+        """Per assigned partition: its end offset (high watermark) - the group's committed offset
+        (the partition's beginning when nothing was committed yet). Remote calls: the metrics'
+        lag probe only, never the consume loop."""
+        tps = sorted(self._consumer.assignment())
+        if not tps:
+            return {}
+        ends = await self._consumer.end_offsets(tps)
+        committed = {tp: await self._consumer.committed(tp) for tp in tps}
+        never = [tp for tp, c in committed.items() if c is None]
+        if never:
+            committed.update(await self._consumer.beginning_offsets(never))
+        # max(0): a broker may report an end offset that trails the last record (Tansu, by one)
+        return {(tp.topic, str(tp.partition)): max(0, ends[tp] - committed[tp]) for tp in tps}
+
     async def stop(self) -> None:
         await self._consumer.stop()

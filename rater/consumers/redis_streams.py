@@ -35,6 +35,8 @@ from tollgate.redis_client import connect
 
 log = logging.getLogger(__name__)
 
+LAG_COUNT_MAX = 100_000  # entries counted by lag() when Redis cannot tell the group's lag itself
+
 
 def default_consumer_name() -> str:
     """Stable across restarts of a container (the hostname), unique per process on one host."""
@@ -211,6 +213,29 @@ class RedisStreamConsumer:
         if floor is None:
             return 0
         return await self.redis.xtrim(self.stream, minid=floor, approximate=True)
+
+    async def lag(self) -> dict[tuple[str, str], int]:
+        """The group's entries not acknowledged: not yet delivered (XINFO GROUPS `lag`) plus
+        delivered and pending (any consumer's). A stream has one "partition" (label value "").
+        Redis reports no `lag` when it cannot tell (entries deleted past the group's position):
+        then the entries after its last delivered id are counted, up to LAG_COUNT_MAX."""
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError as e:
+            if not _is_nogroup(e):
+                raise
+            groups = []  # the stream is gone (the bus restarted empty): nothing to consume
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name != self.group:
+                continue
+            undelivered = g.get("lag")
+            if undelivered is None:
+                last = g["last-delivered-id"]
+                last = last.decode() if isinstance(last, bytes) else last
+                undelivered = len(await self.redis.xrange(self.stream, f"({last}", "+", count=LAG_COUNT_MAX))
+            return {(self.stream, ""): int(undelivered) + int(g["pending"])}
+        return {(self.stream, ""): 0}  # the group is gone (the bus restarted empty): poll creates it again
 
     async def stop(self) -> None:
         if self._owns_client:
