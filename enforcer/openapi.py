@@ -31,8 +31,17 @@ _RATE_HEADERS = {
     "X-RateLimit-Limit": header("Requests per minute of the key's tier.", _INT),
     "X-RateLimit-Remaining": header("Requests left in the current window.", _INT),
     "X-RateLimit-Reset": header("Seconds until the request window is full again.", _INT),
-    "RateLimit-Policy": header('IETF draft: `"requests";q=N;w=60, "tokens";q=N;w=60`.'),
-    "RateLimit": header('IETF draft: `"requests";r=N;t=S, "tokens";r=N;t=S`.'),
+    "X-RateLimit-Limit-Requests": header("OpenAI's name: requests per minute.", _INT),
+    "X-RateLimit-Remaining-Requests": header("OpenAI's name: requests left.", _INT),
+    "X-RateLimit-Reset-Requests": header("OpenAI's format, a Go duration (`0s`, `20ms`, `1.5s`, `6m0s`): until "
+                                         "the requests budget is full again."),
+    "X-RateLimit-Limit-Tokens": header("OpenAI's name: tokens per minute.", _INT),
+    "X-RateLimit-Remaining-Tokens": header("OpenAI's name: tokens left.", _INT),
+    "X-RateLimit-Reset-Tokens": header("A Go duration: until the tokens budget is full again."),
+    "RateLimit-Policy": header('IETF draft-ietf-httpapi-ratelimit-headers: `"requests";q=N;w=60, '
+                               '"tokens";q=N;qu="tokens";w=60` (requests is the draft\'s default unit; '
+                               '`tokens` is not in its registry: clients that do not know it skip the policy).'),
+    "RateLimit": header('IETF draft: `"requests";r=N;t=S, "tokens";r=N;t=S` (remaining, whole seconds).'),
     "X-Tollgate-Reason": header("The decision's reason (as in the body), or `invalid_api_key`/`overloaded`."),
     "X-Tollgate-Degraded": header("`fail-open`: decided without Redis (ALLOW, billed from the usage report)."),
     "X-Tollgate-Hold-Id": header("The hold an ALLOW placed: the usage report names it."),
@@ -150,7 +159,9 @@ SPEC: dict[str, Any] = {
                         "money, a suspension, a Margin Guard or an estimate above the whole limit, which carry "
                         "`X-Should-Retry: false` instead.",
                         "headers": {**_RATE_HEADERS, "Retry-After": header("Seconds, >= 1.", _INT),
-                                    "X-Should-Retry": header("`false` when waiting cannot cure the DENY.",
+                                    "X-Should-Retry": header("`false` when waiting cannot cure the DENY: insufficient_balance, "
+                                                             "spend_cap, suspended, margin_guard, an estimate above the "
+                                                             "whole limit (OpenAI's SDKs honour it before the status).",
                                                              {"type": "string", "enum": ["false"]})},
                         "content": json_content(_DECISION)},
                 "401": _UNAUTHORIZED,
