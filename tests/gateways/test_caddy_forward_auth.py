@@ -142,3 +142,16 @@ async def test_enforcer_down_hung_or_failing_fails_open(caddy_factory, upstream,
     finally:
         if server:
             server.stop()
+
+
+async def test_a_failing_backend_is_not_mistaken_for_a_failed_check(tmp_path, enforcer, redis):
+    t = await provision(redis)
+    port = free_port()
+    c = Caddy(tmp_path, example_with(enforcer.url, dead_url(), port), port).start()
+    try:
+        r = post(c, t.api_key)
+        assert r.status_code == 502, r.text  # the backend's failure, not a fail-open retry of it
+        assert r.json()["error"]["type"] == "server_error" and r.headers["Content-Type"] == "application/json"
+        assert "X-Tollgate-Degraded" not in r.headers
+    finally:
+        c.stop()
