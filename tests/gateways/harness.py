@@ -20,6 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.servers import stop_process
 from tollgate.local_services import free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,13 +181,7 @@ class Caddy:
             return ""
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         self.proc = None
         if getattr(self, "_log", None):
             self._log.close()

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.gateways.conftest import failed, provision, wait_event
+from tests.gateways.conftest import provision, wait_event
 from tests.gateways.harness import ROOT, Caddy, GarbageServer, dead_url
 from tests.servers import HungServer
 from tollgate.local_services import free_port
@@ -46,15 +46,6 @@ def caddy_factory(tmp_path_factory, upstream):
 @pytest.fixture(scope="module")
 def proxy(caddy_factory, enforcer):
     return caddy_factory(enforcer.url)
-
-
-@pytest.fixture
-def logs_on_failure(request):
-    shown = []
-    yield shown
-    if failed(request):
-        for c in shown:
-            print(f"--- caddy log ---\n{c.log()[-10000:]}")
 
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "x" * 3990}]}  # about 4,000 bytes

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway_plugins import openai_errors
-from tests.gateways.conftest import failed, provision, wait_event
+from tests.gateways.conftest import provision, wait_event
 from tests.gateways.harness import ROOT, Nginx, dead_url
 from tests.servers import HungServer
 
@@ -43,15 +43,6 @@ def nginx_factory(tmp_path_factory, upstream):
 @pytest.fixture(scope="module")
 def proxy(nginx_factory, enforcer):
     return nginx_factory(enforcer.url)
-
-
-@pytest.fixture
-def logs_on_failure(request):
-    shown = []
-    yield shown
-    if failed(request):
-        for n in shown:
-            print(f"--- nginx error.log ---\n{n.log()[-10000:]}")
 
 
 def post(nginx: Nginx, key: str | None, path: str = "/v1/chat/completions") -> httpx.Response:
