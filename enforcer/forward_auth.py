@@ -13,7 +13,8 @@ validation, decision, answer and headers):
                 the proxy can copy) gives one token per 4 bytes, as the Lambda@Edge and APIM plugins
                 estimate. `requests` is 1.
 
-A missing or malformed header is a 400 naming it; an unknown key is 401, as for POST.
+An empty header counts as absent (a proxy copying a header the client did not send). A missing or
+malformed header is a 400 naming it; an unknown key is 401, as for POST.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def check_doc(headers: dict[bytes, bytes]) -> dict:
         key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
     if key is None:
         raise v.invalid("X-Api-Key", "required (or Authorization: Bearer <key>)")
-    shown = "X-Tollgate-Request-Id" if b"x-tollgate-request-id" in headers else "X-Request-Id"
+    shown = "X-Tollgate-Request-Id" if headers.get(b"x-tollgate-request-id") else "X-Request-Id"
     request_id = _text(headers, shown.lower().encode())
     if request_id is None:
         raise v.invalid("X-Tollgate-Request-Id", "required (or X-Request-Id): the gateway's id of the request")
@@ -75,10 +76,9 @@ def check_doc(headers: dict[bytes, bytes]) -> dict:
         value = _count(headers, name, shown)
         if value is not None:
             doc["estimate"][metric] = value
-    if "input_tokens" not in doc["estimate"]:
-        size = _count(headers, b"x-tollgate-content-length", "X-Tollgate-Content-Length")
-        if size:
-            doc["estimate"]["input_tokens"] = (size + 3) // 4
+    size = _count(headers, b"x-tollgate-content-length", "X-Tollgate-Content-Length")  # checked even when unused
+    if size and "input_tokens" not in doc["estimate"]:
+        doc["estimate"]["input_tokens"] = (size + 3) // 4
     return doc
 
 
@@ -92,10 +92,10 @@ def _as_header(validate, doc: dict, field: str | None, shown: str):
 
 def _text(headers: dict[bytes, bytes], name: bytes) -> str | None:
     raw = headers.get(name)
-    if raw is None or not raw.strip():
+    if not raw:  # absent or empty (a proxy copying a header the client did not send)
         return None
     try:
-        return raw.decode("ascii").strip()
+        return raw.decode("ascii")
     except UnicodeDecodeError:
         raise v.invalid(name.decode(), "must be ASCII") from None
 

@@ -184,19 +184,25 @@ _CHECK_RESPONSES = {
 }
 
 def _in_header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A header of GET /v1/check (every one optional, an empty one counts as absent)."""
     return {"name": name, "in": "header", "required": False, "description": description,
             "schema": schema or {"type": "string"}}
 
 
-_DIGITS = {"type": "string", "pattern": r"^[0-9]{1,15}$"}
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """A header the forward-auth check takes as absent when empty."""
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+
+
+_DIGITS = _or_empty({"type": "string", "pattern": r"^[0-9]{1,15}$"})
 _FORWARD_AUTH_HEADERS = [
     _in_header("X-Api-Key", "The API key (else `Authorization: Bearer <key>`); one of the two is required."),
     _in_header("Authorization", "`Bearer <key>`, when X-Api-Key is absent."),
     _in_header("X-Tollgate-Request-Id", "The gateway's request id (else X-Request-Id); one of the two is required.",
-               _REQUEST_ID),
-    _in_header("X-Request-Id", "The request id when X-Tollgate-Request-Id is absent.", _REQUEST_ID),
+               _or_empty(_REQUEST_ID)),
+    _in_header("X-Request-Id", "The request id when X-Tollgate-Request-Id is absent.", _or_empty(_REQUEST_ID)),
     _in_header("X-Tollgate-Model", "dimensions.model."),
-    _in_header("X-Tollgate-Session-Id", "session_id.", _ID),
+    _in_header("X-Tollgate-Session-Id", "session_id.", _or_empty(_ID)),
     _in_header("X-Tollgate-Estimate-Input-Tokens", "estimate.input_tokens.", _DIGITS),
     _in_header("X-Tollgate-Estimate-Output-Tokens", "estimate.output_tokens.", _DIGITS),
     _in_header("X-Tollgate-Content-Length", "The client body's bytes: input_tokens = bytes / 4 (rounded up) "
