@@ -37,8 +37,12 @@ class ForwardAuth:
         self.check = check
 
     async def __call__(self, scope: dict, receive, send) -> None:
-        if scope["method"] != "GET":
+        method = scope["method"]
+        if method == "POST":
             return await self.check(scope, receive, send)
+        if method != "GET":
+            return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST (or GET, the check in headers)"),
+                                    ((b"allow", b"GET, POST"),))
         try:
             body = orjson.dumps(check_doc(dict(scope["headers"])))
         except v.BadRequest as e:
