@@ -10,9 +10,10 @@ import time
 import httpx
 import pytest
 
+from gateway_plugins import openai_errors
 from tests.gateways.conftest import provision, wait_event
 from tests.gateways.harness import ROOT, Caddy, GarbageServer, dead_url
-from tests.servers import HungServer
+from tests.servers import HungServer, run_enforcer
 from tollgate.local_services import free_port
 
 EXAMPLE = ROOT / "gateway_plugins" / "caddy" / "Caddyfile"
@@ -84,21 +85,44 @@ async def test_allow_passes_with_the_hold_request_id_and_rate_limit_headers(prox
     assert used - 1 <= (length + 3) // 4 + 1024 <= used  # GCRA at 0.6 ms a token rounds the remainder down
 
 
-async def test_deny_is_the_enforcers_answer_and_never_reaches_the_upstream(proxy, upstream, redis, logs_on_failure):
+def _openai(reason: str, level: str) -> dict:
+    row = openai_errors.REASONS[reason]
+    return {"error": {"message": row["message"], "type": row["type"], "param": None, "code": row["code"],
+                      "tollgate_reason": reason, "tollgate_level": level}}
+
+
+async def test_deny_answers_in_openai_s_shape_and_never_reaches_the_upstream(proxy, upstream, redis, logs_on_failure):
     logs_on_failure.append(proxy)
     t = await provision(redis, requests_per_minute=1)
     assert post(proxy, t.api_key).status_code == 200
     n = len(upstream.received())
     r = post(proxy, t.api_key)
     assert r.status_code == 429, r.text
+    assert r.json() == _openai("rate_limited_requests", "key")
+    assert r.headers["Content-Type"] == "application/json"
     assert int(r.headers["Retry-After"]) >= 1 and "x-should-retry" not in r.headers
     assert r.headers["X-RateLimit-Remaining"] == "0" and r.headers["x-ratelimit-remaining-requests"] == "0"
-    assert r.json()["decision"] == "DENY" and r.json()["reason"] == "rate_limited_requests"
+    assert r.headers["X-Tollgate-Reason"] == "rate_limited_requests"
     broke = await provision(redis, wallet=0, request_price="0.01")
     r = post(proxy, broke.api_key)
-    assert r.status_code == 429 and r.json()["reason"] == "insufficient_balance"
+    assert r.status_code == 402 and r.json() == _openai("insufficient_balance", "customer"), r.text
     assert r.headers["x-should-retry"] == "false" and "Retry-After" not in r.headers
+    suspended = await provision(redis)
+    await redis.hset(suspended.keys.cfg, "status", "suspended")
+    r = post(proxy, suspended.api_key)
+    assert r.status_code == 403 and r.json() == _openai("suspended", "customer"), r.text
+    assert r.headers["x-should-retry"] == "false"
     assert len(upstream.received()) == n
+
+
+def test_the_map_mirrors_the_shared_table():
+    text = EXAMPLE.read_text()
+    block = re.search(r"map \{http\.reverse_proxy\.header\.X-Tollgate-Reason\} [^\n]*\{\n(.*?)\n\t*\}", text, re.S).group(1)
+    rows = {m[0]: {"status": int(m[1]), "type": m[2], "code": m[3], "message": m[4]}
+            for m in re.findall(r'^\s*(\w+) (\d+) (\S+) (\S+) "([^"]*)"$', block, re.M)}
+    assert rows.pop("default") == {k: v for k, v in openai_errors.DEFAULT.items() if k != "retry"}
+    assert rows == {reason: {k: v for k, v in row.items() if k != "retry"}
+                    for reason, row in openai_errors.REASONS.items() if reason != "invalid_api_key"}
 
 
 async def test_unknown_and_missing_keys_are_refused(proxy, upstream, redis, logs_on_failure):
@@ -146,3 +170,23 @@ async def test_a_failing_backend_is_not_mistaken_for_a_failed_check(tmp_path, en
         assert "X-Tollgate-Degraded" not in r.headers
     finally:
         c.stop()
+
+
+async def test_a_fail_open_allow_of_the_enforcer_is_flagged_to_the_backend_and_the_client(caddy_factory, upstream,
+                                                                                           logs_on_failure):
+    hole = HungServer(scheme="redis").start()  # the enforcer's Redis accepts and never answers
+    env = {"TOLLGATE_REDIS_URL": hole.url, "TOLLGATE_CHECK_DEADLINE_MS": "3", "TOLLGATE_BUS": "redis"}
+    try:
+        with run_enforcer(env) as enf:
+            c = caddy_factory(enf.url)
+            logs_on_failure.append(c)
+            for _ in range(10):  # the enforcer's own answer, not Caddy's 50 ms timeout on a busy box
+                r = post(c, "tg_any")
+                if r.headers.get("X-Tollgate-Reason") == "fail_open":
+                    break
+            assert r.status_code == 200 and r.headers["X-Tollgate-Reason"] == "fail_open", r.headers
+            assert r.headers["X-Tollgate-Degraded"] == "fail-open"
+            seen = upstream.received("/v1/chat/completions")[-1]["headers"]
+            assert seen["x-tollgate-degraded"] == "fail-open" and not seen.get("x-tollgate-hold-id")
+    finally:
+        hole.stop()
