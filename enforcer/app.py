@@ -18,6 +18,7 @@ from enforcer.clusterwire import ClusterWire
 from enforcer.config import EnforcerConfig
 from enforcer.events import Clock, EventQueue, Ids
 from enforcer.failopen import Breaker, Guard
+from enforcer.forward_auth import ForwardAuth
 from enforcer.health import healthz, metrics_endpoint, readyz
 from enforcer.keycache import KeyCache
 from enforcer.loadshed import LoadShedder
@@ -120,7 +121,7 @@ class HotPath:
 
 def create_app(settings: Settings | None = None, config: EnforcerConfig | None = None) -> HotPath:
     enforcer = Enforcer(settings or Settings(), config or EnforcerConfig())
-    check = CheckEndpoint(enforcer)
+    check = ForwardAuth(CheckEndpoint(enforcer))  # POST /v1/check, and GET from forward-auth proxies
     routes = [
         Route("/v1/check", check),  # reached only through HotPath; here for the route list
         Route("/v1/usage", UsageEndpoint(enforcer)),

@@ -19,6 +19,7 @@ import orjson
 from enforcer import metrics
 from enforcer import validation as v
 from enforcer.keycache import UNKNOWN, KeyInfo
+from enforcer.rate_headers import rate_headers
 from enforcer.rediswire import Failure, ReplyError
 from enforcer.responses import send_error, send_json
 from tollgate.keys import api_key_hash
@@ -200,22 +201,6 @@ def _known_limits(info: KeyInfo | None) -> tuple[int, int]:
         rpm, tpm, _ = info.plan.limits_for_tier(info.plan.tiers[0])
         return rpm, tpm
     return 0, 0
-
-
-def rate_headers(rpm: int, rem_r: int, reset_ms: int, tpm: int, rem_t: int) -> list[tuple[bytes, bytes]]:
-    """X-RateLimit-* (requests) and the IETF draft's RateLimit-Policy/RateLimit (requests and tokens).
-
-    Resets are seconds until the bucket is full again; for tokens it follows from what is left.
-    """
-    reset_r = -(-reset_ms // 1000)
-    reset_t = -(-(tpm - rem_t) * 60 // tpm) if tpm > 0 and rem_t < tpm else 0
-    return [
-        (b"x-ratelimit-limit", b"%d" % rpm),
-        (b"x-ratelimit-remaining", b"%d" % rem_r),
-        (b"x-ratelimit-reset", b"%d" % reset_r),
-        (b"ratelimit-policy", b'"requests";q=%d;w=60, "tokens";q=%d;w=60' % (rpm, tpm)),
-        (b"ratelimit", b'"requests";r=%d;t=%d, "tokens";r=%d;t=%d' % (rem_r, reset_r, rem_t, reset_t)),
-    ]
 
 
 def unauthorized(why: str):

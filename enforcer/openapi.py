@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from enforcer import cloudevents as ce
 from enforcer.usage import MAX_MEASUREMENTS
 from enforcer.validation import MAX_BODY, MAX_COUNT
 from tollgate.keys import ID_PATTERN
@@ -31,8 +32,17 @@ _RATE_HEADERS = {
     "X-RateLimit-Limit": header("Requests per minute of the key's tier.", _INT),
     "X-RateLimit-Remaining": header("Requests left in the current window.", _INT),
     "X-RateLimit-Reset": header("Seconds until the request window is full again.", _INT),
-    "RateLimit-Policy": header('IETF draft: `"requests";q=N;w=60, "tokens";q=N;w=60`.'),
-    "RateLimit": header('IETF draft: `"requests";r=N;t=S, "tokens";r=N;t=S`.'),
+    "X-RateLimit-Limit-Requests": header("OpenAI's name: requests per minute.", _INT),
+    "X-RateLimit-Remaining-Requests": header("OpenAI's name: requests left.", _INT),
+    "X-RateLimit-Reset-Requests": header("OpenAI's format, a Go duration (`0s`, `20ms`, `1.5s`, `6m0s`): until "
+                                         "the requests budget is full again."),
+    "X-RateLimit-Limit-Tokens": header("OpenAI's name: tokens per minute.", _INT),
+    "X-RateLimit-Remaining-Tokens": header("OpenAI's name: tokens left.", _INT),
+    "X-RateLimit-Reset-Tokens": header("A Go duration: until the tokens budget is full again."),
+    "RateLimit-Policy": header('IETF draft-ietf-httpapi-ratelimit-headers: `"requests";q=N;w=60, '
+                               '"tokens";q=N;qu="tokens";w=60` (requests is the draft\'s default unit; '
+                               '`tokens` is not in its registry: clients that do not know it skip the policy).'),
+    "RateLimit": header('IETF draft: `"requests";r=N;t=S, "tokens";r=N;t=S` (remaining, whole seconds).'),
     "X-Tollgate-Reason": header("The decision's reason (as in the body), or `invalid_api_key`/`overloaded`."),
     "X-Tollgate-Degraded": header("`fail-open`: decided without Redis (ALLOW, billed from the usage report)."),
     "X-Tollgate-Hold-Id": header("The hold an ALLOW placed: the usage report names it."),
@@ -122,10 +132,30 @@ _USAGE_REQUEST = {
     },
 }
 
+_CLOUDEVENT = {
+    "type": "object",
+    "description": "A CloudEvents 1.0 event in structured mode (JSON event format) whose `data` is the usage "
+                   "event: `id` is its event_id (the idempotency key), `time` its timestamp, `type` its event_type "
+                   "unless `data` names one. `data` may repeat event_id or timestamp only with the same value. A bad "
+                   "attribute is a 400 naming it; a bad usage field is named under `data.`.",
+    "required": ["specversion", "id", "source", "type", "data"],
+    "properties": {
+        "specversion": {"const": ce.SPEC_VERSION},
+        "id": _REQUEST_ID,
+        "source": {"type": "string", "minLength": 1, "description": "URI-reference of the producer (checked, not stored)."},
+        "type": {"type": "string", "minLength": 1, "description": "e.g. `llm.completion`: the event_type unless data gives one."},
+        "time": _or_null({"type": "string", "format": "date-time"}),
+        "datacontenttype": _or_null({"type": "string", "pattern": r"^application/([A-Za-z0-9.-]+\+)?json(\s*;.*)?$",
+                                     "description": "JSON (or absent): `data_base64` is refused."}),
+        "data": {**_USAGE_REQUEST, "required": ["api_key"]},
+    },
+}
+
 _BAD_INPUT = {
     "400": error_response("Malformed JSON or an invalid field (`field` names it)."),
     "413": error_response(f"The body is over {MAX_BODY} bytes."),
-    "415": error_response("Content-Type is not application/json."),
+    "415": error_response("Content-Type is not application/json (/v1/usage: nor application/cloudevents+json or "
+                          "application/cloudevents-batch+json)."),
 }
 _UNAUTHORIZED = error_response("Unknown (or, for /v1/check, revoked) API key.",
                                {"WWW-Authenticate": header("`Bearer realm=\"tollgate\"`")})
@@ -134,42 +164,91 @@ _TRANSPORT = {
     "431": error_response("The request line and headers are over the head limit (the connection is closed)."),
 }
 
+_CHECK_RESPONSES = {
+    "200": {"description": "ALLOW (also `fail_open`, flagged X-Tollgate-Degraded, when Redis gave no decision).",
+            "headers": _RATE_HEADERS, "content": json_content(_DECISION)},
+    "429": {"description": "DENY; Retry-After when waiting helps (rate limits, in-flight limits); none for "
+            "money, a suspension, a Margin Guard or an estimate above the whole limit, which carry "
+            "`X-Should-Retry: false` instead.",
+            "headers": {**_RATE_HEADERS, "Retry-After": header("Seconds, >= 1.", _INT),
+                        "X-Should-Retry": header("`false` when waiting cannot cure the DENY: insufficient_balance, "
+                                                 "spend_cap, suspended, margin_guard, an estimate above the "
+                                                 "whole limit (OpenAI's SDKs honour it before the status).",
+                                                 {"type": "string", "enum": ["false"]})},
+            "content": json_content(_DECISION)},
+    "401": _UNAUTHORIZED,
+    **_BAD_INPUT,
+    "503": error_response("Overloaded: answered at once without a decision (gateways fail open).",
+                          {"X-Tollgate-Reason": header("`overloaded`")}),
+    **_TRANSPORT,
+}
+
+def _in_header(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A header of GET /v1/check (every one optional, an empty one counts as absent)."""
+    return {"name": name, "in": "header", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """A header the forward-auth check takes as absent when empty."""
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+
+
+_DIGITS = _or_empty({"type": "string", "pattern": r"^[0-9]{1,15}$"})
+_FORWARD_AUTH_HEADERS = [
+    _in_header("X-Api-Key", "The API key (else `Authorization: Bearer <key>`); one of the two is required."),
+    _in_header("Authorization", "`Bearer <key>`, when X-Api-Key is absent."),
+    _in_header("X-Tollgate-Request-Id", "The gateway's request id (else X-Request-Id); one of the two is required.",
+               _or_empty(_REQUEST_ID)),
+    _in_header("X-Request-Id", "The request id when X-Tollgate-Request-Id is absent.", _or_empty(_REQUEST_ID)),
+    _in_header("X-Tollgate-Model", "dimensions.model."),
+    _in_header("X-Tollgate-Session-Id", "session_id.", _or_empty(_ID)),
+    _in_header("X-Tollgate-Estimate-Input-Tokens", "estimate.input_tokens.", _DIGITS),
+    _in_header("X-Tollgate-Estimate-Output-Tokens", "estimate.output_tokens.", _DIGITS),
+    _in_header("X-Tollgate-Content-Length", "The client body's bytes: input_tokens = bytes / 4 (rounded up) "
+               "when X-Tollgate-Estimate-Input-Tokens is absent.", _DIGITS),
+]
+
+
 SPEC: dict[str, Any] = {
     "openapi": OPENAPI_VERSION,
     "info": {"title": "tollgate enforcer", "version": "1",
              "description": "Pre-flight quota checks and usage reports at the gateway edge."},
     "paths": {
-        "/v1/check": {"post": {
-            "operationId": "check",
-            "summary": "Decide whether a request may go ahead; ALLOW places a hold on its estimated cost.",
-            "requestBody": {"required": True, "content": json_content(_CHECK_REQUEST)},
-            "responses": {
-                "200": {"description": "ALLOW (also `fail_open`, flagged X-Tollgate-Degraded, when Redis gave no decision).",
-                        "headers": _RATE_HEADERS, "content": json_content(_DECISION)},
-                "429": {"description": "DENY; Retry-After when waiting helps (rate limits, in-flight limits); none for "
-                        "money, a suspension, a Margin Guard or an estimate above the whole limit, which carry "
-                        "`X-Should-Retry: false` instead.",
-                        "headers": {**_RATE_HEADERS, "Retry-After": header("Seconds, >= 1.", _INT),
-                                    "X-Should-Retry": header("`false` when waiting cannot cure the DENY.",
-                                                             {"type": "string", "enum": ["false"]})},
-                        "content": json_content(_DECISION)},
-                "401": _UNAUTHORIZED,
-                **_BAD_INPUT,
-                "503": error_response("Overloaded: answered at once without a decision (gateways fail open).",
-                                      {"X-Tollgate-Reason": header("`overloaded`")}),
-                **_TRANSPORT,
+        "/v1/check": {
+            "post": {
+                "operationId": "check",
+                "summary": "Decide whether a request may go ahead; ALLOW places a hold on its estimated cost.",
+                "requestBody": {"required": True, "content": json_content(_CHECK_REQUEST)},
+                "responses": _CHECK_RESPONSES,
             },
-        }},
+            "get": {
+                "operationId": "checkForwardAuth",
+                "summary": "The same check as forward-auth proxies send it (Caddy forward_auth, Traefik ForwardAuth): "
+                           "the fields in headers, no body (a missing or bad header is a 400 naming it).",
+                "parameters": _FORWARD_AUTH_HEADERS,
+                "responses": _CHECK_RESPONSES,
+            },
+        },
         "/v1/usage": {"post": {
             "operationId": "reportUsage",
             "summary": "Report what a call consumed; 202 once the event is durable.",
-            "requestBody": {"required": True, "content": json_content(_USAGE_REQUEST)},
+            "requestBody": {"required": True, "content": {
+                **json_content(_USAGE_REQUEST),
+                ce.CLOUDEVENT.decode(): {"schema": _CLOUDEVENT},
+                ce.CLOUDEVENT_BATCH.decode(): {"schema": {
+                    "type": "array", "minItems": 1, "maxItems": ce.MAX_BATCH, "items": _CLOUDEVENT,
+                    "description": "Accepted or refused whole: a refusal names the event (`[i].`)."}},
+            }},
             "responses": {
-                "202": {"description": "Accepted: on the bus, or (`spooled`) in the local write-ahead spool.",
+                "202": {"description": "Accepted: on the bus, or (`spooled`) in the local write-ahead spool. "
+                                       "A CloudEvents batch answers `event_ids` (in order) instead of `event_id`.",
                         "headers": {"X-Tollgate-Degraded": header("`spooled`: the bus was unreachable.")},
                         "content": json_content({
-                            "type": "object", "required": ["status", "event_id", "spooled"],
+                            "type": "object", "required": ["status", "spooled"],
+                            "anyOf": [{"required": ["event_id"]}, {"required": ["event_ids"]}],
                             "properties": {"status": {"const": "accepted"}, "event_id": {"type": "string"},
+                                           "event_ids": {"type": "array", "items": {"type": "string"}},
                                            "spooled": {"type": "boolean"}}})},
                 "401": _UNAUTHORIZED,
                 **_BAD_INPUT,

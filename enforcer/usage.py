@@ -1,4 +1,5 @@
-"""POST /v1/usage: what a call actually consumed, as one compound event, onto the bus.
+"""POST /v1/usage: what a call actually consumed, as one compound event, onto the bus (plain JSON,
+or a structured-mode CloudEvent or CloudEvents batch: enforcer.cloudevents).
 
 202 only once the event is durable: fsync'd to the local write-ahead spool and acknowledged by the
 bus, or, when the bus is unreachable, in the spool alone (then `"spooled": true` and
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from enforcer import cloudevents as ce
 from enforcer import metrics
 from enforcer import validation as v
 from enforcer.checks import unauthorized
@@ -77,43 +79,62 @@ def parse_usage(doc: dict) -> dict:
     return out
 
 
+_MEDIA_TYPES = (v.JSON, ce.CLOUDEVENT, ce.CLOUDEVENT_BATCH)
+
+
 class UsageEndpoint:
+    """One usage report as plain JSON or a CloudEvent, or a CloudEvents batch (enforcer.cloudevents):
+    all of a batch is checked (fields, keys, plan maxima) before any of it goes to the bus at once."""
+
     def __init__(self, enforcer: Enforcer):
         self.e = enforcer
 
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["method"] != "POST":
             return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST"), ((b"allow", b"POST"),))
-        try:
-            u = parse_usage(await v.read_json(scope, receive))
-        except v.BadRequest as e:
-            metrics.BAD_REQUESTS.labels(str(e.status)).inc()
-            return await send_error(send, e)
         e = self.e
-        key_hash = api_key_hash(u.pop("api_key"))
-        info = await e.keys.resolve(key_hash)
-        if info is UNKNOWN:
-            status, headers, body = unauthorized("unknown")
-            return await send_json(send, status, body, headers)
-        if type(info) is KeyInfo and info.plan is not None:  # else parse_usage's ceiling; the rater checks again
-            try:
-                v.within_plan(u["measurements"], info.plan)
-            except v.BadRequest as err:
-                metrics.BAD_REQUESTS.labels(str(err.status)).inc()
-                return await send_error(send, err)
         received = e.clock.now_iso()
+        events = []
+        try:
+            media, body = await v.read_typed_json(scope, receive, _MEDIA_TYPES)
+            batch = media == ce.CLOUDEVENT_BATCH
+            for doc, prefix in ce.usage_docs(media, body):
+                try:
+                    event = await self.event(parse_usage(doc), received)
+                except v.BadRequest as err:
+                    raise ce.prefixed(err, prefix) if prefix else err from None
+                if event is None:  # an unknown key refuses the whole batch
+                    status, headers, body = unauthorized("unknown")
+                    return await send_json(send, status, body, headers)
+                events.append(event)
+        except v.BadRequest as err:
+            metrics.BAD_REQUESTS.labels(str(err.status)).inc()
+            return await send_error(send, err)
+        try:
+            to_bus = await e.publisher.publish(events)
+        except Exception:  # neither the bus nor the disk: the gateway must retry (idempotent by id)
+            log.exception("usage events %s could not be stored", [ev["id"] for ev in events])
+            return await send_error(send, v.BadRequest(503, "unavailable", "the event could not be stored; retry"),
+                                    ((b"retry-after", b"1"),))
+        metrics.USAGE_ACCEPTED.labels("bus" if to_bus else "spool").inc(len(events))
+        if batch:
+            body = orjson.dumps({"status": "accepted", "event_ids": [ev["id"] for ev in events], "spooled": not to_bus})
+        else:
+            body = orjson.dumps({"status": "accepted", "event_id": events[0]["id"], "spooled": not to_bus})
+        await send_json(send, 202, body, () if to_bus else ((b"x-tollgate-degraded", b"spooled"),))
+
+    async def event(self, u: dict, received: str) -> dict | None:
+        """The bus event of a parsed report: its key resolved (None: unknown), its plan's maxima (422)."""
+        key_hash = api_key_hash(u.pop("api_key"))
+        info = await self.e.keys.resolve(key_hash)
+        if info is UNKNOWN:
+            return None
+        if type(info) is KeyInfo and info.plan is not None:  # else parse_usage's ceiling; the rater checks again
+            v.within_plan(u["measurements"], info.plan)
         event = {"kind": "usage", "id": u.pop("event_id")}
         if type(info) is Failure:
             event["api_key_hash"] = key_hash
         else:
             event.update(customer_id=info.customer_id, key_id=info.key_id, plan_id=info.plan_id)
         event.update(u, timestamp=u["timestamp"] or received, received_at=received)
-        try:
-            to_bus = await e.publisher.publish([event])
-        except Exception:  # neither the bus nor the disk: the gateway must retry (idempotent by id)
-            log.exception("usage event %s could not be stored", event["id"])
-            return await send_error(send, v.BadRequest(503, "unavailable", "the event could not be stored; retry"),
-                                    ((b"retry-after", b"1"),))
-        metrics.USAGE_ACCEPTED.labels("bus" if to_bus else "spool").inc()
-        body = orjson.dumps({"status": "accepted", "event_id": event["id"], "spooled": not to_bus})
-        await send_json(send, 202, body, () if to_bus else ((b"x-tollgate-degraded", b"spooled"),))
+        return event

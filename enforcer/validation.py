@@ -13,6 +13,7 @@ from tollgate.plans import MAX_QUANTITY_PER_EVENT_CEILING, Plan
 
 MAX_BODY = 64 * 1024
 MAX_COUNT = 2**40  # far above any real estimate, far below where Lua's doubles stop being exact
+JSON = b"application/json"
 _PRINTABLE_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # gateway request ids: printable ASCII, no spaces
 
 
@@ -37,9 +38,23 @@ def _header(scope: dict, name: bytes) -> bytes | None:
 
 async def read_json(scope: dict, receive) -> dict[str, Any]:
     """The JSON object of the body, or BadRequest (415 not JSON, 413 over 64 KiB, 400 malformed)."""
+    _, doc = await read_typed_json(scope, receive)
+    return json_object(doc)
+
+
+def json_object(doc: Any) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise BadRequest(400, "invalid_json", "the body must be a JSON object")
+    return doc
+
+
+async def read_typed_json(scope: dict, receive, media_types: tuple[bytes, ...] = (JSON,)) -> tuple[bytes, Any]:
+    """(media type, parsed body) for a body sent as one of `media_types` (JSON all of them)."""
     ctype = _header(scope, b"content-type")
-    if ctype is None or ctype.split(b";", 1)[0].strip().lower() != b"application/json":
-        raise BadRequest(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    media = ctype.split(b";", 1)[0].strip().lower() if ctype is not None else b""
+    if media not in media_types:
+        raise BadRequest(415, "unsupported_media_type",
+                         "send the body as Content-Type: " + " or ".join(t.decode() for t in media_types))
     length = _header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY:
         raise BadRequest(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
@@ -54,12 +69,9 @@ async def read_json(scope: dict, receive) -> dict[str, Any]:
             raise BadRequest(413, "body_too_large", f"the body is over {MAX_BODY} bytes")
         more = msg.get("more_body", False)
     try:
-        doc = orjson.loads(body)
+        return media, orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise BadRequest(400, "invalid_json", f"the body is not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest(400, "invalid_json", "the body must be a JSON object")
-    return doc
 
 
 def invalid(field: str, message: str) -> BadRequest:

@@ -38,9 +38,10 @@ ensure_console_assets() {
 #   luajit2|luajit         the LuaJIT command busted runs the plugin's unit tests with (--lua=luajit)
 #   lua-busted             busted; Debian installs its modules for Lua 5.1 too, so LuaJIT can run it
 #   chromium               the browser the console's Playwright tests drive (/usr/bin/chromium)
-# Service start-up is suppressed (policy-rc.d) so no system nginx starts on port 80.
+#   caddy                  Caddy 2, the forward_auth example's gateway (tests/gateways/test_caddy_forward_auth.py)
+# Service start-up is suppressed (policy-rc.d) so no system nginx or caddy starts on port 80.
 ensure_system_packages() {
-  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted chromium"
+  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted chromium caddy"
   command -v apt-get >/dev/null 2>&1 || return 0
   local sudo=""
   if [ "$(id -u)" != 0 ]; then

@@ -21,6 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODULES = ("tollgate_edge.py", "viewer_request.py", "viewer_response.py")
+SHARED = ("openai_errors.py", "openai_errors.json")  # gateway_plugins/: how a DENY reaches OpenAI clients
 MAX_PACKAGE_BYTES = 1024 * 1024  # viewer-request / viewer-response functions: 1 MB compressed
 
 try:
@@ -35,11 +36,11 @@ def build(config: dict, out: Path, max_bytes: int = MAX_PACKAGE_BYTES) -> Path:
     cfg = tollgate_edge.validate_config(config)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name in MODULES:
-            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible
+        for path in [HERE / name for name in MODULES] + [HERE.parent / name for name in SHARED]:
+            info = zipfile.ZipInfo(path.name, date_time=(2020, 1, 1, 0, 0, 0))  # reproducible, top-level
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, (HERE / name).read_bytes())
+            z.writestr(info, path.read_bytes())
         info = zipfile.ZipInfo(tollgate_edge.CONFIG_FILE, date_time=(2020, 1, 1, 0, 0, 0))
         info.external_attr = 0o644 << 16
         info.compress_type = zipfile.ZIP_DEFLATED

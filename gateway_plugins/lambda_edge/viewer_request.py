@@ -2,7 +2,9 @@
 
 ALLOW: the request continues to the origin with X-Tollgate-* headers (hold id, request id,
 remaining budgets, the estimate, and the rate-limit headers for the response handler).
-DENY: a generated 429 (Retry-After) / 401 / 400 response with the JSON reason.
+DENY: a generated response in OpenAI's error shape (gateway_plugins/openai_errors.json): 429 with
+Retry-After, or 402 (money) / 403 (suspended) / 429 with x-should-retry: false when waiting
+cannot cure it; 401 for a missing or unknown key, 400 for a refused input.
 Sidecar down, slower than check_timeout_ms (default 300 ms, inside the 5 s viewer limit), or
 answering garbage: the request continues (fail open) flagged X-Tollgate-Degraded: fail-open,
 unless the baked configuration says fault_tolerant: false (then a 503).
@@ -27,7 +29,8 @@ def handle(event: dict, config: dict) -> dict:
 
     api_key = edge.extract_api_key(headers, config["api_key_header"])
     if not api_key:
-        return edge.generated_response(401, {"message": "No API key found in request", "reason": "missing_api_key"}, {})
+        return edge.error_response(401, "invalid_request_error", "invalid_api_key",
+                                   "No API key found in request", "missing_api_key")
 
     request_id = config["request_id_prefix"] + cf["config"]["requestId"]
     raw, truncated = edge.request_body(request)
@@ -52,7 +55,8 @@ def handle(event: dict, config: dict) -> dict:
     if decision is None:
         if not config["fault_tolerant"]:
             edge.log("sidecar failed, denying", request_id=request_id, error=error)
-            return edge.generated_response(503, {"message": "Service temporarily unavailable", "reason": "sidecar_unavailable"}, {})
+            return edge.error_response(503, "server_error", "service_unavailable", "Service temporarily unavailable",
+                                       "sidecar_unavailable")
         edge.log("sidecar failed, failing open", request_id=request_id, error=error)
         edge.set_header(headers, "X-Tollgate-Degraded", "fail-open")
         edge.set_header(headers, edge.H_RL_PREFIX + "x-tollgate-degraded", "fail-open")
@@ -61,10 +65,7 @@ def handle(event: dict, config: dict) -> dict:
     rate_headers = {name: reply_headers[name.lower()] for name in edge.RATE_LIMIT_HEADERS
                     if reply_headers.get(name.lower())}
     if not decision["allow"]:
-        out = dict(rate_headers)
-        if decision["status"] == 429 and decision.get("retry_after"):
-            out["Retry-After"] = str(decision["retry_after"])
-        return edge.generated_response(decision["status"], edge.deny_body(decision), out)
+        return edge.deny_response(decision, reply_headers, rate_headers)
 
     doc = decision["doc"]
     if decision["hold_id"]:

@@ -47,8 +47,14 @@ async def test_allow_body_and_headers_follow_the_contract(enforcer, http, redis)
     h = r.headers
     assert (h["x-ratelimit-limit"], h["x-ratelimit-remaining"], h["x-tollgate-reason"]) == ("60", "59", "ok")
     assert int(h["x-ratelimit-reset"]) >= 1
-    assert h["ratelimit-policy"] == '"requests";q=60;w=60, "tokens";q=10000;w=60'
-    assert h["ratelimit"].startswith('"requests";r=59;t=1, "tokens";r=7700;t=')
+    # the IETF draft: the tokens policy names its unit (without `qu` it would read as requests)
+    assert h["ratelimit-policy"] == '"requests";q=60;w=60, "tokens";q=10000;qu="tokens";w=60'
+    assert h["ratelimit"] == '"requests";r=59;t=1, "tokens";r=7700;t=14'  # 2,300 of 10,000/min back in 13.8 s
+    # OpenAI's names and duration format: 1 request back in 1 s, 2,300 tokens in 13.8 s
+    assert (h["x-ratelimit-limit-requests"], h["x-ratelimit-remaining-requests"]) == ("60", "59")
+    assert (h["x-ratelimit-limit-tokens"], h["x-ratelimit-remaining-tokens"]) == ("10000", "7700")
+    assert h["x-ratelimit-reset-requests"] == "1s"
+    assert h["x-ratelimit-reset-tokens"] == "13.8s"
     assert h["content-type"] == "application/json"
     assert "x-tollgate-degraded" not in h and "retry-after" not in h
 

@@ -34,6 +34,7 @@ def assert_fail_open(r) -> None:
     assert r.headers["x-tollgate-degraded"] == "fail-open"
     assert r.headers["x-tollgate-reason"] == "fail_open"
     assert "x-ratelimit-limit" in r.headers and "ratelimit-policy" in r.headers
+    assert "x-ratelimit-limit-tokens" in r.headers and "x-ratelimit-reset-tokens" in r.headers
 
 
 def metric(text: str, name: str) -> float:

@@ -80,8 +80,10 @@ async def test_an_oversized_body_is_413_even_without_content_length(enforcer, ht
 
 
 async def test_wrong_method_and_path(enforcer, http):
-    r = await http.get(f"{enforcer.url}/v1/check")
-    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    r = await http.put(f"{enforcer.url}/v1/check")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed" and r.headers["allow"] == "GET, POST"
+    r = await http.get(f"{enforcer.url}/v1/check")  # the forward-auth form: its fields in headers
+    assert (r.status_code, r.json()["field"]) == (400, "X-Api-Key")
     r = await http.post(f"{enforcer.url}/v1/nothing", json={})
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 

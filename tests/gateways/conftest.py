@@ -31,6 +31,16 @@ def failed(request) -> bool:
     return rep is not None and rep.failed
 
 
+@pytest.fixture
+def logs_on_failure(request):
+    """Servers (anything with .log()) whose log is printed when the test fails."""
+    shown = []
+    yield shown
+    if failed(request):
+        for server in shown:
+            print(f"--- {type(server).__name__} log ---\n{server.log()[-10000:]}")
+
+
 async def wait_event(redis, kind: str, field: str, value: str, timeout: float = 5.0) -> dict:
     """The first event of a kind whose field has that value, waiting for the enforcer's batches."""
     deadline = time.monotonic() + timeout

@@ -2,6 +2,8 @@
 
 - `Nginx`: Debian's nginx (with lua-nginx-module when asked) under a temporary prefix, as the
   current user, on a free port; its error log is printed when a test fails.
+- `Caddy`: Debian's caddy running a Caddyfile as the current user, admin endpoint off, its
+  storage in a temporary directory.
 - `Upstream`: a tiny threaded HTTP server answering like an LLM API (OpenAI or Anthropic JSON with a
   usage block, or an Anthropic event stream), recording the requests it got.
 - `GarbageServer` answers 200 with nonsense (`tests.servers.HungServer` accepts and never answers).
@@ -18,6 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.servers import stop_process
 from tollgate.local_services import free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +130,61 @@ class Nginx:
         if self.proc and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+
+
+def caddy_binary() -> str:
+    found = shutil.which("caddy")
+    if not found:
+        raise MissingTool("caddy is not installed: run scripts/test (it installs the Debian packages) or "
+                          "apt-get install caddy")
+    return found
+
+
+class Caddy:
+    """`caddy run` of a Caddyfile, as the current user, with its data, config and logs in `home`
+    (no admin endpoint, no autosave into the real user's directories)."""
+
+    def __init__(self, home: Path, caddyfile: str, port: int):
+        self.home = Path(home)
+        self.port = port
+        self.caddyfile = self.home / "Caddyfile"
+        self.caddyfile.write_text(caddyfile)
+        self.log_path = self.home / "caddy.log"
+        self.env = {**os.environ, "HOME": str(self.home), "XDG_DATA_HOME": str(self.home / "data"),
+                    "XDG_CONFIG_HOME": str(self.home / "config")}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Caddy":
+        args = ["--config", str(self.caddyfile), "--adapter", "caddyfile"]
+        check = subprocess.run([caddy_binary(), "validate", *args], capture_output=True, text=True, env=self.env)
+        if check.returncode != 0:
+            raise RuntimeError(f"caddy validate failed:\n{check.stderr[-3000:]}\n--- Caddyfile ---\n{self.caddyfile.read_text()}")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([caddy_binary(), "run", *args], stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=self.home)
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"caddy did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.02)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
 
 
 # ------------------------------------------------------------------------------ upstream servers
@@ -265,6 +323,8 @@ class GarbageServer(_LoopbackHTTP):
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            do_GET = do_POST  # forward-auth proxies check with GET
 
         self.serve(Handler)
 

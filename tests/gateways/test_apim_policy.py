@@ -1,6 +1,7 @@
 """The Azure APIM policy: no APIM here, so the document is parsed and its structure checked
 against what the policy must do (pre-flight send-request with a timeout and ignore-error, fail open
-on a null response, 429 with Retry-After, usage report not awaited)."""
+on a null response, a DENY in OpenAI's error shape with Retry-After or x-should-retry, usage
+report not awaited)."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from gateway_plugins import openai_errors
 from tests.gateways.harness import ROOT
 
 POLICY = ROOT / "gateway_plugins" / "apim" / "tollgate-policy.xml"
@@ -90,17 +92,41 @@ def test_null_response_fails_open(root):
     assert otherwise is not None and otherwise.find(".//return-response") is None
 
 
-def test_429_branch_with_retry_after(root):
+def test_a_deny_answers_in_openai_s_shape_with_retry_after_or_x_should_retry(root):
     denials = [w for w in _decision(root).findall("when") if "StatusCode == 429" in w.get("condition")]
-    assert denials
-    with_retry = denials[0]
-    rr = with_retry.find("return-response")
+    assert len(denials) == 1
+    deny = denials[0]
+    variables = {v.get("name"): v.get("value") for v in deny.findall("set-variable")}
+    assert {"tollgateErrorRow", "tollgateErrorBody"} <= set(variables)
+    for field in ('"error"', '"message"', '"type"', '"param"', '"code"', '"tollgate_reason"', '"tollgate_level"'):
+        assert field in variables["tollgateErrorBody"], field
+    retry, no_retry = deny.find("choose/when"), deny.find("choose/otherwise")
+    assert '["retry"]' in retry.get("condition") and 'ContainsKey("Retry-After")' in retry.get("condition")
+    rr = retry.find("return-response")
     assert rr.find("set-status").get("code") == "429"
-    retry = [h for h in rr.findall("set-header") if h.get("name") == "Retry-After"]
-    assert retry and 'Headers.GetValueOrDefault("Retry-After"' in retry[0].findtext("value")
-    assert "tollgateCheck" in rr.findtext("set-body")  # the enforcer's JSON reason goes to the client
-    for w in denials:
-        assert w.find("return-response/set-status").get("code") == "429"
+    names = {h.get("name"): h.findtext("value") for h in rr.findall("set-header")}
+    assert 'GetValueOrDefault("Retry-After"' in names["Retry-After"] and "x-should-retry" not in names
+    rr = no_retry.find("return-response")
+    assert '["status"]' in rr.find("set-status").get("code")  # 402 / 403 / 429 from the table
+    names = {h.get("name"): h.findtext("value") for h in rr.findall("set-header")}
+    assert names["x-should-retry"].strip() == "false" and "Retry-After" not in names
+    for rr in (retry.find("return-response"), no_retry.find("return-response")):
+        names = {h.get("name") for h in rr.findall("set-header")}
+        assert {"X-RateLimit-Limit", "X-RateLimit-Remaining-Requests", "X-RateLimit-Reset-Tokens", "RateLimit-Policy",
+                "RateLimit", "Content-Type"} <= names
+        assert "tollgateErrorBody" in rr.findtext("set-body")
+
+
+def test_the_policy_s_table_mirrors_openai_errors_json(root):
+    row = [v for v in root.iter("set-variable") if v.get("name") == "tollgateErrorRow"][0].get("value")
+    found = {m[0]: {"status": int(m[1]), "type": m[2], "code": m[3], "retry": m[4] == "true", "message": m[5]}
+             for m in re.findall(r'\{ "(\w+)", new JObject\(new JProperty\("status", (\d+)\), new JProperty\("type", "([^"]*)"\), '
+                                 r'new JProperty\("code", "([^"]*)"\), new JProperty\("retry", (true|false)\), '
+                                 r'new JProperty\("message", "([^"]*)"\)\) \}', row)}
+    assert found == openai_errors.REASONS
+    d = openai_errors.DEFAULT
+    assert (f'new JProperty("status", {d["status"]}), new JProperty("type", "{d["type"]}"), '
+            f'new JProperty("code", "{d["code"]}")') in row and d["message"] in row
 
 
 def test_unauthorized_and_bad_requests_are_denied_not_failed_open(root):
@@ -125,7 +151,9 @@ def test_allow_forwards_the_hold_id(root):
 def test_outbound_headers_and_usage_report(root):
     outbound = root.find("outbound")
     headers = {h.get("name") for h in outbound.iter("set-header")}
-    assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit-Policy", "RateLimit"} <= headers
+    assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit-Policy", "RateLimit",
+            "X-RateLimit-Limit-Requests", "X-RateLimit-Reset-Requests", "X-RateLimit-Limit-Tokens",
+            "X-RateLimit-Remaining-Tokens"} <= headers
     reports = outbound.findall("send-one-way-request")  # fire and forget: the client does not wait
     assert len(reports) == 1
     rep = reports[0]
@@ -146,4 +174,4 @@ def test_expressions_are_well_formed(root):
     for el in root.iter("set-header"):
         assert el.get("exists-action") in EXISTS_ACTIONS, el.attrib
     for el in root.iter("set-status"):
-        assert el.get("code").isdigit()
+        assert el.get("code").isdigit() or el.get("code").startswith("@(")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_plugins import openai_errors
 from gateway_plugins.lambda_edge import build, tollgate_edge, viewer_request, viewer_response
 from tests.gateways.conftest import provision, wait_usage
 from tests.gateways.harness import GarbageServer, dead_url
@@ -132,8 +133,10 @@ async def test_deny_rate_limited_is_a_generated_429_with_retry_after(enforcer, r
     assert "status" not in viewer_request.handle(viewer_event(t.api_key), cfg)
     resp = viewer_request.handle(viewer_event(t.api_key), cfg)
     body = assert_generated(resp, 429)
-    assert body["reason"] == "rate_limited_requests"
-    assert int(header(resp["headers"], "retry-after")) >= 1
+    assert body == {"error": {"message": openai_errors.REASONS["rate_limited_requests"]["message"], "type": "requests",
+                              "param": None, "code": "rate_limit_exceeded", "tollgate_reason": "rate_limited_requests",
+                              "tollgate_level": "key"}}  # OpenAI's shape (gateway_plugins/openai_errors.json)
+    assert int(header(resp["headers"], "retry-after")) >= 1 and header(resp["headers"], "x-should-retry") is None
     assert header(resp["headers"], "x-ratelimit-remaining") == "0"
     assert resp["statusDescription"] == "Too Many Requests"
 
@@ -141,12 +144,22 @@ async def test_deny_rate_limited_is_a_generated_429_with_retry_after(enforcer, r
 async def test_deny_out_of_balance_and_bad_keys(enforcer, redis):
     broke = await provision(redis, wallet=0)
     cfg = config(enforcer.url, check_timeout_ms=2000)
-    body = assert_generated(viewer_request.handle(viewer_event(broke.api_key), cfg), 429)
-    assert body["reason"] == "insufficient_balance"
+    resp = viewer_request.handle(viewer_event(broke.api_key), cfg)
+    body = assert_generated(resp, 402)  # money: OpenAI's insufficient_quota, and no retry
+    assert (body["error"]["type"], body["error"]["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert body["error"]["tollgate_reason"] == "insufficient_balance" and body["error"]["tollgate_level"] == "customer"
+    assert header(resp["headers"], "x-should-retry") == "false" and header(resp["headers"], "retry-after") is None
+    assert resp["statusDescription"] == "Payment Required"
+    suspended = await provision(redis)
+    await redis.hset(suspended.keys.cfg, "status", "suspended")
+    resp = viewer_request.handle(viewer_event(suspended.api_key), cfg)
+    body = assert_generated(resp, 403)
+    assert (body["error"]["code"], body["error"]["tollgate_reason"]) == ("account_suspended", "suspended")
+    assert header(resp["headers"], "x-should-retry") == "false"
     body = assert_generated(viewer_request.handle(viewer_event("tg_live_nobody"), cfg), 401)
-    assert body["reason"] == "invalid_api_key"
+    assert (body["error"]["code"], body["error"]["tollgate_reason"]) == ("invalid_api_key", "invalid_api_key")
     body = assert_generated(viewer_request.handle(viewer_event(None), cfg), 401)
-    assert body["reason"] == "missing_api_key"
+    assert (body["error"]["code"], body["error"]["tollgate_reason"]) == ("invalid_api_key", "missing_api_key")
 
 
 async def test_bearer_key_and_a_truncated_body(enforcer, redis):
@@ -166,7 +179,7 @@ async def test_bearer_key_and_a_truncated_body(enforcer, redis):
     # 900 + 100 of 1000 tokens/min used: the next one is denied on tokens
     event2 = viewer_event(None, headers={"Authorization": f"Bearer {t.api_key}"})
     body = assert_generated(viewer_request.handle(event2, cfg), 429)
-    assert body["reason"] == "rate_limited_tokens"
+    assert body["error"]["tollgate_reason"] == "rate_limited_tokens" and body["error"]["type"] == "tokens"
 
 
 def _assert_failed_open(out):
@@ -202,7 +215,7 @@ async def test_sidecar_garbage_fails_open_or_closed_by_config():
     try:
         _assert_failed_open(viewer_request.handle(viewer_event("tg_any"), config(garbage.url)))
         body = assert_generated(viewer_request.handle(viewer_event("tg_any"), config(garbage.url, fault_tolerant=False)), 503)
-        assert body["reason"] == "sidecar_unavailable"
+        assert (body["error"]["type"], body["error"]["tollgate_reason"]) == ("server_error", "sidecar_unavailable")
     finally:
         garbage.stop()
 
@@ -229,7 +242,7 @@ def test_build_bakes_the_config_and_stays_under_1mb(tmp_path):
     out = build.build({"sidecar_url": "https://tollgate.example.com", "check_timeout_ms": 250}, tmp_path / "edge.zip")
     assert out.stat().st_size < 1024 * 1024
     with zipfile.ZipFile(out) as z:
-        assert sorted(z.namelist()) == sorted([*build.MODULES, tollgate_edge.CONFIG_FILE])
+        assert sorted(z.namelist()) == sorted([*build.MODULES, *build.SHARED, tollgate_edge.CONFIG_FILE])
         baked = json.loads(z.read(tollgate_edge.CONFIG_FILE))
     assert baked["sidecar_url"] == "https://tollgate.example.com" and baked["check_timeout_ms"] == 250
     with pytest.raises(ValueError, match="1 MB"):
@@ -267,5 +280,16 @@ async def test_the_built_package_through_python_lambda_local(enforcer, redis, tm
     assert usage["hold_id"] == hold_id
 
     denied = _lambda_local(tmp_path, package, "viewer_request.py", viewer_event(t.api_key))
-    assert_generated(denied, 429)
+    body = assert_generated(denied, 429)
     assert int(header(denied["headers"], "retry-after")) >= 1
+    assert body["error"]["code"] == "rate_limit_exceeded"  # openai_errors shipped in the zip
+
+
+async def test_an_estimate_above_the_whole_limit_is_429_without_retry(enforcer, redis):
+    t = await provision(redis, tokens_per_minute=1000)
+    cfg = config(enforcer.url, check_timeout_ms=2000)
+    resp = viewer_request.handle(viewer_event(t.api_key, {"model": "m", "max_tokens": 5000, "messages": []}), cfg)
+    body = assert_generated(resp, 429)  # the table's row (waiting helps a tokens limit) ...
+    assert body["error"]["tollgate_reason"] == "rate_limited_tokens"
+    # ... but the enforcer said waiting cannot cure this one: OpenAI's SDKs must not retry it
+    assert header(resp["headers"], "x-should-retry") == "false" and header(resp["headers"], "retry-after") is None

@@ -8,7 +8,8 @@ import time
 import httpx
 import pytest
 
-from tests.gateways.conftest import failed, provision, wait_event
+from gateway_plugins import openai_errors
+from tests.gateways.conftest import provision, wait_event
 from tests.gateways.harness import ROOT, Nginx, dead_url
 from tests.servers import HungServer
 
@@ -44,15 +45,6 @@ def proxy(nginx_factory, enforcer):
     return nginx_factory(enforcer.url)
 
 
-@pytest.fixture
-def logs_on_failure(request):
-    shown = []
-    yield shown
-    if failed(request):
-        for n in shown:
-            print(f"--- nginx error.log ---\n{n.log()[-10000:]}")
-
-
 def post(nginx: Nginx, key: str | None, path: str = "/v1/chat/completions") -> httpx.Response:
     headers = {"x-api-key": key} if key is not None else {}
     return httpx.post(nginx.url + path, headers=headers, json={"model": "m", "messages": []}, timeout=10)
@@ -67,7 +59,7 @@ async def test_allow_passes_with_rate_limit_headers(proxy, upstream, redis, logs
     assert r.headers["X-RateLimit-Limit"] == "5"
     assert r.headers["X-RateLimit-Remaining"] == "4"
     assert "requests" in r.headers["RateLimit-Policy"]
-    assert r.headers["X-Tollgate-Reason"] == "ok"
+    assert r.headers["X-Tollgate-Reason"] == "ok" and r.headers["x-ratelimit-limit-tokens"]
     assert "X-Tollgate-Degraded" not in r.headers
     seen = upstream.received("/v1/chat/completions")[-1]["headers"]
     request_id = seen["x-tollgate-request-id"]
@@ -85,18 +77,47 @@ async def test_deny_is_429_with_retry_after_and_never_reaches_the_upstream(proxy
     r = post(proxy, t.api_key)
     assert r.status_code == 429, r.text
     assert int(r.headers["Retry-After"]) >= 1
-    assert r.headers["X-RateLimit-Remaining"] == "0"
-    assert r.json() == {"message": "Request denied by quota", "reason": "rate_limited_requests"}
+    assert r.headers["X-RateLimit-Remaining"] == "0" and r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert "X-Should-Retry" not in r.headers and "X-Tollgate-Degraded" not in r.headers
+    assert r.json() == {"error": {**_openai("rate_limited_requests"), "tollgate_level": "key"}}
     assert len(upstream.received()) == n
 
 
-async def test_out_of_balance_is_429(proxy, upstream, redis, logs_on_failure):
+def _openai(reason: str) -> dict:
+    row = openai_errors.REASONS[reason]
+    return {"message": row["message"], "type": row["type"], "param": None, "code": row["code"], "tollgate_reason": reason}
+
+
+async def test_money_is_402_and_suspension_403_without_retry(proxy, upstream, redis, logs_on_failure):
     logs_on_failure.append(proxy)
     # auth_request sends no body: the estimate is one request, so only a per-request price costs
+    n = len(upstream.received())
     t = await provision(redis, wallet=0, request_price="0.01")
     r = post(proxy, t.api_key)
-    assert r.status_code == 429
-    assert r.json()["reason"] == "insufficient_balance"
+    assert r.status_code == 402, r.text
+    assert r.json() == {"error": {**_openai("insufficient_balance"), "tollgate_level": "customer"}}
+    assert r.headers["X-Should-Retry"] == "false" and "Retry-After" not in r.headers
+    assert r.headers["Content-Type"] == "application/json"
+    suspended = await provision(redis)
+    await redis.hset(suspended.keys.cfg, "status", "suspended")
+    r = post(proxy, suspended.api_key)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "account_suspended", r.text
+    assert r.headers["X-Should-Retry"] == "false"
+    assert len(upstream.received()) == n
+
+
+def test_the_maps_mirror_the_shared_table():
+    text = EXAMPLE.read_text()
+    maps = {m.group(1): dict(re.findall(r'^\s*(\S+)\s+"?(.*?)"?;\s*$', m.group(2), re.M))
+            for m in re.finditer(r"map \$tollgate_reason \$tollgate_error_(\w+) \{\n(.*?)\n\}", text, re.S)}
+    assert set(maps) == {"status", "type", "code", "message"}
+    for reason, row in openai_errors.REASONS.items():
+        if reason == "invalid_api_key":  # answered by @tollgate_unauthorized
+            continue
+        for field, values in maps.items():
+            assert values.get(reason, values["default"]) == str(row[field]), (reason, field)
+    for field, values in maps.items():
+        assert values["default"] == str(openai_errors.DEFAULT[field]), field
 
 
 async def test_unknown_missing_and_malformed_keys_are_401(proxy, upstream, redis, logs_on_failure):
@@ -106,7 +127,7 @@ async def test_unknown_missing_and_malformed_keys_are_401(proxy, upstream, redis
                         ('x","api_key":"other', "missing_api_key")):
         r = post(proxy, key)
         assert r.status_code == 401, (key, r.text)
-        assert r.json()["reason"] == reason
+        assert r.json()["error"]["tollgate_reason"] == reason and r.json()["error"]["code"] == "invalid_api_key"
     assert len(upstream.received()) == n
 
 

@@ -8,8 +8,9 @@ from control.http.openapi import SPEC as ADMIN_SPEC
 from tollgate.config import Settings
 from tollgate.openapi import documented_operations, routed_operations
 
-# The raw ASGI endpoints take any method and answer 405 to all but POST themselves.
-ENFORCER_RAW = {"/v1/check": {"POST"}, "/v1/usage": {"POST"}}
+# The raw ASGI endpoints take any method and answer 405 to the others themselves (GET /v1/check:
+# forward-auth proxies, enforcer.forward_auth).
+ENFORCER_RAW = {"/v1/check": {"GET", "POST"}, "/v1/usage": {"POST"}}
 
 
 def test_enforcer_document_lists_exactly_the_routes():

@@ -90,6 +90,17 @@ def test_enforcer_answers_as_documented(enforcer_url, tenant, method, path):
 
     def prepare(case):
         variant = turn()
+        if method == "GET" and path == "/v1/check":  # the forward-auth check: its fields in headers
+            if variant:
+                headers = {**(case.headers or {}), "X-Api-Key": tenant.api_key}
+                headers.pop("Authorization", None)
+                # added where absent, never replacing a generated value (a negative case stays negative)
+                if variant >= 2:
+                    headers.setdefault("X-Tollgate-Request-Id", uid("req"))
+                if variant == 3:  # the small wallet: DENY
+                    headers.setdefault("X-Tollgate-Estimate-Input-Tokens", str(10**9))
+                case.headers = headers
+            return
         if not isinstance(case.body, dict) or variant == 0:
             return  # as generated (a random key: 401, or invalid input: 4xx)
         # New objects, assigned: schemathesis then validates the changed case again (a negative
