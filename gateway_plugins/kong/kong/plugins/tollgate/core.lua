@@ -3,8 +3,10 @@
 -- The HTTP contract these functions speak is the enforcer's (/v1/check, /v1/usage) as written in
 -- the project's DESIGN.md.
 local cjson = require "cjson.safe"
+local openai_errors = require "kong.plugins.tollgate.openai_errors"
 
 local type = type
+local setmetatable = setmetatable
 local tonumber = tonumber
 local tostring = tostring
 local floor = math.floor
@@ -203,7 +205,7 @@ function _M.parse_check(status, body, headers)
   if status == 429 then
     return { allow = false, status = 429,
              reason = doc and type(doc.reason) == "string" and doc.reason or "rate_limited",
-             retry_after = _M.retry_after(headers, doc), doc = doc }
+             retry_after = _M.retry_after(headers, doc), level = doc and doc.level, doc = doc }
   end
   if status == 401 or status == 403 then
     return { allow = false, status = status,
@@ -216,29 +218,43 @@ function _M.parse_check(status, body, headers)
   return nil, "unexpected sidecar status " .. tostring(status)
 end
 
-local DENY_MESSAGES = {
-  rate_limited_requests = "API rate limit exceeded",
-  rate_limited_tokens = "API token rate limit exceeded",
-  insufficient_balance = "Insufficient balance",
-  spend_cap = "Monthly spend cap reached",
-  suspended = "Account suspended",
-}
-
---- The JSON body of a denial, Kong style (`message`) plus the enforcer's reason.
-function _M.deny_body(decision, conf)
-  local message
-  if decision.status == 401 or decision.status == 403 then
-    message = "Invalid authentication credentials"
-  elseif decision.status == 400 then
-    message = "Bad request"
+--- A denial as an OpenAI-compatible client expects it (gateway_plugins/openai_errors.json):
+-- status (402 money, 403 suspended, 401 bad key, 429 the rest), the body
+-- {"error": {"message", "type", "param", "code", "tollgate_reason", "tollgate_level"}}, and the
+-- retry hint: `x-should-retry: false` where waiting cannot cure it, else Retry-After when known.
+-- Returns status, body, headers (to merge into the client's headers).
+function _M.deny(decision, conf)
+  local row
+  if decision.status == 400 then
+    row = { status = 400, type = "invalid_request_error", code = decision.reason, retry = false,
+            message = "The request was refused by the rate limiter as malformed." }
+  elseif decision.status == 401 then
+    row = openai_errors.reasons.invalid_api_key
   else
-    message = DENY_MESSAGES[decision.reason] or (conf and conf.error_message) or "API rate limit exceeded"
+    row = openai_errors.reasons[decision.reason]
+    if not row then
+      row = setmetatable({ message = conf and conf.error_message or openai_errors.default.message },
+                         { __index = openai_errors.default })
+    end
   end
-  local body = { message = message, reason = decision.reason }
-  if decision.retry_after then
-    body.retry_after = decision.retry_after
+  local err = { message = row.message, type = row.type, param = cjson.null, code = row.code,
+                tollgate_reason = decision.reason }
+  if type(decision.level) == "string" and decision.level ~= "" then
+    err.tollgate_level = decision.level
   end
-  return body
+  local headers = {}
+  if not row.retry then
+    headers["x-should-retry"] = "false"
+  elseif decision.retry_after then
+    headers["Retry-After"] = decision.retry_after
+  end
+  return row.status, { error = err }, headers
+end
+
+--- The 401 of a request without credentials, in the same shape.
+function _M.missing_key_body()
+  return { error = { message = "No API key found in request", type = "invalid_request_error",
+                     param = cjson.null, code = "missing_api_key", tollgate_reason = "missing_api_key" } }
 end
 
 --- Headers for the client from the /v1/check reply: the enforcer's own rate-limit headers, plus

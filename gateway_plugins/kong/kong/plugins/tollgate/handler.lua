@@ -83,15 +83,30 @@ local function check(conf, api_key, request_id, dimensions, estimate)
   return decision, res, err
 end
 
+-- The caller's tollgate API key: from a request header, or (api_key_source = "credential") the
+-- key of the credential Kong's key-auth authenticated, which then *is* the tollgate key: it works
+-- with key-auth's hide_credentials and whatever key_names it reads.
+local function caller_key(conf)
+  if conf.api_key_source == "credential" then
+    local credential = kong.client.get_credential()
+    local key = type(credential) == "table" and credential.key
+    if type(key) == "string" and key ~= "" then
+      return key
+    end
+    return nil
+  end
+  return core.extract_api_key(kong.request.get_header(conf.api_key_header))
+end
+
 function TollgateHandler:access(conf)
   local ctx = kong.ctx.plugin
   for _, name in ipairs(UPSTREAM_HEADERS) do
     kong.service.request.clear_header(name)  -- never trust a client's copy
   end
 
-  local api_key = core.extract_api_key(kong.request.get_header(conf.api_key_header))
+  local api_key = caller_key(conf)
   if not api_key then
-    return kong.response.exit(401, { message = "No API key found in request", reason = "missing_api_key" })
+    return kong.response.exit(401, core.missing_key_body())
   end
 
   local raw, length = read_request_body(conf)
@@ -122,10 +137,11 @@ function TollgateHandler:access(conf)
     if conf.hide_client_headers then
       headers = {}
     end
-    if decision.status == 429 and decision.retry_after then
-      headers["Retry-After"] = decision.retry_after
+    local status, body, hint = core.deny(decision, conf)
+    for k, v in pairs(hint) do
+      headers[k] = v
     end
-    return kong.response.exit(decision.status, core.deny_body(decision, conf), headers)
+    return kong.response.exit(status, body, headers)
   end
 
   report.hold_id = decision.hold_id

@@ -29,12 +29,16 @@ return {
               required = true, default = "x-api-key",
               description = "Request header carrying the consumer's tollgate API key. `Authorization: Bearer <key>` is unwrapped.",
           } },
+          { api_key_source = {
+              description = "Where the caller's tollgate API key comes from: `header` (api_key_header) or `credential`: the key of the key-auth credential Kong authenticated (so the key-auth credential's key is the tollgate key; key-auth must run first, hide_credentials may be on). A request without one is 401.",
+              type = "string", required = true, default = "header", one_of = { "header", "credential" },
+          } },
           { hide_client_headers = {
               description = "Do not add the RateLimit-* / X-RateLimit-* / X-Tollgate-* headers to the client's response.",
               type = "boolean", required = true, default = false,
           } },
           { error_message = {
-              description = "Message of a 429 whose reason the plugin has no message for.",
+              description = "Message of a denial whose reason the OpenAI error table (openai_errors.lua) has no row for.",
               type = "string", required = true, default = "API rate limit exceeded",
           } },
           { default_model = {
