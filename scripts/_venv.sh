@@ -40,7 +40,7 @@ ensure_console_assets() {
 #   chromium               the browser the console's Playwright tests drive (/usr/bin/chromium)
 # Service start-up is suppressed (policy-rc.d) so no system nginx starts on port 80.
 ensure_system_packages() {
-  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted lua-nginx-redis wrk chromium"
+  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted lua-nginx-redis lua-nginx-string wrk chromium"
   command -v apt-get >/dev/null 2>&1 || return 0
   local sudo=""
   if [ "$(id -u)" != 0 ]; then

@@ -257,6 +257,23 @@ function _M.missing_key_body()
                      param = cjson.null, code = "missing_api_key", tollgate_reason = "missing_api_key" } }
 end
 
+--- The rate-limit headers the enforcer sends (enforcer.checks.rate_headers), from check.lua's
+-- reply: X-RateLimit-* for requests and the IETF draft's RateLimit-Policy / RateLimit for both,
+-- plus the RateLimit-Limit/-Remaining/-Reset trio of Kong's rate-limiting plugin.
+function _M.rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
+  local reset_r = ceil(reset_ms / 1000)
+  local reset_t = 0
+  if tpm > 0 and rem_t < tpm then
+    reset_t = ceil((tpm - rem_t) * 60 / tpm)
+  end
+  return {
+    ["X-RateLimit-Limit"] = rpm, ["X-RateLimit-Remaining"] = rem_r, ["X-RateLimit-Reset"] = reset_r,
+    ["RateLimit-Limit"] = rpm, ["RateLimit-Remaining"] = rem_r, ["RateLimit-Reset"] = reset_r,
+    ["RateLimit-Policy"] = string.format('"requests";q=%d;w=60, "tokens";q=%d;w=60', rpm, tpm),
+    ["RateLimit"] = string.format('"requests";r=%d;t=%d, "tokens";r=%d;t=%d', rem_r, reset_r, rem_t, reset_t),
+  }
+end
+
 --- Headers for the client from the /v1/check reply: the enforcer's own rate-limit headers, plus
 -- the RateLimit-Limit/-Remaining/-Reset trio Kong's rate-limiting plugin sets.
 function _M.client_headers(headers)
@@ -276,6 +293,39 @@ function _M.client_headers(headers)
     end
   end
   return out
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- In-gateway mode (redis_check.lua): the hold estimate and the billing period
+
+--- Hold size in micros, as tollgate.plans.Plan.estimate_micros: the sum of quantity x unit price
+-- (prices in picounits from the plan's estimate hash), rounded up once. Exact in Lua numbers:
+-- each price is split into whole micros and the picounit remainder (< 1e6), so no product or
+-- sum passes 2^53 for quantities up to core.MAX_TOKENS.
+function _M.estimate_micros(prices, model, estimate)
+  local whole, frac = 0, 0
+  for _, metric in ipairs({ "requests", "input_tokens", "output_tokens" }) do
+    local q = estimate[metric] or 0
+    if q > 0 then
+      local p = model and prices[metric .. "@" .. model] or prices[metric]
+      p = tonumber(p) or 0
+      local micros = floor(p / 1000000)
+      whole = whole + q * micros
+      frac = frac + q * (p - micros * 1000000)
+    end
+  end
+  return whole + ceil(frac / 1000000)
+end
+
+--- The billing period id ("202611") of epoch seconds t for a plan anchored on anchor_day, as
+-- tollgate.periods.period_of.
+function _M.period_of(t, anchor_day)
+  local d = os.date("!*t", t)
+  local y, m = d.year, d.month
+  if d.day < anchor_day then
+    if m > 1 then m = m - 1 else y, m = y - 1, 12 end
+  end
+  return string.format("%04d%02d", y, m)
 end
 
 -- ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 -- tollgate: pre-flight quota check and usage reporting for usage-priced LLM APIs.
 --
 -- access:        POST <sidecar>/v1/check with the consumer's API key, the request id, the model
---                and a token estimate. ALLOW: forward (hold id to the upstream), DENY: 429/401
---                with Retry-After and the reason. Sidecar down, slower than timeout_ms, or
+--                and a token estimate (mode "redis": check.lua straight on Redis, redis_check.lua).
+--                ALLOW: forward (hold id to the upstream), DENY: OpenAI's error shape
+--                (openai_errors.lua). Sidecar (or Redis) down, slower than timeout_ms, or
 --                answering garbage: fail open (fault_tolerant) or 500.
 -- header_filter: the rate-limit headers of the check reach the client (as Kong's rate-limiting
 --                plugin sets them: computed in access, set here).
@@ -11,6 +12,7 @@
 --                and the request id as correlation id; tokens from the response's usage block.
 local core = require "kong.plugins.tollgate.core"
 local http = require "kong.plugins.tollgate.http"
+local redis_check = require "kong.plugins.tollgate.redis_check"
 
 local kong = kong
 local ngx = ngx
@@ -66,7 +68,11 @@ local function read_request_body(conf)
   return raw, length
 end
 
+-- The decision of the sidecar's /v1/check: decision, the client headers, or nil and an error.
 local function check(conf, api_key, request_id, dimensions, estimate)
+  if conf.mode == "redis" then
+    return redis_check.check(conf, api_key, request_id, dimensions, estimate)
+  end
   local target, err = target_of(conf)
   if not target then
     return nil, nil, err
@@ -80,7 +86,7 @@ local function check(conf, api_key, request_id, dimensions, estimate)
   end
   local decision
   decision, err = core.parse_check(res.status, res.body, res.headers)
-  return decision, res, err
+  return decision, decision and core.client_headers(res.headers), err
 end
 
 -- The caller's tollgate API key: from a request header, or (api_key_source = "credential") the
@@ -113,7 +119,7 @@ function TollgateHandler:access(conf)
   local dimensions, estimate = core.estimate(raw, length, conf)
   local request_id = conf.request_id_prefix .. ngx.var.request_id
 
-  local decision, res, err = check(conf, api_key, request_id, dimensions, estimate)
+  local decision, headers, err = check(conf, api_key, request_id, dimensions, estimate)
   local report = {
     api_key = api_key, request_id = request_id, dimensions = dimensions, estimate = estimate,
   }
@@ -132,7 +138,6 @@ function TollgateHandler:access(conf)
     return
   end
 
-  local headers = core.client_headers(res.headers)
   if not decision.allow then
     if conf.hide_client_headers then
       headers = {}
