@@ -28,20 +28,29 @@ local TollgateHandler = {
 
 local UPSTREAM_HEADERS = { "X-Tollgate-Hold-Id", "X-Tollgate-Request-Id", "X-Tollgate-Degraded" }
 
--- parsed sidecar URL per plugin configuration (Kong hands the same conf table per instance)
+-- parsed sidecar (and usage) URLs per plugin configuration (Kong hands the same conf table per instance)
 local targets = setmetatable({}, { __mode = "k" })
+local usage_targets = setmetatable({}, { __mode = "k" })
 
-local function target_of(conf)
-  local t = targets[conf]
+local function parsed(cache, conf, url)
+  local t = cache[conf]
   if not t then
     local err
-    t, err = core.parse_url(conf.sidecar_url)
+    t, err = core.parse_url(url)
     if not t then
       return nil, err
     end
-    targets[conf] = t
+    cache[conf] = t
   end
   return t
+end
+
+local function target_of(conf)
+  return parsed(targets, conf, conf.sidecar_url)
+end
+
+local function usage_target_of(conf)
+  return parsed(usage_targets, conf, conf.usage_url or conf.sidecar_url)
 end
 
 local function client_opts(conf, timeout_ms)
@@ -200,7 +209,7 @@ function TollgateHandler:log(conf)
   if not report then
     return
   end
-  local target, err = target_of(conf)
+  local target, err = usage_target_of(conf)
   if not target then
     kong.log.err("tollgate usage report: ", err)
     return

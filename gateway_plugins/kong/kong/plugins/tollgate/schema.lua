@@ -13,6 +13,10 @@ return {
               required = true, default = "http://127.0.0.1:8080",
               description = "Base URL of the tollgate enforcer (the sidecar): /v1/check and /v1/usage are appended.",
           } },
+          { usage_url = typedefs.url {
+              required = false,
+              description = "Base URL the usage reports go to (/v1/usage appended), when not sidecar_url: e.g. an enforcer of its own for reports in mode redis.",
+          } },
           { mode = {
               description = "`sidecar`: ask the enforcer's /v1/check. `redis`: run the enforcer's check.lua on the tollgate Redis from the gateway (in-gateway mode: no sidecar hop on the check; the usage report still goes to sidecar_url).",
               type = "string", required = true, default = "sidecar", one_of = { "sidecar", "redis" },

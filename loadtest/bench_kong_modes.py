@@ -1,0 +1,186 @@
+"""The Kong plugin's two check paths on this machine: sidecar (nginx -> the enforcer's /v1/check ->
+Redis) against in-gateway (nginx runs check.lua on Redis itself), at p99 < 2 ms.
+
+    .venv/bin/python -m loadtest.bench_kong_modes --rates 500,1000,2000,3000,4000,6000 --duration 5
+
+Real nginx + lua-nginx-module with the plugin under the test PDK shim (tests/gateways/kong_shim),
+one nginx worker; a real enforcer process (one worker) on a private redis-server; one tenant per
+`--customers`, projected by the control plane's code (check.lua holds real money). Each request
+is a chat completion: the plugin checks it, proxies it to a fixed-answer upstream inside the same
+nginx, and reports its usage after the response. Usage reports go to a 202 stub in the same nginx
+in both modes (`usage_url`), unless `--usage enforcer`: the figures compare the check paths, and
+the report costs both modes the same. Load: the open-loop generator of bench_check (a fixed
+schedule; latency from the scheduled send, so stalls count), from this same machine.
+A step is OK when it achieved >= 97 % of the offered rate, its p99 is under --p99-ms (2), and no
+request failed or failed open. Prints each step, then the highest OK rate per mode and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+from loadtest.bench_check import Conn, OpenLoop, cpu_seconds, line, pct, provision
+from tests.gateways.harness import KONG_PLUGIN_DIR, KONG_SHIM_DIR, Nginx
+from tests.servers import EnforcerProcess
+from tollgate.local_services import start_redis
+
+PHASES = ("access", "header_filter", "body_filter", "log")
+ANSWER = ('{"id":"chatcmpl-1","object":"chat.completion","choices":[],'
+          '"usage":{"prompt_tokens":42,"completion_tokens":17,"total_tokens":59}}')
+BODY = b'{"model":"gpt-4o","max_tokens":64,"messages":[{"role":"user","content":"Say hi"}]}'
+
+
+class GatewayConn(Conn):
+    """bench_check's connection, reading nginx's capitalised header names."""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buf[:end + 2].lower()
+        i = head.find(b"content-length: ")
+        length = int(head[i + 16:head.index(b"\r\n", i)]) if i >= 0 else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        self.buf = self.buf[end + 4 + length:]
+        self.gen.done(self, int(head[9:12]), b"x-tollgate-degraded" in head, None)
+
+
+class GatewayLoad(OpenLoop):
+    """Chat completions through one plugin instance (`path`), keys round robin."""
+
+    def __init__(self, port: int, tenants, max_conns: int, path: str):
+        super().__init__("127.0.0.1", port, tenants, max_conns)
+        self.path = path.encode()
+
+    def request(self) -> bytes:
+        self.n += 1
+        key = self.keys[self.n % len(self.keys)].encode()
+        return (b"POST /%s/v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                b"x-api-key: %s\r\nContent-Length: %d\r\n\r\n%s" % (self.path, key, len(BODY), BODY))
+
+    async def open(self) -> None:
+        try:
+            _, conn = await self.loop.create_connection(lambda: GatewayConn(self), self.host, self.port)
+        except OSError:
+            self.errors += 1
+            return
+        finally:
+            self.opening -= 1
+        self.conns += 1
+        self.release(conn)
+
+
+def start_nginx(prefix: Path, redis_port: int, enforcer_url: str, usage: str, timeout_ms: int) -> Nginx:
+    usage_url = "http://127.0.0.1:$PORT/stub" if usage == "stub" else enforcer_url
+    configs = {
+        "sidecar": {"sidecar_url": enforcer_url, "timeout_ms": timeout_ms},
+        "redis": {"mode": "redis", "redis_port": redis_port, "sidecar_url": enforcer_url, "timeout_ms": timeout_ms},
+    }
+    phases = {name: "".join(f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in PHASES)
+              for name in configs}
+    body = (
+        f'  lua_package_path "{KONG_PLUGIN_DIR}/?.lua;{KONG_SHIM_DIR}/?.lua;;";\n'
+        f'  init_by_lua_block {{ require("kong_shim").init("tollgate", "{prefix / "configs.json"}") }}\n'
+        "  keepalive_requests 10000000;\n"
+        "  upstream llm { server 127.0.0.1:$PORT; keepalive 64; }\n"
+        "  server {\n    listen 127.0.0.1:$PORT backlog=4096;\n"
+        + "".join(f"  location /{name}/ {{\n{phases[name]}    proxy_http_version 1.1;\n"
+                  f"    proxy_set_header Connection \"\";\n    proxy_pass http://llm/upstream/;\n  }}\n"
+                  for name in configs)
+        + "  location /upstream/ { default_type application/json; return 200 '" + ANSWER + "'; }\n"
+        + "  location = /stub/v1/usage { default_type application/json; return 202 '{}'; }\n"
+        + "  }\n"
+    )
+    nginx = Nginx(prefix, body, lua=True)
+    nginx.conf = nginx.conf.replace("worker_connections 256;", "worker_connections 8192;")
+    for c in configs.values():
+        c["usage_url"] = usage_url.replace("$PORT", str(nginx.port))
+    (prefix / "configs.json").write_text(json.dumps(configs))
+    return nginx.start()
+
+
+async def steps(nginx: Nginx, pids: dict[str, int], tenants, mode: str, rates: list[int], seconds: float,
+                max_conns: int, p99_ms: float) -> list[dict]:
+    gen = GatewayLoad(nginx.port, tenants, max_conns, mode)
+    await gen.run(300, 1.0)  # warm-up: connections, key and plan caches, script cache
+    results = []
+    for rate in rates:
+        cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
+        sent, elapsed = await gen.run(rate, seconds)
+        cpu1 = {n: cpu_seconds(p) for n, p in pids.items()}
+        lat = sorted(gen.lat)
+        got = len(lat)
+        achieved = got / elapsed
+        p99 = pct(lat, 99)
+        bad = sum(n for s, n in gen.status.items() if s != 200)
+        ok = got >= 0.97 * sent and p99 * 1000 < p99_ms and not bad and not gen.degraded and not gen.errors
+        cpu = "  ".join(f"{n} {(cpu1[n] - cpu0[n]) / max(got, 1) * 1e6:.0f} us" for n in pids)
+        extra = (f"offered {rate:>6,}/s  non-200 {bad}  fail-open {gen.degraded}  errors {gen.errors}"
+                 f"  {'OK' if ok else 'MISS'}  CPU/request: {cpu}")
+        print(line(f"{mode} @ {rate:,}/s", achieved, lat, extra), flush=True)
+        results.append({"rate": rate, "achieved": achieved, "p99": p99, "ok": ok})
+        await asyncio.sleep(0.5)
+    return results
+
+
+async def main_async(args) -> None:
+    redis = start_redis()
+    enf = None
+    nginx = None
+    try:
+        tenants = await provision(redis.url, args.customers)
+        enf = EnforcerProcess({"TOLLGATE_REDIS_URL": redis.url, "TOLLGATE_BUS": "redis",
+                               "TOLLGATE_STREAM_MAXLEN": "200000"}, workers=1).start()
+        prefix = Path(tempfile.mkdtemp(prefix="bench_kong_"))
+        nginx = start_nginx(prefix, redis.port, enf.url, args.usage, args.timeout_ms)
+        print(f"# {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), nginx 1 worker, enforcer 1 worker, "
+              f"usage reports to {args.usage}, {args.duration:.0f} s per step, {len(tenants)} customers", flush=True)
+        best = {}
+        for mode in args.modes:
+            pids = {"nginx": nginx.proc.pid, "redis": redis.proc.pid, "enforcer": enf.proc.pid}
+            results = await steps(nginx, pids, tenants, mode, args.rates, args.duration, args.max_conns, args.p99_ms)
+            best[mode] = max((r["achieved"] for r in results if r["ok"]), default=0.0)
+            print(f"# {mode}: highest OK step (p99 < {args.p99_ms:g} ms, >= 97% of offered, no failure): "
+                  f"{best[mode]:,.0f}/s", flush=True)
+        if best.get("sidecar") and "redis" in best:
+            print(f"# in-gateway / sidecar throughput at p99 < {args.p99_ms:g} ms: {best['redis'] / best['sidecar']:.2f}x")
+        if nginx.log().count("[error]"):
+            print("# nginx error.log has errors:\n" + "\n".join(l for l in nginx.log().splitlines() if "[error]" in l)[-3000:])
+    finally:
+        if nginx:
+            nginx.stop()
+        if enf:
+            enf.cleanup()
+        redis.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default="500,1000,2000,3000,4000,6000")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per step")
+    p.add_argument("--modes", default="sidecar,redis")
+    p.add_argument("--customers", type=int, default=100)
+    p.add_argument("--max-conns", type=int, default=128)
+    p.add_argument("--p99-ms", type=float, default=2.0)
+    p.add_argument("--timeout-ms", type=int, default=50, help="the plugin's timeout_ms in both modes")
+    p.add_argument("--usage", choices=("stub", "enforcer"), default="stub",
+                   help="where usage reports go: a 202 stub in nginx (default), or the enforcer")
+    args = p.parse_args(argv)
+    args.rates = [int(r) for r in args.rates.split(",")]
+    args.modes = args.modes.split(",")
+    gc.freeze()
+    uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
