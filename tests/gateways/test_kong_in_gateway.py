@@ -15,20 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.gateways.conftest import failed, provision, wait_usage
-from tests.gateways.harness import KONG_PLUGIN_DIR, KONG_SHIM_DIR, Nginx
-from tests.gateways.test_kong_plugin import PHASES
+from tests.gateways.harness import KONG_PLUGIN_DIR, KONG_SHIM_DIR, Nginx, dead_url
+from tests.gateways.test_kong_plugin import location
 from tests.tenants import mark_projected, plan_doc
 from tests.tenants import provision as provision_doc
 from tollgate.local_services import start_redis
 
 FAULT_TIMEOUT_MS = 100
 PLUGIN_CHECK = KONG_PLUGIN_DIR / "kong" / "plugins" / "tollgate" / "check.lua"
-
-
-def location(name: str, upstream_url: str) -> str:
-    phases = "".join(f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in PHASES)
-    return (f"  location /{name}/ {{\n{phases}    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
-            f"    proxy_pass {upstream_url}/;\n  }}\n")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +42,9 @@ def gateway(tmp_path_factory, redis_server, fault_redis, enforcer, upstream):
         "redis": {"mode": "redis", "redis_port": redis_server.port, "sidecar_url": enforcer.url,
                   "timeout_ms": 2000, "key_cache_ttl_s": 0, "negative_cache_ttl_s": 0},
         "sidecar": {"sidecar_url": enforcer.url, "timeout_ms": 2000},
+        # no sidecar for the check at all: only the usage reports reach an enforcer (usage_url)
+        "nosidecar": {"mode": "redis", "redis_port": redis_server.port, "sidecar_url": dead_url(),
+                      "usage_url": enforcer.url, "timeout_ms": 2000},
         "fault": {"mode": "redis", "redis_port": fault_redis.port, "sidecar_url": enforcer.url,
                   "timeout_ms": FAULT_TIMEOUT_MS, "redis_clock_skew_ms": 0},
         "strict": {"mode": "redis", "redis_port": fault_redis.port, "sidecar_url": enforcer.url,
@@ -124,6 +121,16 @@ async def test_allow_places_the_hold_the_sidecar_would(kong, upstream, redis):
     assert (await redis.hget(twin.keys.holds, twin_hold)).decode() == f"{cost}:{tokens}:{twin.key_id}"
     for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "RateLimit-Policy", "RateLimit"):
         assert s.headers[name] == r.headers[name], name
+
+
+async def test_without_a_sidecar_for_checks_usage_goes_to_usage_url(kong, upstream, redis):
+    t = await provision(redis)
+    req, _ = chat(t.api_key)
+    r = httpx.post(f"{kong.url}/nosidecar/v1/chat/completions", **req)
+    assert r.status_code == 200 and "X-Tollgate-Degraded" not in r.headers, r.text
+    sent = upstream.received("/v1/chat/completions")[-1]["headers"]
+    usage = await wait_usage(redis, sent["x-tollgate-request-id"])
+    assert usage["hold_id"] == sent["x-tollgate-hold-id"] and usage["customer_id"] == t.customer_id
 
 
 async def test_a_model_without_an_override_holds_the_default_price(kong, upstream, redis):
