@@ -19,20 +19,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import uvloop
 
 from loadtest.bench_check import Conn, OpenLoop, cpu_seconds, line, pct, provision
-from tests.gateways.harness import KONG_PLUGIN_DIR, KONG_SHIM_DIR, Nginx
+from tests.gateways.harness import Nginx, kong_http_body, kong_location
 from tests.servers import EnforcerProcess
 from tollgate.local_services import start_redis
 
-PHASES = ("access", "header_filter", "body_filter", "log")
 ANSWER = ('{"id":"chatcmpl-1","object":"chat.completion","choices":[],'
           '"usage":{"prompt_tokens":42,"completion_tokens":17,"total_tokens":59}}')
 BODY = b'{"model":"gpt-4o","max_tokens":64,"messages":[{"role":"user","content":"Say hi"}]}'
@@ -58,6 +55,8 @@ class GatewayConn(Conn):
 class GatewayLoad(OpenLoop):
     """Chat completions through one plugin instance (`path`), keys round robin."""
 
+    conn_class = GatewayConn
+
     def __init__(self, port: int, tenants, max_conns: int, path: str):
         super().__init__("127.0.0.1", port, tenants, max_conns)
         self.path = path.encode()
@@ -68,44 +67,24 @@ class GatewayLoad(OpenLoop):
         return (b"POST /%s/v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                 b"x-api-key: %s\r\nContent-Length: %d\r\n\r\n%s" % (self.path, key, len(BODY), BODY))
 
-    async def open(self) -> None:
-        try:
-            _, conn = await self.loop.create_connection(lambda: GatewayConn(self), self.host, self.port)
-        except OSError:
-            self.errors += 1
-            return
-        finally:
-            self.opening -= 1
-        self.conns += 1
-        self.release(conn)
-
 
 def start_nginx(prefix: Path, redis_port: int, enforcer_url: str, usage: str, timeout_ms: int) -> Nginx:
-    usage_url = "http://127.0.0.1:$PORT/stub" if usage == "stub" else enforcer_url
     configs = {
         "sidecar": {"sidecar_url": enforcer_url, "timeout_ms": timeout_ms},
         "redis": {"mode": "redis", "redis_port": redis_port, "sidecar_url": enforcer_url, "timeout_ms": timeout_ms},
     }
-    phases = {name: "".join(f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in PHASES)
-              for name in configs}
-    body = (
-        f'  lua_package_path "{KONG_PLUGIN_DIR}/?.lua;{KONG_SHIM_DIR}/?.lua;;";\n'
-        f'  init_by_lua_block {{ require("kong_shim").init("tollgate", "{prefix / "configs.json"}") }}\n'
-        "  keepalive_requests 10000000;\n"
-        "  upstream llm { server 127.0.0.1:$PORT; keepalive 64; }\n"
-        "  server {\n    listen 127.0.0.1:$PORT backlog=4096;\n"
-        + "".join(f"  location /{name}/ {{\n{phases[name]}    proxy_http_version 1.1;\n"
-                  f"    proxy_set_header Connection \"\";\n    proxy_pass http://llm/upstream/;\n  }}\n"
-                  for name in configs)
+    nginx = Nginx(prefix, "", lua=True)  # its port first: the usage stub's URL names it
+    for c in configs.values():
+        c["usage_url"] = f"{nginx.url}/stub" if usage == "stub" else enforcer_url
+    server = (
+        "".join(kong_location(name, "http://llm/upstream") for name in configs)
         + "  location /upstream/ { default_type application/json; return 200 '" + ANSWER + "'; }\n"
         + "  location = /stub/v1/usage { default_type application/json; return 202 '{}'; }\n"
-        + "  }\n"
     )
-    nginx = Nginx(prefix, body, lua=True)
+    extra = f"  keepalive_requests 10000000;\n  upstream llm {{ server 127.0.0.1:{nginx.port}; keepalive 64; }}\n"
+    body = kong_http_body(prefix, configs, server, extra)
+    nginx.conf = nginx.conf.replace("http {\n", "http {\n" + body.replace("$PORT", str(nginx.port)), 1)
     nginx.conf = nginx.conf.replace("worker_connections 256;", "worker_connections 8192;")
-    for c in configs.values():
-        c["usage_url"] = usage_url.replace("$PORT", str(nginx.port))
-    (prefix / "configs.json").write_text(json.dumps(configs))
     return nginx.start()
 
 

@@ -15,8 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.gateways.conftest import failed, provision, wait_usage
-from tests.gateways.harness import KONG_PLUGIN_DIR, KONG_SHIM_DIR, Nginx, dead_url
-from tests.gateways.test_kong_plugin import location
+from tests.gateways.harness import KONG_PLUGIN_DIR, Nginx, dead_url, kong_http_body, kong_location
 from tests.tenants import mark_projected, plan_doc
 from tests.tenants import provision as provision_doc
 from tollgate.local_services import start_redis
@@ -50,15 +49,7 @@ def gateway(tmp_path_factory, redis_server, fault_redis, enforcer, upstream):
         "strict": {"mode": "redis", "redis_port": fault_redis.port, "sidecar_url": enforcer.url,
                    "timeout_ms": FAULT_TIMEOUT_MS, "redis_clock_skew_ms": 0, "fault_tolerant": False},
     }
-    (prefix / "configs.json").write_text(json.dumps(configs))
-    http_body = (
-        f'  lua_package_path "{KONG_PLUGIN_DIR}/?.lua;{KONG_SHIM_DIR}/?.lua;;";\n'
-        f'  init_by_lua_block {{ require("kong_shim").init("tollgate", "{prefix / "configs.json"}") }}\n'
-        "  client_body_buffer_size 1m;\n"
-        "  server {\n    listen 127.0.0.1:$PORT;\n"
-        + "".join(location(name, upstream.url) for name in configs)
-        + "  }\n"
-    )
+    http_body = kong_http_body(prefix, configs, "".join(kong_location(name, upstream.url) for name in configs))
     nginx = Nginx(prefix, http_body, lua=True).start()
     yield nginx
     nginx.stop()

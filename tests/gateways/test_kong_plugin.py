@@ -3,7 +3,6 @@ upstream and the real enforcer (and, for the failure cases, sidecars that are do
 answer garbage)."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -14,17 +13,16 @@ import pytest
 from tests.gateways.conftest import failed, provision, wait_usage
 from tests.gateways.harness import (
     ANTHROPIC_USAGE,
-    KONG_PLUGIN_DIR,
-    KONG_SHIM_DIR,
     OPENAI_USAGE,
     GarbageServer,
     Nginx,
     _Threaded,
     dead_url,
+    kong_http_body,
+    kong_location,
 )
 from tests.servers import HungServer
 
-PHASES = ("access", "header_filter", "body_filter", "log")
 HUNG_TIMEOUT_MS = 50
 USAGE_DELAY_S = 1.5
 
@@ -72,14 +70,7 @@ KEY_AUTH = {"credential"}
 
 
 def location(name: str, upstream_url: str) -> str:
-    phases = "".join(
-        f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in PHASES
-    )
-    if name in KEY_AUTH:
-        phases = '    rewrite_by_lua_block { require("kong_shim").key_auth("apikey") }\n' + phases
-    return (f"  location /{name}/ {{\n{phases}"
-            f"    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
-            f"    proxy_pass {upstream_url}/;\n  }}\n")
+    return kong_location(name, upstream_url, "apikey" if name in KEY_AUTH else None)
 
 
 @pytest.fixture(scope="module")
@@ -98,16 +89,7 @@ def gateway(tmp_path_factory, enforcer, upstream):
         "strict": {"sidecar_url": dead_url(), "fault_tolerant": False},
         "slowusage": {"sidecar_url": slow.url, "timeout_ms": 2000, "usage_timeout_ms": 5000},
     }
-    (prefix / "configs.json").write_text(json.dumps(configs))
-    http_body = (
-        f'  lua_package_path "{KONG_PLUGIN_DIR}/?.lua;{KONG_SHIM_DIR}/?.lua;;";\n'
-        f'  init_by_lua_block {{ require("kong_shim").init("tollgate", "{prefix / "configs.json"}") }}\n'
-        "  client_body_buffer_size 1m;\n"
-        "  client_max_body_size 8m;\n"
-        "  server {\n    listen 127.0.0.1:$PORT;\n"
-        + "".join(location(name, upstream.url) for name in configs)
-        + "  }\n"
-    )
+    http_body = kong_http_body(prefix, configs, "".join(location(name, upstream.url) for name in configs))
     nginx = Nginx(prefix, http_body, lua=True).start()
     yield nginx
     nginx.stop()
