@@ -213,3 +213,14 @@ async def test_redis_stopped_or_killed_fails_open_and_a_late_run_places_nothing(
     fault_redis.proc.wait()
     r = httpx.post(f"{kong.url}/fault/v1/chat/completions", **req)
     assert r.status_code == 200 and r.headers["X-Tollgate-Degraded"] == "fail-open", r.text
+
+
+async def test_suspended_is_403_without_rate_limit_headers(kong, upstream, redis):
+    t = await provision(redis)
+    await redis.hset(t.keys.cfg, "status", "suspended")  # the customer's (cfg), not the key's
+    req, _ = chat(t.api_key)
+    r = httpx.post(f"{kong.url}/redis/v1/chat/completions", **req)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "account_suspended" and r.json()["error"]["tollgate_level"] == "customer"
+    assert r.headers["x-should-retry"] == "false"
+    assert "X-RateLimit-Limit" not in r.headers  # check.lua stopped before reading the limits

@@ -31,6 +31,7 @@ local floor = math.floor
 local ceil = math.ceil
 local unpack = unpack
 local rawget = rawget
+local format = string.format
 
 local _M = {}
 
@@ -56,14 +57,20 @@ local SHA = SCRIPT and hex(ngx.sha1_bin(SCRIPT))
 
 -- ------------------------------------------------------------------------------ caches
 
-local keys_cache, plans_cache = {}, {}  -- per worker: key hash / plan id -> {expires, ...}
-local cached_count = 0
+-- per worker: "k" .. key hash / "p" .. plan id -> {expires, ...}
+local cache, cached_count = {}, 0
 local MAX_CACHED = 100000  -- a flood of random keys must not grow the worker without limit
 
-local function remember(cache, id, entry, ttl)
+local function cached(id)
+  local entry = cache[id]
+  if entry and entry.expires > ngx.now() then
+    return entry
+  end
+end
+
+local function remember(id, entry, ttl)
   if cached_count >= MAX_CACHED then
-    keys_cache, plans_cache, cached_count = {}, {}, 0
-    cache = cache == keys_cache and keys_cache or plans_cache
+    cache, cached_count = {}, 0  -- all forgotten: a lookup each to refill, no more
   end
   entry.expires = ngx.now() + ttl
   cache[id] = entry
@@ -132,9 +139,8 @@ end
 
 -- Key record and plan estimate, from the cache or Redis. Returns info | "unknown" | nil, err.
 local function resolve(red, conf, key_hash)
-  local now = ngx.now()
-  local info = keys_cache[key_hash]
-  if info and info.expires > now then
+  local info = cached("k" .. key_hash)
+  if info then
     return info
   end
   red:init_pipeline()
@@ -152,7 +158,7 @@ local function resolve(red, conf, key_hash)
     if res[2] ~= 1 then
       return nil, "not_projected"  -- Redis lost its projection: fail open, never 401
     end
-    remember(keys_cache, key_hash, { unknown = true }, conf.negative_cache_ttl_s)
+    remember("k" .. key_hash, { unknown = true }, conf.negative_cache_ttl_s)
     return "unknown"
   end
   local f = pairs_to_table(rec)
@@ -164,13 +170,13 @@ local function resolve(red, conf, key_hash)
   if not info.customer_id or not info.key_id then
     return nil, "not_provisioned"
   end
-  remember(keys_cache, key_hash, info, conf.key_cache_ttl_s)
+  remember("k" .. key_hash, info, conf.key_cache_ttl_s)
   return info
 end
 
 local function plan_prices(red, conf, plan_id)
-  local p = plans_cache[plan_id]
-  if p and p.expires > ngx.now() then
+  local p = cached("p" .. plan_id)
+  if p then
     return p
   end
   local rec, err = red:hgetall("tg:plan:" .. plan_id .. ":estimate")
@@ -183,7 +189,7 @@ local function plan_prices(red, conf, plan_id)
   p = pairs_to_table(rec)
   p.hold_ttl_ms = tonumber(p.hold_ttl_ms) or 300000
   p.anchor_day = tonumber(p.anchor_day) or 1
-  remember(plans_cache, plan_id, p, conf.key_cache_ttl_s)
+  remember("p" .. plan_id, p, conf.key_cache_ttl_s)
   return p
 end
 
@@ -221,7 +227,9 @@ local function evalsha(red, keys, argv)
   return res, err
 end
 
+-- as enforcer/checks.py: DENYs waiting cannot cure, replies that carry no limits
 local NO_RETRY = { insufficient_balance = true, spend_cap = true, suspended = true, margin_guard = true }
+local NO_LIMITS = { suspended = true, margin_guard = true }
 
 --- The decision for one request, or nil and an error (the caller fails open or closed).
 -- Returns decision, headers (client headers, the same the sidecar sends), err.
@@ -259,9 +267,12 @@ function _M.check(conf, api_key, request_id, dimensions, estimate)
   -- Redis may run it only until we give up waiting (by our clock, plus the allowed skew): a late
   -- run places nothing (check.lua's 'expired'), so no hold is left without an owner.
   local deadline = floor(now * 1000) + conf.timeout_ms + conf.redis_clock_skew_ms
+  -- integers as %d: tostring would write a large one in exponent notation, and the hold's
+  -- amount is stored as the text it is given
   local argv = {
-    hold_id, estimate.requests or 1, tokens, cost, prices.hold_ttl_ms, conf.idempotency_ttl_ms,
-    info.key_id, deadline, "", info.app_id, info.app_id ~= "" and info.app_kind or "", info.team_id,
+    hold_id, format("%d", estimate.requests or 1), format("%d", tokens), format("%d", cost),
+    format("%d", prices.hold_ttl_ms), format("%d", conf.idempotency_ttl_ms), info.key_id,
+    format("%d", deadline), "", info.app_id, info.app_id ~= "" and info.app_kind or "", info.team_id,
   }
   local r
   r, err = evalsha(red, check_keys(info, period, request_id), argv)
@@ -279,7 +290,8 @@ function _M.check(conf, api_key, request_id, dimensions, estimate)
   if NO_RETRY[reason] then
     retry_ms = 0
   end
-  local headers = core.rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
+  -- suspended and margin_guard stop before check.lua reads the limits: no rate-limit headers
+  local headers = NO_LIMITS[reason] and {} or core.rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
   headers["X-Tollgate-Reason"] = reason
   if level ~= "" then
     headers["X-Tollgate-Level"] = level
