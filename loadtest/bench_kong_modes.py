@@ -6,8 +6,9 @@ Redis) against in-gateway (nginx runs check.lua on Redis itself), at p99 < 2 ms.
 Real nginx + lua-nginx-module with the plugin under the test PDK shim (tests/gateways/kong_shim),
 one nginx worker; a real enforcer process (one worker) on a private redis-server; one tenant per
 `--customers`, projected by the control plane's code (check.lua holds real money). Each request
-is a chat completion: the plugin checks it, proxies it to a fixed-answer upstream inside the same
-nginx, and reports its usage after the response. Usage reports go to a 202 stub in the same nginx
+is a chat completion: the plugin checks it, the location answers a fixed completion itself
+(content_by_lua: no upstream hop, so the figures are the gateway's own work), and the plugin
+reads its usage block and reports it after the response. Usage reports go to a 202 stub in the same nginx
 in both modes (`usage_url`), unless `--usage enforcer`: the figures compare the check paths, and
 the report costs both modes the same. Load: the open-loop generator of bench_check (a fixed
 schedule; latency from the scheduled send, so stalls count), from this same machine.
@@ -76,12 +77,15 @@ def start_nginx(prefix: Path, redis_port: int, enforcer_url: str, usage: str, ti
     nginx = Nginx(prefix, "", lua=True)  # its port first: the usage stub's URL names it
     for c in configs.values():
         c["usage_url"] = f"{nginx.url}/stub" if usage == "stub" else enforcer_url
+    # the LLM's answer comes from the location itself (content_by_lua after the plugin's access
+    # phase, its header/body filters and log phase as for a proxied answer): no upstream hop
+    content = ("    default_type application/json;\n    content_by_lua_block { "
+               f"ngx.header['Content-Length'] = {len(ANSWER)}; ngx.print('{ANSWER}') }}\n")
     server = (
-        "".join(kong_location(name, "http://llm/upstream") for name in configs)
-        + "  location /upstream/ { default_type application/json; return 200 '" + ANSWER + "'; }\n"
+        "".join(kong_location(name, None, content=content) for name in configs)
         + "  location = /stub/v1/usage { default_type application/json; return 202 '{}'; }\n"
     )
-    extra = f"  keepalive_requests 10000000;\n  upstream llm {{ server 127.0.0.1:{nginx.port}; keepalive 64; }}\n"
+    extra = "  keepalive_requests 10000000;\n"
     body = kong_http_body(prefix, configs, server, extra)
     nginx.conf = nginx.conf.replace("http {\n", "http {\n" + body.replace("$PORT", str(nginx.port)), 1)
     nginx.conf = nginx.conf.replace("worker_connections 256;", "worker_connections 8192;")

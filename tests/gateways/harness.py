@@ -132,14 +132,17 @@ class Nginx:
 KONG_PHASES = ("access", "header_filter", "body_filter", "log")
 
 
-def kong_location(name: str, upstream_url: str, key_auth_header: str | None = None) -> str:
-    """location /<name>/ running the plugin instance <name> in each phase, proxied to upstream_url;
-    with key_auth_header, the shim's stand-in for key-auth runs first (rewrite phase)."""
+def kong_location(name: str, upstream_url: str | None, key_auth_header: str | None = None, content: str = "") -> str:
+    """location /<name>/ running the plugin instance <name> in each phase, proxied to upstream_url
+    (or answering `content`, nginx directives, itself); with key_auth_header, the shim's stand-in
+    for key-auth runs first (rewrite phase)."""
     phases = "".join(f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in KONG_PHASES)
     if key_auth_header:
         phases = f'    rewrite_by_lua_block {{ require("kong_shim").key_auth("{key_auth_header}") }}\n' + phases
-    return (f"  location /{name}/ {{\n{phases}    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
-            f"    proxy_pass {upstream_url}/;\n  }}\n")
+    if upstream_url:
+        content = (f"    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
+                   f"    proxy_pass {upstream_url}/;\n")
+    return f"  location /{name}/ {{\n{phases}{content}  }}\n"
 
 
 def kong_http_body(prefix: Path, configs: dict, server: str, extra: str = "") -> str:
