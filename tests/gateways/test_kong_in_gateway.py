@@ -224,3 +224,14 @@ async def test_suspended_is_403_without_rate_limit_headers(kong, upstream, redis
     assert r.json()["error"]["code"] == "account_suspended" and r.json()["error"]["tollgate_level"] == "customer"
     assert r.headers["x-should-retry"] == "false"
     assert "X-RateLimit-Limit" not in r.headers  # check.lua stopped before reading the limits
+
+
+async def test_a_script_error_fails_open(kong, upstream, redis):
+    t = await provision(redis)
+    await redis.set(t.keys.wallet, "not a number")  # check.lua's arithmetic on it raises
+    req, _ = chat(t.api_key)
+    r = httpx.post(f"{kong.url}/redis/v1/chat/completions", **req)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Tollgate-Degraded"] == "fail-open"
+    assert await redis.hlen(t.keys.holds) == 0
+    assert "tollgate check failed (redis), letting the request through: check.lua: " in kong.log()

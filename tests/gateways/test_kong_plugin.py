@@ -306,7 +306,7 @@ async def test_sidecar_down_fails_open(kong, upstream, redis):
     elapsed = time.monotonic() - t0
     _assert_failed_open(r, upstream)
     assert elapsed < 1.0
-    assert "tollgate sidecar failed, letting the request through: connect" in kong.log()
+    assert "tollgate check failed (sidecar), letting the request through: connect" in kong.log()
 
 
 async def test_sidecar_hung_fails_open_within_the_timeout(kong, upstream, redis):

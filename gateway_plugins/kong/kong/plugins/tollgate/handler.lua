@@ -136,10 +136,10 @@ function TollgateHandler:access(conf)
 
   if not decision then
     if not conf.fault_tolerant then
-      kong.log.err("tollgate sidecar failed, denying (fault_tolerant is off): ", err)
+      kong.log.err("tollgate check failed (", conf.mode, "), denying (fault_tolerant is off): ", err)
       return kong.response.exit(500, { message = "An unexpected error occurred" })
     end
-    kong.log.warn("tollgate sidecar failed, letting the request through: ", err)
+    kong.log.warn("tollgate check failed (", conf.mode, "), letting the request through: ", err)
     report.fail_open = true
     ctx.report = report
     ctx.headers = { ["X-Tollgate-Degraded"] = "fail-open" }
