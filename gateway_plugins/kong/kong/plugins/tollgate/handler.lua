@@ -77,7 +77,8 @@ local function read_request_body(conf)
   return raw, length
 end
 
--- The decision of the sidecar's /v1/check: decision, the client headers, or nil and an error.
+-- The decision (the sidecar's /v1/check, or in mode redis check.lua on Redis): decision and the
+-- client headers, or nil and an error.
 local function check(conf, api_key, request_id, dimensions, estimate)
   if conf.mode == "redis" then
     return redis_check.check(conf, api_key, request_id, dimensions, estimate)
