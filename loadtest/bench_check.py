@@ -199,6 +199,8 @@ class Conn(asyncio.Protocol):
 
 
 class OpenLoop:
+    conn_class = Conn  # the protocol of each connection (bench_kong_modes reads nginx's replies)
+
     def __init__(self, host: str, port: int, tenants, max_conns: int):
         self.host, self.port = host, port
         self.keys = [t[2] for t in tenants]
@@ -239,7 +241,7 @@ class OpenLoop:
 
     async def open(self) -> None:
         try:
-            _, conn = await self.loop.create_connection(lambda: Conn(self), self.host, self.port)
+            _, conn = await self.loop.create_connection(lambda: self.conn_class(self), self.host, self.port)
         except OSError:
             self.errors += 1
             return

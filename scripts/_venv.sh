@@ -37,11 +37,14 @@ ensure_console_assets() {
 #   lua-cjson              cjson for LuaJIT: the Kong plugin's JSON inside nginx, and in busted
 #   luajit2|luajit         the LuaJIT command busted runs the plugin's unit tests with (--lua=luajit)
 #   lua-busted             busted; Debian installs its modules for Lua 5.1 too, so LuaJIT can run it
+#   lua-nginx-redis        lua-resty-redis: the Kong plugin's in-gateway mode runs check.lua on Redis itself
+#   lua-nginx-string       lua-resty-string (sha256, hex) for the in-gateway mode's key hashing
+#   wrk                    the closed-loop half of loadtest/bench_kong_modes.py
 #   chromium               the browser the console's Playwright tests drive (/usr/bin/chromium)
 #   caddy                  Caddy 2, the forward_auth example's gateway (tests/gateways/test_caddy_forward_auth.py)
 # Service start-up is suppressed (policy-rc.d) so no system nginx or caddy starts on port 80.
 ensure_system_packages() {
-  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted chromium caddy"
+  local wanted="nginx libnginx-mod-http-lua lua-cjson luajit2|luajit lua-busted lua-nginx-redis lua-nginx-string wrk chromium caddy"
   command -v apt-get >/dev/null 2>&1 || return 0
   local sudo=""
   if [ "$(id -u)" != 0 ]; then

@@ -51,6 +51,12 @@ def plan_record(plan_id: str) -> str:
     return f"{PREFIX}:plan:{plan_id}"  # string: the validated plan document as JSON
 
 
+def plan_estimate_record(plan_id: str) -> str:
+    # hash: a plan's hold estimate in a form Lua reads without the plan engine, for gateways that
+    # run check.lua themselves (control.projection.gateway_estimate)
+    return f"{PREFIX}:plan:{plan_id}:estimate"
+
+
 class CustomerKeys:
     """All keys of one customer; `period` is the billing period id, e.g. '202611'."""
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import defaultdict
+from itertools import chain
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -58,10 +59,11 @@ import orjson
 from redis.exceptions import NoScriptError
 
 import lua
+from control.projection.gateway_estimate import estimate_fields
 from tollgate import guard_trips, limits, locks, redis_raw
 from tollgate.customer_cfg import customer_config
 from tollgate.keys import (INVALIDATION_CHANNEL, PROJECTION_BUILDING, PROJECTION_MARKER, SPEND_TTL_MS, CustomerKeys,
-                           api_key_record, plan_record)
+                           api_key_record, plan_estimate_record, plan_record)
 from tollgate.periods import next_period, period_of
 from tollgate.plans import Plan, plan_from_row
 from tollgate.tiers import tier_index, tier_reached
@@ -143,6 +145,9 @@ async def rebuild(redis, conn, *, now: datetime | None = None) -> dict:
     read_done = time.monotonic()
 
     await _execute(redis, [("SET", plan_record(pid), orjson.dumps(p.document)) for pid, p in plans.items()])
+    await _execute(redis, [c for pid, p in plans.items()  # the gateways' estimate (in-gateway Kong)
+                           for c in (("DEL", plan_estimate_record(pid)),
+                                     ("HSET", plan_estimate_record(pid), *chain(*estimate_fields(p).items())))])
 
     # Settled marks (and outboxes) before any cfg: settle.lua refuses a customer without cfg, so
     # a settlement that finds the rebuilt cfg also finds the mark that makes a redelivery a replay.

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import orjson
 from redis.asyncio import Redis
 
+from control.projection.gateway_estimate import project_estimate
 from tollgate import limits
 from tollgate.customer_cfg import customer_config, write_customer_config
 from tollgate.keys import INVALIDATION_CHANNEL, CustomerKeys, api_key_record, plan_record
@@ -27,6 +28,7 @@ async def hold_off_rebuild(conn) -> None:
 
 async def project_plan(redis: Redis, plan: Plan) -> None:
     await redis.set(plan_record(plan.id), orjson.dumps(plan.document))
+    await project_estimate(redis, plan)
     await redis.publish(INVALIDATION_CHANNEL, f"plan:{plan.id}")
 
 

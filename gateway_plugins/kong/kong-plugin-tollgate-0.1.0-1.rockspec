@@ -9,7 +9,7 @@ description = {
   detailed = "Pre-flight /v1/check against the tollgate enforcer, 429 with Retry-After on DENY, fail open, usage reports to /v1/usage.",
 }
 dependencies = {
-  -- lua-cjson and lua-nginx-module cosockets come with Kong
+  -- lua-cjson, lua-resty-redis, lua-resty-string and lua-nginx-module cosockets come with Kong
 }
 build = {
   type = "builtin",
@@ -18,5 +18,10 @@ build = {
     ["kong.plugins.tollgate.schema"] = "kong/plugins/tollgate/schema.lua",
     ["kong.plugins.tollgate.core"] = "kong/plugins/tollgate/core.lua",
     ["kong.plugins.tollgate.http"] = "kong/plugins/tollgate/http.lua",
+    ["kong.plugins.tollgate.openai_errors"] = "kong/plugins/tollgate/openai_errors.lua",
+    ["kong.plugins.tollgate.redis_check"] = "kong/plugins/tollgate/redis_check.lua",
+    -- not a Lua module: the enforcer's lua/check.lua (a copy a test keeps equal), the Redis
+    -- script redis_check.lua runs; installed as a module so it lands beside the plugin
+    ["kong.plugins.tollgate.check"] = "kong/plugins/tollgate/check.lua",
   },
 }

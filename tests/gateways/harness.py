@@ -185,6 +185,34 @@ class Caddy:
         self.proc = None
         if getattr(self, "_log", None):
             self._log.close()
+KONG_PHASES = ("access", "header_filter", "body_filter", "log")
+
+
+def kong_location(name: str, upstream_url: str | None, key_auth_header: str | None = None, content: str = "") -> str:
+    """location /<name>/ running the plugin instance <name> in each phase, proxied to upstream_url
+    (or answering `content`, nginx directives, itself); with key_auth_header, the shim's stand-in
+    for key-auth runs first (rewrite phase)."""
+    phases = "".join(f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in KONG_PHASES)
+    if key_auth_header:
+        phases = f'    rewrite_by_lua_block {{ require("kong_shim").key_auth("{key_auth_header}") }}\n' + phases
+    if upstream_url:
+        content = (f"    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
+                   f"    proxy_pass {upstream_url}/;\n")
+    return f"  location /{name}/ {{\n{phases}{content}  }}\n"
+
+
+def kong_http_body(prefix: Path, configs: dict, server: str, extra: str = "") -> str:
+    """The http{} body of nginx running the Kong plugin through the PDK shim: `configs` (instance
+    name -> plugin configuration) written to prefix/configs.json, `server` the locations."""
+    (prefix / "configs.json").write_text(json.dumps(configs))
+    return (
+        f'  lua_package_path "{KONG_PLUGIN_DIR}/?.lua;{KONG_SHIM_DIR}/?.lua;;";\n'
+        f'  init_by_lua_block {{ require("kong_shim").init("tollgate", "{prefix / "configs.json"}") }}\n'
+        "  client_body_buffer_size 1m;\n"
+        "  client_max_body_size 8m;\n"
+        + extra
+        + "  server {\n    listen 127.0.0.1:$PORT backlog=4096;\n" + server + "  }\n"
+    )
 
 
 # ------------------------------------------------------------------------------ upstream servers

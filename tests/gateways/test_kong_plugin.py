@@ -3,7 +3,6 @@ upstream and the real enforcer (and, for the failure cases, sidecars that are do
 answer garbage)."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -14,17 +13,16 @@ import pytest
 from tests.gateways.conftest import failed, provision, wait_usage
 from tests.gateways.harness import (
     ANTHROPIC_USAGE,
-    KONG_PLUGIN_DIR,
-    KONG_SHIM_DIR,
     OPENAI_USAGE,
     GarbageServer,
     Nginx,
     _Threaded,
     dead_url,
+    kong_http_body,
+    kong_location,
 )
 from tests.servers import HungServer
 
-PHASES = ("access", "header_filter", "body_filter", "log")
 HUNG_TIMEOUT_MS = 50
 USAGE_DELAY_S = 1.5
 
@@ -67,13 +65,12 @@ class SlowUsageSidecar:
         self.server.server_close()
 
 
+# instances behind the shim's stand-in for key-auth (header `apikey`, hidden from the upstream)
+KEY_AUTH = {"credential"}
+
+
 def location(name: str, upstream_url: str) -> str:
-    phases = "".join(
-        f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in PHASES
-    )
-    return (f"  location /{name}/ {{\n{phases}"
-            f"    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
-            f"    proxy_pass {upstream_url}/;\n  }}\n")
+    return kong_location(name, upstream_url, "apikey" if name in KEY_AUTH else None)
 
 
 @pytest.fixture(scope="module")
@@ -85,22 +82,14 @@ def gateway(tmp_path_factory, enforcer, upstream):
         "ok": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "default_model": "claude-sonnet-4-6"},
         "bearer": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_header": "Authorization"},
         "hidden": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "hide_client_headers": True},
+        "credential": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_source": "credential"},
         "down": {"sidecar_url": dead_url()},
         "hung": {"sidecar_url": hung.url, "timeout_ms": HUNG_TIMEOUT_MS},
         "garbage": {"sidecar_url": garbage.url},
         "strict": {"sidecar_url": dead_url(), "fault_tolerant": False},
         "slowusage": {"sidecar_url": slow.url, "timeout_ms": 2000, "usage_timeout_ms": 5000},
     }
-    (prefix / "configs.json").write_text(json.dumps(configs))
-    http_body = (
-        f'  lua_package_path "{KONG_PLUGIN_DIR}/?.lua;{KONG_SHIM_DIR}/?.lua;;";\n'
-        f'  init_by_lua_block {{ require("kong_shim").init("tollgate", "{prefix / "configs.json"}") }}\n'
-        "  client_body_buffer_size 1m;\n"
-        "  client_max_body_size 8m;\n"
-        "  server {\n    listen 127.0.0.1:$PORT;\n"
-        + "".join(location(name, upstream.url) for name in configs)
-        + "  }\n"
-    )
+    http_body = kong_http_body(prefix, configs, "".join(location(name, upstream.url) for name in configs))
     nginx = Nginx(prefix, http_body, lua=True).start()
     yield nginx
     nginx.stop()
@@ -172,7 +161,8 @@ async def test_the_estimate_sent_is_taken_from_the_request(kong, upstream, redis
     assert ok.status_code == 200, ok.text
     denied = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t, 100))
     assert denied.status_code == 429
-    assert denied.json()["reason"] == "rate_limited_tokens"
+    assert denied.json()["error"]["tollgate_reason"] == "rate_limited_tokens"
+    assert denied.json()["error"]["type"] == "tokens"
     small = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t, 1))
     assert small.status_code == 200, small.text
 
@@ -186,10 +176,10 @@ async def test_deny_rate_limited_answers_429_with_retry_after(kong, upstream, re
     assert r.status_code == 429, r.text
     assert int(r.headers["Retry-After"]) >= 1
     assert r.headers["Content-Type"].startswith("application/json")
-    body = r.json()
-    assert body["reason"] == "rate_limited_requests"
-    assert body["message"] == "API rate limit exceeded"
-    assert body["retry_after"] == int(r.headers["Retry-After"])
+    error = r.json()["error"]  # OpenAI's shape (gateway_plugins/openai_errors.json)
+    assert error["tollgate_reason"] == "rate_limited_requests" and error["tollgate_level"] == "key"
+    assert error["type"] == "requests" and error["code"] == "rate_limit_exceeded"
+    assert "x-should-retry" not in r.headers
     assert r.headers["X-RateLimit-Remaining"] == "0"
     assert r.headers["RateLimit-Remaining"] == "0"
     assert len(upstream.received()) == n  # never reached the upstream
@@ -199,22 +189,43 @@ async def test_deny_insufficient_balance(kong, upstream, redis):
     t = await provision(redis, wallet=0)
     n = len(upstream.received())
     r = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat(t))
-    assert r.status_code == 429
-    assert r.json()["reason"] == "insufficient_balance"
-    assert r.json()["message"] == "Insufficient balance"
-    # waiting does not refill a wallet: the enforcer gives no Retry-After, nor does the plugin invent one
+    assert r.status_code == 402, r.text  # OpenAI's status for money
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert error["tollgate_reason"] == "insufficient_balance" and error["tollgate_level"] == "customer"
+    # waiting does not refill a wallet: no Retry-After, and OpenAI's SDKs are told not to retry
     assert "Retry-After" not in r.headers
+    assert r.headers["x-should-retry"] == "false"
     assert len(upstream.received()) == n
+
+
+async def test_identity_from_the_key_auth_credential(kong, upstream, redis):
+    """api_key_source=credential: the key key-auth authenticated is the tollgate key, even with the
+    header hidden from everything after key-auth; a tollgate key in the plugin's own header is ignored."""
+    t, other = await provision(redis, requests_per_minute=1), await provision(redis)
+    r = httpx.post(f"{kong.url}/credential/v1/chat/completions",
+                   **chat(other, headers={"apikey": t.api_key}))  # x-api-key names another tenant
+    assert r.status_code == 200, r.text
+    sent = last_upstream(upstream, "/v1/chat/completions")["headers"]
+    assert "apikey" not in sent  # hide_credentials
+    usage = await wait_usage(redis, sent["x-tollgate-request-id"])
+    assert usage["customer_id"] == t.customer_id  # billed to the authenticated consumer's key
+    assert r.headers["X-RateLimit-Limit"] == "1"  # t's limits, not other's
+    denied = httpx.post(f"{kong.url}/credential/v1/chat/completions", **chat(other, headers={"apikey": t.api_key}))
+    assert denied.status_code == 429 and denied.json()["error"]["tollgate_reason"] == "rate_limited_requests"
+    anonymous = httpx.post(f"{kong.url}/credential/v1/chat/completions", **chat(other))
+    assert anonymous.status_code == 401, anonymous.text  # no credential: no fallback to the header
+    assert anonymous.json()["error"]["code"] == "missing_api_key"
 
 
 async def test_unknown_and_missing_keys_get_401(kong, upstream, redis):
     n = len(upstream.received())
     r = httpx.post(f"{kong.url}/ok/v1/chat/completions", **chat("tg_live_nobody"))
     assert r.status_code == 401
-    assert r.json()["reason"] == "invalid_api_key"
+    assert r.json()["error"]["code"] == "invalid_api_key"
     r = httpx.post(f"{kong.url}/ok/v1/chat/completions", json={"model": "m"})
     assert r.status_code == 401
-    assert r.json()["reason"] == "missing_api_key"
+    assert r.json()["error"]["code"] == "missing_api_key"
     assert len(upstream.received()) == n
 
 
@@ -295,7 +306,7 @@ async def test_sidecar_down_fails_open(kong, upstream, redis):
     elapsed = time.monotonic() - t0
     _assert_failed_open(r, upstream)
     assert elapsed < 1.0
-    assert "tollgate sidecar failed, letting the request through: connect" in kong.log()
+    assert "tollgate check failed (sidecar), letting the request through: connect" in kong.log()
 
 
 async def test_sidecar_hung_fails_open_within_the_timeout(kong, upstream, redis):

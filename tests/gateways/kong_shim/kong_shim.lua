@@ -120,6 +120,15 @@ local kong = {
       return ngx.exit(status)
     end,
   },
+  -- as Kong's: what the authentication plugin (here: _M.key_auth) left in ngx.ctx
+  client = {
+    get_consumer = function()
+      return ngx.ctx.authenticated_consumer
+    end,
+    get_credential = function()
+      return ngx.ctx.authenticated_credential
+    end,
+  },
   ctx = setmetatable({}, {
     __index = function(_, k)
       if k == "plugin" then
@@ -157,6 +166,20 @@ function _M.run(phase, instance)
   if fn then
     return fn(handler, conf)
   end
+end
+
+--- A stand-in for Kong's key-auth (rewrite/access phase, before the plugin): the key in `header`
+-- becomes the authenticated credential of a consumer named after it, and the header is removed
+-- (key-auth's hide_credentials). It accepts any key: who is a tollgate customer is tollgate's call.
+function _M.key_auth(header)
+  local key = first(ngx.req.get_headers()[header])
+  if not key or key == "" then
+    return
+  end
+  local consumer = { id = "consumer-" .. ngx.md5(key), username = "user-" .. key:sub(-6) }
+  ngx.ctx.authenticated_consumer = consumer
+  ngx.ctx.authenticated_credential = { id = "cred-" .. ngx.md5(key), consumer = { id = consumer.id }, key = key }
+  ngx.req.clear_header(header)
 end
 
 _M.pdk = kong

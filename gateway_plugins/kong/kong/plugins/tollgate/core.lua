@@ -3,8 +3,10 @@
 -- The HTTP contract these functions speak is the enforcer's (/v1/check, /v1/usage) as written in
 -- the project's DESIGN.md.
 local cjson = require "cjson.safe"
+local openai_errors = require "kong.plugins.tollgate.openai_errors"
 
 local type = type
+local setmetatable = setmetatable
 local tonumber = tonumber
 local tostring = tostring
 local floor = math.floor
@@ -203,7 +205,7 @@ function _M.parse_check(status, body, headers)
   if status == 429 then
     return { allow = false, status = 429,
              reason = doc and type(doc.reason) == "string" and doc.reason or "rate_limited",
-             retry_after = _M.retry_after(headers, doc), doc = doc }
+             retry_after = _M.retry_after(headers, doc), level = doc and doc.level, doc = doc }
   end
   if status == 401 or status == 403 then
     return { allow = false, status = status,
@@ -216,29 +218,60 @@ function _M.parse_check(status, body, headers)
   return nil, "unexpected sidecar status " .. tostring(status)
 end
 
-local DENY_MESSAGES = {
-  rate_limited_requests = "API rate limit exceeded",
-  rate_limited_tokens = "API token rate limit exceeded",
-  insufficient_balance = "Insufficient balance",
-  spend_cap = "Monthly spend cap reached",
-  suspended = "Account suspended",
-}
-
---- The JSON body of a denial, Kong style (`message`) plus the enforcer's reason.
-function _M.deny_body(decision, conf)
-  local message
-  if decision.status == 401 or decision.status == 403 then
-    message = "Invalid authentication credentials"
-  elseif decision.status == 400 then
-    message = "Bad request"
+--- A denial as an OpenAI-compatible client expects it (gateway_plugins/openai_errors.json):
+-- status (402 money, 403 suspended, 401 bad key, 429 the rest), the body
+-- {"error": {"message", "type", "param", "code", "tollgate_reason", "tollgate_level"}}, and the
+-- retry hint: `x-should-retry: false` where waiting cannot cure it, else Retry-After when known.
+-- Returns status, body, headers (to merge into the client's headers).
+function _M.deny(decision, conf)
+  local row
+  if decision.status == 400 then
+    row = { status = 400, type = "invalid_request_error", code = decision.reason, retry = false,
+            message = "The request was refused by the rate limiter as malformed." }
+  elseif decision.status == 401 then
+    row = openai_errors.reasons.invalid_api_key
   else
-    message = DENY_MESSAGES[decision.reason] or (conf and conf.error_message) or "API rate limit exceeded"
+    row = openai_errors.reasons[decision.reason]
+    if not row then
+      row = setmetatable({ message = conf and conf.error_message or openai_errors.default.message },
+                         { __index = openai_errors.default })
+    end
   end
-  local body = { message = message, reason = decision.reason }
-  if decision.retry_after then
-    body.retry_after = decision.retry_after
+  local err = { message = row.message, type = row.type, param = cjson.null, code = row.code,
+                tollgate_reason = decision.reason }
+  if type(decision.level) == "string" and decision.level ~= "" then
+    err.tollgate_level = decision.level
   end
-  return body
+  local headers = {}
+  if not row.retry then
+    headers["x-should-retry"] = "false"
+  elseif decision.retry_after then
+    headers["Retry-After"] = decision.retry_after
+  end
+  return row.status, { error = err }, headers
+end
+
+--- The 401 of a request without credentials, in the same shape.
+function _M.missing_key_body()
+  return { error = { message = "No API key found in request", type = "invalid_request_error",
+                     param = cjson.null, code = "missing_api_key", tollgate_reason = "missing_api_key" } }
+end
+
+--- The rate-limit headers the enforcer sends (enforcer.checks.rate_headers), from check.lua's
+-- reply: X-RateLimit-* for requests and the IETF draft's RateLimit-Policy / RateLimit for both,
+-- plus the RateLimit-Limit/-Remaining/-Reset trio of Kong's rate-limiting plugin.
+function _M.rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
+  local reset_r = ceil(reset_ms / 1000)
+  local reset_t = 0
+  if tpm > 0 and rem_t < tpm then
+    reset_t = ceil((tpm - rem_t) * 60 / tpm)
+  end
+  return {
+    ["X-RateLimit-Limit"] = rpm, ["X-RateLimit-Remaining"] = rem_r, ["X-RateLimit-Reset"] = reset_r,
+    ["RateLimit-Limit"] = rpm, ["RateLimit-Remaining"] = rem_r, ["RateLimit-Reset"] = reset_r,
+    ["RateLimit-Policy"] = string.format('"requests";q=%d;w=60, "tokens";q=%d;w=60', rpm, tpm),
+    ["RateLimit"] = string.format('"requests";r=%d;t=%d, "tokens";r=%d;t=%d', rem_r, reset_r, rem_t, reset_t),
+  }
 end
 
 --- Headers for the client from the /v1/check reply: the enforcer's own rate-limit headers, plus
@@ -260,6 +293,39 @@ function _M.client_headers(headers)
     end
   end
   return out
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- In-gateway mode (redis_check.lua): the hold estimate and the billing period
+
+--- Hold size in micros, as tollgate.plans.Plan.estimate_micros: the sum of quantity x unit price
+-- (prices in picounits from the plan's estimate hash), rounded up once. Exact in Lua numbers:
+-- each price is split into whole micros and the picounit remainder (< 1e6), so no product or
+-- sum passes 2^53 for quantities up to core.MAX_TOKENS.
+function _M.estimate_micros(prices, model, estimate)
+  local whole, frac = 0, 0
+  for _, metric in ipairs({ "requests", "input_tokens", "output_tokens" }) do
+    local q = estimate[metric] or 0
+    if q > 0 then
+      local p = model and prices[metric .. "@" .. model] or prices[metric]
+      p = tonumber(p) or 0
+      local micros = floor(p / 1000000)
+      whole = whole + q * micros
+      frac = frac + q * (p - micros * 1000000)
+    end
+  end
+  return whole + ceil(frac / 1000000)
+end
+
+--- The billing period id ("202611") of epoch seconds t for a plan anchored on anchor_day, as
+-- tollgate.periods.period_of.
+function _M.period_of(t, anchor_day)
+  local d = os.date("!*t", t)
+  local y, m = d.year, d.month
+  if d.day < anchor_day then
+    if m > 1 then m = m - 1 else y, m = y - 1, 12 end
+  end
+  return string.format("%04d%02d", y, m)
 end
 
 -- ---------------------------------------------------------------------------------------------

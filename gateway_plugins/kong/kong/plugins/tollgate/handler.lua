@@ -1,8 +1,9 @@
 -- tollgate: pre-flight quota check and usage reporting for usage-priced LLM APIs.
 --
 -- access:        POST <sidecar>/v1/check with the consumer's API key, the request id, the model
---                and a token estimate. ALLOW: forward (hold id to the upstream), DENY: 429/401
---                with Retry-After and the reason. Sidecar down, slower than timeout_ms, or
+--                and a token estimate (mode "redis": check.lua straight on Redis, redis_check.lua).
+--                ALLOW: forward (hold id to the upstream), DENY: OpenAI's error shape
+--                (openai_errors.lua). Sidecar (or Redis) down, slower than timeout_ms, or
 --                answering garbage: fail open (fault_tolerant) or 500.
 -- header_filter: the rate-limit headers of the check reach the client (as Kong's rate-limiting
 --                plugin sets them: computed in access, set here).
@@ -11,6 +12,7 @@
 --                and the request id as correlation id; tokens from the response's usage block.
 local core = require "kong.plugins.tollgate.core"
 local http = require "kong.plugins.tollgate.http"
+local redis_check = require "kong.plugins.tollgate.redis_check"
 
 local kong = kong
 local ngx = ngx
@@ -26,20 +28,29 @@ local TollgateHandler = {
 
 local UPSTREAM_HEADERS = { "X-Tollgate-Hold-Id", "X-Tollgate-Request-Id", "X-Tollgate-Degraded" }
 
--- parsed sidecar URL per plugin configuration (Kong hands the same conf table per instance)
+-- parsed sidecar (and usage) URLs per plugin configuration (Kong hands the same conf table per instance)
 local targets = setmetatable({}, { __mode = "k" })
+local usage_targets = setmetatable({}, { __mode = "k" })
 
-local function target_of(conf)
-  local t = targets[conf]
+local function parsed(cache, conf, url)
+  local t = cache[conf]
   if not t then
     local err
-    t, err = core.parse_url(conf.sidecar_url)
+    t, err = core.parse_url(url)
     if not t then
       return nil, err
     end
-    targets[conf] = t
+    cache[conf] = t
   end
   return t
+end
+
+local function target_of(conf)
+  return parsed(targets, conf, conf.sidecar_url)
+end
+
+local function usage_target_of(conf)
+  return parsed(usage_targets, conf, conf.usage_url or conf.sidecar_url)
 end
 
 local function client_opts(conf, timeout_ms)
@@ -66,7 +77,12 @@ local function read_request_body(conf)
   return raw, length
 end
 
+-- The decision (the sidecar's /v1/check, or in mode redis check.lua on Redis): decision and the
+-- client headers, or nil and an error.
 local function check(conf, api_key, request_id, dimensions, estimate)
+  if conf.mode == "redis" then
+    return redis_check.check(conf, api_key, request_id, dimensions, estimate)
+  end
   local target, err = target_of(conf)
   if not target then
     return nil, nil, err
@@ -80,7 +96,22 @@ local function check(conf, api_key, request_id, dimensions, estimate)
   end
   local decision
   decision, err = core.parse_check(res.status, res.body, res.headers)
-  return decision, res, err
+  return decision, decision and core.client_headers(res.headers), err
+end
+
+-- The caller's tollgate API key: from a request header, or (api_key_source = "credential") the
+-- key of the credential Kong's key-auth authenticated, which then *is* the tollgate key: it works
+-- with key-auth's hide_credentials and whatever key_names it reads.
+local function caller_key(conf)
+  if conf.api_key_source == "credential" then
+    local credential = kong.client.get_credential()
+    local key = type(credential) == "table" and credential.key
+    if type(key) == "string" and key ~= "" then
+      return key
+    end
+    return nil
+  end
+  return core.extract_api_key(kong.request.get_header(conf.api_key_header))
 end
 
 function TollgateHandler:access(conf)
@@ -89,16 +120,16 @@ function TollgateHandler:access(conf)
     kong.service.request.clear_header(name)  -- never trust a client's copy
   end
 
-  local api_key = core.extract_api_key(kong.request.get_header(conf.api_key_header))
+  local api_key = caller_key(conf)
   if not api_key then
-    return kong.response.exit(401, { message = "No API key found in request", reason = "missing_api_key" })
+    return kong.response.exit(401, core.missing_key_body())
   end
 
   local raw, length = read_request_body(conf)
   local dimensions, estimate = core.estimate(raw, length, conf)
   local request_id = conf.request_id_prefix .. ngx.var.request_id
 
-  local decision, res, err = check(conf, api_key, request_id, dimensions, estimate)
+  local decision, headers, err = check(conf, api_key, request_id, dimensions, estimate)
   local report = {
     api_key = api_key, request_id = request_id, dimensions = dimensions, estimate = estimate,
   }
@@ -106,10 +137,10 @@ function TollgateHandler:access(conf)
 
   if not decision then
     if not conf.fault_tolerant then
-      kong.log.err("tollgate sidecar failed, denying (fault_tolerant is off): ", err)
+      kong.log.err("tollgate check failed (", conf.mode, "), denying (fault_tolerant is off): ", err)
       return kong.response.exit(500, { message = "An unexpected error occurred" })
     end
-    kong.log.warn("tollgate sidecar failed, letting the request through: ", err)
+    kong.log.warn("tollgate check failed (", conf.mode, "), letting the request through: ", err)
     report.fail_open = true
     ctx.report = report
     ctx.headers = { ["X-Tollgate-Degraded"] = "fail-open" }
@@ -117,15 +148,15 @@ function TollgateHandler:access(conf)
     return
   end
 
-  local headers = core.client_headers(res.headers)
   if not decision.allow then
     if conf.hide_client_headers then
       headers = {}
     end
-    if decision.status == 429 and decision.retry_after then
-      headers["Retry-After"] = decision.retry_after
+    local status, body, hint = core.deny(decision, conf)
+    for k, v in pairs(hint) do
+      headers[k] = v
     end
-    return kong.response.exit(decision.status, core.deny_body(decision, conf), headers)
+    return kong.response.exit(status, body, headers)
   end
 
   report.hold_id = decision.hold_id
@@ -179,7 +210,7 @@ function TollgateHandler:log(conf)
   if not report then
     return
   end
-  local target, err = target_of(conf)
+  local target, err = usage_target_of(conf)
   if not target then
     kong.log.err("tollgate usage report: ", err)
     return

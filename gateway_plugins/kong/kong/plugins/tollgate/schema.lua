@@ -13,6 +13,44 @@ return {
               required = true, default = "http://127.0.0.1:8080",
               description = "Base URL of the tollgate enforcer (the sidecar): /v1/check and /v1/usage are appended.",
           } },
+          { usage_url = typedefs.url {
+              required = false,
+              description = "Base URL the usage reports go to (/v1/usage appended), when not sidecar_url: e.g. an enforcer of its own for reports in mode redis.",
+          } },
+          { mode = {
+              description = "`sidecar`: ask the enforcer's /v1/check. `redis`: run the enforcer's check.lua on the tollgate Redis from the gateway (in-gateway mode: no sidecar hop on the check; the usage report still goes to sidecar_url).",
+              type = "string", required = true, default = "sidecar", one_of = { "sidecar", "redis" },
+          } },
+          { redis_host = typedefs.host {
+              required = true, default = "127.0.0.1",
+              description = "mode redis: the tollgate Redis (the enforcer's TOLLGATE_REDIS_URL).",
+          } },
+          { redis_port = typedefs.port {
+              required = true, default = 6379,
+          } },
+          { redis_password = {
+              description = "mode redis: AUTH password, if the Redis has one.",
+              type = "string", required = false, referenceable = true, encrypted = true,
+          } },
+          { redis_database = {
+              type = "integer", required = true, default = 0, between = { 0, 15 },
+          } },
+          { key_cache_ttl_s = {
+              description = "mode redis: how long a worker keeps an API key's record and its plan's estimate. A revocation or plan change takes effect within this time (the enforcer's cache listens to invalidations; the plugin does not).",
+              type = "number", required = true, default = 5, between = { 0, 3600 },
+          } },
+          { negative_cache_ttl_s = {
+              description = "mode redis: how long an unknown API key is answered 401 without asking Redis.",
+              type = "number", required = true, default = 5, between = { 0, 3600 },
+          } },
+          { idempotency_ttl_ms = {
+              description = "mode redis: how long a request id's ALLOW is replayed (the enforcer's TOLLGATE_IDEMPOTENCY_TTL_S).",
+              type = "integer", required = true, default = 60000, between = { 1000, 86400000 },
+          } },
+          { redis_clock_skew_ms = {
+              description = "mode redis: how far Redis's clock may be ahead of the gateway's. Redis runs a check only until timeout_ms plus this after it was sent (a later run places no hold).",
+              type = "integer", required = true, default = 1000, between = { 0, 60000 },
+          } },
           { timeout_ms = {
               description = "Budget of the whole pre-flight check (connect, send, reply), in milliseconds. Past it the request fails open (or closed, see fault_tolerant).",
               type = "integer", required = true, default = 50, between = { 1, 60000 },
@@ -29,12 +67,16 @@ return {
               required = true, default = "x-api-key",
               description = "Request header carrying the consumer's tollgate API key. `Authorization: Bearer <key>` is unwrapped.",
           } },
+          { api_key_source = {
+              description = "Where the caller's tollgate API key comes from: `header` (api_key_header) or `credential`: the key of the key-auth credential Kong authenticated (so the key-auth credential's key is the tollgate key; key-auth must run first, hide_credentials may be on). A request without one is 401.",
+              type = "string", required = true, default = "header", one_of = { "header", "credential" },
+          } },
           { hide_client_headers = {
               description = "Do not add the RateLimit-* / X-RateLimit-* / X-Tollgate-* headers to the client's response.",
               type = "boolean", required = true, default = false,
           } },
           { error_message = {
-              description = "Message of a 429 whose reason the plugin has no message for.",
+              description = "Message of a denial whose reason the OpenAI error table (openai_errors.lua) has no row for.",
               type = "string", required = true, default = "API rate limit exceeded",
           } },
           { default_model = {

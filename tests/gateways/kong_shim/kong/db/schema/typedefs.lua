@@ -28,6 +28,13 @@ end
 return {
   url = define { type = "string", custom_validator = validate_url },
   header_name = define { type = "string", custom_validator = validate_header_name },
+  host = define { type = "string", custom_validator = function(v)
+    if not v:match("^[%w%.%-:%[%]]+$") then
+      return nil, "invalid hostname: " .. v
+    end
+    return true
+  end },
+  port = define { type = "integer", between = { 0, 65535 } },
   protocols_http = define {
     type = "set", required = true, default = { "grpc", "grpcs", "http", "https" },
     elements = { type = "string", one_of = { "grpc", "grpcs", "http", "https" } },
