@@ -88,7 +88,8 @@ async def test_allow_places_the_hold_the_sidecar_would(kong, upstream, redis):
     assert r.status_code == 200, r.text
     assert r.headers["X-RateLimit-Limit"] == "100000" and r.headers["RateLimit-Limit"] == "100000"
     assert 99_990 <= int(r.headers["X-RateLimit-Remaining"]) < 100_000
-    assert r.headers["RateLimit-Policy"] == '"requests";q=100000;w=60, "tokens";q=100000000;w=60'
+    assert r.headers["RateLimit-Policy"] == '"requests";q=100000;w=60, "tokens";q=100000000;qu="tokens";w=60'
+    assert r.headers["x-ratelimit-limit-tokens"] == "100000000" and r.headers["x-ratelimit-reset-requests"]
     assert r.headers["X-Tollgate-Reason"] == "ok" and "X-Tollgate-Degraded" not in r.headers
     sent = upstream.received("/v1/chat/completions")[-1]["headers"]
     hold_id, request_id = sent["x-tollgate-hold-id"], sent["x-tollgate-request-id"]
@@ -110,7 +111,9 @@ async def test_allow_places_the_hold_the_sidecar_would(kong, upstream, redis):
     assert s.status_code == 200, s.text
     twin_hold = upstream.received("/v1/chat/completions")[-1]["headers"]["x-tollgate-hold-id"]
     assert (await redis.hget(twin.keys.holds, twin_hold)).decode() == f"{cost}:{tokens}:{twin.key_id}"
-    for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "RateLimit-Policy", "RateLimit"):
+    for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "RateLimit-Policy", "RateLimit",
+                 "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens",
+                 "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"):
         assert s.headers[name] == r.headers[name], name
 
 

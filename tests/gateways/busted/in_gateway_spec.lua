@@ -43,7 +43,19 @@ describe("rate_headers", function()
     local h = core.rate_headers(100, 99, 600, 1000, 900)
     assert.equal(100, h["X-RateLimit-Limit"])
     assert.equal(1, h["X-RateLimit-Reset"])
-    assert.equal('"requests";q=100;w=60, "tokens";q=1000;w=60', h["RateLimit-Policy"])
+    assert.equal('"requests";q=100;w=60, "tokens";q=1000;qu="tokens";w=60', h["RateLimit-Policy"])
     assert.equal('"requests";r=99;t=1, "tokens";r=900;t=6', h["RateLimit"])
+    assert.equal("600ms", h["x-ratelimit-reset-requests"])
+    assert.equal("6s", h["x-ratelimit-reset-tokens"])
+    assert.equal(1000, h["x-ratelimit-limit-tokens"])
+    assert.equal(900, h["x-ratelimit-remaining-tokens"])
+  end)
+  it("print resets as Go durations, as enforcer/rate_headers.py go_duration does", function()
+    local cases = { [0] = "0s", [20] = "20ms", [999] = "999ms", [1000] = "1s", [1500] = "1.5s",
+                    [13800] = "13.8s", [60000] = "1m0s", [360000] = "6m0s", [3600000] = "1h0m0s",
+                    [3661250] = "1h1m1.25s" }
+    for ms, want in pairs(cases) do
+      assert.equal(want, core.go_duration(ms))
+    end
   end)
 end)

@@ -27,6 +27,12 @@ _M.RATE_LIMIT_HEADERS = {
   "X-RateLimit-Reset",
   "RateLimit-Policy",
   "RateLimit",
+  "x-ratelimit-limit-requests",
+  "x-ratelimit-remaining-requests",
+  "x-ratelimit-reset-requests",
+  "x-ratelimit-limit-tokens",
+  "x-ratelimit-remaining-tokens",
+  "x-ratelimit-reset-tokens",
   "X-Tollgate-Reason",
   "X-Tollgate-Degraded",
 }
@@ -257,19 +263,48 @@ function _M.missing_key_body()
                      param = cjson.null, code = "missing_api_key", tollgate_reason = "missing_api_key" } }
 end
 
---- The rate-limit headers the enforcer sends (enforcer.checks.rate_headers), from check.lua's
--- reply: X-RateLimit-* for requests and the IETF draft's RateLimit-Policy / RateLimit for both,
--- plus the RateLimit-Limit/-Remaining/-Reset trio of Kong's rate-limiting plugin.
+--- Milliseconds as Go's time.Duration prints them, OpenAI's reset format (enforcer/rate_headers.py
+-- go_duration): 0s, 20ms, 1.5s, 6m0s, 1h0m0s.
+function _M.go_duration(ms)
+  if ms <= 0 then
+    return "0s"
+  elseif ms < 1000 then
+    return string.format("%dms", ms)
+  end
+  local s, frac = floor(ms / 1000), ms % 1000
+  local sec = string.format("%d", s % 60)
+  if frac ~= 0 then
+    sec = (string.format("%d.%03d", s % 60, frac):gsub("0+$", ""))
+  end
+  if s < 60 then
+    return sec .. "s"
+  end
+  local m = floor(s / 60)
+  if m < 60 then
+    return string.format("%dm%ss", m, sec)
+  end
+  return string.format("%dh%dm%ss", floor(m / 60), m % 60, sec)
+end
+
+--- The rate-limit headers the enforcer sends (enforcer/rate_headers.py), from check.lua's reply:
+-- X-RateLimit-* for requests, OpenAI's x-ratelimit-*-{requests,tokens}, the IETF draft's
+-- RateLimit-Policy / RateLimit (the tokens policy with qu="tokens"), plus the
+-- RateLimit-Limit/-Remaining/-Reset trio of Kong's rate-limiting plugin.
 function _M.rate_headers(rpm, rem_r, reset_ms, tpm, rem_t)
   local reset_r = ceil(reset_ms / 1000)
-  local reset_t = 0
+  local reset_t_ms = 0
   if tpm > 0 and rem_t < tpm then
-    reset_t = ceil((tpm - rem_t) * 60 / tpm)
+    reset_t_ms = ceil((tpm - rem_t) * 60000 / tpm)
   end
+  local reset_t = ceil(reset_t_ms / 1000)
   return {
     ["X-RateLimit-Limit"] = rpm, ["X-RateLimit-Remaining"] = rem_r, ["X-RateLimit-Reset"] = reset_r,
     ["RateLimit-Limit"] = rpm, ["RateLimit-Remaining"] = rem_r, ["RateLimit-Reset"] = reset_r,
-    ["RateLimit-Policy"] = string.format('"requests";q=%d;w=60, "tokens";q=%d;w=60', rpm, tpm),
+    ["x-ratelimit-limit-requests"] = rpm, ["x-ratelimit-remaining-requests"] = rem_r,
+    ["x-ratelimit-reset-requests"] = _M.go_duration(reset_ms),
+    ["x-ratelimit-limit-tokens"] = tpm, ["x-ratelimit-remaining-tokens"] = rem_t,
+    ["x-ratelimit-reset-tokens"] = _M.go_duration(reset_t_ms),
+    ["RateLimit-Policy"] = string.format('"requests";q=%d;w=60, "tokens";q=%d;qu="tokens";w=60', rpm, tpm),
     ["RateLimit"] = string.format('"requests";r=%d;t=%d, "tokens";r=%d;t=%d', rem_r, reset_r, rem_t, reset_t),
   }
 end
