@@ -28,13 +28,14 @@ MODES = ("off", "otlp", "console")
 _tracer = None
 _provider = None
 _propagator = None  # W3C trace context (traceparent, tracestate); set by setup()
+_current_span = None  # opentelemetry.trace.get_current_span, once imported
 _NOOP = contextlib.nullcontext()
 
 
 def setup(service: str, exporter=None) -> bool:
     """Turn tracing on in this process as TOLLGATE_TRACING says; `exporter` (tests: the SDK's
     InMemorySpanExporter) turns it on whatever the setting, each span exported as it ends."""
-    global ENABLED, _tracer, _provider, _propagator
+    global ENABLED, _tracer, _provider, _propagator, _current_span
     mode = os.environ.get("TOLLGATE_TRACING", "off").strip().lower() or "off"
     if mode not in MODES:
         raise ValueError(f"TOLLGATE_TRACING={mode!r}: expected one of {', '.join(MODES)}")
@@ -42,6 +43,7 @@ def setup(service: str, exporter=None) -> bool:
         return False
     try:
         from opentelemetry.sdk.resources import Resource  # noqa: PLC0415  (only when tracing is on)
+        from opentelemetry.trace import get_current_span  # noqa: PLC0415
         from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor  # noqa: PLC0415
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # noqa: PLC0415
@@ -63,6 +65,7 @@ def setup(service: str, exporter=None) -> bool:
     _provider.add_span_processor(processor)
     _tracer = _provider.get_tracer("tollgate")
     _propagator = TraceContextTextMapPropagator()
+    _current_span = get_current_span
     ENABLED = True
     return True
 
@@ -109,15 +112,16 @@ def context_from(carrier: dict[str, Any]):
 
 
 def span_context_of(carrier: dict[str, Any]):
-    """The remote span context in `carrier` (an event, headers), or None when it has none valid."""
-    from opentelemetry import trace  # noqa: PLC0415
-
+    """The sampled remote span context in `carrier` (an event), or None when it has none valid."""
     if not isinstance(carrier.get(TRACEPARENT), str):
         return None
-    sc = trace.get_current_span(context_from(carrier)).get_span_context()
-    return sc if sc.is_valid else None
+    sc = _current_span(context_from(carrier)).get_span_context()
+    return sc if sc.is_valid and sc.trace_flags.sampled else None
 
 
 def inject(carrier: dict[str, Any]) -> None:
-    """Write the current span's context into `carrier` as `traceparent` (and `tracestate`)."""
-    _propagator.inject(carrier)
+    """Write the current span's context into `carrier` as `traceparent` (and `tracestate`), when
+    it is sampled: an event of an unsampled request stays as small as without tracing, and the
+    rater has nothing to record for it anyway."""
+    if _current_span().is_recording():
+        _propagator.inject(carrier)

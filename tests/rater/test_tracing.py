@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import httpx
 import orjson
@@ -14,7 +15,8 @@ from opentelemetry.trace import SpanKind
 
 from control.accounts import api_keys
 from tests.otlp_collector import OtlpCollector
-from tests.rater.conftest import raw, usage
+from tests.rater.conftest import pg_totals, raw, usage
+from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer
 from tollgate import tracing
 from tollgate.keys import EVENTS_STREAM
@@ -84,10 +86,15 @@ async def test_one_trace_from_the_gateway_through_check_and_usage_into_the_rater
                     "api_key": key, "request_id": "req_untraced", "dimensions": {"model": "m1"},
                     "estimate": {"requests": 1, "input_tokens": 10, "output_tokens": 10}})
                 assert r.status_code == 200, r.text
+                # a gateway that did not sample the request: nothing recorded, nothing carried on
+                r = await http.post(f"{enf.url}/v1/check", headers={"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-00"},
+                                    json={"api_key": key, "request_id": "req_unsampled", "dimensions": {"model": "m1"},
+                                          "estimate": {"requests": 1, "input_tokens": 10, "output_tokens": 10}})
+                assert r.status_code == 200, r.text
             enforcer_spans = await collector.wait_for(["POST /v1/check", "POST /v1/usage"])
             # both checks' spans: the traced one continues the gateway's trace, the other starts one
             await _until(lambda: len([s for s in collector.spans if s.name == "POST /v1/check"]) == 2)
-        raws = await _bus_events(redis, 3)
+        raws = await _bus_events(redis, 4)
 
     trace_id = _hex(gw.get_span_context().trace_id, 32)
     gw_span = _hex(gw.get_span_context().span_id, 16)
@@ -107,13 +114,15 @@ async def test_one_trace_from_the_gateway_through_check_and_usage_into_the_rater
     assert decision["traceparent"] == f"00-{trace_id}-{check.span_id}-01"
     assert events["evt_traced"]["traceparent"] == f"00-{trace_id}-{use.span_id}-01"
     assert events["evt_traced"]["tracestate"] == "gw=1"
+    assert "traceparent" not in next(e for e in events.values() if e.get("request_id") == "req_unsampled")
+    assert not [s for s in collector.spans if s.trace_id == "ab" * 16]
 
     res = await pipeline.process_raw(raws)
-    assert res.rated == 1 and res.decisions == 2 and not res.dead
+    assert res.rated == 1 and res.decisions == 3 and not res.dead
     finished = spans.get_finished_spans()
     batch = _by_name(finished)["rater.batch"]
     assert batch.kind == SpanKind.CONSUMER and batch.parent is None
-    assert batch.attributes["messaging.batch.message_count"] == 3 and batch.attributes["tollgate.rated"] == 1
+    assert batch.attributes["messaging.batch.message_count"] == 4 and batch.attributes["tollgate.rated"] == 1
     # the batch links to each event's context (the malformed check's decision too: a trace of its own)
     linked = {(_hex(link.context.trace_id, 32), _hex(link.context.span_id, 16)) for link in batch.links}
     assert {(trace_id, check.span_id), (trace_id, use.span_id), (other.trace_id, other.span_id)} == linked
@@ -191,3 +200,53 @@ def test_an_unknown_tracing_setting_is_refused_by_name(monkeypatch):
     with pytest.raises(ValueError, match="TOLLGATE_TRACING='jaeger'"):
         tracing.setup("tollgate-rater")
     assert not tracing.ENABLED
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bus", ["redis", pytest.param("kafka", marks=pytest.mark.kafka)])
+async def test_the_rater_service_continues_the_trace_over_either_bus(
+        bus, request, spans, pg, pg_dsn, redis, redis_server, plan_for, make_customer, tmp_path):
+    """Real processes throughout: enforcer and tollgate-rater both export to the collector."""
+    c = await make_customer(plan_for("prepaid"), wallet_micros=50_000_000)
+    key = (await api_keys.create_api_key(pg, redis, c))["api_key"]
+    with OtlpCollector() as collector:
+        env = {"TOLLGATE_REDIS_URL": redis_server.url, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_BUS": bus,
+               "TOLLGATE_CHECK_DEADLINE_MS": "1000", "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
+               "TOLLGATE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
+               "OTEL_BSP_SCHEDULE_DELAY": "50"}
+        rater_args = ["--sweep-interval", "0"]
+        if bus == "kafka":
+            topic = f"tg-events-{uuid.uuid4().hex[:8]}"
+            env.update(TOLLGATE_KAFKA_BOOTSTRAP=request.getfixturevalue("kafka_bootstrap"), TOLLGATE_KAFKA_TOPIC=topic,
+                       TOLLGATE_KAFKA_IDEMPOTENCE="1" if request.getfixturevalue("kafka_idempotence") else "0")
+            rater_args += ["--group", f"rater-{topic}"]
+        with run_enforcer(env) as enf:
+            rater = RaterProcess(env, rater_args).start().wait_started(60)
+            try:
+                async with httpx.AsyncClient(timeout=10) as http:
+                    with tracing.tracer().start_as_current_span("gateway") as gw:
+                        headers = {"traceparent": _traceparent(gw.get_span_context())}
+                        r = await http.post(f"{enf.url}/v1/check", headers=headers, json={
+                            "api_key": key, "request_id": "req_proc", "dimensions": {"model": "m1"},
+                            "estimate": {"requests": 1, "input_tokens": 2000, "output_tokens": 1000}})
+                        assert r.status_code == 200, r.text
+                        r = await http.post(f"{enf.url}/v1/usage", headers=headers, json={
+                            "event_id": "evt_proc", "api_key": key, "hold_id": r.json()["hold_id"],
+                            "measurements": [{"metric": "input_tokens", "value": 1500}]})
+                        assert r.status_code == 202 and not r.json()["spooled"], r.text
+                got = await collector.wait_for(["POST /v1/check", "POST /v1/usage", "rater.event", "rater.batch",
+                                                "rater.ledger_write", "rater.settle"], timeout=60)
+                # both events rated: their rater.event spans have arrived
+                await _until(lambda: len([s for s in collector.spans if s.name == "rater.event"]) == 2, 30)
+            finally:
+                assert rater.stop() == 0, rater.logs()[-3000:]
+    assert (await pg_totals(pg, c))["events"] == 1
+    trace_id = _hex(gw.get_span_context().trace_id, 32)
+    use, check = got["POST /v1/usage"], got["POST /v1/check"]
+    events = {s.parent_span_id: s for s in collector.spans if s.name == "rater.event"}
+    assert {s.trace_id for s in events.values()} == {trace_id, use.trace_id, check.trace_id}
+    assert events[use.span_id].attributes["tollgate.event.id"] == "evt_proc"
+    assert events[check.span_id].attributes["tollgate.event.kind"] == "decision"
+    assert events[use.span_id].service == got["rater.batch"].service == "tollgate-rater"
+    batch_traces = {s.trace_id for s in collector.spans if s.name == "rater.batch"}
+    assert got["rater.ledger_write"].trace_id in batch_traces and trace_id not in batch_traces
