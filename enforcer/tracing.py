@@ -15,6 +15,7 @@ from enforcer.events import EventQueue
 from tollgate import tracing
 
 _TRACEPARENT, _TRACESTATE = tracing.TRACEPARENT.encode(), tracing.TRACESTATE.encode()
+_NOT_SAMPLED = frozenset(b"02468aceACE")  # last hex digit of the flags: the sampled bit is clear
 
 
 class TracedEndpoint:
@@ -24,12 +25,18 @@ class TracedEndpoint:
         self.endpoint = endpoint
         self.name = f"POST {path}"
         self.path = path
+        self.skip_unsampled = tracing.UNSAMPLED_PARENT_DROPS
 
     async def __call__(self, scope: dict, receive, send) -> None:
         carrier = {}
         for k, val in scope["headers"]:
-            if k == _TRACEPARENT or k == _TRACESTATE:
-                carrier[k.decode()] = val.decode("latin-1")
+            if k == _TRACEPARENT:
+                if self.skip_unsampled and len(val) == 55 and val[-1] in _NOT_SAMPLED:
+                    # the gateway did not sample it: the SDK would only make a non-recording span
+                    return await self.endpoint(scope, receive, send)
+                carrier["traceparent"] = val.decode("latin-1")
+            elif k == _TRACESTATE:
+                carrier["tracestate"] = val.decode("latin-1")
         attributes = {"http.request.method": scope["method"], "url.path": self.path}
         with tracing.tracer().start_as_current_span(self.name, context=tracing.context_from(carrier),
                                                     kind=SpanKind.SERVER, attributes=attributes) as span:

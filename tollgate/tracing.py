@@ -22,6 +22,9 @@ import os
 from typing import Any
 
 ENABLED = False  # read on every traced call site: the one check a request pays when tracing is off
+# The sampler records nothing under a remote parent that was not sampled (every parentbased_*
+# OTEL_TRACES_SAMPLER, the default): such a request may skip its span altogether (enforcer.tracing).
+UNSAMPLED_PARENT_DROPS = False
 TRACEPARENT, TRACESTATE = "traceparent", "tracestate"
 MODES = ("off", "otlp", "console")
 
@@ -32,10 +35,11 @@ _current_span = None  # opentelemetry.trace.get_current_span, once imported
 _NOOP = contextlib.nullcontext()
 
 
-def setup(service: str, exporter=None) -> bool:
+def setup(service: str, exporter=None, *, batched: bool = False) -> bool:
     """Turn tracing on in this process as TOLLGATE_TRACING says; `exporter` (tests: the SDK's
-    InMemorySpanExporter) turns it on whatever the setting, each span exported as it ends."""
-    global ENABLED, _tracer, _provider, _propagator, _current_span
+    InMemorySpanExporter) turns it on whatever the setting, each span exported as it ends (or in
+    batches, `batched`, as otlp does: loadtest.bench_tracing)."""
+    global ENABLED, UNSAMPLED_PARENT_DROPS, _tracer, _provider, _propagator, _current_span
     mode = os.environ.get("TOLLGATE_TRACING", "off").strip().lower() or "off"
     if mode not in MODES:
         raise ValueError(f"TOLLGATE_TRACING={mode!r}: expected one of {', '.join(MODES)}")
@@ -50,7 +54,7 @@ def setup(service: str, exporter=None) -> bool:
     except ImportError as e:
         raise RuntimeError(f"TOLLGATE_TRACING={mode} needs the otel extra: pip install 'tollgate[otel]' ({e})") from e
     if exporter is not None:
-        processor = SimpleSpanProcessor(exporter)
+        processor = BatchSpanProcessor(exporter) if batched else SimpleSpanProcessor(exporter)
     elif mode == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
 
@@ -66,8 +70,15 @@ def setup(service: str, exporter=None) -> bool:
     _tracer = _provider.get_tracer("tollgate")
     _propagator = TraceContextTextMapPropagator()
     _current_span = get_current_span
+    UNSAMPLED_PARENT_DROPS = "remoteParentNotSampled:AlwaysOffSampler" in _provider.sampler.get_description()
     ENABLED = True
     return True
+
+
+def flush() -> None:
+    """Export every span ended so far (a benchmark's export counts to its time)."""
+    if _provider is not None:
+        _provider.force_flush()
 
 
 def shutdown() -> None:
