@@ -465,14 +465,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-conns", type=int, default=256)
     p.add_argument("--redis-url", help="use this Redis instead of starting one (it gets bench keys)")
     p.add_argument("--no-floor", dest="floor", action="store_false", help="skip the do-nothing floor (f)")
-    p.add_argument("--traceparent", action="store_true",
-                   help="send a W3C traceparent header with each check (as a traced gateway does)")
+    p.add_argument("--traceparent", nargs="?", const="01", choices=("01", "00"),
+                   help="send a W3C traceparent header with each check (as a traced gateway does), its flags "
+                        "01 (sampled, the default) or 00 (not sampled)")
     p.add_argument("--env", action="append", default=[], metavar="TOLLGATE_X=V", help="extra enforcer setting")
     args = p.parse_args(argv)
     args.rates = [int(r) for r in args.rates.split(",")]
     if args.traceparent:
         global TRACEPARENT
-        TRACEPARENT = b"traceparent: 00-%032x-%016x-01\r\n"
+        TRACEPARENT = b"traceparent: 00-%032x-%016x-" + args.traceparent.encode() + b"\r\n"
     gc.freeze()
     uvloop.run(main_async(args))
 
