@@ -21,7 +21,7 @@ import functools
 import os
 from typing import Any
 
-ENABLED = False  # read on every traced call site: the one check a request pays when tracing is off
+ENABLED = False  # read by the traced call sites (rater stages, /v1/usage); the check path has none (enforcer.tracing)
 # The sampler records nothing under a remote parent that was not sampled (every parentbased_*
 # OTEL_TRACES_SAMPLER, the default): such a request may skip its span altogether (enforcer.tracing).
 UNSAMPLED_PARENT_DROPS = False
