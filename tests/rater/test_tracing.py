@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 
 from control.accounts import api_keys
 from tests.otlp_collector import OtlpCollector
-from tests.rater.conftest import pg_totals, raw, usage
+from tests.rater.conftest import pg_totals, raw, uid, usage
 from tests.rater.processes import RaterProcess
 from tests.servers import run_enforcer
 from tollgate import tracing
@@ -63,6 +63,7 @@ async def test_one_trace_from_the_gateway_through_check_and_usage_into_the_rater
     c = await make_customer(plan_for("prepaid"), wallet_micros=50_000_000)
     key = (await api_keys.create_api_key(pg, redis, c))["api_key"]
     gateway = tracing.tracer()
+    eid, rid = uid("evt"), uid("req")  # ids no other test's rating has recorded
     with OtlpCollector() as collector:
         env = {"TOLLGATE_REDIS_URL": redis_server.url, "TOLLGATE_BUS": "redis", "TOLLGATE_CHECK_DEADLINE_MS": "1000",
                "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool.jsonl"), "TOLLGATE_TRACING": "otlp",
@@ -72,11 +73,11 @@ async def test_one_trace_from_the_gateway_through_check_and_usage_into_the_rater
                 with gateway.start_as_current_span("gateway POST /v1/chat/completions", kind=SpanKind.SERVER) as gw:
                     headers = {"traceparent": _traceparent(gw.get_span_context()), "tracestate": "gw=1"}
                     r = await http.post(f"{enf.url}/v1/check", headers=headers, json={
-                        "api_key": key, "request_id": "req_traced", "dimensions": {"model": "m1"},
+                        "api_key": key, "request_id": rid, "dimensions": {"model": "m1"},
                         "estimate": {"requests": 1, "input_tokens": 2000, "output_tokens": 1000}})
                     assert r.status_code == 200, r.text
                     r = await http.post(f"{enf.url}/v1/usage", headers=headers, json={
-                        "event_id": "evt_traced", "api_key": key, "correlation_id": "req_traced",
+                        "event_id": eid, "api_key": key, "correlation_id": rid,
                         "hold_id": r.json()["hold_id"], "event_type": "llm.completion", "properties": {"model": "m1"},
                         "measurements": [{"metric": "input_tokens", "value": 1500},
                                          {"metric": "output_tokens", "value": 700}]})
@@ -110,10 +111,10 @@ async def test_one_trace_from_the_gateway_through_check_and_usage_into_the_rater
 
     # the events carry the context of the span that produced them (the spool and the bus keep it)
     events = {e["id"]: e for e in map(orjson.loads, raws)}
-    decision = next(e for e in events.values() if e["kind"] == "decision" and e["request_id"] == "req_traced")
+    decision = next(e for e in events.values() if e["kind"] == "decision" and e["request_id"] == rid)
     assert decision["traceparent"] == f"00-{trace_id}-{check.span_id}-01"
-    assert events["evt_traced"]["traceparent"] == f"00-{trace_id}-{use.span_id}-01"
-    assert events["evt_traced"]["tracestate"] == "gw=1"
+    assert events[eid]["traceparent"] == f"00-{trace_id}-{use.span_id}-01"
+    assert events[eid]["tracestate"] == "gw=1"
     assert "traceparent" not in next(e for e in events.values() if e.get("request_id") == "req_unsampled")
     assert not [s for s in collector.spans if s.trace_id == "ab" * 16]
 
@@ -129,7 +130,7 @@ async def test_one_trace_from_the_gateway_through_check_and_usage_into_the_rater
 
     # in the gateway's trace: gateway -> check -> rater.event, gateway -> usage -> rater.event
     per_event = {s.attributes["tollgate.event.id"]: s for s in finished if s.name == "rater.event"}
-    rated = per_event["evt_traced"]
+    rated = per_event[eid]
     assert _hex(rated.context.trace_id, 32) == trace_id and _hex(rated.parent.span_id, 16) == use.span_id
     assert rated.parent.is_remote and [link.context.span_id for link in rated.links] == [batch.context.span_id]
     assert _hex(per_event[decision["id"]].parent.span_id, 16) == check.span_id
@@ -215,6 +216,7 @@ async def test_the_rater_service_continues_the_trace_over_either_bus(
                "TOLLGATE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
                "OTEL_BSP_SCHEDULE_DELAY": "50"}
         rater_args = ["--sweep-interval", "0"]
+        eid, rid = uid("evt"), uid("req")  # ids no other test's rating has recorded
         if bus == "kafka":
             topic = f"tg-events-{uuid.uuid4().hex[:8]}"
             env.update(TOLLGATE_KAFKA_BOOTSTRAP=request.getfixturevalue("kafka_bootstrap"), TOLLGATE_KAFKA_TOPIC=topic,
@@ -227,11 +229,11 @@ async def test_the_rater_service_continues_the_trace_over_either_bus(
                     with tracing.tracer().start_as_current_span("gateway") as gw:
                         headers = {"traceparent": _traceparent(gw.get_span_context())}
                         r = await http.post(f"{enf.url}/v1/check", headers=headers, json={
-                            "api_key": key, "request_id": "req_proc", "dimensions": {"model": "m1"},
+                            "api_key": key, "request_id": rid, "dimensions": {"model": "m1"},
                             "estimate": {"requests": 1, "input_tokens": 2000, "output_tokens": 1000}})
                         assert r.status_code == 200, r.text
                         r = await http.post(f"{enf.url}/v1/usage", headers=headers, json={
-                            "event_id": "evt_proc", "api_key": key, "hold_id": r.json()["hold_id"],
+                            "event_id": eid, "api_key": key, "hold_id": r.json()["hold_id"],
                             "measurements": [{"metric": "input_tokens", "value": 1500}]})
                         assert r.status_code == 202 and not r.json()["spooled"], r.text
                 got = await collector.wait_for(["POST /v1/check", "POST /v1/usage", "rater.event", "rater.batch",
@@ -240,12 +242,12 @@ async def test_the_rater_service_continues_the_trace_over_either_bus(
                 await _until(lambda: len([s for s in collector.spans if s.name == "rater.event"]) == 2, 30)
             finally:
                 assert rater.stop() == 0, rater.logs()[-3000:]
-    assert (await pg_totals(pg, c))["events"] == 1
+    assert (await pg_totals(pg, c))["events"] == 1, rater.logs()[-6000:]
     trace_id = _hex(gw.get_span_context().trace_id, 32)
     use, check = got["POST /v1/usage"], got["POST /v1/check"]
     events = {s.parent_span_id: s for s in collector.spans if s.name == "rater.event"}
     assert {s.trace_id for s in events.values()} == {trace_id, use.trace_id, check.trace_id}
-    assert events[use.span_id].attributes["tollgate.event.id"] == "evt_proc"
+    assert events[use.span_id].attributes["tollgate.event.id"] == eid
     assert events[check.span_id].attributes["tollgate.event.kind"] == "decision"
     assert events[use.span_id].service == got["rater.batch"].service == "tollgate-rater"
     batch_traces = {s.trace_id for s in collector.spans if s.name == "rater.batch"}
