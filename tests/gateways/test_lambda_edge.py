@@ -280,8 +280,7 @@ async def test_the_viewers_trace_context_reaches_the_enforcer_and_its_events(red
     trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     with OtlpCollector() as collector, run_enforcer({
             "TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV, "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool"),
-            "TOLLGATE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "50"}) as traced:
+            **collector.env()}) as traced:
         cfg = config(traced.url, check_timeout_ms=2000)
         event = viewer_event(t.api_key, headers={"traceparent": f"00-{trace_id}-{span_id}-01", "tracestate": "cf=1"})
         request_id = "cf_" + event["Records"][0]["cf"]["config"]["requestId"]

@@ -148,8 +148,7 @@ async def test_the_clients_traceparent_reaches_the_check_as_it_is(nginx_factory,
     trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     with OtlpCollector() as collector, run_enforcer({
             "TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV, "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool"),
-            "TOLLGATE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "50"}) as traced:
+            **collector.env()}) as traced:
         proxy = nginx_factory(traced.url)
         logs_on_failure.append(proxy)
         r = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=10,

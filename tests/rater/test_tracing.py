@@ -66,8 +66,7 @@ async def test_one_trace_from_the_gateway_through_check_and_usage_into_the_rater
     eid, rid = uid("evt"), uid("req")  # ids no other test's rating has recorded
     with OtlpCollector() as collector:
         env = {"TOLLGATE_REDIS_URL": redis_server.url, "TOLLGATE_BUS": "redis", "TOLLGATE_CHECK_DEADLINE_MS": "1000",
-               "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool.jsonl"), "TOLLGATE_TRACING": "otlp",
-               "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+               "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool.jsonl"), **collector.env()}
         with run_enforcer(env) as enf:
             async with httpx.AsyncClient(timeout=10) as http:
                 with gateway.start_as_current_span("gateway POST /v1/chat/completions", kind=SpanKind.SERVER) as gw:
@@ -213,8 +212,7 @@ async def test_the_rater_service_continues_the_trace_over_either_bus(
     with OtlpCollector() as collector:
         env = {"TOLLGATE_REDIS_URL": redis_server.url, "TOLLGATE_DATABASE_URL": pg_dsn, "TOLLGATE_BUS": bus,
                "TOLLGATE_CHECK_DEADLINE_MS": "1000", "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool.jsonl"),
-               "TOLLGATE_TRACING": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
-               "OTEL_BSP_SCHEDULE_DELAY": "50"}
+               **collector.env()}
         rater_args = ["--sweep-interval", "0"]
         eid, rid = uid("evt"), uid("req")  # ids no other test's rating has recorded
         if bus == "kafka":
