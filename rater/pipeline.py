@@ -446,6 +446,7 @@ class Pipeline:
                     await record_counts(conn, [(e.customer.id, e.body) for e in decisions])
         return res
 
+    @tracing.traced("rater.close_idle_sessions")  # the sweeper's stages under one span
     async def close_idle(self, now: float | None = None, limit: int = 1000,
                          customer_ids: Sequence[str] | None = None) -> BatchResult:
         """The idle sweeper (rater.sessions): close and rate the open sessions whose idle_at has
