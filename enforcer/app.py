@@ -27,6 +27,7 @@ from enforcer.orphans import Undo
 from enforcer.redisclock import RedisClock
 from enforcer.rediswire import RedisWire
 from enforcer.usage import UsageEndpoint
+from tollgate import tracing
 from tollgate.bus import make_bus
 from tollgate.bus.spool import Spool, SpooledPublisher
 from tollgate.config import Settings
@@ -62,13 +63,14 @@ class Enforcer:
         # Opened at start-up, in the serving process (each worker claims its own spool file).
         self.publisher: SpooledPublisher | None = None
         self.events: EventQueue | None = None
+        self.event_queue_class = EventQueue  # enforcer.tracing's when tracing is on
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette):
         spool = Spool(self.settings.spool_path)
         self.publisher = SpooledPublisher(self.bus, spool, on_depth=metrics.SPOOL_DEPTH.set)
         metrics.SPOOL_DEPTH.set(spool.depth)
-        self.events = EventQueue(self.publisher, linger=self.config.event_linger_ms / 1000)
+        self.events = self.event_queue_class(self.publisher, linger=self.config.event_linger_ms / 1000)
         await self.bus.start()
         tasks = [asyncio.create_task(t) for t in
                  (self.keys.listen(self.settings.redis_url), self.publisher.run(), self.events.run(),
@@ -121,10 +123,15 @@ class HotPath:
 
 def create_app(settings: Settings | None = None, config: EnforcerConfig | None = None) -> HotPath:
     enforcer = Enforcer(settings or Settings(), config or EnforcerConfig())
-    check = ForwardAuth(CheckEndpoint(enforcer))  # POST /v1/check, and GET from forward-auth proxies
+    check, usage = ForwardAuth(CheckEndpoint(enforcer)), UsageEndpoint(enforcer)  # check: POST, and GET from forward-auth proxies
+    if tracing.setup("tollgate-enforcer"):  # TOLLGATE_TRACING: spans only where it is on (enforcer.tracing)
+        from enforcer.tracing import TracedEndpoint, TracedEventQueue  # noqa: PLC0415
+
+        check, usage = TracedEndpoint(check, "/v1/check"), TracedEndpoint(usage, "/v1/usage")
+        enforcer.event_queue_class = TracedEventQueue
     routes = [
         Route("/v1/check", check),  # reached only through HotPath; here for the route list
-        Route("/v1/usage", UsageEndpoint(enforcer)),
+        Route("/v1/usage", usage),
         Route("/healthz", healthz),
         Route("/readyz", readyz(enforcer)),
         Route("/metrics", metrics_endpoint),

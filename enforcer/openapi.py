@@ -50,6 +50,16 @@ _RATE_HEADERS = {
     "X-Tollgate-Level": header("On a DENY: the level of the billing hierarchy that decided (as `level` in the body)."),
 }
 
+# W3C Trace Context (tollgate.tracing): read only with TOLLGATE_TRACING on; never a reason to refuse.
+_TRACE_HEADERS = [
+    {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "W3C Trace Context of the caller (a gateway's span). With tracing on (TOLLGATE_TRACING) the "
+                    "enforcer's span is its child and the events this request puts on the bus carry that span's "
+                    "context to the rater; a malformed value is ignored (a new trace), never refused."},
+    {"name": "tracestate", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "W3C Trace Context vendor state, passed on with traceparent."},
+]
+
 _DECISION = {
     "type": "object",
     "required": ["decision", "reason", "hold_id", "retry_after_ms", "remaining", "tier"],
@@ -218,6 +228,7 @@ SPEC: dict[str, Any] = {
         "/v1/check": {
             "post": {
                 "operationId": "check",
+                "parameters": _TRACE_HEADERS,
                 "summary": "Decide whether a request may go ahead; ALLOW places a hold on its estimated cost.",
                 "requestBody": {"required": True, "content": json_content(_CHECK_REQUEST)},
                 "responses": _CHECK_RESPONSES,
@@ -226,12 +237,13 @@ SPEC: dict[str, Any] = {
                 "operationId": "checkForwardAuth",
                 "summary": "The same check as forward-auth proxies send it (Caddy forward_auth, Traefik ForwardAuth): "
                            "the fields in headers, no body (a missing or bad header is a 400 naming it).",
-                "parameters": _FORWARD_AUTH_HEADERS,
+                "parameters": _FORWARD_AUTH_HEADERS + _TRACE_HEADERS,
                 "responses": _CHECK_RESPONSES,
             },
         },
         "/v1/usage": {"post": {
             "operationId": "reportUsage",
+            "parameters": _TRACE_HEADERS,
             "summary": "Report what a call consumed; 202 once the event is durable.",
             "requestBody": {"required": True, "content": {
                 **json_content(_USAGE_REQUEST),

@@ -24,6 +24,7 @@ from enforcer.checks import unauthorized
 from enforcer.keycache import UNKNOWN, KeyInfo
 from enforcer.rediswire import Failure
 from enforcer.responses import send_error, send_json
+from tollgate import tracing
 from tollgate.keys import ID_PATTERN, api_key_hash
 from tollgate.rating.sessions import BOUNDARY_TYPES
 
@@ -137,4 +138,6 @@ class UsageEndpoint:
         else:
             event.update(customer_id=info.customer_id, key_id=info.key_id, plan_id=info.plan_id)
         event.update(u, timestamp=u["timestamp"] or received, received_at=received)
+        if tracing.ENABLED:  # the rater's spans continue this request's trace (tollgate.tracing)
+            tracing.inject(event)
         return event

@@ -56,6 +56,7 @@ PLAN = {
 }
 P99_TARGETS = ((3000, 0.0025), (5000, 0.004), (float("inf"), 0.005))  # (up to this rate, p99 target)
 DEADLINE_FO_TARGET = 0.0001  # deadline fail-opens with Redis healthy: at most 0.01 %
+TRACEPARENT = b""  # set by --traceparent
 SETTLE_S = 1.0  # a hold no answer carried must be gone within this
 
 
@@ -212,6 +213,7 @@ class OpenLoop:
         self.loop = asyncio.get_running_loop()
         self.n = 0
         self.holds: set[bytes] = set()  # every hold id an answer carried, whole run
+        self.traceparent = TRACEPARENT  # --traceparent: a gateway's W3C header, a trace per request
         self.reset()
 
     def reset(self) -> None:
@@ -225,8 +227,9 @@ class OpenLoop:
         body = (b'{"api_key":"%s","request_id":"bench_%d","dimensions":{"model":"m"},'
                 b'"estimate":{"requests":1,"input_tokens":1500,"output_tokens":800}}'
                 % (self.keys[self.n % len(self.keys)].encode(), self.n))
-        return (b"POST /v1/check HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        trace = self.traceparent % (self.n, self.n) if self.traceparent else b""
+        return (b"POST /v1/check HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n%s"
+                b"Content-Length: %d\r\n\r\n%s" % (trace, len(body), body))
 
     def dispatch(self, due: float) -> None:
         req = self.request()
@@ -464,9 +467,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-conns", type=int, default=256)
     p.add_argument("--redis-url", help="use this Redis instead of starting one (it gets bench keys)")
     p.add_argument("--no-floor", dest="floor", action="store_false", help="skip the do-nothing floor (f)")
+    p.add_argument("--traceparent", nargs="?", const="01", choices=("01", "00"),
+                   help="send a W3C traceparent header with each check (as a traced gateway does), its flags "
+                        "01 (sampled, the default) or 00 (not sampled)")
     p.add_argument("--env", action="append", default=[], metavar="TOLLGATE_X=V", help="extra enforcer setting")
     args = p.parse_args(argv)
     args.rates = [int(r) for r in args.rates.split(",")]
+    if args.traceparent:
+        global TRACEPARENT
+        TRACEPARENT = b"traceparent: 00-%032x-%016x-" + args.traceparent.encode() + b"\r\n"
     gc.freeze()
     uvloop.run(main_async(args))
 

@@ -28,7 +28,7 @@ import orjson
 
 from rater import metrics
 from rater.key_paths import NO_PATH
-from tollgate import alert_rules, limits, redis_raw
+from tollgate import alert_rules, limits, redis_raw, tracing
 from tollgate.alert_rules import AlertSettings
 from tollgate.alerts import raise_many
 from tollgate.keys import CustomerKeys
@@ -93,6 +93,7 @@ class RaterAlerts:
             out[c.id] = s
         return out
 
+    @tracing.traced("rater.alerts")
     async def record_pace(self, conn, events: Sequence[Event], rows: Sequence) -> None:
         """In the rating transaction: this hour's spend of the customers watching for spikes."""
         customers = {e.customer.id: e.customer for e in events if e.kind == "usage"}
@@ -108,6 +109,7 @@ class RaterAlerts:
             hour = int(time.time() // 3600)
             await conn.execute(_PACE, ids, [hour] * len(ids), [spend[c] for c in ids])
 
+    @tracing.traced("rater.alerts")
     async def raise_after_settlement(self, conn, directory: Directory, items: Sequence[SettleItem],
                                      results: Sequence[SettleResult], now: float | None = None) -> list[str]:
         """Propose the alerts the settled figures call for; insert the new ones. Returns their ids."""

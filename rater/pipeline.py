@@ -58,7 +58,8 @@ from rater.settlement import (
     settle_filling,
 )
 from rater.tiers import record_promotions
-from tollgate import locks, redis_raw
+from rater.tracing import traced_batch
+from tollgate import locks, redis_raw, tracing
 from tollgate.keys import CustomerKeys
 from tollgate.periods import period_of
 from tollgate.plans import Plan
@@ -266,6 +267,7 @@ class Directory:
         self._keys: dict[str, tuple[float, str]] = {}
         self._plans = plan_changes.Plans()  # by (plan id, version, negotiated prices)
 
+    @tracing.traced("rater.resolve_customers")
     async def resolve(self, conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         now = time.monotonic()
         hashes = {e.body["api_key_hash"] for e in events if not e.body.get("customer_id")}
@@ -368,6 +370,7 @@ class Pipeline:
         self._cumulatives: dict[tuple[str, str], Cumulatives] = {}
         self._carried = rollovers.CarriedIn()  # units carried into periods (rollover plans only)
 
+    @traced_batch  # rater.tracing: a batch span linked to each event's trace, when tracing is on
     async def process_raw(self, raws: Sequence[bytes], *, now: float | None = None,
                           record_dead: bool = True) -> BatchResult:
         """Rate one batch. Raises on PostgreSQL/Redis trouble: nothing is then acknowledged and
@@ -377,15 +380,16 @@ class Pipeline:
         res = BatchResult(len(raws))
         events: list[Event] = []
         seen: set[str] = set()
-        for i, raw in enumerate(raws):
-            ev = decode(i, raw, now_period)
-            if isinstance(ev, DeadLetter):
-                res.add_dead(i, ev)
-            elif ev.id in seen:
-                res.duplicates += 1
-            else:
-                seen.add(ev.id)
-                events.append(ev)
+        with tracing.span("rater.decode"):  # and decompose
+            for i, raw in enumerate(raws):
+                ev = decode(i, raw, now_period)
+                if isinstance(ev, DeadLetter):
+                    res.add_dead(i, ev)
+                elif ev.id in seen:
+                    res.duplicates += 1
+                else:
+                    seen.add(ev.id)
+                    events.append(ev)
         res.first_received = metrics.oldest_received(e.body for e in events)
 
         async with self.pool.acquire() as conn:
@@ -430,18 +434,21 @@ class Pipeline:
             raise eg.exceptions[0] from eg
 
         if self.charges is not None:  # after every commit, before the caller acknowledges: at least once
-            await self.charges.publish(res.charged)
+            with tracing.span("rater.publish_charges"):
+                await self.charges.publish(res.charged)
         await self._judge_margins([e for g in groups.values() for e in g], now)
         dead = res.dead if record_dead else []
         placed = [self._hold(e) for e in decisions if e.body.get("hold_id") and e.body.get("decision", "ALLOW") == "ALLOW"]
         res.decisions = len(decisions)
         if dead or placed or decisions:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await dead_letters.record(conn, dead)
-                await holds.record_placed_holds(conn, placed)
-                await record_counts(conn, [(e.customer.id, e.body) for e in decisions])
+            with tracing.span("rater.record_decisions"):  # and dead letters, placed holds
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await dead_letters.record(conn, dead)
+                    await holds.record_placed_holds(conn, placed)
+                    await record_counts(conn, [(e.customer.id, e.body) for e in decisions])
         return res
 
+    @tracing.traced("rater.close_idle_sessions")  # the sweeper's stages under one span
     async def close_idle(self, now: float | None = None, limit: int = 1000,
                          customer_ids: Sequence[str] | None = None) -> BatchResult:
         """The idle sweeper (rater.sessions): close and rate the open sessions whose idle_at has
@@ -487,6 +494,7 @@ class Pipeline:
             await self._judge_margins(requests, now)
         return res
 
+    @tracing.traced("rater.margin_guard")
     async def _judge_margins(self, events: Sequence[Event], now: float) -> None:
         """Margin Guard (rater.margin_guard) over the customers and agent sessions of rated events,
         after their settlement and before the ack: a trip is denied at the next check."""
@@ -555,6 +563,7 @@ class Pipeline:
                     claimed.discard(g)
         return got
 
+    @tracing.traced("rater.lock_groups")
     async def _locked(self, conn, res: BatchResult, rated: list[Event], now: float) -> None:
         """The events of the lock groups this lane holds: price, commit, settle, record.
 
@@ -589,6 +598,7 @@ class Pipeline:
         await self._record_settlement(conn, [it for it, _ in settled_first] + replay_items + items,
                                       [r for _, r in settled_first] + replay_results + results)
 
+    @tracing.traced("rater.transaction")
     async def _rate_and_commit(self, conn, res: BatchResult, new: list[Event], now: float, optimistic: bool,
                                settled_first: list[tuple[SettleItem, SettleResult]]) -> list[Processed] | None:
         """Price `new` in one transaction; None (rolled back) when optimistic and some event
@@ -630,33 +640,35 @@ class Pipeline:
                 # with them (rare: once per tier a customer's volume crosses).
                 routed: dict[tuple[str, str], list[int]] = {}
                 start = dict(cums), dict(wallets), dict(seqs)
-                while True:
-                    needed: set[tuple[str, str]] = set()
-                    for e in new:
-                        if e.kind == "fail_open":
-                            rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
-                            part.fail_open += 1
-                        elif e.part:
-                            self._session_part(e, seqs, rows)
-                        else:
-                            self._rate(e, cums, carried, wallets, seqs, rows, lines, changed, part, routed, needed)
-                    if not needed:
-                        break
-                    routed = await ledger.routed_so_far(conn, needed)
-                    cums, wallets, seqs = dict(start[0]), dict(start[1]), dict(start[2])
-                    rows, lines, changed, part = [], [], {}, BatchResult(res.size)
-                try:
-                    await ledger.insert_processed(conn, rows)
-                except asyncpg.UniqueViolationError:
-                    raise _AlreadyProcessed from None
-                payload = await ledger.copy_lines(conn, lines)
-                if absorbed is not None:
-                    await sessions.write(conn, absorbed, {r.event_id: r.spend_micros for r in rows if r.kind == "usage"},
-                                         {r.event_id for r in rows}, lines)
-                await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
-                await rollups.write(conn, new, rows, lines)  # the read API's usage, never the ledger
-                await self.alerts.record_pace(conn, new, rows)
-                await grants.spend_grants(conn, rows)  # what the wallet paid, from the customers' credit grants
+                with tracing.span("rater.price"):
+                    while True:
+                        needed: set[tuple[str, str]] = set()
+                        for e in new:
+                            if e.kind == "fail_open":
+                                rows.append(Processed(e.id, "fail_open", e.customer.id, e.current, 0, 0, 0, None, 0, None))
+                                part.fail_open += 1
+                            elif e.part:
+                                self._session_part(e, seqs, rows)
+                            else:
+                                self._rate(e, cums, carried, wallets, seqs, rows, lines, changed, part, routed, needed)
+                        if not needed:
+                            break
+                        routed = await ledger.routed_so_far(conn, needed)
+                        cums, wallets, seqs = dict(start[0]), dict(start[1]), dict(start[2])
+                        rows, lines, changed, part = [], [], {}, BatchResult(res.size)
+                with tracing.span("rater.ledger_write"):  # and the rollups, sessions and grants beside it
+                    try:
+                        await ledger.insert_processed(conn, rows)
+                    except asyncpg.UniqueViolationError:
+                        raise _AlreadyProcessed from None
+                    payload = await ledger.copy_lines(conn, lines)
+                    if absorbed is not None:
+                        await sessions.write(conn, absorbed, {r.event_id: r.spend_micros for r in rows if r.kind == "usage"},
+                                             {r.event_id for r in rows}, lines)
+                    await ledger.upsert_cumulatives(conn, [(*k, q) for k, q in changed.items()])
+                    await rollups.write(conn, new, rows, lines)  # the read API's usage, never the ledger
+                    await self.alerts.record_pace(conn, new, rows)
+                    await grants.spend_grants(conn, rows)  # what the wallet paid, from the customers' credit grants
         except _AlreadyProcessed:
             if optimistic:
                 return None
@@ -807,6 +819,7 @@ class Pipeline:
         return ({c: int(v or 0) for c, v in zip(ids, values[0::2])},
                 {c: int(v or 0) for c, v in zip(ids, values[1::2])})
 
+    @tracing.traced("rater.record_settlement")
     async def _record_settlement(self, conn, items: list[SettleItem], results: list[SettleResult]) -> None:
         if not items:
             return

@@ -23,6 +23,7 @@ import asyncpg
 from rater import charges, holds, metrics, rollups, sessions
 from rater.consumers import Consumer, Message, make_consumer
 from rater.pipeline import BatchResult, Pipeline
+from tollgate import tracing
 from tollgate.config import Settings, settings as load_settings
 from tollgate.gc_tuning import freeze_startup_heap
 from tollgate.redis_client import connect
@@ -178,6 +179,7 @@ def run_from_args(args: argparse.Namespace, cfg: Settings | None = None) -> int:
         cfg = replace(cfg, bus=args.bus)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tracing.setup("tollgate-rater")  # TOLLGATE_TRACING (off by default)
     coro = serve(cfg, group=args.group, consumer_name=args.consumer, batch_size=args.batch,
                  sweep_interval_s=args.sweep_interval, claim_idle_ms=args.claim_idle_ms,
                  metrics_port=metrics.port_from_env() if args.metrics_port is None else args.metrics_port,

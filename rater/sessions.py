@@ -37,6 +37,7 @@ import asyncpg
 import orjson
 
 from rater.ledger import LEDGER_COLUMNS
+from tollgate import tracing
 from tollgate.rating.pricing import RatingError
 from tollgate.rating.sessions import END, billable_id, billable_measurements
 from tollgate.rating.stages.quantities import check_part
@@ -92,6 +93,7 @@ _READ = """SELECT s.* FROM agent_sessions s JOIN unnest($1::text[], $2::text[]) 
            ON s.customer_id = k.c AND s.session_id = k.s"""
 
 
+@tracing.traced("rater.sessions")
 async def absorb(conn: asyncpg.Connection, events: Sequence, now: float,
                  make_event: Callable, dead: Callable[[object, Exception], None]) -> Absorbed:
     """Aggregate the session events of `events` (rater.pipeline.Event, sorted by customer and

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import lua
 from rater import ledger
-from tollgate import redis_raw
+from tollgate import redis_raw, tracing
 from tollgate.keys import SPEND_TTL_MS, CustomerKeys
 from tollgate.periods import is_period, period_of
 from tollgate.redis_raw import eval_many
@@ -115,6 +115,7 @@ async def settle(redis, items: Sequence[SettleItem], *, now: float | None = None
     return results
 
 
+@tracing.traced("rater.settle")
 async def settle_filling(redis, items: Sequence[SettleItem], fill: Fill, *, now: float | None = None,
                          current_periods: Mapping[str, str] | None = None
                          ) -> tuple[list[SettleItem], list[SettleResult]]:

@@ -134,6 +134,22 @@ def set_header(headers: dict, name: str, value) -> None:
     headers[name.lower()] = [{"key": name, "value": str(value)}]
 
 
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def trace_headers(headers: dict) -> dict[str, str]:
+    """The viewer's W3C Trace Context, passed on to /v1/check and /v1/usage so the enforcer's spans
+    join its trace (docs/ARCHITECTURE.md, "Tracing"); {} without a well-formed traceparent."""
+    tp = get_header(headers, "traceparent")
+    if not tp or not _TRACEPARENT.match(tp):
+        return {}
+    out = {"traceparent": tp}
+    ts = get_header(headers, "tracestate")
+    if ts and len(ts) <= 512 and ts.isprintable():
+        out["tracestate"] = ts
+    return out
+
+
 def extract_api_key(headers: dict, header_name: str) -> str | None:
     v = get_header(headers, header_name)
     if v is None:
@@ -236,10 +252,11 @@ def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, s
     return conn, parts.path.rstrip("/"), False
 
 
-def post_json(url: str, path: str, doc: dict, timeout_ms: int) -> tuple[int, dict, bytes]:
+def post_json(url: str, path: str, doc: dict, timeout_ms: int,
+              extra_headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
     """POST a JSON document; (status, lower-case headers, body). The whole exchange runs under
     `timeout_ms` (each socket step gets what is left). A kept-alive connection (warm container)
-    that turns out closed is retried once on a fresh one."""
+    that turns out closed is retried once on a fresh one. `extra_headers`: trace_headers()."""
     deadline = time.monotonic() + timeout_ms / 1000
     body = json.dumps(doc, separators=(",", ":")).encode()
     for attempt in (0, 1):
@@ -254,7 +271,7 @@ def post_json(url: str, path: str, doc: dict, timeout_ms: int) -> tuple[int, dic
             conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
             conn.request("POST", base + path, body=body,
                          headers={"Content-Type": "application/json", "Accept": "application/json",
-                                  "User-Agent": "tollgate-lambda-edge"})
+                                  "User-Agent": "tollgate-lambda-edge", **(extra_headers or {})})
             conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
             resp = conn.getresponse()
             data = resp.read(65537)

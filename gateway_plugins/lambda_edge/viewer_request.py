@@ -46,7 +46,7 @@ def handle(event: dict, config: dict) -> dict:
         status, reply_headers, body = edge.post_json(
             config["sidecar_url"], "/v1/check",
             {"api_key": api_key, "request_id": request_id, "dimensions": dims, "estimate": est},
-            config["check_timeout_ms"])
+            config["check_timeout_ms"], edge.trace_headers(headers))
         decision = edge.parse_check(status, body, reply_headers)
         error = None if decision else f"unexpected reply: HTTP {status}"
     except edge.SidecarError as e:

@@ -96,7 +96,8 @@ def handle(event: dict, config: dict) -> dict:
         return response
     doc = usage_event(request, response, config, api_key)
     try:
-        status, _, body = edge.post_json(config["sidecar_url"], "/v1/usage", doc, config["usage_timeout_ms"])
+        status, _, body = edge.post_json(config["sidecar_url"], "/v1/usage", doc, config["usage_timeout_ms"],
+                                         edge.trace_headers(rh))
         if status not in (200, 202):
             edge.log("usage report refused", request_id=request_id, status=status, body=body[:512].decode("utf-8", "replace"))
     except edge.SidecarError as e:

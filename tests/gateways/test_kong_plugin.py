@@ -28,12 +28,13 @@ USAGE_DELAY_S = 1.5
 
 
 class SlowUsageSidecar:
-    """Forwards to the real enforcer, but holds every /v1/usage for USAGE_DELAY_S first: proves
-    the report does not delay the client."""
+    """Forwards to the real enforcer, but holds every /v1/usage for `delay` s first: proves the
+    report does not delay the client. `seen`: (path, request headers) of every call."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, delay: float = USAGE_DELAY_S):
         outer = self
         self.usage_done = threading.Event()
+        self.seen: list[tuple[str, dict]] = []
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -43,8 +44,9 @@ class SlowUsageSidecar:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path.endswith("/v1/usage"):
-                    time.sleep(USAGE_DELAY_S)
+                    time.sleep(delay)
                 r = httpx.post(target + self.path, content=body, headers={"Content-Type": "application/json"})
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():
@@ -78,6 +80,7 @@ def gateway(tmp_path_factory, enforcer, upstream):
     prefix = tmp_path_factory.mktemp("kong")
     hung, garbage = HungServer().start(), GarbageServer().start()
     slow = SlowUsageSidecar(enforcer.url)
+    recording = SlowUsageSidecar(enforcer.url, delay=0)
     configs = {
         "ok": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "default_model": "claude-sonnet-4-6"},
         "bearer": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_header": "Authorization"},
@@ -88,12 +91,14 @@ def gateway(tmp_path_factory, enforcer, upstream):
         "garbage": {"sidecar_url": garbage.url},
         "strict": {"sidecar_url": dead_url(), "fault_tolerant": False},
         "slowusage": {"sidecar_url": slow.url, "timeout_ms": 2000, "usage_timeout_ms": 5000},
+        "recorded": {"sidecar_url": recording.url, "timeout_ms": 2000},
     }
     http_body = kong_http_body(prefix, configs, "".join(location(name, upstream.url) for name in configs))
     nginx = Nginx(prefix, http_body, lua=True).start()
+    nginx.recording = recording
     yield nginx
     nginx.stop()
-    for s in (hung, garbage, slow):
+    for s in (hung, garbage, slow, recording):
         s.stop()
 
 
@@ -352,3 +357,21 @@ async def test_an_enforcer_fail_open_is_forwarded_flagged_and_reported(kong, ups
     usage = await wait_usage(redis, seen["headers"]["x-tollgate-request-id"])
     assert usage["properties"]["fail_open"] == "true"
     assert usage.get("hold_id") is None
+
+
+async def test_the_clients_trace_context_reaches_the_check_and_the_usage_report(kong, upstream, redis):
+    t = await provision(redis)
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    r = httpx.post(f"{kong.url}/recorded/v1/chat/completions",
+                   **chat(t, 50, headers={"traceparent": tp, "tracestate": "gw=1"}))
+    assert r.status_code == 200, r.text
+    request_id = last_upstream(upstream, "/v1/chat/completions")["headers"]["x-tollgate-request-id"]
+    await wait_usage(redis, request_id)
+    calls = {path: headers for path, headers in kong.recording.seen}
+    for path in ("/v1/check", "/v1/usage"):
+        assert calls[path]["traceparent"] == tp and calls[path]["tracestate"] == "gw=1", (path, calls[path])
+    # a malformed traceparent is not passed on
+    kong.recording.seen.clear()
+    r = httpx.post(f"{kong.url}/recorded/v1/chat/completions", **chat(t, 50, headers={"traceparent": "00-zz-01"}))
+    assert r.status_code == 200, r.text
+    assert "traceparent" not in dict(kong.recording.seen)["/v1/check"]

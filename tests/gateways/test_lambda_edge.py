@@ -19,9 +19,11 @@ import pytest
 
 from gateway_plugins import openai_errors
 from gateway_plugins.lambda_edge import build, tollgate_edge, viewer_request, viewer_response
-from tests.gateways.conftest import provision, wait_usage
+from tests.gateways.conftest import provision, wait_event, wait_usage
 from tests.gateways.harness import GarbageServer, dead_url
-from tests.servers import HungServer
+from tests.otlp_collector import OtlpCollector
+from tests.servers import HungServer, run_enforcer
+from tests.tenants import DECISION_ENV
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cloudfront"
 LIMIT_40KB = 40 * 1024
@@ -293,3 +295,32 @@ async def test_an_estimate_above_the_whole_limit_is_429_without_retry(enforcer, 
     assert body["error"]["tollgate_reason"] == "rate_limited_tokens"
     # ... but the enforcer said waiting cannot cure this one: OpenAI's SDKs must not retry it
     assert header(resp["headers"], "x-should-retry") == "false" and header(resp["headers"], "retry-after") is None
+
+
+async def test_the_viewers_trace_context_reaches_the_enforcer_and_its_events(redis, redis_server, tmp_path):
+    """Through an enforcer with tracing on: its spans are children of the viewer's, and the events
+    on the bus carry the trace on to the rater."""
+    t = await provision(redis)
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    with OtlpCollector() as collector, run_enforcer({
+            "TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV, "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool"),
+            **collector.env()}) as traced:
+        cfg = config(traced.url, check_timeout_ms=2000)
+        event = viewer_event(t.api_key, headers={"traceparent": f"00-{trace_id}-{span_id}-01", "tracestate": "cf=1"})
+        request_id = "cf_" + event["Records"][0]["cf"]["config"]["requestId"]
+        out = viewer_request.handle(event, cfg)
+        assert "status" not in out, out
+        viewer_response.handle(origin_response_event(out), cfg)
+        spans = await collector.wait_for(["POST /v1/check", "POST /v1/usage"])
+    assert {spans[n].trace_id for n in spans} == {trace_id}
+    assert spans["POST /v1/check"].parent_span_id == spans["POST /v1/usage"].parent_span_id == span_id
+    usage = await wait_usage(redis, request_id)
+    decision = await wait_event(redis, "decision", "request_id", request_id)
+    assert usage["traceparent"] == f"00-{trace_id}-{spans['POST /v1/usage'].span_id}-01"
+    assert decision["traceparent"] == f"00-{trace_id}-{spans['POST /v1/check'].span_id}-01"
+    assert usage["tracestate"] == "cf=1"
+    # a malformed traceparent is not passed on (and a control character never)
+    assert tollgate_edge.trace_headers({"traceparent": [{"value": "00-zz-01"}]}) == {}
+    assert tollgate_edge.trace_headers({"traceparent": [{"value": f"00-{trace_id}-{span_id}-01"}],
+                                        "tracestate": [{"value": "a=b\r\nx: 1"}]}) == {
+        "traceparent": f"00-{trace_id}-{span_id}-01"}

@@ -11,7 +11,9 @@ import pytest
 from gateway_plugins import openai_errors
 from tests.gateways.conftest import provision, wait_event
 from tests.gateways.harness import ROOT, Nginx, dead_url
-from tests.servers import HungServer
+from tests.otlp_collector import OtlpCollector
+from tests.servers import HungServer, run_enforcer
+from tests.tenants import DECISION_ENV
 
 EXAMPLE = ROOT / "gateway_plugins" / "nginx" / "tollgate-auth-request.conf"
 
@@ -157,3 +159,24 @@ async def test_sidecar_hung_fails_open_within_the_timeout(nginx_factory, upstrea
         assert "upstream timed out" in n.log()
     finally:
         hung.stop()
+
+
+async def test_the_clients_traceparent_reaches_the_check_as_it_is(nginx_factory, redis, redis_server, tmp_path,
+                                                                  upstream, logs_on_failure):
+    """auth_request passes the client's headers to the subrequest: with tracing on, the check's
+    span is a child of the client's and its decision event carries the trace."""
+    t = await provision(redis)
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    with OtlpCollector() as collector, run_enforcer({
+            "TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV, "TOLLGATE_SPOOL_PATH": str(tmp_path / "spool"),
+            **collector.env()}) as traced:
+        proxy = nginx_factory(traced.url)
+        logs_on_failure.append(proxy)
+        r = httpx.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=10,
+                       headers={"x-api-key": t.api_key, "traceparent": f"00-{trace_id}-{span_id}-01"})
+        assert r.status_code == 200, r.text
+        check = (await collector.wait_for(["POST /v1/check"]))["POST /v1/check"]
+    assert (check.trace_id, check.parent_span_id) == (trace_id, span_id)
+    request_id = upstream.received("/v1/chat/completions")[-1]["headers"]["x-tollgate-request-id"]
+    decision = await wait_event(redis, "decision", "request_id", request_id)
+    assert decision["traceparent"] == f"00-{trace_id}-{check.span_id}-01"

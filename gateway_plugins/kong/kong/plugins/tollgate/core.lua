@@ -155,6 +155,21 @@ function _M.check_body(api_key, request_id, dimensions, estimate)
   })
 end
 
+-- The client's W3C Trace Context, as header lines for the enforcer's /v1/check and /v1/usage (so
+-- the enforcer's spans join the gateway's trace: docs/ARCHITECTURE.md, "Tracing"); "" when the
+-- client sent none or a traceparent of the wrong shape. Never a CR or LF copied into the request.
+function _M.trace_headers(traceparent, tracestate)
+  if type(traceparent) ~= "string" or #traceparent ~= 55
+     or not traceparent:find("^%x%x%-%x+%-%x+%-%x%x$") then
+    return ""
+  end
+  local lines = "traceparent: " .. traceparent .. "\r\n"
+  if type(tracestate) == "string" and #tracestate <= 512 and not tracestate:find("%c") then
+    lines = lines .. "tracestate: " .. tracestate .. "\r\n"
+  end
+  return lines
+end
+
 local function header(headers, name)
   if not headers then
     return nil

@@ -53,12 +53,13 @@ local function usage_target_of(conf)
   return parsed(usage_targets, conf, conf.usage_url or conf.sidecar_url)
 end
 
-local function client_opts(conf, timeout_ms)
+local function client_opts(conf, timeout_ms, trace_headers)
   return {
     timeout_ms = timeout_ms,
     keepalive_ms = conf.keepalive_ms,
     pool_size = conf.keepalive_pool_size,
     ssl_verify = conf.ssl_verify,
+    trace_headers = trace_headers,  -- core.trace_headers: the client's trace context, passed on
   }
 end
 
@@ -78,8 +79,8 @@ local function read_request_body(conf)
 end
 
 -- The decision (the sidecar's /v1/check, or in mode redis check.lua on Redis): decision and the
--- client headers, or nil and an error.
-local function check(conf, api_key, request_id, dimensions, estimate)
+-- client headers, or nil and an error. In mode redis no enforcer span exists to continue the trace.
+local function check(conf, api_key, request_id, dimensions, estimate, trace)
   if conf.mode == "redis" then
     return redis_check.check(conf, api_key, request_id, dimensions, estimate)
   end
@@ -90,7 +91,7 @@ local function check(conf, api_key, request_id, dimensions, estimate)
   local res
   res, err = http.request(target, "POST", "/v1/check",
                           core.check_body(api_key, request_id, dimensions, estimate),
-                          client_opts(conf, conf.timeout_ms))
+                          client_opts(conf, conf.timeout_ms, trace))
   if not res then
     return nil, nil, err
   end
@@ -129,9 +130,10 @@ function TollgateHandler:access(conf)
   local dimensions, estimate = core.estimate(raw, length, conf)
   local request_id = conf.request_id_prefix .. ngx.var.request_id
 
-  local decision, headers, err = check(conf, api_key, request_id, dimensions, estimate)
+  local trace = core.trace_headers(kong.request.get_header("traceparent"), kong.request.get_header("tracestate"))
+  local decision, headers, err = check(conf, api_key, request_id, dimensions, estimate, trace)
   local report = {
-    api_key = api_key, request_id = request_id, dimensions = dimensions, estimate = estimate,
+    api_key = api_key, request_id = request_id, dimensions = dimensions, estimate = estimate, trace = trace,
   }
   kong.service.request.set_header("X-Tollgate-Request-Id", request_id)
 
@@ -218,7 +220,8 @@ function TollgateHandler:log(conf)
   local usage = ctx.capture and core.parse_usage(core.captured(ctx.capture), report.stream)
   local body = core.usage_body(report, kong.response.get_status(), usage, core.iso8601(ngx.utctime()), conf)
   local ok
-  ok, err = timer_at(0, send_usage, target, client_opts(conf, conf.usage_timeout_ms), body, report.request_id)
+  ok, err = timer_at(0, send_usage, target, client_opts(conf, conf.usage_timeout_ms, report.trace), body,
+                     report.request_id)
   if not ok then
     kong.log.err("tollgate usage report of ", report.request_id, " not scheduled: ", err)
   end

@@ -138,6 +138,7 @@ local function exchange(target, method, path, body, deadline, opts)
     method, " ", target.base_path, path, " HTTP/1.1\r\n",
     "Host: ", target.authority, "\r\n",
     "User-Agent: tollgate-kong\r\n",
+    opts.trace_headers or "",
     "Accept: application/json\r\n",
     "Content-Type: application/json\r\n",
     "Content-Length: ", #body, "\r\n",
