@@ -118,8 +118,9 @@ class LiteLLMProxy:
 
 class SwitchableSidecar:
     """A fixed loopback address in front of the enforcer. Modes: "forward" (to the enforcer,
-    counting the /v1/check requests by request id), "garbage" (200 with an HTML body), "hung"
-    (accepts, never answers), "down" (nothing listens: connection refused)."""
+    recording the /v1/check requests), "garbage" (checks get 200 with an HTML body), "hung" (checks
+    are never answered), "down" (nothing listens: connection refused). In "garbage" and "hung"
+    the usage reports still reach the enforcer, so a test can see how a failed-open call is reported."""
 
     def __init__(self, target: str):
         self.target = target
@@ -150,11 +151,12 @@ class SwitchableSidecar:
                 # on a kept-alive connection
                 self.close_connection = True
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if outer.mode == "hung":
+                broken = outer.mode if self.path == "/v1/check" else "forward"
+                if broken == "hung":
                     outer.release.wait(30)
                     self.close_connection = True
                     return
-                if outer.mode == "garbage":
+                if broken == "garbage":
                     data = b"<html>502 Bad Gateway</html>"
                     self.send_response(200)
                     self.send_header("Content-Type", "text/html")

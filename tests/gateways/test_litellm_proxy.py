@@ -86,3 +86,137 @@ async def test_allow_answers_with_rate_limit_headers_and_reports_cached_tokens(p
         {"metric": "output_tokens", "value": MOCK_USAGE["completion_tokens"]},
         {"metric": "cache_read_tokens", "value": cached},
     ]
+
+
+async def test_a_stream_reports_its_final_usage(proxy, redis):
+    t = await provision(redis)
+    raw = sdk(proxy, t.api_key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=64, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Say hi"}])
+    assert raw.headers["x-tollgate-reason"] == "ok"
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from the stream mock"
+    final = [c.usage for c in chunks if c.usage]
+    assert final, "the stream carried no usage"
+    rid = request_id(raw.headers)
+    usage = await wait_usage(redis, rid)
+    assert usage["properties"]["request_type"] == "stream"
+    assert usage["hold_id"] == (await wait_event(redis, "decision", "request_id", rid))["hold_id"]
+    assert {m["metric"]: m["value"] for m in usage["measurements"]} == {
+        "input_tokens": final[-1].prompt_tokens, "output_tokens": final[-1].completion_tokens}
+    assert final[-1].completion_tokens > 0
+
+
+async def test_the_estimate_sent_is_taken_from_the_request(proxy, redis):
+    # tpm 300: a request (~30 input tokens) with max_tokens 200 passes, a second one does not fit,
+    # one with max_tokens 1 still does
+    t = await provision(redis, tokens_per_minute=300)
+    client = sdk(proxy, t.api_key)
+    assert chat(client, max_tokens=200).http_response.status_code == 200
+    with pytest.raises(openai.RateLimitError) as denied:
+        chat(client, max_tokens=200)
+    assert denied.value.body["type"] == "tokens"
+    assert denied.value.body["tollgate_reason"] == "rate_limited_tokens"
+    assert chat(client, max_tokens=1).http_response.status_code == 200
+
+
+async def test_deny_rate_limited_is_openais_429_with_retry_after(proxy, redis, sidecar):
+    t = await provision(redis, requests_per_minute=1)
+    client = sdk(proxy, t.api_key)
+    chat(client)
+    with pytest.raises(openai.RateLimitError) as denied:
+        chat(client)
+    e = denied.value
+    assert e.status_code == 429
+    assert e.body["type"] == "requests" and e.body["code"] == "rate_limit_exceeded"
+    assert e.body["message"].startswith("Rate limit reached for requests per minute")
+    assert 1 <= int(e.response.headers["retry-after"]) <= 60
+    assert e.response.headers["x-ratelimit-remaining"] == "0"
+    assert e.response.headers["x-tollgate-reason"] == "rate_limited_requests"
+    assert "x-should-retry" not in e.response.headers
+    # refused before the model: LiteLLM logged no call, so no usage report either
+    assert len(sidecar.checks_of(lambda c: c["api_key"] == t.api_key)) == 2
+
+
+async def test_deny_insufficient_balance_is_a_402_not_to_retry(proxy, redis):
+    t = await provision(redis, wallet=0)
+    with pytest.raises(openai.APIStatusError) as denied:
+        chat(sdk(proxy, t.api_key))
+    e = denied.value
+    assert e.status_code == 402
+    assert e.body["type"] == "insufficient_quota" and e.body["code"] == "insufficient_quota"
+    assert e.body["tollgate_reason"] == "insufficient_balance"
+    assert e.response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in e.response.headers
+
+
+async def test_unknown_and_missing_keys_get_401(proxy, redis):
+    with pytest.raises(openai.AuthenticationError) as unknown:
+        chat(sdk(proxy, "tg_live_nobody"))
+    assert unknown.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError) as missing:
+        chat(sdk(proxy, None))
+    assert missing.value.body["code"] == "missing_api_key"
+    assert "x-tollgate-api-key" in missing.value.body["message"]
+
+
+async def test_a_failed_call_releases_its_hold(proxy, redis):
+    t = await provision(redis)
+    with pytest.raises(openai.BadRequestError) as failed_call:
+        chat(sdk(proxy, t.api_key), model="broken")
+    rid = request_id(failed_call.value.response.headers)
+    decision = await wait_event(redis, "decision", "request_id", rid)
+    assert decision["decision"] == "ALLOW"
+    usage = await wait_usage(redis, rid)
+    assert usage["hold_id"] == decision["hold_id"]
+    assert usage["properties"]["status"] == "400"
+    assert usage["properties"]["usage_source"] == "none"
+    assert all(m["value"] == 0 for m in usage["measurements"])
+
+
+async def _assert_failed_open(proxy, redis, t, reported: bool = True) -> tuple[str, float]:
+    """The call went through, flagged; its usage report (when the enforcer can take it) says so."""
+    t0 = time.monotonic()
+    raw = chat(sdk(proxy, t.api_key))
+    elapsed = time.monotonic() - t0
+    assert raw.parse().choices[0].message.content == "Hello from the mock"
+    assert raw.headers["x-tollgate-degraded"] == "fail-open"
+    rid = request_id(raw.headers)
+    if reported:
+        usage = await wait_usage(redis, rid)
+        assert usage["properties"]["fail_open"] == "true"
+        assert usage.get("hold_id") is None
+        assert {m["metric"] for m in usage["measurements"]} == {"input_tokens", "output_tokens", "cache_read_tokens"}
+    return rid, elapsed
+
+
+async def test_enforcer_down_fails_open(proxy, redis, sidecar):
+    t = await provision(redis)
+    sidecar.switch("down")
+    rid, elapsed = await _assert_failed_open(proxy, redis, t, reported=False)
+    assert elapsed < CHECK_TIMEOUT_MS / 1000
+    assert f"letting the request {rid} through: ConnectError" in proxy.logs()
+
+
+async def test_enforcer_answering_garbage_fails_open(proxy, redis, sidecar):
+    t = await provision(redis)
+    sidecar.switch("garbage")
+    rid, elapsed = await _assert_failed_open(proxy, redis, t)
+    assert f"letting the request {rid} through: unexpected reply: HTTP 200" in proxy.logs()
+
+
+async def test_enforcer_hung_fails_open_within_the_timeout(proxy, redis, sidecar):
+    t = await provision(redis)
+    sidecar.switch("hung")
+    rid, elapsed = await _assert_failed_open(proxy, redis, t)
+    # waited for the check (>= the timeout), then gave up on it: not the enforcer's pace
+    assert CHECK_TIMEOUT_MS / 1000 <= elapsed < CHECK_TIMEOUT_MS / 1000 + 2, elapsed
+    assert f"letting the request {rid} through: timeout" in proxy.logs()
+
+
+async def test_an_enforcer_fail_open_is_flagged_and_reported(proxy, redis):
+    """The enforcer itself fails open (the key resolves, its customer has no cfg in Redis)."""
+    t = await provision(redis)
+    await redis.delete(t.keys.cfg)
+    await _assert_failed_open(proxy, redis, t)
