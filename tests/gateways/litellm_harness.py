@@ -54,7 +54,9 @@ def proxy_config() -> dict:
             # an upstream that fails
             {"model_name": "broken", "litellm_params": {**mock, "mock_response": "litellm.ContextWindowExceededError"}},
         ],
-        "litellm_settings": {"callbacks": "gateway_plugins.litellm.tollgate_litellm.handler",
+        # a guardrail-like second callback that can refuse what tollgate allowed (litellm_refuser.py)
+        "litellm_settings": {"callbacks": ["gateway_plugins.litellm.tollgate_litellm.handler",
+                                           "tests.gateways.litellm_refuser.refuser"],
                              "num_retries": 0, "request_timeout": 30},
         "router_settings": {"num_retries": 0},
         "general_settings": {"master_key": MASTER_KEY},
@@ -118,7 +120,7 @@ class LiteLLMProxy:
 
 class SwitchableSidecar:
     """A fixed loopback address in front of the enforcer. Modes: "forward" (to the enforcer,
-    recording the /v1/check requests), "garbage" (checks get 200 with an HTML body), "hung" (checks
+    recording the /v1/check requests, with their arrival time in `_at`), "garbage" (checks get 200 with an HTML body), "hung" (checks
     are never answered), "down" (nothing listens: connection refused). In "garbage" and "hung"
     the usage reports still reach the enforcer, so a test can see how a failed-open call is reported."""
 
@@ -166,7 +168,7 @@ class SwitchableSidecar:
                     return
                 if self.path == "/v1/check":
                     with outer.lock:
-                        outer.checks.append(json.loads(body))
+                        outer.checks.append({**json.loads(body), "_at": time.monotonic()})
                 r = httpx.post(outer.target + self.path, content=body, headers={"Content-Type": "application/json"})
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():

@@ -12,6 +12,7 @@ import pytest
 
 from tests.gateways.conftest import failed, provision, wait_event, wait_usage
 from tests.gateways.litellm_harness import MASTER_KEY, MOCK_USAGE, LiteLLMProxy, SwitchableSidecar
+from tests.tenants import stream_events
 
 CHECK_TIMEOUT_MS = 1000  # generous: a busy 2-core machine; the hung case waits this long
 
@@ -220,3 +221,77 @@ async def test_an_enforcer_fail_open_is_flagged_and_reported(proxy, redis):
     t = await provision(redis)
     await redis.delete(t.keys.cfg)
     await _assert_failed_open(proxy, redis, t)
+
+
+# ---------------------------------------------------------------- the openai SDK's retries
+
+
+async def _refuse(redis, t, reason: str) -> None:
+    """Suspend the customer or trip a margin guard the way the control plane projects them
+    (an empty wallet is provisioned as such)."""
+    if reason == "suspended":
+        await redis.hset(t.keys.cfg, "status", "suspended")
+    elif reason == "margin_guard":
+        await redis.hset(t.keys.guard, "customer", "rule_margin_80")
+
+
+@pytest.mark.parametrize("reason,status", [("insufficient_balance", 402), ("suspended", 403), ("margin_guard", 429)])
+async def test_the_sdk_does_not_retry_a_denial_that_waiting_cannot_cure(proxy, redis, sidecar, reason, status):
+    """max_retries=3, and the SDK asks once: 402 and 403 it never retries; the margin guard's 429
+    it would, but `x-should-retry: false` comes first."""
+    t = await provision(redis, wallet=0 if reason == "insufficient_balance" else 100_000_000)
+    await _refuse(redis, t, reason)
+    with pytest.raises(openai.APIStatusError) as denied:
+        chat(sdk(proxy, t.api_key, max_retries=3))
+    assert denied.value.status_code == status
+    assert denied.value.body["tollgate_reason"] == reason
+    assert denied.value.response.headers["x-should-retry"] == "false"
+    assert len(sidecar.checks_of(lambda c: c["api_key"] == t.api_key)) == 1
+    decisions = [e for e in await _decisions(redis, t) if e["decision"] == "DENY"]
+    assert [e["reason"] for e in decisions] == [reason]
+
+
+async def _decisions(redis, t) -> list[dict]:
+    await wait_event(redis, "decision", "customer_id", t.customer_id)
+    return [e for e in await stream_events(redis, "decision") if e["customer_id"] == t.customer_id]
+
+
+async def test_the_sdk_retries_a_rate_limit_after_retry_after(proxy, redis, sidecar, enforcer):
+    """20 requests/min: one every 3 s once the burst is spent. The SDK's first try is refused with
+    Retry-After; it waits that long and its retry is allowed."""
+    t = await provision(redis, requests_per_minute=20)
+    async with httpx.AsyncClient(base_url=enforcer.url) as direct:  # spend the burst, not through LiteLLM
+        for i in range(40):
+            r = await direct.post("/v1/check", json={"api_key": t.api_key, "request_id": f"drain_{i}_{t.key_id}",
+                                                     "dimensions": {"model": "gpt-4o"}, "estimate": {"requests": 1}})
+            if r.status_code == 429:
+                break
+        assert r.status_code == 429, "the burst was never spent"
+    raw = chat(sdk(proxy, t.api_key, max_retries=2))
+    assert raw.http_response.status_code == 200
+    assert raw.retries_taken == 1
+    checks = sidecar.checks_of(lambda c: c["api_key"] == t.api_key)
+    assert len(checks) == 2  # the refused try and the retry, each its own request id
+    assert checks[0]["request_id"] != checks[1]["request_id"]
+    first = await wait_event(redis, "decision", "request_id", checks[0]["request_id"])
+    retry = await wait_event(redis, "decision", "request_id", checks[1]["request_id"])
+    assert (first["decision"], first["reason"]) == ("DENY", "rate_limited_requests")
+    assert retry["decision"] == "ALLOW"
+    # it waited as told (Retry-After is whole seconds, >= 1), not its own short backoff (~0.5 s)
+    assert checks[1]["_at"] - checks[0]["_at"] >= 0.9
+
+
+@pytest.mark.parametrize("model,user", [("no-such-model", None), ("gpt-4o", "refuse-me")])
+async def test_a_request_failing_before_any_model_call_releases_its_hold(proxy, redis, model, user):
+    """After the check allowed it: no model of that name (the router refuses), or a later guardrail
+    refuses it. LiteLLM logs both as failures (its "proxy-only errors"): the hold is released."""
+    t = await provision(redis)
+    with pytest.raises(openai.BadRequestError) as failed_call:
+        chat(sdk(proxy, t.api_key), model=model, **({"user": user} if user else {}))
+    rid = request_id(failed_call.value.response.headers)
+    decision = await wait_event(redis, "decision", "request_id", rid)
+    assert decision["decision"] == "ALLOW"
+    usage = await wait_usage(redis, rid)
+    assert usage["hold_id"] == decision["hold_id"]
+    assert usage["properties"]["status"] == "400"
+    assert all(m["value"] == 0 for m in usage["measurements"])
