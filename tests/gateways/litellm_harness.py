@@ -54,12 +54,12 @@ def proxy_config() -> dict:
             # an upstream that fails
             {"model_name": "broken", "litellm_params": {**mock, "mock_response": "litellm.ContextWindowExceededError"}},
         ],
-        # a guardrail-like second callback that can refuse what tollgate allowed (litellm_refuser.py)
+        # a guardrail-like second callback that can refuse what tollgate allowed (litellm_test_hooks.py)
         "litellm_settings": {"callbacks": ["gateway_plugins.litellm.tollgate_litellm.handler",
-                                           "tests.gateways.litellm_refuser.refuser"],
+                                           "tests.gateways.litellm_test_hooks.refuser"],
                              "num_retries": 0, "request_timeout": 30},
         "router_settings": {"num_retries": 0},
-        "general_settings": {"master_key": MASTER_KEY},
+        "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY", "custom_auth": "tests.gateways.litellm_test_hooks.auth"},
     }
 
 
@@ -83,7 +83,7 @@ class LiteLLMProxy:
         self.config_path.write_text(json.dumps(proxy_config()))  # YAML is a superset of JSON
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "LITELLM_", "DATABASE_URL"))}
         env.update({"PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1",
-                    "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "True", **self.env})
+                    "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": MASTER_KEY, "DISABLE_SCHEMA_UPDATE": "True", **self.env})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(exe), "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(self.port),

@@ -295,3 +295,16 @@ async def test_a_request_failing_before_any_model_call_releases_its_hold(proxy, 
     assert usage["hold_id"] == decision["hold_id"]
     assert usage["properties"]["status"] == "400"
     assert all(m["value"] == 0 for m in usage["measurements"])
+
+
+async def test_the_tollgate_key_can_come_from_the_virtual_keys_metadata(proxy, redis):
+    """The caller authenticates with its LiteLLM virtual key only; the key's metadata names its
+    tollgate key (the header is not needed)."""
+    t = await provision(redis)
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=f"vk_{t.api_key}", max_retries=0)
+    raw = chat(client)
+    assert raw.headers["x-tollgate-reason"] == "ok"
+    decision = await wait_event(redis, "decision", "request_id", request_id(raw.headers))
+    assert decision["key_id"] == t.key_id and decision["decision"] == "ALLOW"
+    with pytest.raises(openai.AuthenticationError):  # LiteLLM's own auth still decides first
+        chat(openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=t.api_key, max_retries=0))
