@@ -37,9 +37,11 @@ from gateway_plugins.lambda_edge.tollgate_edge import estimate, parse_check
 log = logging.getLogger("tollgate.litellm")
 
 # Call types that run a model and are metered (LiteLLM's CallTypes values).
+# Others (images, audio, moderation, files, batches, pass-through) are not checked.
 METERED_CALL_TYPES = frozenset({
     "completion", "acompletion", "text_completion", "atext_completion", "responses", "aresponses",
-    "anthropic_messages", "embeddings", "aembedding",
+    "anthropic_messages", "aanthropic_messages", "embedding", "aembedding", "generate_content",
+    "agenerate_content", "generate_content_stream", "agenerate_content_stream",
 })
 # Headers of the check reply passed to the client: every x-ratelimit-* (tollgate's and OpenAI's
 # x-ratelimit-*-requests/-tokens), the IETF draft's pair, the retry hints, tollgate's own.

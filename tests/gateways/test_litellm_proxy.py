@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.gateways.conftest import failed, provision, wait_event, wait_usage
+from tests.gateways.harness import dead_url
 from tests.gateways.litellm_harness import MASTER_KEY, MOCK_USAGE, LiteLLMProxy, SwitchableSidecar
 from tests.tenants import stream_events
 
@@ -308,3 +309,32 @@ async def test_the_tollgate_key_can_come_from_the_virtual_keys_metadata(proxy, r
     assert decision["key_id"] == t.key_id and decision["decision"] == "ALLOW"
     with pytest.raises(openai.AuthenticationError):  # LiteLLM's own auth still decides first
         chat(openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=t.api_key, max_retries=0))
+
+
+async def test_the_responses_api_is_checked_and_reported(proxy, redis):
+    t = await provision(redis)
+    raw = sdk(proxy, t.api_key).responses.with_raw_response.create(
+        model="gpt-4o-mini", input="Say hi", max_output_tokens=30)
+    assert raw.headers["x-tollgate-reason"] == "ok"
+    answer = raw.parse()
+    rid = request_id(raw.headers)
+    decision = await wait_event(redis, "decision", "request_id", rid)
+    assert decision["estimate"]["output_tokens"] == 30
+    usage = await wait_usage(redis, rid)
+    assert {m["metric"]: m["value"] for m in usage["measurements"]} == {
+        "input_tokens": answer.usage.input_tokens, "output_tokens": answer.usage.output_tokens}
+    assert answer.usage.output_tokens > 0
+
+
+async def test_fault_tolerant_off_refuses_when_the_enforcer_fails(redis):
+    """TOLLGATE_FAULT_TOLERANT=false: no check, no call (a proxy of its own, its enforcer down)."""
+    t = await provision(redis)
+    strict = LiteLLMProxy({"TOLLGATE_SIDECAR_URL": dead_url(), "TOLLGATE_FAULT_TOLERANT": "false"}).start()
+    try:
+        with pytest.raises(openai.APIStatusError) as refused:
+            chat(sdk(strict, t.api_key))
+        assert refused.value.status_code == 503
+        assert refused.value.body["code"] == "tollgate_unavailable"
+        assert "refusing the request" in strict.logs()
+    finally:
+        strict.cleanup()
