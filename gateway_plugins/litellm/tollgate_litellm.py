@@ -100,8 +100,8 @@ class TollgateDenied(ProxyException):
     def __init__(self, status: int, reason: str | None, headers: dict[str, str], message: str | None = None,
                  level: str | None = None, code: str | None = None, error_type: str | None = None):
         self.body = openai_errors.error_body(reason, message, level)["error"]
-        if code:
-            self.body["code"] = code
+        if code:  # a refusal of the plugin's own, not a reason of the table
+            self.body["code"] = self.body["tollgate_reason"] = code
         if error_type:
             self.body["type"] = error_type
         super().__init__(message=self.body["message"], type=self.body["type"], param=None, code=status,

@@ -153,14 +153,18 @@ async def test_deny_insufficient_balance_is_a_402_not_to_retry(proxy, redis):
     assert "retry-after" not in e.response.headers
 
 
-async def test_unknown_and_missing_keys_get_401(proxy, redis):
+async def test_unknown_and_missing_keys_get_401(proxy, redis, sidecar):
     with pytest.raises(openai.AuthenticationError) as unknown:
         chat(sdk(proxy, "tg_live_nobody"))
     assert unknown.value.body["code"] == "invalid_api_key"
+    assert unknown.value.body["type"] == "invalid_request_error"
+    assert unknown.value.response.headers["x-should-retry"] == "false"
+    n = len(sidecar.checks)
     with pytest.raises(openai.AuthenticationError) as missing:
         chat(sdk(proxy, None))
-    assert missing.value.body["code"] == "missing_api_key"
+    assert missing.value.body["code"] == missing.value.body["tollgate_reason"] == "missing_api_key"
     assert "x-tollgate-api-key" in missing.value.body["message"]
+    assert len(sidecar.checks) == n  # no key, no check
 
 
 async def test_a_failed_call_releases_its_hold(proxy, redis):
