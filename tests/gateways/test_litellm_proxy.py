@@ -167,20 +167,6 @@ async def test_unknown_and_missing_keys_get_401(proxy, redis, sidecar):
     assert len(sidecar.checks) == n  # no key, no check
 
 
-async def test_a_failed_call_releases_its_hold(proxy, redis):
-    t = await provision(redis)
-    with pytest.raises(openai.BadRequestError) as failed_call:
-        chat(sdk(proxy, t.api_key), model="broken")
-    rid = request_id(failed_call.value.response.headers)
-    decision = await wait_event(redis, "decision", "request_id", rid)
-    assert decision["decision"] == "ALLOW"
-    usage = await wait_usage(redis, rid)
-    assert usage["hold_id"] == decision["hold_id"]
-    assert usage["properties"]["status"] == "400"
-    assert usage["properties"]["usage_source"] == "none"
-    assert all(m["value"] == 0 for m in usage["measurements"])
-
-
 async def _assert_failed_open(proxy, redis, t, reported: bool = True) -> tuple[str, float]:
     """The call went through, flagged; its usage report (when the enforcer can take it) says so."""
     t0 = time.monotonic()
@@ -286,10 +272,11 @@ async def test_the_sdk_retries_a_rate_limit_after_retry_after(proxy, redis, side
     assert checks[1]["_at"] - checks[0]["_at"] >= 0.9
 
 
-@pytest.mark.parametrize("model,user", [("no-such-model", None), ("gpt-4o", "refuse-me")])
-async def test_a_request_failing_before_any_model_call_releases_its_hold(proxy, redis, model, user):
-    """After the check allowed it: no model of that name (the router refuses), or a later guardrail
-    refuses it. LiteLLM logs both as failures (its "proxy-only errors"): the hold is released."""
+@pytest.mark.parametrize("model,user", [("broken", None), ("no-such-model", None), ("gpt-4o", "refuse-me")])
+async def test_a_failed_call_releases_its_hold(proxy, redis, model, user):
+    """After the check allowed it: the upstream fails, or the request fails before any model call:
+    no model of that name (the router refuses), a later guardrail refuses it. LiteLLM logs them all
+    as failures (the last two as its "proxy-only errors"): zero tokens, the hold released."""
     t = await provision(redis)
     with pytest.raises(openai.BadRequestError) as failed_call:
         chat(sdk(proxy, t.api_key), model=model, **({"user": user} if user else {}))
@@ -299,6 +286,7 @@ async def test_a_request_failing_before_any_model_call_releases_its_hold(proxy, 
     usage = await wait_usage(redis, rid)
     assert usage["hold_id"] == decision["hold_id"]
     assert usage["properties"]["status"] == "400"
+    assert usage["properties"]["usage_source"] == "none"
     assert all(m["value"] == 0 for m in usage["measurements"])
 
 
