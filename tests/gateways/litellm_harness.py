@@ -118,6 +118,10 @@ class LiteLLMProxy:
         self._tmp.cleanup()
 
 
+class _Listener(_Threaded):
+    request_queue_size = 128  # concurrent calls connect at once (http.server's default backlog is 5)
+
+
 class SwitchableSidecar:
     """A fixed loopback address in front of the enforcer. Modes: "forward" (to the enforcer,
     recording the /v1/check requests, with their arrival time in `_at`), "garbage" (checks get 200 with an HTML body), "hung" (checks
@@ -129,8 +133,9 @@ class SwitchableSidecar:
         self.port = free_port()
         self.mode = "forward"
         self.checks: list[dict] = []
+        self.extra_headers: dict[str, str] = {}  # added to every forwarded /v1/check reply
         self.lock = threading.Lock()
-        self.server: _Threaded | None = None
+        self.server: _Listener | None = None
         self.hung: list[socket.socket] = []
         self.release = threading.Event()
         self._listen()
@@ -174,12 +179,15 @@ class SwitchableSidecar:
                 for k, v in r.headers.items():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
                         self.send_header(k, v)
+                if self.path == "/v1/check":
+                    for k, v in outer.extra_headers.items():
+                        self.send_header(k, v)
                 self.send_header("Connection", "close")
                 self.send_header("Content-Length", str(len(r.content)))
                 self.end_headers()
                 self.wfile.write(r.content)
 
-        self.server = _Threaded(("127.0.0.1", self.port), Handler)
+        self.server = _Listener(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def _close(self) -> None:
@@ -193,6 +201,7 @@ class SwitchableSidecar:
         if self.mode == "hung":
             self.release.set()
         self.release = threading.Event()
+        self.extra_headers = {}
         if mode == "down":
             self._close()
             assert not port_open("127.0.0.1", self.port)

@@ -4,6 +4,7 @@ switchable address (for the enforcer down, hung and answering garbage). One prox
 takes seconds to start."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -108,6 +109,19 @@ async def test_a_stream_reports_its_final_usage(proxy, redis):
     assert {m["metric"]: m["value"] for m in usage["measurements"]} == {
         "input_tokens": final[-1].prompt_tokens, "output_tokens": final[-1].completion_tokens}
     assert final[-1].completion_tokens > 0
+
+
+async def test_a_stream_without_usage_for_the_client_is_still_reported_with_tokens(proxy, redis):
+    """No stream_options.include_usage: the client gets no usage, LiteLLM still counts it."""
+    t = await provision(redis)
+    raw = sdk(proxy, t.api_key).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=64, stream=True, messages=[{"role": "user", "content": "Say hi"}])
+    chunks = list(raw.parse())
+    assert not [c for c in chunks if c.usage]
+    usage = await wait_usage(redis, request_id(raw.headers))
+    counts = {m["metric"]: m["value"] for m in usage["measurements"]}
+    assert usage["properties"]["usage_source"] == "response"
+    assert counts["input_tokens"] > 0 and counts["output_tokens"] > 0
 
 
 async def test_the_estimate_sent_is_taken_from_the_request(proxy, redis):
@@ -330,3 +344,35 @@ async def test_fault_tolerant_off_refuses_when_the_enforcer_fails(redis):
         assert "refusing the request" in strict.logs()
     finally:
         strict.cleanup()
+
+
+async def test_every_x_ratelimit_header_of_the_check_is_passed_on(proxy, redis, sidecar):
+    """OpenAI's x-ratelimit-*-requests/-tokens, when the enforcer sends them, reach the client
+    on answers and refusals alike."""
+    openai_style = {"x-ratelimit-limit-requests": "7", "x-ratelimit-remaining-tokens": "1234",
+                    "x-ratelimit-reset-requests": "1s"}
+    sidecar.extra_headers = dict(openai_style)
+    t = await provision(redis, requests_per_minute=1)
+    raw = chat(sdk(proxy, t.api_key))
+    assert {k: raw.headers.get(k) for k in openai_style} == openai_style
+    with pytest.raises(openai.RateLimitError) as denied:
+        chat(sdk(proxy, t.api_key))
+    assert {k: denied.value.response.headers.get(k) for k in openai_style} == openai_style
+    assert "x-tollgate-hold-id" not in raw.headers  # the hold is the plugin's business, not the client's
+
+
+async def test_concurrent_calls_each_report_their_own_hold(proxy, redis):
+    t = await provision(redis)
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=MASTER_KEY, max_retries=0,
+                                default_headers={"x-tollgate-api-key": t.api_key})
+    raws = await asyncio.gather(*[client.chat.completions.with_raw_response.create(
+        model="gpt-4o", max_tokens=10 + i, messages=[{"role": "user", "content": "Say hi"}]) for i in range(20)])
+    await client.close()
+    holds = set()
+    for raw in raws:
+        rid = request_id(raw.headers)
+        decision = await wait_event(redis, "decision", "request_id", rid)
+        usage = await wait_usage(redis, rid)
+        assert usage["hold_id"] == decision["hold_id"]
+        holds.add(usage["hold_id"])
+    assert len(holds) == 20
