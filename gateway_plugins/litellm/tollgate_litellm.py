@@ -52,7 +52,7 @@ DEGRADED = {"x-tollgate-degraded": "fail-open"}
 STATE_TTL_S = 3600  # a call whose outcome was never logged: forget its state after this long
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -60,8 +60,8 @@ def _env_int(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name}: a whole number, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name}: >= 0, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name}: >= {minimum}, got {value}")
     return value
 
 
@@ -79,13 +79,13 @@ def _env_bool(name: str, default: bool) -> bool:
 def config_from_env() -> dict:
     return {
         "sidecar_url": os.environ.get("TOLLGATE_SIDECAR_URL", "http://127.0.0.1:8080").rstrip("/"),
-        "timeout_ms": _env_int("TOLLGATE_TIMEOUT_MS", 100),
-        "usage_timeout_ms": _env_int("TOLLGATE_USAGE_TIMEOUT_MS", 2000),
+        "timeout_ms": _env_int("TOLLGATE_TIMEOUT_MS", 100, minimum=1),
+        "usage_timeout_ms": _env_int("TOLLGATE_USAGE_TIMEOUT_MS", 2000, minimum=1),
         "fault_tolerant": _env_bool("TOLLGATE_FAULT_TOLERANT", True),
         "api_key_header": os.environ.get("TOLLGATE_API_KEY_HEADER", "x-tollgate-api-key").lower(),
         "default_model": os.environ.get("TOLLGATE_DEFAULT_MODEL") or None,
         "default_max_tokens": _env_int("TOLLGATE_DEFAULT_MAX_TOKENS", 1024),
-        "bytes_per_token": _env_int("TOLLGATE_BYTES_PER_TOKEN", 4) or 4,
+        "bytes_per_token": _env_int("TOLLGATE_BYTES_PER_TOKEN", 4, minimum=1),
         "request_id_prefix": os.environ.get("TOLLGATE_REQUEST_ID_PREFIX", "litellm_"),
         "event_type": os.environ.get("TOLLGATE_EVENT_TYPE", "llm.completion"),
         "bill_estimate_without_usage": _env_bool("TOLLGATE_BILL_ESTIMATE_WITHOUT_USAGE", False),

@@ -376,3 +376,13 @@ async def test_concurrent_calls_each_report_their_own_hold(proxy, redis):
         assert usage["hold_id"] == decision["hold_id"]
         holds.add(usage["hold_id"])
     assert len(holds) == 20
+
+
+def test_a_bad_setting_stops_the_proxy_at_start_up():
+    bad = LiteLLMProxy({"TOLLGATE_TIMEOUT_MS": "0"})
+    try:
+        with pytest.raises(RuntimeError, match="exited") as stopped:
+            bad.start()
+        assert "TOLLGATE_TIMEOUT_MS: >= 1, got 0" in str(stopped.value)
+    finally:
+        bad.cleanup()
