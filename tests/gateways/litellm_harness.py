@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import threading
@@ -124,12 +123,12 @@ class _Listener(_Threaded):
 
 class SwitchableSidecar:
     """A fixed loopback address in front of the enforcer. Modes: "forward" (to the enforcer,
-    recording the /v1/check requests, with their arrival time in `_at`), "garbage" (checks get 200 with an HTML body), "hung" (checks
-    are never answered), "down" (nothing listens: connection refused). In "garbage" and "hung"
-    the usage reports still reach the enforcer, so a test can see how a failed-open call is reported."""
+    recording the /v1/check requests, with their arrival time in `_at`), "garbage" (checks get 200
+    with an HTML body), "hung" (checks are never answered), "down" (nothing listens: connection
+    refused). In "garbage" and "hung" the usage reports still reach the enforcer, so a test can see
+    how a failed-open call is reported."""
 
     def __init__(self, target: str):
-        self.target = target
         self.forward = httpx.Client(base_url=target)  # one pool: a client per request costs ~10 ms of CPU
         self.port = free_port()
         self.mode = "forward"
@@ -137,7 +136,6 @@ class SwitchableSidecar:
         self.extra_headers: dict[str, str] = {}  # added to every forwarded /v1/check reply
         self.lock = threading.Lock()
         self.server: _Listener | None = None
-        self.hung: list[socket.socket] = []
         self.release = threading.Event()
         self._listen()
 
@@ -162,7 +160,6 @@ class SwitchableSidecar:
                 broken = outer.mode if self.path == "/v1/check" else "forward"
                 if broken == "hung":
                     outer.release.wait(30)
-                    self.close_connection = True
                     return
                 if broken == "garbage":
                     data = b"<html>502 Bad Gateway</html>"
