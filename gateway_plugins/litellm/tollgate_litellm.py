@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -33,6 +32,7 @@ from litellm.proxy._types import ProxyException
 
 from gateway_plugins import openai_errors
 from gateway_plugins.lambda_edge.tollgate_edge import estimate, parse_check
+from gateway_plugins.litellm.usage_blocks import field, usage_measurements
 
 log = logging.getLogger("tollgate.litellm")
 
@@ -117,41 +117,6 @@ class SidecarError(Exception):
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _count(v) -> int:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else 0
-
-
-def _get(obj, name: str):
-    """A field of a usage block, whether LiteLLM gives it as an object or a dict."""
-    if obj is None:
-        return None
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def usage_measurements(usage) -> dict[str, int] | None:
-    """tollgate metrics of an OpenAI-shaped usage block (chat/completions or responses): cached
-    prompt tokens apart from the uncached ones, as the Kong plugin reports them."""
-    if usage is None:
-        return None
-    prompt = _get(usage, "prompt_tokens")
-    if prompt is None:
-        prompt = _get(usage, "input_tokens")  # the responses API
-    completion = _get(usage, "completion_tokens")
-    if completion is None:
-        completion = _get(usage, "output_tokens")
-    if prompt is None and completion is None:
-        return None
-    details = _get(usage, "prompt_tokens_details") or _get(usage, "input_tokens_details")
-    cached = _count(_get(details, "cached_tokens")) or _count(_get(usage, "cache_read_input_tokens"))
-    written = _count(_get(usage, "cache_creation_input_tokens")) or _count(_get(details, "cache_creation_tokens"))
-    out = {"input_tokens": max(_count(prompt) - cached - written, 0), "output_tokens": _count(completion)}
-    if cached:
-        out["cache_read_tokens"] = cached
-    if written:
-        out["cache_write_tokens"] = written
-    return out
 
 
 def passed_headers(headers: httpx.Headers | dict) -> dict[str, str]:
@@ -289,7 +254,7 @@ class TollgateCallback(CustomLogger):
     # ------------------------------------------------------------------ after the call
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
-        usage = _get(response_obj, "usage")
+        usage = field(response_obj, "usage")
         await self.report(kwargs, 200, usage_measurements(usage))
 
     async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):

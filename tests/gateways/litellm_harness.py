@@ -50,6 +50,10 @@ def proxy_config() -> dict:
             {"model_name": "gpt-4o", "litellm_params": {**mock, "mock_response": MOCK_RESPONSE}},
             # a text mock: LiteLLM makes the usage up (and streams it chunk by chunk)
             {"model_name": "gpt-4o-mini", "litellm_params": {**mock, "mock_response": "Hello from the stream mock"}},
+            # Anthropic's messages API (LiteLLM's /v1/messages; its mock takes text only)
+            {"model_name": "claude-mock", "litellm_params": {"model": "anthropic/claude-sonnet-4-5",
+                                                             "api_key": "sk-mock-upstream",
+                                                             "mock_response": "Hello from the Anthropic mock"}},
             # an upstream that fails
             {"model_name": "broken", "litellm_params": {**mock, "mock_response": "litellm.ContextWindowExceededError"}},
         ],

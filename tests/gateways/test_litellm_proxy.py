@@ -386,3 +386,21 @@ def test_a_bad_setting_stops_the_proxy_at_start_up():
         assert "TOLLGATE_TIMEOUT_MS: >= 1, got 0" in str(stopped.value)
     finally:
         bad.cleanup()
+
+
+async def test_anthropics_messages_route_is_checked_and_reported(proxy, redis):
+    """LiteLLM's /v1/messages, Anthropic's shape: the check's estimate and the answer's usage."""
+    t = await provision(redis)
+    r = httpx.post(f"{proxy.url}/v1/messages", timeout=30,
+                   headers={"x-api-key": MASTER_KEY, "x-tollgate-api-key": t.api_key, "anthropic-version": "2023-06-01"},
+                   json={"model": "claude-mock", "max_tokens": 40, "messages": [{"role": "user", "content": "Say hi"}]})
+    assert r.status_code == 200, r.text
+    got = r.json()["usage"]
+    assert r.headers["x-tollgate-reason"] == "ok"
+    rid = request_id(r.headers)
+    assert (await wait_event(redis, "decision", "request_id", rid))["estimate"]["output_tokens"] == 40
+    usage = await wait_usage(redis, rid)
+    assert {m["metric"]: m["value"] for m in usage["measurements"]} == {
+        "input_tokens": got["input_tokens"], "output_tokens": got["output_tokens"]}
+    assert got["output_tokens"] > 0
+
