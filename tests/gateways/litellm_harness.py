@@ -127,7 +127,8 @@ class _Listener(_Threaded):
 
 class SwitchableSidecar:
     """A fixed loopback address in front of the enforcer. Modes: "forward" (to the enforcer,
-    recording the /v1/check requests, with their arrival time in `_at`), "garbage" (checks get 200
+    recording the /v1/check requests, with their arrival time in `_at` and the reply's
+    Retry-After in `_retry_after`), "garbage" (checks get 200
     with an HTML body), "hung" (checks are never answered), "down" (nothing listens: connection
     refused). In "garbage" and "hung" the usage reports still reach the enforcer, so a test can see
     how a failed-open call is reported."""
@@ -173,10 +174,13 @@ class SwitchableSidecar:
                     self.end_headers()
                     self.wfile.write(data)
                     return
-                if self.path == "/v1/check":
+                record = {**json.loads(body), "_at": time.monotonic()} if self.path == "/v1/check" else None
+                if record is not None:
                     with outer.lock:
-                        outer.checks.append({**json.loads(body), "_at": time.monotonic()})
+                        outer.checks.append(record)
                 r = outer.forward.post(self.path, content=body, headers={"Content-Type": "application/json"})
+                if record is not None:
+                    record["_retry_after"] = r.headers.get("retry-after")
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
