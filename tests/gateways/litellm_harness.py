@@ -42,7 +42,8 @@ def litellm_binary() -> Path:
     return exe
 
 
-def proxy_config() -> dict:
+def proxy_config(tollgate: bool = True) -> dict:
+    """The proxy's config; without tollgate's callback (a baseline for loadtest/bench_litellm_callback.py)."""
     mock = {"model": "openai/gpt-4o", "api_key": "sk-mock-upstream"}
     return {
         "model_list": [
@@ -58,8 +59,8 @@ def proxy_config() -> dict:
             {"model_name": "broken", "litellm_params": {**mock, "mock_response": "litellm.ContextWindowExceededError"}},
         ],
         # a guardrail-like second callback that can refuse what tollgate allowed (litellm_test_hooks.py)
-        "litellm_settings": {"callbacks": ["gateway_plugins.litellm.tollgate_litellm.handler",
-                                           "tests.gateways.litellm_test_hooks.refuser"],
+        "litellm_settings": {"callbacks": ["gateway_plugins.litellm.tollgate_litellm.handler"] * tollgate
+                                          + ["tests.gateways.litellm_test_hooks.refuser"],
                              "num_retries": 0, "request_timeout": 30},
         "router_settings": {"num_retries": 0},
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY", "custom_auth": "tests.gateways.litellm_test_hooks.auth"},
@@ -69,7 +70,8 @@ def proxy_config() -> dict:
 class LiteLLMProxy:
     """`litellm --config ... --port N` with the repository on PYTHONPATH and TOLLGATE_* settings."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], tollgate: bool = True):
+        self.tollgate = tollgate
         self.port = free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix="tollgate-litellm-")
         self.config_path = Path(self._tmp.name) / "config.yaml"
@@ -83,7 +85,7 @@ class LiteLLMProxy:
 
     def start(self, timeout: float = 120.0) -> "LiteLLMProxy":
         exe = litellm_binary()
-        self.config_path.write_text(json.dumps(proxy_config()))  # YAML is a superset of JSON
+        self.config_path.write_text(json.dumps(proxy_config(self.tollgate)))  # YAML is a superset of JSON
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "LITELLM_", "DATABASE_URL"))}
         env.update({"PYTHONPATH": str(ROOT), "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1",
                     "LITELLM_TELEMETRY": "False", "LITELLM_MASTER_KEY": MASTER_KEY, "DISABLE_SCHEMA_UPDATE": "True", **self.env})
