@@ -136,7 +136,8 @@ class TollgateCallback(CustomLogger):
     # ------------------------------------------------------------------ the enforcer
 
     def session(self) -> aiohttp.ClientSession:
-        """aiohttp (a LiteLLM dependency) rather than httpx: a third of the CPU per request."""
+        """aiohttp (a LiteLLM dependency) rather than httpx: less of the proxy's CPU per request
+        (BENCHMARKS.md, bench_litellm_callback)."""
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._session_loop is not loop:
             self._session_loop = loop  # a session belongs to the loop it was made in
