@@ -10,6 +10,21 @@ ensure_venv() {
     | grep -v "WARNING: Location" || true
 }
 
+# The LiteLLM proxy of tests/gateways/test_litellm_proxy.py, in a virtualenv of its own
+# (.venv-litellm): litellm[proxy] pins fastapi, uvicorn, orjson... that would fight ours. The tests run
+# `.venv-litellm/bin/litellm` as a subprocess with the repository on PYTHONPATH (the callback in
+# gateway_plugins/litellm). An exact version: the callback uses its hook signatures and ProxyException.
+LITELLM_VERSION=1.108.7
+ensure_litellm_venv() {
+  local venv=.venv-litellm
+  if [ -x "$venv/bin/litellm" ] && "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('litellm') != '${LITELLM_VERSION}')" 2>/dev/null; then
+    return 0
+  fi
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "litellm[proxy]==${LITELLM_VERSION}" 2>&1 \
+    | grep -v "WARNING: Location" || true
+}
+
 # The console's chart library (control/console): Chart.js from the npm registry at an exact version,
 # packed into the git-ignored .vendor/ and its dist file copied into control/console/static/vendor/
 # (also git-ignored). Fetched here, at install time, never at run time; without npm the console
