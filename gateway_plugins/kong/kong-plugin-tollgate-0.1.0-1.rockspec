@@ -20,7 +20,7 @@ build = {
     ["kong.plugins.tollgate.http"] = "kong/plugins/tollgate/http.lua",
     ["kong.plugins.tollgate.openai_errors"] = "kong/plugins/tollgate/openai_errors.lua",
     ["kong.plugins.tollgate.redis_check"] = "kong/plugins/tollgate/redis_check.lua",
-    -- not a Lua module: the enforcer's lua/check.lua (a copy a test keeps equal), the Redis
+    -- not a Lua module: the enforcer's lua/check.lua (a symlink to it: the file is copied), the Redis
     -- script redis_check.lua runs; installed as a module so it lands beside the plugin
     ["kong.plugins.tollgate.check"] = "kong/plugins/tollgate/check.lua",
   },

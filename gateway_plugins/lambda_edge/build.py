@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODULES = ("tollgate_edge.py", "viewer_request.py", "viewer_response.py")
-SHARED = ("openai_errors.py", "openai_errors.json")  # gateway_plugins/: how a DENY reaches OpenAI clients
+SHARED = ("openai_errors.py", "openai_errors.json", "check_contract.py")  # gateway_plugins/: how a DENY reaches OpenAI clients, the estimate, a check reply read
 MAX_PACKAGE_BYTES = 1024 * 1024  # viewer-request / viewer-response functions: 1 MB compressed
 
 try:

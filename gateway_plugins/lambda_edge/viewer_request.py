@@ -14,9 +14,11 @@ can be read from the request body.
 """
 from __future__ import annotations
 
-try:  # in the repository: a package; in the deployed zip: top-level modules
+try:  # in the repository: packages; in the deployed zip: top-level modules (build.MODULES, SHARED)
+    from .. import check_contract as contract
     from . import tollgate_edge as edge
 except ImportError:  # pragma: no cover - exercised by the packaged (python-lambda-local) test
+    import check_contract as contract
     import tollgate_edge as edge
 
 
@@ -34,7 +36,7 @@ def handle(event: dict, config: dict) -> dict:
 
     request_id = config["request_id_prefix"] + cf["config"]["requestId"]
     raw, truncated = edge.request_body(request)
-    dims, est = edge.estimate(raw, truncated, edge.get_header(headers, "content-length"), config)
+    dims, est = contract.estimate(raw, truncated, edge.get_header(headers, "content-length"), config)
     edge.set_header(headers, "X-Tollgate-Request-Id", request_id)
     edge.set_header(headers, "X-Tollgate-Estimate-Input-Tokens", est["input_tokens"])
     edge.set_header(headers, "X-Tollgate-Estimate-Output-Tokens", est["output_tokens"])
@@ -47,7 +49,7 @@ def handle(event: dict, config: dict) -> dict:
             config["sidecar_url"], "/v1/check",
             {"api_key": api_key, "request_id": request_id, "dimensions": dims, "estimate": est},
             config["check_timeout_ms"], edge.trace_headers(headers))
-        decision = edge.parse_check(status, body, reply_headers)
+        decision = contract.parse_check(status, body, reply_headers)
         error = None if decision else f"unexpected reply: HTTP {status}"
     except edge.SidecarError as e:
         error = str(e)

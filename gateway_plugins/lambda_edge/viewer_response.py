@@ -17,9 +17,11 @@ Handler: viewer_response.handler.
 """
 from __future__ import annotations
 
-try:  # in the repository: a package; in the deployed zip: top-level modules
+try:  # in the repository: packages; in the deployed zip: top-level modules (build.MODULES, SHARED)
+    from .. import check_contract as contract
     from . import tollgate_edge as edge
 except ImportError:  # pragma: no cover - exercised by the packaged (python-lambda-local) test
+    import check_contract as contract
     import tollgate_edge as edge
 
 
@@ -31,7 +33,7 @@ def _int_header(headers: dict, name: str) -> int | None:
         n = int(v.strip())
     except ValueError:
         return None
-    return n if 0 <= n <= edge.MAX_TOKENS else None
+    return n if 0 <= n <= contract.MAX_TOKENS else None
 
 
 def usage_event(request: dict, response: dict, config: dict, api_key: str) -> dict:

@@ -31,7 +31,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
 from gateway_plugins import openai_errors
-from gateway_plugins.lambda_edge.tollgate_edge import estimate, parse_check
+from gateway_plugins.check_contract import estimate, parse_check
 from gateway_plugins.litellm.usage_blocks import field, usage_measurements
 
 log = logging.getLogger("tollgate.litellm")

@@ -1,6 +1,6 @@
 -- In-gateway mode (config.mode = "redis"): the pre-flight check without the sidecar. The plugin
--- runs the enforcer's own lua/check.lua (shipped beside this file as check.lua, a byte-for-byte
--- copy a test keeps equal) with EVALSHA on the tollgate Redis, with the KEYS and ARGV the
+-- runs the enforcer's own lua/check.lua (beside this file as check.lua, a symlink to it in the
+-- repository, the file itself once installed) with EVALSHA on the tollgate Redis, with the KEYS and ARGV the
 -- enforcer builds (enforcer/checks.py, enforcer/keycache.py), so the same Redis state results:
 -- the same hold value, idempotency record and rate-limit buckets.
 --
