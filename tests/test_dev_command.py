@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tollgate.local_services import free_port
@@ -46,9 +47,10 @@ def test_sigterm_stops_every_service_it_started(tmp_path):
     import time
 
     dev = Path(sys.executable).parent / "tollgate-dev"
+    metrics_port = free_port()
     proc = subprocess.Popen([str(dev), "--embedded", "--state-dir", str(tmp_path), "--port", str(free_port()),
-                             "--admin-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             "--admin-port", str(free_port()), "--rater-metrics-port", str(metrics_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     try:
         deadline = time.monotonic() + 240
@@ -57,6 +59,10 @@ def test_sigterm_stops_every_service_it_started(tmp_path):
             if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
                 break
         assert any("Ctrl-C stops everything" in x for x in seen), "".join(seen)[-4000:]
+        # the rater's Prometheus metrics are served where the banner says
+        assert f"http://127.0.0.1:{metrics_port}/metrics" in "".join(seen)
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert "tollgate_rater_events_total" in scraped, scraped[:2000]
         children = _children(proc.pid)
         assert len(children) >= 3, children  # enforcer, rater, control (and the embedded servers)
         proc.send_signal(signal.SIGTERM)

@@ -24,7 +24,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
-from tollgate.local_services import port_open, start_postgres, start_redis
+from tollgate.local_services import free_port, port_open, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_PLAN = ROOT / "examples" / "plans" / "llm-standard.yaml"
@@ -113,11 +113,11 @@ async def provision(settings_env: dict) -> dict:
         await redis.aclose()
 
 
-def start_services(env: dict, enforcer_port: int, admin_port: int) -> list[subprocess.Popen]:
+def start_services(env: dict, enforcer_port: int, admin_port: int, rater_metrics_port: int) -> list[subprocess.Popen]:
     bin_dir = Path(sys.executable).parent
     procs = [
         subprocess.Popen([str(bin_dir / "tollgate-enforcer"), "--port", str(enforcer_port)], env=env),
-        subprocess.Popen([str(bin_dir / "tollgate-rater")], env=env),
+        subprocess.Popen([str(bin_dir / "tollgate-rater"), "--metrics-port", str(rater_metrics_port)], env=env),
         subprocess.Popen([str(bin_dir / "tollgate"), "admin", "serve", "--port", str(admin_port)], env=env),
     ]
     deadline = time.monotonic() + 30
@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="tollgate-dev", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=8080, help="enforcer port (default 8080)")
     p.add_argument("--admin-port", type=int, default=8081, help="admin API port (default 8081)")
+    p.add_argument("--rater-metrics-port", type=int, default=8082,
+                   help="the rater's Prometheus /metrics port (default 8082; a free one when that is taken)")
     p.add_argument("--state-dir", default=str(ROOT / ".tollgate"), help="where embedded servers keep data")
     p.add_argument("--smoke", action="store_true", help="check + usage once, wait for settlement, exit")
     p.add_argument("--embedded", action="store_true",
@@ -222,7 +224,11 @@ def main(argv: list[str] | None = None) -> None:
            "TOLLGATE_ADMIN_TOKEN": admin_token,
            "TOLLGATE_SPOOL_PATH": os.environ.get("TOLLGATE_SPOOL_PATH", str(state / "spool.jsonl"))}
     demo = asyncio.run(provision(env))
-    procs = start_services(env, args.port, args.admin_port)
+    rater_metrics = args.rater_metrics_port
+    if port_open("127.0.0.1", rater_metrics):  # a second tollgate-dev, or anything else there
+        rater_metrics = free_port()
+        log(f"port {args.rater_metrics_port} is taken: the rater's metrics are on {rater_metrics}")
+    procs = start_services(env, args.port, args.admin_port, rater_metrics)
     base = f"http://127.0.0.1:{args.port}"
     try:
         if args.smoke:
@@ -235,6 +241,7 @@ Tollgate is running.
   Redis       {redis_url}
   PostgreSQL  {pg_dsn}
   enforcer    {base}   (POST /v1/check, POST /v1/usage, /healthz, /readyz, /metrics)
+  rater       http://127.0.0.1:{rater_metrics}/metrics   (Prometheus; ops/grafana has a dashboard)
   admin API   http://127.0.0.1:{args.admin_port}/admin   (Authorization: Bearer {admin_token})
   console     http://127.0.0.1:{args.admin_port}/console/   (log in with the admin token above)
   plan {demo['plan_id']}, customer {DEMO_CUSTOMER} (prepaid, 25.00 in the wallet)
