@@ -9,6 +9,7 @@ import math
 import re
 
 MAX_TOKENS = 100_000_000  # the largest token count a plugin sends (the enforcer's ceiling)
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 def _count(v) -> int | None:
@@ -100,3 +101,15 @@ def retry_after(headers: dict, doc: dict | None) -> int | None:
         if isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 < ms < math.inf:
             return max(1, math.ceil(ms / 1000))
     return None
+
+
+def trace_context(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """The client's W3C Trace Context as headers for /v1/check and /v1/usage (so the enforcer's
+    spans join the client's trace: docs/ARCHITECTURE.md, "Tracing"); {} without a well-formed
+    traceparent, and a tracestate only when it is short printable text (never a header injection)."""
+    if not traceparent or not _TRACEPARENT.match(traceparent):
+        return {}
+    out = {"traceparent": traceparent}
+    if tracestate and len(tracestate) <= 512 and tracestate.isprintable():
+        out["tracestate"] = tracestate
+    return out

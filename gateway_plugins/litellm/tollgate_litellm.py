@@ -31,7 +31,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import ProxyException
 
 from gateway_plugins import openai_errors
-from gateway_plugins.check_contract import estimate, parse_check
+from gateway_plugins.check_contract import estimate, parse_check, trace_context
 from gateway_plugins.litellm.usage_blocks import field, usage_measurements
 
 log = logging.getLogger("tollgate.litellm")
@@ -50,6 +50,9 @@ PASSED_HEADERS = frozenset({"retry-after", "x-should-retry", "x-tollgate-reason"
                             "x-tollgate-degraded"})
 DEGRADED = {"x-tollgate-degraded": "fail-open"}
 STATE_TTL_S = 3600  # a call whose outcome was never logged: forget its state after this long
+# A usage report the enforcer could not take (down, timed out, 5xx) is sent again after these
+# pauses: it is idempotent by its event id, and a lost report is revenue lost (its hold expires).
+USAGE_RETRY_DELAYS_S = (0.25, 1.0, 4.0)
 
 
 def _env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -146,11 +149,12 @@ class TollgateCallback(CustomLogger):
                 connector=aiohttp.TCPConnector(limit=128, keepalive_timeout=4.0))
         return self._session
 
-    async def post(self, path: str, doc: dict, timeout_ms: int) -> tuple[int, dict[str, str], bytes]:
+    async def post(self, path: str, doc: dict, timeout_ms: int,
+                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         """POST a JSON document: (status, lower-case headers, body), the whole exchange (connect,
         send, reply) within timeout_ms."""
         try:
-            return await asyncio.wait_for(self._post(path, doc), timeout_ms / 1000)
+            return await asyncio.wait_for(self._post(path, doc, headers), timeout_ms / 1000)
         except asyncio.TimeoutError:
             raise SidecarError("timeout") from None
         except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
@@ -158,8 +162,8 @@ class TollgateCallback(CustomLogger):
         except (aiohttp.ClientError, OSError) as e:
             raise SidecarError(f"{type(e).__name__}: {e}") from None
 
-    async def _post(self, path: str, doc: dict) -> tuple[int, dict[str, str], bytes]:
-        async with self.session().post(self.config["sidecar_url"] + path,
+    async def _post(self, path: str, doc: dict, headers: dict[str, str] | None) -> tuple[int, dict[str, str], bytes]:
+        async with self.session().post(self.config["sidecar_url"] + path, headers=headers,
                                        data=json.dumps(doc, separators=(",", ":"))) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
 
@@ -168,14 +172,11 @@ class TollgateCallback(CustomLogger):
     def api_key(self, user_api_key_dict, data: dict) -> str | None:
         """The caller's tollgate key: the configured request header, else the `tollgate_api_key`
         metadata of the caller's LiteLLM virtual key, else of its team."""
-        headers = (data.get("proxy_server_request") or {}).get("headers") or {}
-        for name, value in headers.items():
-            if name.lower() == self.config["api_key_header"] and isinstance(value, str):
-                value = value.strip()
-                if value.lower().startswith("bearer "):
-                    value = value[7:].strip()
-                if value:
-                    return value
+        value = (request_header(data, self.config["api_key_header"]) or "").strip()
+        if value.lower().startswith("bearer "):
+            value = value[7:].strip()
+        if value:
+            return value
         for meta in (getattr(user_api_key_dict, "metadata", None), getattr(user_api_key_dict, "team_metadata", None)):
             if isinstance(meta, dict) and isinstance(meta.get("tollgate_api_key"), str) and meta["tollgate_api_key"]:
                 return meta["tollgate_api_key"]
@@ -205,13 +206,14 @@ class TollgateCallback(CustomLogger):
         dims, est = estimate(self.client_body(data), False, None, self.config)
         if isinstance(data.get("model"), str) and data["model"]:
             dims["model"] = data["model"]
+        trace = trace_context(request_header(data, "traceparent"), request_header(data, "tracestate"))
         state = {"api_key": api_key, "request_id": request_id, "dimensions": dims, "estimate": est,
-                 "stream": bool(data.get("stream")), "at": time.monotonic()}
+                 "stream": bool(data.get("stream")), "at": time.monotonic(), "trace": trace}
         decision, headers, error = None, {}, None
         try:
             status, reply_headers, body = await self.post(
                 "/v1/check", {"api_key": api_key, "request_id": request_id, "dimensions": dims, "estimate": est},
-                self.config["timeout_ms"])
+                self.config["timeout_ms"], trace)
             headers = passed_headers(reply_headers)
             decision = parse_check(status, body, reply_headers)
             error = None if decision else f"unexpected reply: HTTP {status}"
@@ -299,13 +301,31 @@ class TollgateCallback(CustomLogger):
                "correlation_id": state["request_id"], "hold_id": state["hold_id"],
                "event_type": self.config["event_type"], "timestamp": _utc_now(), "properties": properties,
                "measurements": [{"metric": m, "value": v} for m, v in usage.items()]}
-        try:
-            status, _, body = await self.post("/v1/usage", doc, self.config["usage_timeout_ms"])
-            if status != 202:
-                log.error("tollgate usage report %s refused: HTTP %s %s", state["request_id"], status,
-                          body[:200].decode("utf-8", "replace"))
-        except SidecarError as e:
-            log.error("tollgate usage report %s failed: %s", state["request_id"], e)
+        for attempt, pause in enumerate((*USAGE_RETRY_DELAYS_S, None)):
+            try:
+                status, _, body = await self.post("/v1/usage", doc, self.config["usage_timeout_ms"], state["trace"])
+                if status < 500:  # taken (202), or refused for good (4xx: sending it again changes nothing)
+                    if status != 202:
+                        log.error("tollgate usage report %s refused: HTTP %s %s", state["request_id"], status,
+                                  body[:200].decode("utf-8", "replace"))
+                    return
+                error = f"HTTP {status}"
+            except SidecarError as e:
+                error = str(e)
+            if pause is None:
+                log.error("tollgate usage report %s lost after %d attempts: %s", state["request_id"], attempt + 1, error)
+                return
+            log.warning("tollgate usage report %s failed (%s): sending it again in %.2f s", state["request_id"], error, pause)
+            await asyncio.sleep(pause)
+
+
+def request_header(data: dict, name: str) -> str | None:
+    """A header of the client's request to the proxy (LiteLLM's snapshot of it), by lower-case name."""
+    headers = (data.get("proxy_server_request") or {}).get("headers") or {}
+    for key, value in headers.items():
+        if key.lower() == name and isinstance(value, str):
+            return value
+    return None
 
 
 handler = TollgateCallback()

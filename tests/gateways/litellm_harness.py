@@ -141,6 +141,8 @@ class SwitchableSidecar:
         self.mode = "forward"
         self.checks: list[dict] = []
         self.extra_headers: dict[str, str] = {}  # added to every forwarded /v1/check reply
+        self.usage_failures = 0  # the next this many /v1/usage requests get 503 (the enforcer failing)
+        self.seen: list[tuple[str, dict[str, str]]] = []  # (path, lower-case request headers), in order
         self.lock = threading.Lock()
         self.server: _Listener | None = None
         self.release = threading.Event()
@@ -164,6 +166,15 @@ class SwitchableSidecar:
                 # on a kept-alive connection
                 self.close_connection = True
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with outer.lock:
+                    outer.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    failing = self.path == "/v1/usage" and outer.usage_failures > 0
+                    outer.usage_failures -= failing
+                if failing:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 broken = outer.mode if self.path == "/v1/check" else "forward"
                 if broken == "hung":
                     outer.release.wait(30)
@@ -210,12 +221,18 @@ class SwitchableSidecar:
             self.release.set()
         self.release = threading.Event()
         self.extra_headers = {}
+        self.usage_failures = 0
         if mode == "down":
             self._close()
             assert not port_open("127.0.0.1", self.port)
         elif self.server is None:
             self._listen()
         self.mode = mode
+
+    def headers_of(self, path: str) -> list[dict[str, str]]:
+        """The request headers of every request to `path` so far, in order."""
+        with self.lock:
+            return [h for p, h in self.seen if p == path]
 
     def checks_of(self, predicate) -> list[dict]:
         with self.lock:

@@ -91,6 +91,34 @@ async def test_allow_answers_with_rate_limit_headers_and_reports_cached_tokens(p
     ]
 
 
+async def test_a_usage_report_the_enforcer_could_not_take_is_sent_again(proxy, redis, sidecar):
+    """Two 503s from the enforcer: the report (idempotent by its event id) arrives on the third try."""
+    t = await provision(redis)
+    before = len(sidecar.headers_of("/v1/usage"))
+    sidecar.usage_failures = 2
+    raw = chat(sdk(proxy, t.api_key))
+    usage = await wait_usage(redis, request_id(raw.headers), timeout=30)
+    assert usage["hold_id"] and usage["measurements"][0]["value"] > 0
+    assert len(sidecar.headers_of("/v1/usage")) - before == 3
+    assert "sending it again" in proxy.logs()
+
+
+async def test_the_clients_trace_context_reaches_the_enforcer(proxy, redis, sidecar):
+    """W3C traceparent (and tracestate) of the client's request go on to /v1/check and /v1/usage;
+    a malformed one does not."""
+    t = await provision(redis)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    checks, usages = len(sidecar.headers_of("/v1/check")), len(sidecar.headers_of("/v1/usage"))
+    raw = chat(sdk(proxy, t.api_key), extra_headers={"traceparent": traceparent, "tracestate": "vendor=1"})
+    await wait_usage(redis, request_id(raw.headers))
+    check, usage = sidecar.headers_of("/v1/check")[checks], sidecar.headers_of("/v1/usage")[usages]
+    for sent in (check, usage):
+        assert sent.get("traceparent") == traceparent and sent.get("tracestate") == "vendor=1", sent
+    raw = chat(sdk(proxy, t.api_key), extra_headers={"traceparent": "00-not-a-trace-01"})
+    await wait_usage(redis, request_id(raw.headers))
+    assert "traceparent" not in sidecar.headers_of("/v1/check")[-1]
+
+
 async def test_a_stream_reports_its_final_usage(proxy, redis):
     t = await provision(redis)
     raw = sdk(proxy, t.api_key).chat.completions.with_raw_response.create(
