@@ -47,7 +47,8 @@ class SlowUsageSidecar:
                 outer.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 if self.path.endswith("/v1/usage"):
                     time.sleep(delay)
-                r = httpx.post(target + self.path, content=body, headers={"Content-Type": "application/json"})
+                r = httpx.post(target + self.path, content=body,
+                               headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
@@ -91,7 +92,8 @@ def gateway(tmp_path_factory, enforcer, upstream):
         "garbage": {"sidecar_url": garbage.url},
         "strict": {"sidecar_url": dead_url(), "fault_tolerant": False},
         "slowusage": {"sidecar_url": slow.url, "timeout_ms": 2000, "usage_timeout_ms": 5000},
-        "recorded": {"sidecar_url": recording.url, "timeout_ms": 2000},
+        # one plain report per request: it carries that request's trace context
+        "recorded": {"sidecar_url": recording.url, "timeout_ms": 2000, "usage_batch_size": 1},
     }
     http_body = kong_http_body(prefix, configs, "".join(location(name, upstream.url) for name in configs))
     nginx = Nginx(prefix, http_body, lua=True).start()
