@@ -188,13 +188,17 @@ class Caddy:
 KONG_PHASES = ("access", "header_filter", "body_filter", "log")
 
 
-def kong_location(name: str, upstream_url: str | None, key_auth_header: str | None = None, content: str = "") -> str:
+def kong_location(name: str, upstream_url: str | None, key_auth_header: str | None = None, content: str = "",
+                  consumer_auth: bool = False) -> str:
     """location /<name>/ running the plugin instance <name> in each phase, proxied to upstream_url
     (or answering `content`, nginx directives, itself); with key_auth_header, the shim's stand-in
-    for key-auth runs first (rewrite phase)."""
+    for key-auth runs first (rewrite phase), with consumer_auth its stand-in for any other
+    authentication plugin (the consumer named in x-test-consumer / x-test-custom-id)."""
     phases = "".join(f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in KONG_PHASES)
     if key_auth_header:
         phases = f'    rewrite_by_lua_block {{ require("kong_shim").key_auth("{key_auth_header}") }}\n' + phases
+    elif consumer_auth:
+        phases = '    rewrite_by_lua_block { require("kong_shim").consumer_auth() }\n' + phases
     if upstream_url:
         content = (f"    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
                    f"    proxy_pass {upstream_url}/;\n")

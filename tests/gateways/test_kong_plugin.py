@@ -70,10 +70,13 @@ class SlowUsageSidecar:
 
 # instances behind the shim's stand-in for key-auth (header `apikey`, hidden from the upstream)
 KEY_AUTH = {"credential"}
+# instances behind the shim's stand-in for any other auth plugin (JWT, OIDC, basic-auth...)
+CONSUMER_AUTH = {"customid"}
 
 
 def location(name: str, upstream_url: str) -> str:
-    return kong_location(name, upstream_url, "apikey" if name in KEY_AUTH else None)
+    return kong_location(name, upstream_url, "apikey" if name in KEY_AUTH else None,
+                         consumer_auth=name in CONSUMER_AUTH)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,7 @@ def gateway(tmp_path_factory, enforcer, upstream):
         "bearer": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_header": "Authorization"},
         "hidden": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "hide_client_headers": True},
         "credential": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_source": "credential"},
+        "customid": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_source": "consumer_custom_id"},
         "down": {"sidecar_url": dead_url()},
         "hung": {"sidecar_url": hung.url, "timeout_ms": HUNG_TIMEOUT_MS},
         "garbage": {"sidecar_url": garbage.url},
@@ -223,6 +227,28 @@ async def test_identity_from_the_key_auth_credential(kong, upstream, redis):
     anonymous = httpx.post(f"{kong.url}/credential/v1/chat/completions", **chat(other))
     assert anonymous.status_code == 401, anonymous.text  # no credential: no fallback to the header
     assert anonymous.json()["error"]["code"] == "missing_api_key"
+
+
+async def test_identity_from_the_authenticated_consumers_custom_id(kong, upstream, redis):
+    """api_key_source=consumer_custom_id: whatever auth plugin authenticated the consumer, its
+    custom_id is the tollgate key; a tollgate key in the plugin's own header is ignored."""
+    t, other = await provision(redis, requests_per_minute=1), await provision(redis)
+    consumer = {"x-test-consumer": "alice", "x-test-custom-id": t.api_key}
+    r = httpx.post(f"{kong.url}/customid/v1/chat/completions", **chat(other, headers=consumer))
+    assert r.status_code == 200, r.text
+    assert r.headers["X-RateLimit-Limit"] == "1"  # t's limits, not other's
+    sent = last_upstream(upstream, "/v1/chat/completions")["headers"]
+    usage = await wait_usage(redis, sent["x-tollgate-request-id"])
+    assert usage["customer_id"] == t.customer_id  # billed to the consumer's custom_id
+    denied = httpx.post(f"{kong.url}/customid/v1/chat/completions", **chat(other, headers=consumer))
+    assert denied.status_code == 429 and denied.json()["error"]["tollgate_reason"] == "rate_limited_requests"
+    n = len(upstream.received())
+    for headers in ({"x-test-consumer": "bob"}, {}):  # a consumer without custom_id; no consumer
+        r = httpx.post(f"{kong.url}/customid/v1/chat/completions", **chat(other, headers=headers))
+        assert r.status_code == 401, r.text  # no fallback to the header
+        assert r.json()["error"] == {"message": "No API key found in request", "type": "invalid_request_error",
+                                     "param": None, "code": "missing_api_key", "tollgate_reason": "missing_api_key"}
+    assert len(upstream.received()) == n
 
 
 async def test_unknown_and_missing_keys_get_401(kong, upstream, redis):

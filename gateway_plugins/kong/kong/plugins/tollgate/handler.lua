@@ -118,11 +118,20 @@ end
 
 -- The caller's tollgate API key: from a request header, or (api_key_source = "credential") the
 -- key of the credential Kong's key-auth authenticated, which then *is* the tollgate key: it works
--- with key-auth's hide_credentials and whatever key_names it reads.
+-- with key-auth's hide_credentials and whatever key_names it reads; or (api_key_source =
+-- "consumer_custom_id") the custom_id of the consumer any Kong auth plugin authenticated (JWT,
+-- OIDC, basic-auth...): operators put the caller's tollgate key there when they create it.
 local function caller_key(conf)
-  if conf.api_key_source == "credential" then
-    local credential = kong.client.get_credential()
-    local key = type(credential) == "table" and credential.key
+  local source = conf.api_key_source
+  if source == "credential" or source == "consumer_custom_id" then
+    local key
+    if source == "credential" then
+      local credential = kong.client.get_credential()
+      key = type(credential) == "table" and credential.key
+    else
+      local consumer = kong.client.get_consumer()
+      key = type(consumer) == "table" and consumer.custom_id
+    end
     if type(key) == "string" and key ~= "" then
       return key
     end

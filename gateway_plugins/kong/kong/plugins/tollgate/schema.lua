@@ -84,8 +84,8 @@ return {
               description = "Request header carrying the consumer's tollgate API key. `Authorization: Bearer <key>` is unwrapped.",
           } },
           { api_key_source = {
-              description = "Where the caller's tollgate API key comes from: `header` (api_key_header) or `credential`: the key of the key-auth credential Kong authenticated (so the key-auth credential's key is the tollgate key; key-auth must run first, hide_credentials may be on). A request without one is 401.",
-              type = "string", required = true, default = "header", one_of = { "header", "credential" },
+              description = "Where the caller's tollgate API key comes from: `header` (api_key_header) or `credential`: the key of the key-auth credential Kong authenticated (so the key-auth credential's key is the tollgate key; key-auth must run first, hide_credentials may be on), or `consumer_custom_id`: the custom_id of the consumer any Kong authentication plugin (JWT, OpenID Connect, basic-auth, key-auth...) authenticated, where the operator put its tollgate key when creating the consumer. A request without one is 401.",
+              type = "string", required = true, default = "header", one_of = { "header", "credential", "consumer_custom_id" },
           } },
           { hide_client_headers = {
               description = "Do not add the RateLimit-* / X-RateLimit-* / X-Tollgate-* headers to the client's response.",
