@@ -30,6 +30,7 @@ local update_time = ngx.update_time
 local sleep = ngx.sleep
 local pcall = pcall
 local concat = table.concat
+local encode = cjson.encode
 local setmetatable = setmetatable
 local tostring = tostring
 
@@ -42,15 +43,11 @@ _M.dropped = 0               -- reports this worker dropped (buffer full, or ret
 
 local queues = setmetatable({}, { __mode = "k" })
 
-local function encode_str(s)
-  return cjson.encode(s)
-end
-
 -- One CloudEvent (structured mode) around a plain usage body, concatenated: the body is already JSON.
 local function cloudevent(r)
   return concat({
-    '{"specversion":"1.0","id":', encode_str(r.id), ',"source":"', _M.SOURCE, '","type":', encode_str(r.type),
-    ',"time":', encode_str(r.time), ',"datacontenttype":"application/json","data":', r.body, "}",
+    '{"specversion":"1.0","id":', encode(r.id), ',"source":"', _M.SOURCE, '","type":', encode(r.type),
+    ',"time":', encode(r.time), ',"datacontenttype":"application/json","data":', r.body, "}",
   })
 end
 
@@ -144,6 +141,7 @@ local function schedule(q, delay)
   q.due = now() + delay
   local ok, err = timer_at(delay, flush, q, q.token)
   if not ok then
+    q.due = -1  -- the next report tries again
     ngx.log(ngx.ERR, "[tollgate] usage reports not scheduled (", size(q), " waiting): ", err)
   end
 end
@@ -203,7 +201,7 @@ function _M.add(conf, target, opts, report)
     return  -- the running flush sends it, or schedules its time
   end
   local n = size(q)
-  if n == 1 then
+  if n == 1 or q.due < 0 then
     schedule(q, q.flush_s)
   elseif n >= q.batch_size and q.due > report.at then
     schedule(q, 0)
