@@ -3,9 +3,7 @@ upstream and the real enforcer (and, for the failure cases, sidecars that are do
 answer garbage)."""
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -16,7 +14,7 @@ from tests.gateways.harness import (
     OPENAI_USAGE,
     GarbageServer,
     Nginx,
-    _Threaded,
+    RecordingSidecar,
     dead_url,
     kong_http_body,
     kong_location,
@@ -25,47 +23,6 @@ from tests.servers import HungServer
 
 HUNG_TIMEOUT_MS = 50
 USAGE_DELAY_S = 1.5
-
-
-class SlowUsageSidecar:
-    """Forwards to the real enforcer, but holds every /v1/usage for `delay` s first: proves the
-    report does not delay the client. `seen`: (path, request headers) of every call."""
-
-    def __init__(self, target: str, delay: float = USAGE_DELAY_S):
-        outer = self
-        self.usage_done = threading.Event()
-        self.seen: list[tuple[str, dict]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-                if self.path.endswith("/v1/usage"):
-                    time.sleep(delay)
-                r = httpx.post(target + self.path, content=body,
-                               headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-                if self.path.endswith("/v1/usage"):
-                    outer.usage_done.set()
-
-        self.server = _Threaded(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # instances behind the shim's stand-in for key-auth (header `apikey`, hidden from the upstream)
@@ -83,8 +40,8 @@ def location(name: str, upstream_url: str) -> str:
 def gateway(tmp_path_factory, enforcer, upstream):
     prefix = tmp_path_factory.mktemp("kong")
     hung, garbage = HungServer().start(), GarbageServer().start()
-    slow = SlowUsageSidecar(enforcer.url)
-    recording = SlowUsageSidecar(enforcer.url, delay=0)
+    slow = RecordingSidecar(enforcer.url, usage_delay=USAGE_DELAY_S)  # the report must not delay the client
+    recording = RecordingSidecar(enforcer.url)
     configs = {
         "ok": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "default_model": "claude-sonnet-4-6"},
         "bearer": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_header": "Authorization"},

@@ -5,60 +5,20 @@ not take (it is down) arrives after the retries once it is up, and a reload or q
 what waits."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
 from tests.gateways.conftest import failed, provision, wait_usage
-from tests.gateways.harness import Nginx, _Threaded, dead_url, kong_http_body, kong_location
+from tests.gateways.harness import Nginx, RecordingSidecar, dead_url, kong_http_body, kong_location
 from tests.servers import EnforcerProcess
 from tests.tenants import DECISION_ENV
 from tollgate.local_services import free_port
 
-BATCH = "application/cloudevents-batch+json"
-
-
-class UsageRecorder:
-    """Forwards every call to `target` as it came (Content-Type included) and records each
-    /v1/usage: (content type, the request ids it carries, the answer's status)."""
-
-    def __init__(self, target: str):
-        outer = self
-        self.usage: list[tuple[str, list[str], int]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                ctype = self.headers.get("Content-Type", "")
-                r = httpx.post(target + self.path, content=body, headers={"Content-Type": ctype})
-                if self.path.endswith("/v1/usage"):
-                    doc = json.loads(body)
-                    events = [ce["data"] for ce in doc] if ctype == BATCH else [doc]
-                    outer.usage.append((ctype, [e["correlation_id"] for e in events], r.status_code))
-                self.send_response(r.status_code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-
-        self.server = _Threaded(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+BATCH = RecordingSidecar.BATCH
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +36,7 @@ def start_gateway(prefix, configs: dict, upstream) -> Nginx:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, enforcer, upstream, later_enforcer):
-    recorder = UsageRecorder(enforcer.url)
+    recorder = RecordingSidecar(enforcer.url)
     configs = {
         # a batch when 5 wait (the flush time is far): 10 requests are 2 POSTs
         "five": {"sidecar_url": recorder.url, "timeout_ms": 2000, "usage_batch_size": 5, "usage_flush_ms": 60000},
