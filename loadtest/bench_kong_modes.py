@@ -10,7 +10,8 @@ is a chat completion: the plugin checks it, the location answers a fixed complet
 (content_by_lua: no upstream hop, so the figures are the gateway's own work), and the plugin
 reads its usage block and reports it after the response. Usage reports go to a 202 stub in the same nginx
 in both modes (`usage_url`), unless `--usage enforcer`: the figures compare the check paths, and
-the report costs both modes the same. Load: the open-loop generator of bench_check (a fixed
+the report costs both modes the same. The plugin batches them (`--usage-batch-size`, its default
+50: one CloudEvents batch per 50 reports or 100 ms); `--usage-batch-size 1` is one POST per request. Load: the open-loop generator of bench_check (a fixed
 schedule; latency from the scheduled send, so stalls count), from this same machine.
 Every rate is run --rounds times per mode, the modes alternating (ABBA), since the box is shared
 and noisy. A rate is OK for a mode when, over its rounds, the median achieved rate is >= 97 % of
@@ -79,7 +80,8 @@ class GatewayLoad(OpenLoop):
                 b"x-api-key: %s\r\nContent-Length: %d\r\n\r\n%s" % (self.path, key, len(BODY), BODY))
 
 
-def start_nginx(prefix: Path, redis_port: int, enforcer_url: str, usage: str, timeout_ms: int) -> Nginx:
+def start_nginx(prefix: Path, redis_port: int, enforcer_url: str, usage: str, timeout_ms: int,
+                usage_batch_size: int) -> Nginx:
     configs = {
         "sidecar": {"sidecar_url": enforcer_url, "timeout_ms": timeout_ms},
         "redis": {"mode": "redis", "redis_port": redis_port, "sidecar_url": enforcer_url, "timeout_ms": timeout_ms},
@@ -87,6 +89,7 @@ def start_nginx(prefix: Path, redis_port: int, enforcer_url: str, usage: str, ti
     nginx = Nginx(prefix, "", lua=True)  # its port first: the usage stub's URL names it
     for c in configs.values():
         c["usage_url"] = f"{nginx.url}/stub" if usage == "stub" else enforcer_url
+        c["usage_batch_size"] = usage_batch_size
     # the LLM's answer comes from the location itself (content_by_lua after the plugin's access
     # phase, its header/body filters and log phase as for a proxied answer): no upstream hop
     content = ("    default_type application/json;\n    content_by_lua_block { "
@@ -137,9 +140,9 @@ async def main_async(args) -> None:
         enf = EnforcerProcess({"TOLLGATE_REDIS_URL": redis.url, "TOLLGATE_BUS": "redis",
                                "TOLLGATE_STREAM_MAXLEN": "200000"}, workers=1).start()
         prefix = Path(tempfile.mkdtemp(prefix="bench_kong_"))
-        nginx = start_nginx(prefix, redis.port, enf.url, args.usage, args.timeout_ms)
+        nginx = start_nginx(prefix, redis.port, enf.url, args.usage, args.timeout_ms, args.usage_batch_size)
         print(f"# {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.2f}), nginx 1 worker, enforcer 1 worker, "
-              f"usage reports to {args.usage}, {args.rounds} rounds of {args.duration:g} s per step, "
+              f"usage reports to {args.usage} in batches of {args.usage_batch_size}, {args.rounds} rounds of {args.duration:g} s per step, "
               f"{len(tenants)} customers; the modes alternate at each rate, ABBA", flush=True)
         pids = {"nginx": nginx.proc.pid, "redis": redis.proc.pid, "enforcer": enf.proc.pid}
         gens = {mode: GatewayLoad(nginx.port, tenants, args.max_conns, mode) for mode in args.modes}
@@ -267,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--wrk-duration", type=float, default=3.0)
     p.add_argument("--usage", choices=("stub", "enforcer"), default="stub",
                    help="where usage reports go: a 202 stub in nginx (default), or the enforcer")
+    p.add_argument("--usage-batch-size", type=int, default=50,
+                   help="the plugin's usage_batch_size (1: one usage POST per request, as before batching)")
     args = p.parse_args(argv)
     args.rates = [int(r) for r in args.rates.split(",")]
     args.modes = args.modes.split(",")

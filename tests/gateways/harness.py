@@ -20,6 +20,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
+
 from tests.servers import stop_process
 from tollgate.local_services import free_port, port_open
 
@@ -188,13 +190,17 @@ class Caddy:
 KONG_PHASES = ("access", "header_filter", "body_filter", "log")
 
 
-def kong_location(name: str, upstream_url: str | None, key_auth_header: str | None = None, content: str = "") -> str:
+def kong_location(name: str, upstream_url: str | None, key_auth_header: str | None = None, content: str = "",
+                  consumer_auth: bool = False) -> str:
     """location /<name>/ running the plugin instance <name> in each phase, proxied to upstream_url
     (or answering `content`, nginx directives, itself); with key_auth_header, the shim's stand-in
-    for key-auth runs first (rewrite phase)."""
+    for key-auth runs first (rewrite phase), with consumer_auth its stand-in for any other
+    authentication plugin (the consumer named in x-test-consumer / x-test-custom-id)."""
     phases = "".join(f'    {p}_by_lua_block {{ require("kong_shim").run("{p}", "{name}") }}\n' for p in KONG_PHASES)
     if key_auth_header:
         phases = f'    rewrite_by_lua_block {{ require("kong_shim").key_auth("{key_auth_header}") }}\n' + phases
+    elif consumer_auth:
+        phases = '    rewrite_by_lua_block { require("kong_shim").consumer_auth() }\n' + phases
     if upstream_url:
         content = (f"    proxy_http_version 1.1;\n    proxy_set_header Connection \"\";\n"
                    f"    proxy_pass {upstream_url}/;\n")
@@ -226,6 +232,54 @@ ANTHROPIC_USAGE = {"input_tokens": 31, "output_tokens": 12, "cache_read_input_to
 class _Threaded(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+
+class RecordingSidecar:
+    """Forwards every POST to `target` (the real enforcer) as it came, Content-Type included, and
+    its answer back; holds each /v1/usage for `usage_delay` s first. Records `seen`: (path, request
+    headers) of every call, and `usage`: (content type, the correlation ids it carries, the
+    enforcer's status) of each /v1/usage."""
+
+    BATCH = "application/cloudevents-batch+json"
+
+    def __init__(self, target: str, usage_delay: float = 0.0):
+        outer = self
+        self.seen: list[tuple[str, dict]] = []
+        self.usage: list[tuple[str, list[str], int]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                ctype = self.headers.get("Content-Type", "application/json")
+                outer.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                is_usage = self.path.endswith("/v1/usage")
+                if is_usage:
+                    time.sleep(usage_delay)
+                r = httpx.post(target + self.path, content=body, headers={"Content-Type": ctype})
+                if is_usage:
+                    doc = json.loads(body)
+                    events = [ce["data"] for ce in doc] if ctype == outer.BATCH else [doc]
+                    outer.usage.append((ctype, [e["correlation_id"] for e in events], r.status_code))
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+        self.server = _Threaded(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class _LoopbackHTTP:

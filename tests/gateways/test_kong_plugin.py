@@ -3,9 +3,7 @@ upstream and the real enforcer (and, for the failure cases, sidecars that are do
 answer garbage)."""
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -16,7 +14,7 @@ from tests.gateways.harness import (
     OPENAI_USAGE,
     GarbageServer,
     Nginx,
-    _Threaded,
+    RecordingSidecar,
     dead_url,
     kong_http_body,
     kong_location,
@@ -27,71 +25,36 @@ HUNG_TIMEOUT_MS = 50
 USAGE_DELAY_S = 1.5
 
 
-class SlowUsageSidecar:
-    """Forwards to the real enforcer, but holds every /v1/usage for `delay` s first: proves the
-    report does not delay the client. `seen`: (path, request headers) of every call."""
-
-    def __init__(self, target: str, delay: float = USAGE_DELAY_S):
-        outer = self
-        self.usage_done = threading.Event()
-        self.seen: list[tuple[str, dict]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                outer.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-                if self.path.endswith("/v1/usage"):
-                    time.sleep(delay)
-                r = httpx.post(target + self.path, content=body, headers={"Content-Type": "application/json"})
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-                if self.path.endswith("/v1/usage"):
-                    outer.usage_done.set()
-
-        self.server = _Threaded(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # instances behind the shim's stand-in for key-auth (header `apikey`, hidden from the upstream)
 KEY_AUTH = {"credential"}
+# instances behind the shim's stand-in for any other auth plugin (JWT, OIDC, basic-auth...)
+CONSUMER_AUTH = {"customid"}
 
 
 def location(name: str, upstream_url: str) -> str:
-    return kong_location(name, upstream_url, "apikey" if name in KEY_AUTH else None)
+    return kong_location(name, upstream_url, "apikey" if name in KEY_AUTH else None,
+                         consumer_auth=name in CONSUMER_AUTH)
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, enforcer, upstream):
     prefix = tmp_path_factory.mktemp("kong")
     hung, garbage = HungServer().start(), GarbageServer().start()
-    slow = SlowUsageSidecar(enforcer.url)
-    recording = SlowUsageSidecar(enforcer.url, delay=0)
+    slow = RecordingSidecar(enforcer.url, usage_delay=USAGE_DELAY_S)  # the report must not delay the client
+    recording = RecordingSidecar(enforcer.url)
     configs = {
         "ok": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "default_model": "claude-sonnet-4-6"},
         "bearer": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_header": "Authorization"},
         "hidden": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "hide_client_headers": True},
         "credential": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_source": "credential"},
+        "customid": {"sidecar_url": enforcer.url, "timeout_ms": 2000, "api_key_source": "consumer_custom_id"},
         "down": {"sidecar_url": dead_url()},
         "hung": {"sidecar_url": hung.url, "timeout_ms": HUNG_TIMEOUT_MS},
         "garbage": {"sidecar_url": garbage.url},
         "strict": {"sidecar_url": dead_url(), "fault_tolerant": False},
         "slowusage": {"sidecar_url": slow.url, "timeout_ms": 2000, "usage_timeout_ms": 5000},
-        "recorded": {"sidecar_url": recording.url, "timeout_ms": 2000},
+        # one plain report per request: it carries that request's trace context
+        "recorded": {"sidecar_url": recording.url, "timeout_ms": 2000, "usage_batch_size": 1},
     }
     http_body = kong_http_body(prefix, configs, "".join(location(name, upstream.url) for name in configs))
     nginx = Nginx(prefix, http_body, lua=True).start()
@@ -221,6 +184,28 @@ async def test_identity_from_the_key_auth_credential(kong, upstream, redis):
     anonymous = httpx.post(f"{kong.url}/credential/v1/chat/completions", **chat(other))
     assert anonymous.status_code == 401, anonymous.text  # no credential: no fallback to the header
     assert anonymous.json()["error"]["code"] == "missing_api_key"
+
+
+async def test_identity_from_the_authenticated_consumers_custom_id(kong, upstream, redis):
+    """api_key_source=consumer_custom_id: whatever auth plugin authenticated the consumer, its
+    custom_id is the tollgate key; a tollgate key in the plugin's own header is ignored."""
+    t, other = await provision(redis, requests_per_minute=1), await provision(redis)
+    consumer = {"x-test-consumer": "alice", "x-test-custom-id": t.api_key}
+    r = httpx.post(f"{kong.url}/customid/v1/chat/completions", **chat(other, headers=consumer))
+    assert r.status_code == 200, r.text
+    assert r.headers["X-RateLimit-Limit"] == "1"  # t's limits, not other's
+    sent = last_upstream(upstream, "/v1/chat/completions")["headers"]
+    usage = await wait_usage(redis, sent["x-tollgate-request-id"])
+    assert usage["customer_id"] == t.customer_id  # billed to the consumer's custom_id
+    denied = httpx.post(f"{kong.url}/customid/v1/chat/completions", **chat(other, headers=consumer))
+    assert denied.status_code == 429 and denied.json()["error"]["tollgate_reason"] == "rate_limited_requests"
+    n = len(upstream.received())
+    for headers in ({"x-test-consumer": "bob"}, {}):  # a consumer without custom_id; no consumer
+        r = httpx.post(f"{kong.url}/customid/v1/chat/completions", **chat(other, headers=headers))
+        assert r.status_code == 401, r.text  # no fallback to the header
+        assert r.json()["error"] == {"message": "No API key found in request", "type": "invalid_request_error",
+                                     "param": None, "code": "missing_api_key", "tollgate_reason": "missing_api_key"}
+    assert len(upstream.received()) == n
 
 
 async def test_unknown_and_missing_keys_get_401(kong, upstream, redis):

@@ -182,5 +182,22 @@ function _M.key_auth(header)
   ngx.req.clear_header(header)
 end
 
+--- A stand-in for any other Kong authentication plugin (JWT, OpenID Connect, basic-auth...): the
+-- consumer it authenticated is the one the test names in x-test-consumer (its username) and
+-- x-test-custom-id (its custom_id, if any); both headers are removed. No header: anonymous.
+function _M.consumer_auth()
+  local headers = ngx.req.get_headers()
+  local username = first(headers["x-test-consumer"])
+  ngx.req.clear_header("x-test-consumer")
+  ngx.req.clear_header("x-test-custom-id")
+  if not username or username == "" then
+    return
+  end
+  ngx.ctx.authenticated_consumer = {
+    id = "consumer-" .. ngx.md5(username), username = username, custom_id = first(headers["x-test-custom-id"]),
+  }
+  ngx.ctx.authenticated_credential = { id = "jwt-" .. ngx.md5(username) }  -- no key: not key-auth
+end
+
 _M.pdk = kong
 return _M

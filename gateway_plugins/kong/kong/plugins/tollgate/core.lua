@@ -510,6 +510,11 @@ function _M.iso8601(utctime)
   return (utctime:gsub(" ", "T", 1)) .. "Z"
 end
 
+--- The usage event id of a request (the enforcer and the rater bill an id once).
+function _M.event_id(request_id)
+  return "evt_" .. request_id
+end
+
 --- The /v1/usage body. `r`: api_key, request_id, hold_id, dimensions, estimate, fail_open;
 -- `status`: the response status; `usage`: parse_usage's result or nil; `timestamp` ISO 8601.
 -- Without a usage block, a successful response is billed at the estimate when
@@ -538,7 +543,7 @@ function _M.usage_body(r, status, usage, timestamp, conf)
     properties.fail_open = "true"
   end
   return cjson.encode({
-    event_id = "evt_" .. r.request_id,
+    event_id = _M.event_id(r.request_id),
     api_key = r.api_key,
     correlation_id = r.request_id,
     hold_id = r.hold_id,

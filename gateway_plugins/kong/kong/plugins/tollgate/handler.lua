@@ -8,11 +8,15 @@
 -- header_filter: the rate-limit headers of the check reach the client (as Kong's rate-limiting
 --                plugin sets them: computed in access, set here).
 -- body_filter:   keeps a bounded copy of the response body (or a stream's tail) for its usage.
--- log:           POST <sidecar>/v1/usage from a timer (never delays the client), with the hold id
---                and the request id as correlation id; tokens from the response's usage block.
+-- log:           the usage report (hold id, the request id as correlation id, tokens from the
+--                response's usage block) joins this worker's queue (usage_queue.lua): one POST
+--                <usage_url>/v1/usage of a CloudEvents batch per usage_batch_size reports or
+--                usage_flush_ms, from a timer (never delays the client). usage_batch_size = 1:
+--                one plain JSON POST per request from a timer, with the client's trace context.
 local core = require "kong.plugins.tollgate.core"
 local http = require "kong.plugins.tollgate.http"
 local redis_check = require "kong.plugins.tollgate.redis_check"
+local usage_queue = require "kong.plugins.tollgate.usage_queue"
 
 local kong = kong
 local ngx = ngx
@@ -63,6 +67,18 @@ local function client_opts(conf, timeout_ms, trace_headers)
   }
 end
 
+-- the usage queue's client options per configuration (its timer sets content_type per POST)
+local batch_opts = setmetatable({}, { __mode = "k" })
+
+local function batch_opts_of(conf)
+  local opts = batch_opts[conf]
+  if not opts then
+    opts = client_opts(conf, conf.usage_timeout_ms)
+    batch_opts[conf] = opts
+  end
+  return opts
+end
+
 local function read_request_body(conf)
   local length = tonumber(kong.request.get_header("Content-Length"))
   if length and length > conf.max_body_bytes then
@@ -102,11 +118,20 @@ end
 
 -- The caller's tollgate API key: from a request header, or (api_key_source = "credential") the
 -- key of the credential Kong's key-auth authenticated, which then *is* the tollgate key: it works
--- with key-auth's hide_credentials and whatever key_names it reads.
+-- with key-auth's hide_credentials and whatever key_names it reads; or (api_key_source =
+-- "consumer_custom_id") the custom_id of the consumer any Kong auth plugin authenticated (JWT,
+-- OIDC, basic-auth...): operators put the caller's tollgate key there when they create it.
 local function caller_key(conf)
-  if conf.api_key_source == "credential" then
-    local credential = kong.client.get_credential()
-    local key = type(credential) == "table" and credential.key
+  local source = conf.api_key_source
+  if source == "credential" or source == "consumer_custom_id" then
+    local key
+    if source == "credential" then
+      local credential = kong.client.get_credential()
+      key = type(credential) == "table" and credential.key
+    else
+      local consumer = kong.client.get_consumer()
+      key = type(consumer) == "table" and consumer.custom_id
+    end
     if type(key) == "string" and key ~= "" then
       return key
     end
@@ -218,7 +243,15 @@ function TollgateHandler:log(conf)
     return
   end
   local usage = ctx.capture and core.parse_usage(core.captured(ctx.capture), report.stream)
-  local body = core.usage_body(report, kong.response.get_status(), usage, core.iso8601(ngx.utctime()), conf)
+  local timestamp = core.iso8601(ngx.utctime())
+  local body = core.usage_body(report, kong.response.get_status(), usage, timestamp, conf)
+  if (conf.usage_batch_size or 1) > 1 then
+    usage_queue.add(conf, target, batch_opts_of(conf), {
+      body = body, id = core.event_id(report.request_id), type = conf.event_type, time = timestamp,
+      request_id = report.request_id, trace = report.trace,
+    })
+    return
+  end
   local ok
   ok, err = timer_at(0, send_usage, target, client_opts(conf, conf.usage_timeout_ms, report.trace), body,
                      report.request_id)

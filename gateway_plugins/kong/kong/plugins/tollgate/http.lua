@@ -140,7 +140,7 @@ local function exchange(target, method, path, body, deadline, opts)
     "User-Agent: tollgate-kong\r\n",
     opts.trace_headers or "",
     "Accept: application/json\r\n",
-    "Content-Type: application/json\r\n",
+    "Content-Type: ", opts.content_type or "application/json", "\r\n",
     "Content-Length: ", #body, "\r\n",
     "\r\n",
     body,
@@ -201,6 +201,7 @@ end
 
 --- request(target, method, path, body, opts) -> {status, headers (lower-case names), body} | nil, err
 -- target: core.parse_url's result. opts: timeout_ms, keepalive_ms (0: close), pool_size, ssl_verify.
+-- content_type (default application/json), trace_headers (lines to add).
 function _M.request(target, method, path, body, opts)
   update_time()
   local deadline = now() * 1000 + opts.timeout_ms

@@ -59,6 +59,22 @@ return {
               description = "Budget of the usage report, sent after the response from a timer, in milliseconds.",
               type = "integer", required = true, default = 2000, between = { 1, 60000 },
           } },
+          { usage_batch_size = {
+              description = "Usage reports per POST /v1/usage: each nginx worker buffers them and sends one CloudEvents batch (application/cloudevents-batch+json) when this many wait or usage_flush_ms after the first. A batch the enforcer refuses (4xx) is sent again report by report; 1 sends one plain JSON report per request (with the client's trace context).",
+              type = "integer", required = true, default = 50, between = { 1, 100 },
+          } },
+          { usage_flush_ms = {
+              description = "Longest time a usage report waits for its batch to fill, in milliseconds.",
+              type = "integer", required = true, default = 100, between = { 1, 60000 },
+          } },
+          { usage_retries = {
+              description = "How often a batch (or a single report) is sent again after a connection error, a timeout or a 5xx, after 0.1, 0.2, 0.4 ... s; then it is dropped with an error log. Safe: the enforcer bills an event id once.",
+              type = "integer", required = true, default = 5, between = { 0, 20 },
+          } },
+          { usage_max_buffered = {
+              description = "Most usage reports one nginx worker keeps waiting (while the enforcer is down); past it the oldest is dropped with an error log.",
+              type = "integer", required = true, default = 10000, between = { 1, 1000000 },
+          } },
           { fault_tolerant = {
               description = "Let requests through when the sidecar is down, slow or answers garbage (fail open). When false such requests get a 500.",
               type = "boolean", required = true, default = true,
@@ -68,8 +84,8 @@ return {
               description = "Request header carrying the consumer's tollgate API key. `Authorization: Bearer <key>` is unwrapped.",
           } },
           { api_key_source = {
-              description = "Where the caller's tollgate API key comes from: `header` (api_key_header) or `credential`: the key of the key-auth credential Kong authenticated (so the key-auth credential's key is the tollgate key; key-auth must run first, hide_credentials may be on). A request without one is 401.",
-              type = "string", required = true, default = "header", one_of = { "header", "credential" },
+              description = "Where the caller's tollgate API key comes from: `header` (api_key_header) or `credential`: the key of the key-auth credential Kong authenticated (so the key-auth credential's key is the tollgate key; key-auth must run first, hide_credentials may be on), or `consumer_custom_id`: the custom_id of the consumer any Kong authentication plugin (JWT, OpenID Connect, basic-auth, key-auth...) authenticated, where the operator put its tollgate key when creating the consumer. A request without one is 401.",
+              type = "string", required = true, default = "header", one_of = { "header", "credential", "consumer_custom_id" },
           } },
           { hide_client_headers = {
               description = "Do not add the RateLimit-* / X-RateLimit-* / X-Tollgate-* headers to the client's response.",
