@@ -3,12 +3,14 @@ upstream and the real enforcer (and, for the failure cases, sidecars that are do
 answer garbage)."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
+import openai
 import pytest
 
-from tests.gateways.conftest import failed, provision, wait_usage
+from tests.gateways.conftest import failed, provision, wait_event, wait_usage
 from tests.gateways.harness import (
     ANTHROPIC_USAGE,
     OPENAI_USAGE,
@@ -20,6 +22,7 @@ from tests.gateways.harness import (
     kong_location,
 )
 from tests.servers import HungServer
+from tests.tenants import stream_events
 
 HUNG_TIMEOUT_MS = 50
 USAGE_DELAY_S = 1.5
@@ -360,3 +363,52 @@ async def test_the_clients_trace_context_reaches_the_check_and_the_usage_report(
     r = httpx.post(f"{kong.url}/recorded/v1/chat/completions", **chat(t, 50, headers={"traceparent": "00-zz-01"}))
     assert r.status_code == 200, r.text
     assert "traceparent" not in dict(kong.recording.seen)["/v1/check"]
+
+
+def openai_sdk(kong, t, max_retries: int) -> openai.OpenAI:
+    """The real openai SDK pointed at the Kong route, the tollgate key in its own header."""
+    return openai.OpenAI(base_url=f"{kong.url}/ok/v1", api_key="sk-upstream-unused", max_retries=max_retries,
+                         default_headers={"x-api-key": t.api_key})
+
+
+async def _decisions_of(redis, t) -> list[dict]:
+    await wait_event(redis, "decision", "customer_id", t.customer_id)
+    return [e for e in await stream_events(redis, "decision") if e["customer_id"] == t.customer_id]
+
+
+async def test_the_openai_sdk_does_not_retry_a_balance_denial(kong, upstream, redis):
+    """max_retries=3, one check: the 402 in OpenAI's shape is an APIStatusError the SDK never retries."""
+    t = await provision(redis, wallet=0)
+    n = len(upstream.received())
+    with pytest.raises(openai.APIStatusError) as denied:
+        openai_sdk(kong, t, 3).chat.completions.create(
+            model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "Say hi"}])
+    assert denied.value.status_code == 402 and denied.value.code == "insufficient_quota"
+    assert denied.value.body["tollgate_reason"] == "insufficient_balance"
+    await asyncio.sleep(0.5)  # a retry, had there been one, would be decided by now
+    assert [(e["decision"], e["reason"]) for e in await _decisions_of(redis, t)] == [("DENY", "insufficient_balance")]
+    assert len(upstream.received()) == n
+
+
+async def test_the_openai_sdk_retries_a_rate_limit_after_retry_after(kong, upstream, enforcer, redis):
+    """20 requests/min, the burst spent: the SDK's first try gets 429 with Retry-After, waits that
+    long (not its own sub-second backoff), and its retry passes Kong to the upstream."""
+    t = await provision(redis, requests_per_minute=20)
+    async with httpx.AsyncClient(base_url=enforcer.url) as direct:
+        for i in range(40):
+            r = await direct.post("/v1/check", json={"api_key": t.api_key, "request_id": f"drain_{i}_{t.key_id}",
+                                                     "estimate": {"requests": 1}})
+            if r.status_code == 429:
+                break
+        assert r.status_code == 429, "the burst was never spent"
+    started = time.monotonic()
+    raw = openai_sdk(kong, t, 2).chat.completions.with_raw_response.create(
+        model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "Say hi"}])
+    waited = time.monotonic() - started
+    assert raw.http_response.status_code == 200 and raw.retries_taken == 1
+    deadline, through_kong = time.monotonic() + 10, []
+    while len(through_kong) < 2 and time.monotonic() < deadline:  # decision events reach the bus in batches
+        await asyncio.sleep(0.1)
+        through_kong = [e for e in await _decisions_of(redis, t) if not e["request_id"].startswith("drain_")]
+    assert [(e["decision"], e["reason"]) for e in through_kong] == [("DENY", "rate_limited_requests"), ("ALLOW", "ok")]
+    assert waited >= 1.0  # at least the Retry-After's one second, well over the SDK's own first backoff
