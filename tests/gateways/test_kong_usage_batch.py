@@ -35,7 +35,15 @@ def start_gateway(prefix, configs: dict, upstream) -> Nginx:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, enforcer, upstream, later_enforcer):
+def later_single(redis_server):
+    """Another enforcer that is down until a test starts it (for the single-report path)."""
+    server = EnforcerProcess({"TOLLGATE_REDIS_URL": redis_server.url, **DECISION_ENV}, port=free_port())
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, enforcer, upstream, later_enforcer, later_single):
     recorder = RecordingSidecar(enforcer.url)
     configs = {
         # a batch when 5 wait (the flush time is far): 10 requests are 2 POSTs
@@ -52,6 +60,9 @@ def gateway(tmp_path_factory, enforcer, upstream, later_enforcer):
         "bounded": {"sidecar_url": recorder.url, "usage_url": dead_url(), "timeout_ms": 2000,
                     "usage_max_buffered": 2, "usage_flush_ms": 60000, "usage_retries": 0},
         "single": {"sidecar_url": recorder.url, "timeout_ms": 2000, "usage_batch_size": 1},
+        # one plain report per request, to an enforcer not up yet: retried as a batch is
+        "singlelater": {"sidecar_url": recorder.url, "usage_url": later_single.url, "timeout_ms": 2000,
+                        "usage_batch_size": 1, "usage_retries": 8},
     }
     nginx = start_gateway(tmp_path_factory.mktemp("kong_batch"), configs, upstream)
     nginx.recorder = recorder
@@ -172,3 +183,16 @@ async def test_nginx_reload_or_quit_sends_the_reports_waiting(tmp_path, enforcer
             nginx.proc.wait(10)  # the master quit once its worker had sent them
     finally:
         nginx.stop()
+
+
+async def test_a_single_report_to_an_enforcer_that_is_down_arrives_after_the_retry(kong, upstream, redis, later_single):
+    t = await provision(redis)
+    [request_id] = send(kong, upstream, "singlelater", t.api_key)
+    deadline = time.monotonic() + 5
+    while f"usage report of {request_id} failed" not in kong.log():  # its first try: refused
+        assert time.monotonic() < deadline, "the usage report was never tried"
+        time.sleep(0.05)
+    later_single.start()
+    usage = await wait_usage(redis, request_id, timeout=30)
+    assert usage["hold_id"]
+    assert f"usage report of {request_id} dropped" not in kong.log()

@@ -219,13 +219,12 @@ function TollgateHandler:body_filter(conf)
   end
 end
 
-local function send_usage(premature, target, opts, body, request_id)
-  if premature then
-    return
-  end
-  local res, err = http.request(target, "POST", "/v1/usage", body, opts)
+-- One plain report (usage_batch_size = 1), retried as a batch is (usage_queue.post); a timer run
+-- early because the worker exits (premature) still sends it, without pauses.
+local function send_usage(premature, target, opts, body, request_id, retries)
+  local res, err = usage_queue.post(target, opts, retries, body, "report of " .. request_id)
   if not res then
-    ngx.log(ngx.ERR, "[tollgate] usage report of ", request_id, " failed: ", err)
+    ngx.log(ngx.ERR, "[tollgate] usage report of ", request_id, " dropped (", err, ")")
   elseif res.status ~= 202 and res.status ~= 200 then
     ngx.log(ngx.ERR, "[tollgate] usage report of ", request_id, " refused: HTTP ", res.status, " ", res.body)
   end
@@ -254,7 +253,7 @@ function TollgateHandler:log(conf)
   end
   local ok
   ok, err = timer_at(0, send_usage, target, client_opts(conf, conf.usage_timeout_ms, report.trace), body,
-                     report.request_id)
+                     report.request_id, conf.usage_retries or 0)
   if not ok then
     kong.log.err("tollgate usage report of ", report.request_id, " not scheduled: ", err)
   end

@@ -18,7 +18,7 @@
 -- timer sends what waits without pausing between tries.
 --
 -- A batch carries no trace context (its reports come from many requests); usage_batch_size = 1
--- keeps one POST per request, with the client's traceparent (handler.lua).
+-- keeps one POST per request, with the client's traceparent (handler.lua), retried the same way.
 local cjson = require "cjson.safe"
 local http = require "kong.plugins.tollgate.http"
 
@@ -61,25 +61,34 @@ local function drop(what, n, why)
           _M.dropped, " dropped by this worker so far")
 end
 
--- POST `body`, again after a pause on a connection error, timeout or 5xx, `retries` times.
--- Returns the last response (a 2xx or a 4xx) or nil and the last error.
-local function post(q, body, content_type, trace)
-  local opts = q.opts
-  opts.content_type, opts.trace_headers = content_type, trace
+-- POST `body` to /v1/usage, again after a pause on a connection error, timeout or 5xx, `retries`
+-- times (no pause once the worker is exiting). Returns the last response (a 2xx or a 4xx) or nil
+-- and the last error. Also the single report's path (handler.lua, usage_batch_size = 1).
+function _M.post(target, opts, retries, body, what)
   local res, err
-  for attempt = 0, q.retries do
-    res, err = http.request(q.target, "POST", "/v1/usage", body, opts)
+  for attempt = 0, retries do
+    res, err = http.request(target, "POST", "/v1/usage", body, opts)
     if res and res.status < 500 then
       return res
     end
     if res then
       err = "HTTP " .. res.status .. " " .. tostring(res.body)
     end
-    if attempt < q.retries and not exiting() then
-      sleep(0.1 * 2 ^ attempt)
+    if attempt < retries then
+      local pause = exiting() and 0 or 0.1 * 2 ^ attempt
+      ngx.log(ngx.WARN, "[tollgate] usage ", what, " failed (", err, "): sending it again in ", pause, " s")
+      if pause > 0 then
+        sleep(pause)
+      end
     end
   end
   return nil, err
+end
+
+local function post(q, body, content_type, trace)
+  local opts = q.opts
+  opts.content_type, opts.trace_headers = content_type, trace
+  return _M.post(q.target, opts, q.retries, body, content_type and "batch" or "report")
 end
 
 local function send_one(q, r)
