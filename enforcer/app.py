@@ -18,7 +18,6 @@ from enforcer.clusterwire import ClusterWire
 from enforcer.config import EnforcerConfig
 from enforcer.events import Clock, EventQueue, Ids
 from enforcer.failopen import Breaker, Guard
-from enforcer.forward_auth import ForwardAuth
 from enforcer.health import healthz, metrics_endpoint, readyz
 from enforcer.keycache import KeyCache
 from enforcer.loadshed import LoadShedder
@@ -123,7 +122,7 @@ class HotPath:
 
 def create_app(settings: Settings | None = None, config: EnforcerConfig | None = None) -> HotPath:
     enforcer = Enforcer(settings or Settings(), config or EnforcerConfig())
-    check, usage = ForwardAuth(CheckEndpoint(enforcer)), UsageEndpoint(enforcer)  # check: POST, and GET from forward-auth proxies
+    check, usage = CheckEndpoint(enforcer), UsageEndpoint(enforcer)  # check: POST, and GET (enforcer.forward_auth)
     if tracing.setup("tollgate-enforcer"):  # TOLLGATE_TRACING: spans only where it is on (enforcer.tracing)
         from enforcer.tracing import TracedEndpoint, TracedEventQueue  # noqa: PLC0415
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from enforcer import metrics
+from enforcer import forward_auth, metrics
 from enforcer import validation as v
 from enforcer.keycache import UNKNOWN, KeyInfo
 from enforcer.rate_headers import rate_headers
@@ -74,8 +74,8 @@ class CheckEndpoint:
         self.period = _Period()
 
     async def __call__(self, scope: dict, receive, send) -> None:
-        if scope["method"] != "POST":
-            return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST"), ((b"allow", b"POST"),))
+        if scope["method"] != "POST":  # GET from forward-auth proxies, else 405
+            return await forward_auth.not_post(self, scope, send)
         if self.e.shedder.overloaded:
             return await self.e.shedder.shed(send)
         t0 = time.perf_counter()

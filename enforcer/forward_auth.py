@@ -22,7 +22,6 @@ import orjson
 
 from enforcer import metrics
 from enforcer import validation as v
-from enforcer.checks import CheckEndpoint
 from enforcer.responses import send_error
 
 _ESTIMATES = ((b"x-tollgate-estimate-input-tokens", "input_tokens", "X-Tollgate-Estimate-Input-Tokens"),
@@ -30,29 +29,22 @@ _ESTIMATES = ((b"x-tollgate-estimate-input-tokens", "input_tokens", "X-Tollgate-
 _POST_JSON = [(b"content-type", b"application/json")]
 
 
-class ForwardAuth:
-    """/v1/check for both: POST straight to the endpoint, GET through the headers above."""
+async def not_post(check, scope: dict, send) -> None:
+    """/v1/check by any method but POST (enforcer.checks.CheckEndpoint sends them here, so a POST
+    pays for no second method test): GET through the headers above, as a POST to `check`; 405 else."""
+    if scope["method"] != "GET":
+        return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST (or GET, the check in headers)"),
+                                ((b"allow", b"GET, POST"),))
+    try:
+        body = orjson.dumps(check_doc(dict(scope["headers"])))
+    except v.BadRequest as e:
+        metrics.BAD_REQUESTS.labels(str(e.status)).inc()
+        return await send_error(send, e)
 
-    def __init__(self, check: CheckEndpoint):
-        self.check = check
+    async def receive_doc():
+        return {"type": "http.request", "body": body, "more_body": False}
 
-    async def __call__(self, scope: dict, receive, send) -> None:
-        method = scope["method"]
-        if method == "POST":
-            return await self.check(scope, receive, send)
-        if method != "GET":
-            return await send_error(send, v.BadRequest(405, "method_not_allowed", "use POST (or GET, the check in headers)"),
-                                    ((b"allow", b"GET, POST"),))
-        try:
-            body = orjson.dumps(check_doc(dict(scope["headers"])))
-        except v.BadRequest as e:
-            metrics.BAD_REQUESTS.labels(str(e.status)).inc()
-            return await send_error(send, e)
-
-        async def receive_doc():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.check({**scope, "method": "POST", "headers": _POST_JSON}, receive_doc, send)
+    await check({**scope, "method": "POST", "headers": _POST_JSON}, receive_doc, send)
 
 
 def check_doc(headers: dict[bytes, bytes]) -> dict:

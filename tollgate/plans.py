@@ -227,6 +227,16 @@ class Plan:
                 total += (default_price if i is None else override_prices[i]) * q
         return to_micros_ceil(total)
 
+    def estimate_unit_price(self, metric: str, dimensions: dict[str, Any]) -> Decimal:
+        """What estimate_micros charges one unit of `metric` (summed over its charges), unrounded:
+        for gateways that size holds themselves (control.projection.gateway_estimate)."""
+        total = Decimal(0)
+        for m, default_price, charge, override_prices in self._estimable:
+            if m == metric:
+                i = charge.override_for(dimensions)
+                total += default_price if i is None else override_prices[i]
+        return total
+
     @cached_property
     def _estimable(self) -> tuple[tuple[str, Decimal, Charge, tuple[Decimal, ...]], ...]:
         """(metric, highest unit price, the charge, each override's highest unit price) of each

@@ -28,24 +28,14 @@ def _pico(price: Decimal) -> str:
     return str(int((price * PICO).to_integral_value(ROUND_CEILING)))
 
 
-def _price(plan: Plan, metric: str, dimensions: dict) -> Decimal:
-    """The per-unit price estimate_micros charges one unit of `metric` (summed over its charges)."""
-    total = Decimal(0)
-    for m, default_price, charge, override_prices in plan._estimable:
-        if m == metric:
-            i = charge.override_for(dimensions)
-            total += default_price if i is None else override_prices[i]
-    return total
-
-
 def estimate_fields(plan: Plan) -> dict[str, str]:
     """The hash's fields (see the module's doc)."""
     fields = {"hold_ttl_ms": str(plan.hold_ttl_seconds * 1000), "anchor_day": str(plan.billing_anchor_day)}
     models = sorted({o.match["model"] for c in plan.charges for o in c.overrides if "model" in o.match})
     for metric in GATEWAY_METRICS:
-        fields[metric] = _pico(_price(plan, metric, {"model": UNLISTED}))
+        fields[metric] = _pico(plan.estimate_unit_price(metric, {"model": UNLISTED}))
         for model in models:
-            fields[f"{metric}@{model}"] = _pico(_price(plan, metric, {"model": model}))
+            fields[f"{metric}@{model}"] = _pico(plan.estimate_unit_price(metric, {"model": model}))
     return fields
 
 

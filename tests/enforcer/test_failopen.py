@@ -9,6 +9,7 @@ import re
 import statistics
 import time
 
+import orjson
 import redis.asyncio as aioredis
 
 from tests.tenants import check_body, project_tenant, provision, stream_events, uid
@@ -151,6 +152,15 @@ async def test_usage_with_the_bus_down_is_spooled_and_replayed_in_order(redis_se
                     "event_id": event_id, "api_key": t.api_key, "measurements": [{"metric": "output_tokens", "value": 3}]})
                 assert r.status_code == 202 and r.json() == {"status": "accepted", "event_id": event_id, "spooled": True}
                 assert r.headers["x-tollgate-degraded"] == "spooled"
+            # a CloudEvents batch: the same promise, one spool write for all of it
+            batch = [{"specversion": "1.0", "id": uid("evt"), "source": "//gw", "type": "llm.completion",
+                      "data": {"api_key": t.api_key, "measurements": [{"metric": "output_tokens", "value": 3}]}}
+                     for _ in range(3)]
+            r = await http.post(f"{enf.url}/v1/usage", content=orjson.dumps(batch),
+                                headers={"content-type": "application/cloudevents-batch+json"})
+            assert r.status_code == 202, r.text
+            assert r.json() == {"status": "accepted", "event_ids": [ce["id"] for ce in batch], "spooled": True}
+            ids += [ce["id"] for ce in batch]
             spooled = b"".join(open(p, "rb").read() for p in glob.glob(enf.spool_path + ".wal.*"))
             assert all(i.encode() in spooled for i in ids)  # on disk before the 202
         finally:
