@@ -92,11 +92,11 @@ def test_enforcer_answers_as_documented(enforcer_url, tenant, method, path):
         variant = turn()
         if method == "GET" and path == "/v1/check":  # the forward-auth check: its fields in headers
             if variant:
-                headers = {**(case.headers or {}), "X-Api-Key": tenant.api_key}
+                # variant 1: a key nobody has (401), else the tenant's
+                headers = {**(case.headers or {}), "X-Api-Key": uid("tg_unknown") if variant == 1 else tenant.api_key}
                 headers.pop("Authorization", None)
                 # added where absent, never replacing a generated value (a negative case stays negative)
-                if variant >= 2:
-                    headers.setdefault("X-Tollgate-Request-Id", uid("req"))
+                headers.setdefault("X-Tollgate-Request-Id", uid("req"))
                 if variant == 3:  # the small wallet: DENY
                     headers.setdefault("X-Tollgate-Estimate-Input-Tokens", str(10**9))
                 case.headers = headers
